@@ -14,4 +14,5 @@
 //! ```
 
 pub mod af;
+pub mod fsm;
 pub mod packet;

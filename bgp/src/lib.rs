@@ -14,5 +14,7 @@
 //! ```
 
 pub mod af;
+pub mod decision;
 pub mod fsm;
 pub mod packet;
+pub mod rib;

@@ -1,0 +1,430 @@
+//! Routing tables: per-family Adj-RIB-In + Loc-RIB in one map, Adj-RIB-Out per peer,
+//! and the attribute interner that makes a million routes with few distinct attribute
+//! sets cheap. Owned by the speaker task only; nothing here is shared or locked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::af::Prefix;
+use crate::decision::{Decision, DecisionConfig, Path, PeerId, SourceInfo, decide};
+use crate::packet::attribute::PathAttributes;
+
+/// Stores each distinct attribute set once; paths hold `Arc`s into it.
+#[derive(Debug, Default)]
+pub struct Interner {
+    set: HashSet<Arc<PathAttributes>>,
+}
+
+impl Interner {
+    /// Returns the shared copy of `attrs`, adding it if new.
+    pub fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
+        if let Some(existing) = self.set.get(&attrs) {
+            return existing.clone();
+        }
+        let arc = Arc::new(attrs);
+        self.set.insert(arc.clone());
+        arc
+    }
+
+    /// Number of distinct attribute sets held.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether nothing is interned.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Forgets sets no path refers to any more.
+    pub fn sweep(&mut self) {
+        self.set.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// Everything the decision needs besides the paths.
+pub struct DecideCtx<'a> {
+    /// Decision knobs.
+    pub cfg: DecisionConfig,
+    /// Facts about every peer that may appear in a path.
+    pub sources: &'a HashMap<PeerId, SourceInfo>,
+}
+
+impl DecideCtx<'_> {
+    fn decide(&self, paths: &[Path]) -> Option<Decision> {
+        decide(paths, self.cfg, |p| &self.sources[&p])
+    }
+}
+
+/// Candidate paths of one family: Adj-RIB-In (all paths) and Loc-RIB (index 0 of each).
+#[derive(Debug)]
+pub struct Table<P: Prefix> {
+    dests: HashMap<P, Vec<Path>>,
+}
+
+impl<P: Prefix> Default for Table<P> {
+    fn default() -> Self {
+        Table {
+            dests: HashMap::new(),
+        }
+    }
+}
+
+fn same_path(a: Option<&Path>, b: Option<&Path>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.peer == b.peer && Arc::ptr_eq(&a.attrs, &b.attrs),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl<P: Prefix> Table<P> {
+    /// Number of prefixes with at least one path (the Loc-RIB size).
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
+    }
+
+    /// The best path for a prefix.
+    pub fn best(&self, prefix: &P) -> Option<&Path> {
+        self.dests.get(prefix).and_then(|p| p.first())
+    }
+
+    /// All candidate paths for a prefix, best first.
+    pub fn paths(&self, prefix: &P) -> &[Path] {
+        self.dests.get(prefix).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every prefix with its candidates, best first, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&P, &[Path])> {
+        self.dests.iter().map(|(p, v)| (p, v.as_slice()))
+    }
+
+    /// Decision details for a prefix (why each path lost).
+    pub fn explain(&self, prefix: &P, ctx: &DecideCtx<'_>) -> Option<Decision> {
+        ctx.decide(self.paths(prefix))
+    }
+
+    /// Adds or replaces `path.peer`'s path; returns whether the best path changed.
+    pub fn insert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> bool {
+        let paths = self.dests.entry(prefix).or_default();
+        let old_best = paths.first().cloned();
+        match paths.iter_mut().find(|p| p.peer == path.peer) {
+            Some(existing) => *existing = path,
+            None => paths.push(path),
+        }
+        Self::reselect(paths, ctx);
+        !same_path(old_best.as_ref(), paths.first())
+    }
+
+    /// Removes `peer`'s path; returns whether the best path changed.
+    pub fn remove(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> bool {
+        let Some(paths) = self.dests.get_mut(prefix) else {
+            return false;
+        };
+        let Some(at) = paths.iter().position(|p| p.peer == peer) else {
+            return false;
+        };
+        paths.remove(at);
+        if paths.is_empty() {
+            self.dests.remove(prefix);
+            return true;
+        }
+        Self::reselect(paths, ctx);
+        at == 0
+    }
+
+    /// Removes every path from `peer` (or only its stale ones); returns the prefixes
+    /// whose best path changed.
+    pub fn remove_peer(&mut self, peer: PeerId, only_stale: bool, ctx: &DecideCtx<'_>) -> Vec<P> {
+        let mut changed = Vec::new();
+        self.dests.retain(|prefix, paths| {
+            let Some(at) = paths
+                .iter()
+                .position(|p| p.peer == peer && (!only_stale || p.stale))
+            else {
+                return true;
+            };
+            paths.remove(at);
+            if at == 0 {
+                changed.push(*prefix);
+                Self::reselect(paths, ctx);
+            }
+            !paths.is_empty()
+        });
+        changed
+    }
+
+    /// Marks every path from `peer` stale (graceful restart, RFC 4724 §4.2).
+    pub fn mark_stale(&mut self, peer: PeerId) -> usize {
+        let mut n = 0;
+        for paths in self.dests.values_mut() {
+            for p in paths.iter_mut().filter(|p| p.peer == peer) {
+                p.stale = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Number of paths from `peer`.
+    pub fn count_from(&self, peer: PeerId) -> usize {
+        self.dests
+            .values()
+            .filter(|paths| paths.iter().any(|p| p.peer == peer))
+            .count()
+    }
+
+    fn reselect(paths: &mut [Path], ctx: &DecideCtx<'_>) {
+        if paths.len() > 1 {
+            let d = ctx.decide(paths).expect("non-empty");
+            paths.swap(0, d.best);
+        }
+    }
+}
+
+/// What we last advertised to one peer in one family.
+#[derive(Debug)]
+pub struct AdjRibOut<P: Prefix> {
+    sent: HashMap<P, Arc<PathAttributes>>,
+}
+
+impl<P: Prefix> Default for AdjRibOut<P> {
+    fn default() -> Self {
+        AdjRibOut {
+            sent: HashMap::new(),
+        }
+    }
+}
+
+/// The change to send to a peer for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutChange {
+    /// Announce with these attributes.
+    Announce(Arc<PathAttributes>),
+    /// Withdraw.
+    Withdraw,
+}
+
+impl<P: Prefix> AdjRibOut<P> {
+    /// Records what should be advertised and returns the change to send, if any.
+    pub fn set(&mut self, prefix: P, attrs: Option<Arc<PathAttributes>>) -> Option<OutChange> {
+        match attrs {
+            Some(a) => match self.sent.insert(prefix, a.clone()) {
+                Some(old) if Arc::ptr_eq(&old, &a) || *old == *a => None,
+                _ => Some(OutChange::Announce(a)),
+            },
+            None => self.sent.remove(&prefix).map(|_| OutChange::Withdraw),
+        }
+    }
+
+    /// Number of prefixes advertised.
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Whether nothing is advertised.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// Forgets everything (the session went down).
+    pub fn clear(&mut self) {
+        self.sent.clear();
+    }
+
+    /// What was advertised for a prefix.
+    pub fn get(&self, prefix: &P) -> Option<&Arc<PathAttributes>> {
+        self.sent.get(prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::LOCAL_PEER;
+    use crate::packet::attribute::AsPath;
+    use ipnet::Ipv4Net;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn sources() -> HashMap<PeerId, SourceInfo> {
+        (1..=2)
+            .map(|p| {
+                (
+                    p,
+                    SourceInfo {
+                        ebgp: true,
+                        router_id: Ipv4Addr::new(10, 0, 0, p as u8),
+                        address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, p as u8)),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn attrs(len: u32) -> PathAttributes {
+        PathAttributes {
+            as_path: AsPath::from_sequence(0..len),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn interner_shares_identical_sets_and_sweeps_unused() {
+        let mut i = Interner::default();
+        let a = i.intern(attrs(2));
+        let b = i.intern(attrs(2));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(i.len(), 1);
+        drop((a, b));
+        i.sweep();
+        assert!(i.is_empty());
+    }
+
+    #[test]
+    fn best_path_follows_inserts_and_withdrawals() {
+        let s = sources();
+        let ctx = DecideCtx {
+            cfg: DecisionConfig::default(),
+            sources: &s,
+        };
+        let mut i = Interner::default();
+        let mut t = Table::<Ipv4Net>::default();
+        let p: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let long = Path {
+            peer: 1,
+            attrs: i.intern(attrs(3)),
+            stale: false,
+        };
+        let short = Path {
+            peer: 2,
+            attrs: i.intern(attrs(1)),
+            stale: false,
+        };
+        assert!(t.insert(p, long.clone(), &ctx));
+        assert!(t.insert(p, short.clone(), &ctx));
+        assert_eq!(t.best(&p).unwrap().peer, 2);
+        // Re-announcing the same losing path changes nothing.
+        assert!(!t.insert(p, long.clone(), &ctx));
+        // Withdrawing the loser leaves the best alone.
+        assert!(!t.remove(&p, 1, &ctx));
+        assert!(!t.insert(p, long, &ctx));
+        // Withdrawing the best promotes the other.
+        assert!(t.remove(&p, 2, &ctx));
+        assert_eq!(t.best(&p).unwrap().peer, 1);
+        assert!(t.remove(&p, 1, &ctx));
+        assert!(t.is_empty());
+        // Local routes win.
+        let local = Path {
+            peer: LOCAL_PEER,
+            attrs: i.intern(attrs(0)),
+            stale: false,
+        };
+        t.insert(p, short, &ctx);
+        assert!(t.insert(p, local, &ctx));
+        assert_eq!(t.best(&p).unwrap().peer, LOCAL_PEER);
+    }
+
+    #[test]
+    fn removing_a_peer_reports_changed_bests() {
+        let s = sources();
+        let ctx = DecideCtx {
+            cfg: DecisionConfig::default(),
+            sources: &s,
+        };
+        let mut i = Interner::default();
+        let mut t = Table::<Ipv4Net>::default();
+        for n in 0..10u32 {
+            let p = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (n << 8)), 24).unwrap();
+            t.insert(
+                p,
+                Path {
+                    peer: 1,
+                    attrs: i.intern(attrs(1)),
+                    stale: false,
+                },
+                &ctx,
+            );
+            if n % 2 == 0 {
+                t.insert(
+                    p,
+                    Path {
+                        peer: 2,
+                        attrs: i.intern(attrs(5)),
+                        stale: false,
+                    },
+                    &ctx,
+                );
+            }
+        }
+        assert_eq!(t.count_from(2), 5);
+        assert!(
+            t.remove_peer(2, false, &ctx).is_empty(),
+            "peer 2 was never best"
+        );
+        assert_eq!(t.remove_peer(1, false, &ctx).len(), 10);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn stale_paths_are_swept_but_fresh_ones_stay() {
+        let s = sources();
+        let ctx = DecideCtx {
+            cfg: DecisionConfig::default(),
+            sources: &s,
+        };
+        let mut i = Interner::default();
+        let mut t = Table::<Ipv4Net>::default();
+        let a: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let b: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        t.insert(
+            a,
+            Path {
+                peer: 1,
+                attrs: i.intern(attrs(1)),
+                stale: false,
+            },
+            &ctx,
+        );
+        t.insert(
+            b,
+            Path {
+                peer: 1,
+                attrs: i.intern(attrs(1)),
+                stale: false,
+            },
+            &ctx,
+        );
+        assert_eq!(t.mark_stale(1), 2);
+        t.insert(
+            a,
+            Path {
+                peer: 1,
+                attrs: i.intern(attrs(1)),
+                stale: false,
+            },
+            &ctx,
+        );
+        assert_eq!(t.remove_peer(1, true, &ctx), vec![b]);
+        assert!(t.best(&a).is_some());
+    }
+
+    #[test]
+    fn adj_rib_out_reports_only_real_changes() {
+        let mut i = Interner::default();
+        let mut out = AdjRibOut::<Ipv4Net>::default();
+        let p: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let a = i.intern(attrs(1));
+        assert_eq!(
+            out.set(p, Some(a.clone())),
+            Some(OutChange::Announce(a.clone()))
+        );
+        assert_eq!(out.set(p, Some(a.clone())), None);
+        assert_eq!(out.set(p, None), Some(OutChange::Withdraw));
+        assert_eq!(out.set(p, None), None);
+    }
+}

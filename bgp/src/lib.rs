@@ -14,7 +14,10 @@
 //! ```
 
 pub mod af;
+pub mod config;
 pub mod decision;
+pub mod export;
 pub mod fsm;
 pub mod packet;
+pub mod policy;
 pub mod rib;

@@ -1,0 +1,348 @@
+//! Speaker and peer configuration, with the defaults BIRD and Calico users expect.
+//!
+//! Field names are camelCase so the same YAML reads naturally next to Calico's
+//! BGPConfiguration/BGPPeer resources.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::af::Family;
+
+/// Default BGP port.
+pub const BGP_PORT: u16 = 179;
+
+/// Speaker-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpeakerConfig {
+    /// BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Our AS.
+    pub as_number: u32,
+    /// Address to accept sessions on; `None` means do not listen (active-only).
+    #[serde(default = "default_listen_address")]
+    pub listen_address: Option<IpAddr>,
+    /// TCP port to accept sessions on.
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// Route-reflector cluster ID; setting it makes this speaker a reflector.
+    #[serde(default)]
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Next hop for IPv4 routes when the session itself is not IPv4.
+    #[serde(default)]
+    pub next_hop_ipv4: Option<Ipv4Addr>,
+    /// Next hop for IPv6 routes when the session itself is not IPv6.
+    #[serde(default)]
+    pub next_hop_ipv6: Option<Ipv6Addr>,
+    /// LOCAL_PREF for routes that carry none.
+    #[serde(default = "default_local_pref")]
+    pub default_local_pref: u32,
+}
+
+fn default_listen_address() -> Option<IpAddr> {
+    Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+}
+fn default_port() -> u16 {
+    BGP_PORT
+}
+fn default_local_pref() -> u32 {
+    100
+}
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+fn default_families() -> Vec<Family> {
+    Family::ALL.to_vec()
+}
+
+impl SpeakerConfig {
+    /// A speaker with defaults for everything but identity.
+    pub fn new(router_id: Ipv4Addr, as_number: u32) -> Self {
+        SpeakerConfig {
+            router_id,
+            as_number,
+            listen_address: default_listen_address(),
+            listen_port: BGP_PORT,
+            cluster_id: None,
+            next_hop_ipv4: None,
+            next_hop_ipv6: None,
+            default_local_pref: 100,
+        }
+    }
+
+    /// Checks values serde cannot; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.as_number == 0 {
+            return Err("asNumber: 0 is reserved (RFC 7607); use 1..=4294967295".into());
+        }
+        if self.router_id.is_unspecified() {
+            return Err("routerId: 0.0.0.0 is not a valid BGP identifier".into());
+        }
+        Ok(())
+    }
+}
+
+/// How to set NEXT_HOP when advertising to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NextHopMode {
+    /// Self towards eBGP peers and for local routes; unchanged towards iBGP peers.
+    #[default]
+    Auto,
+    /// Always our own address (BIRD's `next hop self`).
+    #[serde(rename = "self")]
+    SelfAddress,
+    /// Never change it (Calico's keepOriginalNextHop).
+    Keep,
+}
+
+/// One neighbour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Peer address; also the key the speaker knows the peer by.
+    pub address: IpAddr,
+    /// Peer AS; equal to ours means iBGP.
+    pub as_number: u32,
+    /// Peer's TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Local address to connect from.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    /// Only accept connections; never connect out.
+    #[serde(default)]
+    pub passive: bool,
+    /// Hold time to propose, seconds (0, or 3 and above).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: u16,
+    /// Keepalive interval, seconds (defaults to a third of the hold time).
+    #[serde(default)]
+    pub keepalive_time: Option<u16>,
+    /// Seconds between connection attempts, and before retrying after an error.
+    #[serde(default = "default_connect_retry")]
+    pub connect_retry_time: u64,
+    /// TTL for eBGP sessions more than one hop away (eBGP defaults to 1, iBGP to 255).
+    #[serde(default)]
+    pub multihop: Option<u8>,
+    /// Next-hop handling.
+    #[serde(default)]
+    pub next_hop: NextHopMode,
+    /// Families to offer.
+    #[serde(default = "default_families")]
+    pub families: Vec<Family>,
+    /// Treat this iBGP peer as a route-reflector client (needs a cluster ID).
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    /// Free text shown in status output.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl PeerConfig {
+    /// A peer with defaults for everything but address and AS.
+    pub fn new(address: IpAddr, as_number: u32) -> Self {
+        PeerConfig {
+            address,
+            as_number,
+            port: BGP_PORT,
+            source_address: None,
+            passive: false,
+            hold_time: 90,
+            keepalive_time: None,
+            connect_retry_time: 5,
+            multihop: None,
+            next_hop: NextHopMode::Auto,
+            families: default_families(),
+            route_reflector_client: false,
+            description: None,
+        }
+    }
+
+    /// Checks values serde cannot; the message names the peer and field.
+    pub fn validate(&self) -> Result<(), String> {
+        let who = self.address;
+        if self.as_number == 0 {
+            return Err(format!("peer {who}: asNumber 0 is reserved"));
+        }
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(format!(
+                "peer {who}: holdTime must be 0 or at least 3 seconds (RFC 4271)"
+            ));
+        }
+        if self.keepalive_time == Some(0) {
+            return Err(format!(
+                "peer {who}: keepaliveTime must be at least 1 second"
+            ));
+        }
+        if self.connect_retry_time == 0 {
+            return Err(format!(
+                "peer {who}: connectRetryTime must be at least 1 second"
+            ));
+        }
+        if self.families.is_empty() {
+            return Err(format!(
+                "peer {who}: families must list at least one family"
+            ));
+        }
+        if self.multihop == Some(0) {
+            return Err(format!("peer {who}: multihop TTL must be 1..=255"));
+        }
+        Ok(())
+    }
+
+    /// Connect-retry interval as a duration.
+    pub fn connect_retry(&self) -> Duration {
+        Duration::from_secs(self.connect_retry_time)
+    }
+
+    /// Whether the session with this peer is external.
+    pub fn is_ebgp(&self, local_as: u32) -> bool {
+        self.as_number != local_as
+    }
+
+    /// The TTL our packets to this peer carry.
+    pub fn ttl(&self, local_as: u32) -> u8 {
+        match self.multihop {
+            Some(ttl) => ttl,
+            None if self.is_ebgp(local_as) => 1,
+            None => 255,
+        }
+    }
+
+    /// Whether a change from `self` to `other` needs the session restarted.
+    pub fn session_differs(&self, other: &PeerConfig) -> bool {
+        let strip = |p: &PeerConfig| PeerConfig {
+            description: None,
+            next_hop: NextHopMode::Auto,
+            ..p.clone()
+        };
+        strip(self) != strip(other)
+    }
+}
+
+/// A route this speaker originates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalRoute {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Explicit next hop; by default each peer gets our session address.
+    #[serde(default)]
+    pub next_hop: Option<IpAddr>,
+    /// MULTI_EXIT_DISC to attach.
+    #[serde(default)]
+    pub med: Option<u32>,
+    /// LOCAL_PREF to attach (iBGP only).
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+    /// Standard communities, as `asn:value` strings.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    /// Large communities, as `global:local1:local2` strings.
+    #[serde(default)]
+    pub large_communities: Vec<String>,
+}
+
+impl LocalRoute {
+    /// A plain route for a prefix.
+    pub fn new(prefix: IpNet) -> Self {
+        LocalRoute {
+            prefix,
+            next_hop: None,
+            med: None,
+            local_pref: None,
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+        }
+    }
+}
+
+/// Parses `65000:100` into a 32-bit community value.
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("community {s:?}: expected ASN:VALUE"))?;
+    let a: u16 = a
+        .parse()
+        .map_err(|_| format!("community {s:?}: {a:?} is not 0..=65535"))?;
+    let b: u16 = b
+        .parse()
+        .map_err(|_| format!("community {s:?}: {b:?} is not 0..=65535"))?;
+    Ok(u32::from(a) << 16 | u32::from(b))
+}
+
+/// Parses `4200000000:1:2` into a large community.
+pub fn parse_large_community(s: &str) -> Result<crate::packet::attribute::LargeCommunity, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [a, b, c] = parts[..] else {
+        return Err(format!(
+            "large community {s:?}: expected GLOBAL:LOCAL1:LOCAL2"
+        ));
+    };
+    let n = |x: &str| {
+        x.parse::<u32>()
+            .map_err(|_| format!("large community {s:?}: {x:?} is not a 32-bit number"))
+    };
+    Ok(crate::packet::attribute::LargeCommunity(
+        n(a)?,
+        n(b)?,
+        n(c)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn communities_parse_and_reject_garbage() {
+        assert_eq!(parse_community("65000:100").unwrap(), 0xfde8_0064);
+        assert!(parse_community("70000:1").unwrap_err().contains("70000"));
+        assert!(parse_community("1").is_err());
+        assert_eq!(
+            parse_large_community("4200000000:1:2").unwrap().0,
+            4_200_000_000
+        );
+        assert!(parse_large_community("1:2").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut p = PeerConfig::new("192.0.2.1".parse().unwrap(), 65001);
+        assert!(p.validate().is_ok());
+        p.hold_time = 2;
+        assert!(p.validate().unwrap_err().contains("holdTime"));
+        assert!(
+            SpeakerConfig::new(Ipv4Addr::UNSPECIFIED, 1)
+                .validate()
+                .unwrap_err()
+                .contains("routerId")
+        );
+    }
+
+    #[test]
+    fn ttl_defaults_follow_session_type() {
+        let mut p = PeerConfig::new("192.0.2.1".parse().unwrap(), 65001);
+        assert_eq!(p.ttl(65000), 1);
+        assert_eq!(p.ttl(65001), 255);
+        p.multihop = Some(4);
+        assert_eq!(p.ttl(65000), 4);
+    }
+
+    #[test]
+    fn description_change_does_not_restart_the_session() {
+        let a = PeerConfig::new("192.0.2.1".parse().unwrap(), 65001);
+        let mut b = a.clone();
+        b.description = Some("tor-1".into());
+        assert!(!a.session_differs(&b));
+        b.hold_time = 30;
+        assert!(a.session_differs(&b));
+    }
+}

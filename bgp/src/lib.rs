@@ -15,9 +15,12 @@
 
 pub mod af;
 pub mod config;
+mod connection;
 pub mod decision;
 pub mod export;
 pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;
+pub mod speaker;
+pub mod status;

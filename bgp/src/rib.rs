@@ -111,31 +111,47 @@ impl<P: Prefix> Table<P> {
 
     /// Adds or replaces `path.peer`'s path; returns whether the best path changed.
     pub fn insert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> bool {
+        self.upsert(prefix, path, ctx).0
+    }
+
+    /// Adds or replaces `path.peer`'s path; returns (best path changed, it replaced a path).
+    pub fn upsert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> (bool, bool) {
         let paths = self.dests.entry(prefix).or_default();
-        let old_best = paths.first().cloned();
-        match paths.iter_mut().find(|p| p.peer == path.peer) {
-            Some(existing) => *existing = path,
-            None => paths.push(path),
+        if paths.is_empty() {
+            paths.push(path);
+            return (true, false);
         }
+        let old_best = paths.first().cloned();
+        let replaced = match paths.iter_mut().find(|p| p.peer == path.peer) {
+            Some(existing) => {
+                *existing = path;
+                true
+            }
+            None => {
+                paths.push(path);
+                false
+            }
+        };
         Self::reselect(paths, ctx);
-        !same_path(old_best.as_ref(), paths.first())
+        (!same_path(old_best.as_ref(), paths.first()), replaced)
     }
 
     /// Removes `peer`'s path; returns whether the best path changed.
     pub fn remove(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> bool {
-        let Some(paths) = self.dests.get_mut(prefix) else {
-            return false;
-        };
-        let Some(at) = paths.iter().position(|p| p.peer == peer) else {
-            return false;
-        };
+        self.take(prefix, peer, ctx).unwrap_or(false)
+    }
+
+    /// Removes `peer`'s path; `None` if it had none, else whether the best path changed.
+    pub fn take(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> Option<bool> {
+        let paths = self.dests.get_mut(prefix)?;
+        let at = paths.iter().position(|p| p.peer == peer)?;
         paths.remove(at);
         if paths.is_empty() {
             self.dests.remove(prefix);
-            return true;
+            return Some(true);
         }
         Self::reselect(paths, ctx);
-        at == 0
+        Some(at == 0)
     }
 
     /// Removes every path from `peer` (or only its stale ones); returns the prefixes
@@ -235,6 +251,11 @@ impl<P: Prefix> AdjRibOut<P> {
     /// Forgets everything (the session went down).
     pub fn clear(&mut self) {
         self.sent.clear();
+    }
+
+    /// Every prefix advertised.
+    pub fn keys(&self) -> impl Iterator<Item = &P> {
+        self.sent.keys()
     }
 
     /// What was advertised for a prefix.

@@ -1,0 +1,811 @@
+//! The speaker task: the one owner of every FSM, connection handle and RIB.
+//!
+//! ```text
+//!   SpeakerHandle ──Command──►┐
+//!                             ├─► Speaker::run (select) ─► handle FSM actions ─► flush()
+//!   I/O tasks ─────Input─────►┘                                   │
+//!                                          writers ◄── UPDATEs ───┤
+//!                                          subscribers ◄── best-path batches
+//! ```
+//!
+//! Inputs are drained in batches; after each batch `flush` runs the decision for every
+//! prefix that changed, tells subscribers, and sends each peer its packed UPDATEs.
+
+mod handle;
+mod ingest;
+mod outbound;
+mod peer;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use handle::Command;
+pub use handle::{SpeakerError, SpeakerHandle};
+use peer::{PeerEntry, Session, dir_index};
+
+use crate::af::{Family, Prefix};
+use crate::config::{
+    LocalRoute, PeerConfig, SpeakerConfig, parse_community, parse_large_community,
+};
+use crate::connection::{self, ConnectParams, Input};
+use crate::decision::{DecisionConfig, LOCAL_PEER, Path, PeerId, SourceInfo};
+use crate::fsm::{Action, Direction, Event, State};
+use crate::packet::attribute::{EncodeContext, PathAttributes};
+use crate::packet::error::cease_subcode;
+use crate::packet::message::Message;
+use crate::policy::RoutePolicy;
+use crate::rib::{AdjRibOut, DecideCtx, Interner, Table};
+use crate::status::{
+    BestPathChange, FamilyStatus, PathView, PeerStatus, PrefixCounts, RouteView, Status,
+};
+
+/// Per-family tables plus the prefixes whose best path may have changed since the
+/// last flush.
+#[derive(Default)]
+pub(crate) struct Tables {
+    v4: Table<Ipv4Net>,
+    v6: Table<Ipv6Net>,
+    dirty4: HashSet<Ipv4Net>,
+    dirty6: HashSet<Ipv6Net>,
+}
+
+/// Lets RIB code be written once for both families (STYLE 7).
+pub(crate) trait FamilyRib: Prefix {
+    fn table(t: &Tables) -> &Table<Self>;
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>);
+    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self>;
+    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self>;
+}
+
+impl FamilyRib for Ipv4Net {
+    fn table(t: &Tables) -> &Table<Self> {
+        &t.v4
+    }
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>) {
+        (&mut t.v4, &mut t.dirty4)
+    }
+    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
+        &mut p.out4
+    }
+    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self> {
+        &p.out4
+    }
+}
+
+impl FamilyRib for Ipv6Net {
+    fn table(t: &Tables) -> &Table<Self> {
+        &t.v6
+    }
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>) {
+        (&mut t.v6, &mut t.dirty6)
+    }
+    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
+        &mut p.out6
+    }
+    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self> {
+        &p.out6
+    }
+}
+
+fn family_index(f: Family) -> usize {
+    match f {
+        Family::Ipv4Unicast => 0,
+        Family::Ipv6Unicast => 1,
+    }
+}
+
+/// The owner task's state.
+pub(crate) struct Speaker {
+    cfg: SpeakerConfig,
+    policy: Arc<dyn RoutePolicy>,
+    peers: HashMap<PeerId, PeerEntry>,
+    by_addr: HashMap<IpAddr, PeerId>,
+    next_peer_id: PeerId,
+    next_serial: u64,
+    sources: HashMap<PeerId, SourceInfo>,
+    interner: Interner,
+    tables: Tables,
+    local_routes: HashMap<IpNet, LocalRoute>,
+    subscribers: Vec<mpsc::UnboundedSender<Vec<BestPathChange>>>,
+    input_tx: mpsc::Sender<Input>,
+    input_rx: Option<mpsc::Receiver<Input>>,
+    listener: Option<JoinHandle<()>>,
+    updates_since_sweep: u64,
+}
+
+impl Speaker {
+    pub(crate) fn new(
+        cfg: SpeakerConfig,
+        policy: Arc<dyn RoutePolicy>,
+    ) -> Result<Speaker, SpeakerError> {
+        let (input_tx, input_rx) = mpsc::channel(4096);
+        let listener = match cfg.listen_address {
+            Some(ip) => {
+                let addr = SocketAddr::new(ip, cfg.listen_port);
+                let l = connection::bind_listener(addr)
+                    .map_err(|source| SpeakerError::Listen { addr, source })?;
+                Some(connection::spawn_listener(l, input_tx.clone()))
+            }
+            None => None,
+        };
+        let mut sources = HashMap::new();
+        sources.insert(
+            LOCAL_PEER,
+            SourceInfo {
+                ebgp: false,
+                router_id: cfg.router_id,
+                address: IpAddr::V4(cfg.router_id),
+            },
+        );
+        Ok(Speaker {
+            cfg,
+            policy,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_peer_id: 1,
+            next_serial: 1,
+            sources,
+            interner: Interner::default(),
+            tables: Tables::default(),
+            local_routes: HashMap::new(),
+            subscribers: Vec::new(),
+            input_tx,
+            input_rx: Some(input_rx),
+            listener,
+            updates_since_sweep: 0,
+        })
+    }
+
+    fn decision_config(&self) -> DecisionConfig {
+        DecisionConfig {
+            default_local_pref: self.cfg.default_local_pref,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut inputs = self.input_rx.take().expect("run is called once");
+        let span = tracing::info_span!("speaker", router_id = %self.cfg.router_id, asn = self.cfg.as_number);
+        let _enter = span.enter();
+        tracing::info!("speaker started");
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => {
+                        self.shutdown();
+                        return;
+                    }
+                },
+                Some(input) = inputs.recv() => {
+                    self.input(input);
+                    // Drain what is already queued so one flush covers many UPDATEs.
+                    for _ in 0..512 {
+                        match inputs.try_recv() {
+                            Ok(input) => self.input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.stop_peer(id, cease_subcode::ADMINISTRATIVE_SHUTDOWN);
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        tracing::info!("speaker stopped");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddPeer(cfg, reply) => {
+                let _ = reply.send(self.add_peer(cfg));
+            }
+            Command::UpdatePeer(cfg, reply) => {
+                let _ = reply.send(self.update_peer(cfg));
+            }
+            Command::RemovePeer(addr, reply) => {
+                let r = match self.by_addr.get(&addr).copied() {
+                    Some(id) => {
+                        self.stop_peer(id, cease_subcode::PEER_DECONFIGURED);
+                        Ok(())
+                    }
+                    None => Err(SpeakerError::UnknownPeer(addr)),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Announce(route, reply) => {
+                let _ = reply.send(self.announce(route));
+            }
+            Command::Withdraw(prefix, reply) => {
+                self.local_routes.remove(&prefix);
+                self.withdraw_local(prefix);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Subscribe(tx) => {
+                let snapshot = self.snapshot_changes();
+                if tx.send(snapshot).is_ok() {
+                    self.subscribers.push(tx);
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Routes(family, within, reply) => {
+                let _ = reply.send(match family {
+                    Family::Ipv4Unicast => self.routes::<Ipv4Net>(within),
+                    Family::Ipv6Unicast => self.routes::<Ipv6Net>(within),
+                });
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn add_peer(&mut self, cfg: PeerConfig) -> Result<(), SpeakerError> {
+        cfg.validate().map_err(SpeakerError::Config)?;
+        if self.by_addr.contains_key(&cfg.address) {
+            return Err(SpeakerError::DuplicatePeer(cfg.address));
+        }
+        let id = self.next_peer_id;
+        self.next_peer_id += 1;
+        self.by_addr.insert(cfg.address, id);
+        let entry = PeerEntry::new(id, cfg, &self.cfg);
+        entry
+            .span
+            .in_scope(|| tracing::info!(passive = entry.cfg.passive, "peer added"));
+        self.peers.insert(id, entry);
+        self.fsm_event(id, Event::Start);
+        Ok(())
+    }
+
+    fn update_peer(&mut self, cfg: PeerConfig) -> Result<(), SpeakerError> {
+        cfg.validate().map_err(SpeakerError::Config)?;
+        let id = *self
+            .by_addr
+            .get(&cfg.address)
+            .ok_or(SpeakerError::UnknownPeer(cfg.address))?;
+        let restart = self.peers[&id].cfg.session_differs(&cfg);
+        if restart {
+            self.stop_peer(id, cease_subcode::OTHER_CONFIGURATION_CHANGE);
+            return self.add_peer(cfg);
+        }
+        self.peers.get_mut(&id).expect("known id").cfg = cfg;
+        self.full_export(id, false);
+        Ok(())
+    }
+
+    /// Sends Cease, drops the session's routes and forgets the peer.
+    fn stop_peer(&mut self, id: PeerId, subcode: u8) {
+        self.fsm_event(id, Event::Stop(subcode));
+        if let Some(mut entry) = self.peers.remove(&id) {
+            entry.cancel_tasks();
+            for conn in entry.conns.iter_mut().filter_map(Option::take) {
+                conn.close();
+            }
+            self.by_addr.remove(&entry.cfg.address);
+            entry.span.in_scope(|| tracing::info!("peer removed"));
+        }
+        self.sources.remove(&id);
+    }
+
+    fn local_attrs(&self, route: &LocalRoute) -> Result<PathAttributes, SpeakerError> {
+        let communities = route
+            .communities
+            .iter()
+            .map(|c| parse_community(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SpeakerError::Config)?;
+        let large_communities = route
+            .large_communities
+            .iter()
+            .map(|c| parse_large_community(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SpeakerError::Config)?;
+        if let Some(nh) = route.next_hop
+            && nh.is_ipv4() != route.prefix.addr().is_ipv4()
+        {
+            return Err(SpeakerError::Config(format!(
+                "route {}: nextHop {nh} is of the other family",
+                route.prefix
+            )));
+        }
+        Ok(PathAttributes {
+            next_hop: route.next_hop,
+            med: route.med,
+            local_pref: route.local_pref,
+            communities,
+            large_communities,
+            ..Default::default()
+        })
+    }
+
+    fn announce(&mut self, route: LocalRoute) -> Result<(), SpeakerError> {
+        let attrs = self.local_attrs(&route)?;
+        let attrs = self.interner.intern(attrs);
+        let prefix = route.prefix.trunc();
+        self.local_routes.insert(prefix, route);
+        let path = Path {
+            peer: LOCAL_PEER,
+            attrs,
+            stale: false,
+        };
+        match prefix {
+            IpNet::V4(p) => self.insert_path(p, path),
+            IpNet::V6(p) => self.insert_path(p, path),
+        };
+        Ok(())
+    }
+
+    fn insert_path<P: FamilyRib>(&mut self, prefix: P, path: Path) -> (bool, bool) {
+        let ctx = DecideCtx {
+            cfg: DecisionConfig {
+                default_local_pref: self.cfg.default_local_pref,
+            },
+            sources: &self.sources,
+        };
+        let (table, dirty) = P::table_and_dirty(&mut self.tables);
+        let (changed, replaced) = table.upsert(prefix, path, &ctx);
+        if changed {
+            dirty.insert(prefix);
+        }
+        (changed, replaced)
+    }
+
+    fn remove_path<P: FamilyRib>(&mut self, prefix: P, peer: PeerId) -> Option<bool> {
+        let ctx = DecideCtx {
+            cfg: DecisionConfig {
+                default_local_pref: self.cfg.default_local_pref,
+            },
+            sources: &self.sources,
+        };
+        let (table, dirty) = P::table_and_dirty(&mut self.tables);
+        let r = table.take(&prefix, peer, &ctx);
+        if r == Some(true) {
+            dirty.insert(prefix);
+        }
+        r
+    }
+
+    fn withdraw_local(&mut self, prefix: IpNet) {
+        match prefix.trunc() {
+            IpNet::V4(p) => self.remove_path(p, LOCAL_PEER),
+            IpNet::V6(p) => self.remove_path(p, LOCAL_PEER),
+        };
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Connected {
+                peer,
+                attempt,
+                result,
+            } => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if attempt != entry.connect_attempt {
+                    return;
+                }
+                entry.connect_task = None;
+                match result {
+                    Ok(stream) => self.attach(peer, Direction::Outgoing, stream),
+                    Err(e) => {
+                        entry
+                            .span
+                            .in_scope(|| tracing::debug!(error = %e, "connect failed"));
+                        self.fsm_event(peer, Event::TcpFailed(Direction::Outgoing));
+                    }
+                }
+            }
+            Input::Accepted { stream, remote } => {
+                let ip = remote.ip().to_canonical();
+                let Some(&id) = self.by_addr.get(&ip) else {
+                    tracing::info!(%remote, "refusing connection from an unconfigured address");
+                    return;
+                };
+                let entry = &self.peers[&id];
+                if entry.conns[dir_index(Direction::Incoming)].is_some() {
+                    entry
+                        .span
+                        .in_scope(|| tracing::info!("refusing a second incoming connection"));
+                    return;
+                }
+                let ttl = entry.cfg.ttl(self.cfg.as_number);
+                if let Err(e) = connection::set_stream_ttl(&stream, ttl) {
+                    tracing::warn!(error = %e, "cannot set TTL on accepted connection");
+                }
+                self.attach(id, Direction::Incoming, stream);
+            }
+            Input::Received { peer, serial, msg } => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                let Some(dir) = find_dir(entry, serial) else {
+                    return;
+                };
+                entry.counts.messages_received += 1;
+                let event = match msg {
+                    Ok(msg) => {
+                        match &msg {
+                            Message::Update(_) => entry.counts.updates_received += 1,
+                            Message::Notification(n) => {
+                                entry.counts.notifications_received += 1;
+                                entry.span.in_scope(|| {
+                                    tracing::warn!(
+                                        code = n.code,
+                                        subcode = n.subcode,
+                                        message = n.shutdown_message().unwrap_or_default(),
+                                        "NOTIFICATION received: {}",
+                                        crate::packet::error::describe(n.code, n.subcode)
+                                    )
+                                });
+                            }
+                            _ => {}
+                        }
+                        Event::Message(dir, msg)
+                    }
+                    Err(n) => {
+                        entry
+                            .span
+                            .in_scope(|| tracing::warn!("malformed message: {n}"));
+                        Event::DecodeError(dir, n)
+                    }
+                };
+                self.fsm_event(peer, event);
+            }
+            Input::Closed { peer, serial } => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if let Some(dir) = find_dir(entry, serial) {
+                    self.fsm_event(peer, Event::TcpFailed(dir));
+                }
+            }
+            Input::TimerFired {
+                peer,
+                timer,
+                serial,
+            } => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                match entry.timers.get(&timer) {
+                    Some((s, _)) if *s == serial => {
+                        entry.timers.remove(&timer);
+                    }
+                    _ => return,
+                }
+                let event = match timer {
+                    crate::fsm::Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
+                    crate::fsm::Timer::Hold(d) => Event::HoldTimerExpires(d),
+                    crate::fsm::Timer::Keepalive(d) => Event::KeepaliveTimerExpires(d),
+                };
+                self.fsm_event(peer, event);
+            }
+        }
+    }
+
+    fn attach(&mut self, id: PeerId, dir: Direction, stream: tokio::net::TcpStream) {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let entry = self.peers.get_mut(&id).expect("caller checked");
+        match connection::start_connection(id, serial, stream, entry.ebgp, self.input_tx.clone()) {
+            Ok(conn) => {
+                entry
+                    .span
+                    .in_scope(|| tracing::debug!(?dir, local = %conn.local, "TCP connection up"));
+                entry.conns[dir_index(dir)] = Some(conn);
+                self.fsm_event(id, Event::TcpConnected(dir));
+            }
+            Err(e) => {
+                entry
+                    .span
+                    .in_scope(|| tracing::debug!(error = %e, "connection lost before use"));
+                if dir == Direction::Outgoing {
+                    self.fsm_event(id, Event::TcpFailed(dir));
+                }
+            }
+        }
+    }
+
+    /// Feeds the FSM and carries out its actions.
+    fn fsm_event(&mut self, id: PeerId, event: Event) {
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let actions = entry.fsm.handle(event);
+        for action in actions {
+            self.act(id, action);
+        }
+        if let Some(entry) = self.peers.get_mut(&id) {
+            let state = entry.fsm.state();
+            if state != entry.last_state {
+                entry.span.in_scope(
+                    || tracing::info!(from = ?entry.last_state, to = ?state, "state change"),
+                );
+                entry.last_state = state;
+                entry.state_since = Instant::now();
+            }
+        }
+    }
+
+    fn act(&mut self, id: PeerId, action: Action) {
+        let local_as = self.cfg.as_number;
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match action {
+            Action::Connect => {
+                entry.connect_attempt += 1;
+                let params = ConnectParams {
+                    remote: SocketAddr::new(entry.cfg.address, entry.cfg.port),
+                    source: entry.cfg.source_address,
+                    ttl: entry.cfg.ttl(local_as),
+                    timeout: entry.cfg.connect_retry().max(Duration::from_secs(1)),
+                };
+                if let Some(t) = entry.connect_task.take() {
+                    t.abort();
+                }
+                entry.connect_task = Some(connection::spawn_connect(
+                    id,
+                    entry.connect_attempt,
+                    params,
+                    self.input_tx.clone(),
+                ));
+            }
+            Action::Send(dir, msg) => {
+                if let Some(conn) = &entry.conns[dir_index(dir)] {
+                    if let Message::Notification(n) = &msg {
+                        entry.counts.notifications_sent += 1;
+                        entry.span.in_scope(|| {
+                            tracing::warn!(
+                                code = n.code,
+                                subcode = n.subcode,
+                                "NOTIFICATION sent: {}",
+                                crate::packet::error::describe(n.code, n.subcode)
+                            )
+                        });
+                    }
+                    entry.counts.messages_sent += 1;
+                    conn.send(msg.encode(EncodeContext {
+                        four_octet_as: true,
+                    }));
+                }
+            }
+            Action::Close(dir) => {
+                if let Some(conn) = entry.conns[dir_index(dir)].take() {
+                    conn.close();
+                }
+            }
+            Action::StartTimer(timer, after) => {
+                let serial = self.next_serial;
+                self.next_serial += 1;
+                let handle =
+                    connection::spawn_timer(id, timer, serial, after, self.input_tx.clone());
+                if let Some((_, old)) = entry.timers.insert(timer, (serial, handle)) {
+                    old.abort();
+                }
+            }
+            Action::StopTimer(timer) => {
+                if let Some((_, old)) = entry.timers.remove(&timer) {
+                    old.abort();
+                }
+            }
+            Action::Established(neg) => {
+                let Some(conn) = &entry.conns[dir_index(neg.direction)] else {
+                    return;
+                };
+                entry.span.in_scope(|| {
+                    tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, families = ?neg.families, "session established")
+                });
+                self.sources.insert(
+                    id,
+                    SourceInfo {
+                        ebgp: entry.ebgp,
+                        router_id: neg.remote_id,
+                        address: entry.cfg.address,
+                    },
+                );
+                entry.session = Some(Session {
+                    local: conn.local,
+                    remote: conn.remote,
+                    since: SystemTime::now(),
+                    neg: *neg,
+                });
+                entry.established_transitions += 1;
+                self.full_export(id, true);
+            }
+            Action::Down(reason) => {
+                entry
+                    .span
+                    .in_scope(|| tracing::warn!(?reason, "session down"));
+                entry.session = None;
+                entry.out4.clear();
+                entry.out6.clear();
+                entry.accepted = [0, 0];
+                entry.filtered.clear();
+                self.drop_routes_of(id);
+            }
+            Action::Update(update) => self.on_update(id, *update),
+            Action::RouteRefresh(rr) => {
+                if let Some(family) = Family::from_afi_safi(rr.afi, rr.safi) {
+                    entry
+                        .span
+                        .in_scope(|| tracing::info!(%family, "route refresh requested"));
+                    match family {
+                        Family::Ipv4Unicast => entry.out4.clear(),
+                        Family::Ipv6Unicast => entry.out6.clear(),
+                    }
+                    self.full_export(id, false);
+                }
+            }
+        }
+    }
+
+    fn drop_routes_of(&mut self, id: PeerId) {
+        let ctx = DecideCtx {
+            cfg: self.decision_config(),
+            sources: &self.sources,
+        };
+        let changed4 = self.tables.v4.remove_peer(id, false, &ctx);
+        let changed6 = self.tables.v6.remove_peer(id, false, &ctx);
+        self.tables.dirty4.extend(changed4);
+        self.tables.dirty6.extend(changed6);
+    }
+
+    fn status(&self) -> Status {
+        let mut peers: Vec<PeerStatus> = self.peers.values().map(|p| self.peer_status(p)).collect();
+        peers.sort_by_key(|p| p.address);
+        let local = |f: Family| {
+            self.local_routes
+                .keys()
+                .filter(|p| Family::of(p) == f)
+                .count()
+        };
+        Status {
+            router_id: self.cfg.router_id,
+            as_number: self.cfg.as_number,
+            cluster_id: self.cfg.cluster_id,
+            peers,
+            families: vec![
+                FamilyStatus {
+                    family: Family::Ipv4Unicast,
+                    prefixes: self.tables.v4.len(),
+                    local_prefixes: local(Family::Ipv4Unicast),
+                },
+                FamilyStatus {
+                    family: Family::Ipv6Unicast,
+                    prefixes: self.tables.v6.len(),
+                    local_prefixes: local(Family::Ipv6Unicast),
+                },
+            ],
+            attribute_sets: self.interner.len(),
+        }
+    }
+
+    fn peer_status(&self, p: &PeerEntry) -> PeerStatus {
+        let received = |f: Family| {
+            p.accepted[family_index(f)] + p.filtered.iter().filter(|x| Family::of(x) == f).count()
+        };
+        PeerStatus {
+            address: p.cfg.address,
+            port: p.cfg.port,
+            as_number: p.cfg.as_number,
+            kind: if p.ebgp { "ebgp" } else { "ibgp" },
+            description: p.cfg.description.clone(),
+            state: p.fsm.state(),
+            state_age_seconds: p.state_since.elapsed().as_secs(),
+            established_since_unix: p
+                .session
+                .as_ref()
+                .and_then(|s| s.since.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            local_address: p.session.as_ref().map(|s| s.local.to_string()),
+            remote_address: p.session.as_ref().map(|s| s.remote.to_string()),
+            negotiated: p.session.as_ref().map(|s| s.neg.clone()),
+            last_error: match p.fsm.state() {
+                State::Established => None,
+                _ => p.fsm.last_error().map(describe_down),
+            },
+            prefixes: Family::ALL
+                .iter()
+                .filter(|f| p.cfg.families.contains(f))
+                .map(|&f| PrefixCounts {
+                    family: f,
+                    received: received(f),
+                    accepted: p.accepted[family_index(f)],
+                    advertised: match f {
+                        Family::Ipv4Unicast => p.out4.len(),
+                        Family::Ipv6Unicast => p.out6.len(),
+                    },
+                })
+                .collect(),
+            messages: p.counts.clone(),
+            established_transitions: p.established_transitions,
+        }
+    }
+
+    fn routes<P: FamilyRib>(&self, within: Option<IpNet>) -> Vec<RouteView> {
+        let ctx = DecideCtx {
+            cfg: self.decision_config(),
+            sources: &self.sources,
+        };
+        let table = P::table(&self.tables);
+        let mut out: Vec<RouteView> = table
+            .iter()
+            .filter(|(p, _)| within.is_none_or(|w| w.contains(&p.into_ipnet())))
+            .map(|(prefix, paths)| {
+                let decision = table.explain(prefix, &ctx);
+                let lost: HashMap<usize, crate::decision::Step> = decision
+                    .map(|d| d.lost.into_iter().collect())
+                    .unwrap_or_default();
+                RouteView {
+                    prefix: prefix.into_ipnet(),
+                    paths: paths
+                        .iter()
+                        .enumerate()
+                        .map(|(i, path)| PathView {
+                            peer: (path.peer != LOCAL_PEER)
+                                .then(|| self.sources.get(&path.peer).map(|s| s.address))
+                                .flatten(),
+                            best: i == 0,
+                            stale: path.stale,
+                            lost_at: lost.get(&i).copied(),
+                            reason: lost.get(&i).map(|s| s.explain()),
+                            attributes: (*path.attrs).clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|r| r.prefix);
+        out
+    }
+}
+
+fn find_dir(entry: &PeerEntry, serial: u64) -> Option<Direction> {
+    [Direction::Outgoing, Direction::Incoming]
+        .into_iter()
+        .find(|d| {
+            entry.conns[dir_index(*d)]
+                .as_ref()
+                .is_some_and(|c| c.serial == serial)
+        })
+}
+
+fn describe_down(reason: &crate::fsm::DownReason) -> String {
+    use crate::fsm::DownReason::*;
+    match reason {
+        NotificationSent { code, subcode } => {
+            format!(
+                "sent NOTIFICATION: {}",
+                crate::packet::error::describe(*code, *subcode)
+            )
+        }
+        NotificationReceived { code, subcode } => {
+            format!(
+                "received NOTIFICATION: {}",
+                crate::packet::error::describe(*code, *subcode)
+            )
+        }
+        ConnectionLost => "connection lost".into(),
+        Stopped => "stopped".into(),
+    }
+}

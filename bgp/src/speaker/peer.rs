@@ -1,0 +1,156 @@
+//! What the speaker task keeps per peer: its FSM, connections, timers, session and
+//! Adj-RIB-Out. Plain data owned by the speaker task.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Instant, SystemTime};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::task::JoinHandle;
+
+use crate::af::Family;
+use crate::config::{PeerConfig, SpeakerConfig};
+use crate::connection::ConnIo;
+use crate::decision::PeerId;
+use crate::fsm::{Fsm, FsmConfig, Negotiated, State, Timer};
+use crate::policy::PolicyPeer;
+use crate::rib::AdjRibOut;
+use crate::status::MessageCounts;
+
+/// An established session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub neg: Negotiated,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub since: SystemTime,
+}
+
+/// Everything about one peer.
+pub(crate) struct PeerEntry {
+    pub id: PeerId,
+    pub cfg: PeerConfig,
+    pub fsm: Fsm,
+    pub ebgp: bool,
+    pub conns: [Option<ConnIo>; 2],
+    pub connect_attempt: u64,
+    pub connect_task: Option<JoinHandle<()>>,
+    pub timers: HashMap<Timer, (u64, JoinHandle<()>)>,
+    pub session: Option<Session>,
+    pub out4: AdjRibOut<Ipv4Net>,
+    pub out6: AdjRibOut<Ipv6Net>,
+    pub accepted: [usize; 2],
+    pub filtered: HashSet<IpNet>,
+    pub counts: MessageCounts,
+    pub established_transitions: u64,
+    pub last_state: State,
+    pub state_since: Instant,
+    pub span: tracing::Span,
+}
+
+impl PeerEntry {
+    pub fn new(id: PeerId, cfg: PeerConfig, speaker: &SpeakerConfig) -> Self {
+        let ebgp = cfg.is_ebgp(speaker.as_number);
+        let fsm = Fsm::new(FsmConfig {
+            local_as: speaker.as_number,
+            remote_as: cfg.as_number,
+            router_id: speaker.router_id,
+            hold_time: cfg.hold_time,
+            keepalive_time: cfg.keepalive_time,
+            connect_retry: cfg.connect_retry(),
+            passive: cfg.passive,
+            families: cfg.families.clone(),
+            graceful_restart: None,
+        });
+        let span = tracing::info_span!("peer", addr = %cfg.address, asn = cfg.as_number);
+        PeerEntry {
+            id,
+            cfg,
+            fsm,
+            ebgp,
+            conns: [None, None],
+            connect_attempt: 0,
+            connect_task: None,
+            timers: HashMap::new(),
+            session: None,
+            out4: AdjRibOut::default(),
+            out6: AdjRibOut::default(),
+            accepted: [0, 0],
+            filtered: HashSet::new(),
+            counts: MessageCounts::default(),
+            established_transitions: 0,
+            last_state: State::Idle,
+            state_since: Instant::now(),
+            span,
+        }
+    }
+
+    pub fn policy_peer(&self) -> PolicyPeer {
+        PolicyPeer {
+            address: self.cfg.address,
+            as_number: self.cfg.as_number,
+            ebgp: self.ebgp,
+        }
+    }
+
+    /// Families usable on the current session.
+    pub fn has_family(&self, family: Family) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.neg.families.contains(&family))
+    }
+
+    /// Our addresses to use as next hop towards this peer.
+    pub fn self_addresses(&self, speaker: &SpeakerConfig) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let local = self.session.as_ref().map(|s| s.local.ip());
+        let v4 = match local {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => speaker.next_hop_ipv4,
+        };
+        let v6 = match local {
+            Some(IpAddr::V6(a)) if !a.is_unicast_link_local() => Some(a),
+            _ => speaker.next_hop_ipv6,
+        };
+        (v4, v6)
+    }
+
+    /// Sends encoded messages on the established connection.
+    pub fn send_session(&mut self, msgs: Vec<Vec<u8>>, updates: bool) {
+        let Some(dir) = self.session.as_ref().map(|s| s.neg.direction) else {
+            return;
+        };
+        let Some(conn) = &self.conns[dir_index(dir)] else {
+            return;
+        };
+        let n = msgs.len() as u64;
+        if n == 0 {
+            return;
+        }
+        // One write request for the whole batch keeps the writer's queue short.
+        let total: usize = msgs.iter().map(Vec::len).sum();
+        let mut buf = Vec::with_capacity(total);
+        msgs.iter().for_each(|m| buf.extend_from_slice(m));
+        conn.send(buf);
+        self.counts.messages_sent += n;
+        if updates {
+            self.counts.updates_sent += n;
+        }
+    }
+
+    /// Cancels every timer and pending connect.
+    pub fn cancel_tasks(&mut self) {
+        for (_, (_, handle)) in self.timers.drain() {
+            handle.abort();
+        }
+        if let Some(t) = self.connect_task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub(crate) fn dir_index(dir: crate::fsm::Direction) -> usize {
+    match dir {
+        crate::fsm::Direction::Outgoing => 0,
+        crate::fsm::Direction::Incoming => 1,
+    }
+}

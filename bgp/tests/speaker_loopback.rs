@@ -1,0 +1,219 @@
+//! Two in-process speakers on loopback: sessions, route exchange, withdrawal, removal.
+//! No namespaces needed; the cross-implementation tests live in `integration/`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serval_bgp::af::Family;
+use serval_bgp::config::{LocalRoute, PeerConfig, SpeakerConfig};
+use serval_bgp::fsm::State;
+use serval_bgp::speaker::SpeakerHandle;
+use serval_bgp::status::Status;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Status
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = check().await {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Pair {
+    a: SpeakerHandle,
+    b: SpeakerHandle,
+    a_ip: IpAddr,
+    b_ip: IpAddr,
+}
+
+async fn pair(b_as: u32) -> Pair {
+    let (a_ip, b_ip): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let (pa, pb) = (free_port(), free_port());
+    let mut ca = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 1), 65001);
+    ca.listen_address = Some(a_ip);
+    ca.listen_port = pa;
+    let mut cb = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 2), b_as);
+    cb.listen_address = Some(b_ip);
+    cb.listen_port = pb;
+    let a = SpeakerHandle::start(ca).await.unwrap();
+    let b = SpeakerHandle::start(cb).await.unwrap();
+    let mut to_b = PeerConfig::new(b_ip, b_as);
+    to_b.port = pb;
+    to_b.source_address = Some(a_ip);
+    to_b.connect_retry_time = 1;
+    let mut to_a = PeerConfig::new(a_ip, 65001);
+    to_a.port = pa;
+    to_a.source_address = Some(b_ip);
+    to_a.connect_retry_time = 1;
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    Pair { a, b, a_ip, b_ip }
+}
+
+async fn established(h: &SpeakerHandle) -> Status {
+    eventually("session established", || async {
+        let s = h.status().await.unwrap();
+        (s.peers[0].state == State::Established).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ebgp_pair_exchanges_and_withdraws_routes() {
+    let p = pair(65002).await;
+    established(&p.a).await;
+    let s = established(&p.b).await;
+    let neg = s.peers[0].negotiated.as_ref().unwrap();
+    assert!(neg.four_octet_as && neg.route_refresh);
+    assert_eq!(neg.families, vec![Family::Ipv4Unicast, Family::Ipv6Unicast]);
+
+    let mut route = LocalRoute::new("10.10.0.0/24".parse().unwrap());
+    route.med = Some(42);
+    route.communities = vec!["65001:7".into()];
+    p.a.announce(route).await.unwrap();
+    p.a.announce(LocalRoute::new("10.10.1.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+
+    let mut changes = p.b.subscribe().await.unwrap();
+    eventually("B learns both prefixes", || async {
+        let s = p.b.status().await.unwrap();
+        (s.families[0].prefixes == 2).then_some(s)
+    })
+    .await;
+    let routes = p.b.routes(Family::Ipv4Unicast, None).await.unwrap();
+    let r = &routes[0];
+    assert_eq!(r.prefix, "10.10.0.0/24".parse().unwrap());
+    let attrs = &r.paths[0].attributes;
+    assert_eq!(attrs.as_path.segments[0].asns, vec![65001]);
+    assert_eq!(attrs.next_hop, Some(p.a_ip));
+    assert_eq!(
+        attrs.med,
+        Some(42),
+        "locally originated MED is sent over eBGP"
+    );
+    assert_eq!(attrs.communities, vec![65001 << 16 | 7]);
+    assert_eq!(r.paths[0].peer, Some(p.a_ip));
+
+    // The FIB subscriber gets the next hop.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.extend(batch);
+    }
+    assert!(
+        seen.iter()
+            .all(|c| c.best.as_ref().unwrap().next_hops == vec![p.a_ip])
+    );
+
+    // B does not echo A's routes back to A (split horizon), and A's own view is local.
+    let sa = p.a.status().await.unwrap();
+    assert_eq!(sa.peers[0].prefixes[0].received, 0);
+    assert_eq!(sa.peers[0].prefixes[0].advertised, 2);
+
+    p.a.withdraw("10.10.0.0/24".parse().unwrap()).await.unwrap();
+    eventually("withdrawal reaches B", || async {
+        let s = p.b.status().await.unwrap();
+        (s.families[0].prefixes == 1).then_some(s)
+    })
+    .await;
+
+    // Removing the peer sends a Cease; B sees the session drop and forgets A's routes.
+    p.a.remove_peer(p.b_ip).await.unwrap();
+    let s = eventually("B drops the session", || async {
+        let s = p.b.status().await.unwrap();
+        (s.peers[0].state != State::Established && s.families[0].prefixes == 0).then_some(s)
+    })
+    .await;
+    assert!(
+        s.peers[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("de-configured"),
+        "{:?}",
+        s.peers[0].last_error
+    );
+    p.a.shutdown().await.unwrap();
+    p.b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_as_never_establishes_and_says_why() {
+    let p = pair(65002).await;
+    established(&p.b).await;
+    // B now expects A to be AS 65009: the session restarts and A's OPEN is refused.
+    let a_port = p.b.status().await.unwrap().peers[0].port;
+    let mut wrong = PeerConfig::new(p.a_ip, 65009);
+    wrong.port = a_port;
+    wrong.source_address = Some(p.b_ip);
+    wrong.connect_retry_time = 1;
+    p.b.update_peer(wrong).await.unwrap();
+    let s = eventually("A hears Bad Peer AS", || async {
+        let s = p.a.status().await.unwrap();
+        s.peers[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad peer AS"))
+            .then_some(s)
+    })
+    .await;
+    assert_ne!(s.peers[0].state, State::Established);
+    let sb = p.b.status().await.unwrap();
+    assert!(sb.peers[0].messages.notifications_sent >= 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(
+        p.b.status().await.unwrap().peers[0].state,
+        State::Established,
+        "never comes up"
+    );
+    p.a.shutdown().await.unwrap();
+    p.b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ibgp_peer_gets_local_pref_and_unchanged_path() {
+    let p = pair(65001).await;
+    established(&p.b).await;
+    p.a.announce(LocalRoute::new("2001:db8:5::/48".parse().unwrap()))
+        .await
+        .unwrap();
+    p.a.announce(LocalRoute::new("10.20.0.0/16".parse().unwrap()))
+        .await
+        .unwrap();
+    eventually("B learns the IPv4 route", || async {
+        let s = p.b.status().await.unwrap();
+        (s.families[0].prefixes == 1).then_some(s)
+    })
+    .await;
+    let r = p.b.routes(Family::Ipv4Unicast, None).await.unwrap();
+    let a = &r[0].paths[0].attributes;
+    assert!(a.as_path.segments.is_empty());
+    assert_eq!(a.local_pref, Some(100));
+    // IPv6 over an IPv4 session has no IPv6 next hop configured: held back, not sent wrong.
+    let s = p.b.status().await.unwrap();
+    assert_eq!(s.families[1].prefixes, 0);
+    p.a.shutdown().await.unwrap();
+    p.b.shutdown().await.unwrap();
+}

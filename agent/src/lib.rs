@@ -1,1 +1,6 @@
-//! Serval agent.
+//! serval-agent: everything that touches the OS, the network or a datastore, behind the
+//! thin `serval-node` binary.
+
+pub mod http;
+pub mod metrics;
+pub mod standalone;

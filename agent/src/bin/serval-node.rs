@@ -1,1 +1,99 @@
-fn main() {}
+//! serval-node: the Serval node agent. Today it runs the standalone BGP speaker
+//! (`serval-node speaker --config FILE`); the Kubernetes node agent joins it here.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serval_agent::standalone::{self, StandaloneConfig};
+use serval_bgp::speaker::SpeakerHandle;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "serval-node", version, about = "Serval node agent")]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "SERVAL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the BGP speaker alone, configured from a YAML file (SIGHUP reloads it).
+    Speaker {
+        /// The configuration file.
+        #[arg(long, short, env = "SERVAL_SPEAKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a speaker configuration file and exit.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logs(format: &str) {
+    let filter = EnvFilter::try_from_env("SERVAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_speaker(path: PathBuf) -> anyhow::Result<()> {
+    let mut cfg = StandaloneConfig::load(&path)?;
+    let speaker = SpeakerHandle::start(cfg.speaker.clone())
+        .await
+        .context("starting the BGP speaker")?;
+    standalone::apply(&speaker, None, &cfg).await?;
+    let mut http = tokio::spawn(serval_agent::http::serve(cfg.http_address, speaker.clone()));
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match StandaloneConfig::load(&path) {
+                Ok(new) if new.speaker != cfg.speaker || new.http_address != cfg.http_address => {
+                    tracing::error!("speaker identity, listener and httpAddress need a restart; keeping the running configuration");
+                }
+                Ok(new) => {
+                    standalone::apply(&speaker, Some(&cfg), &new).await?;
+                    cfg = new;
+                    tracing::info!("configuration reloaded");
+                }
+                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            r = &mut http => {
+                r.context("HTTP task")?.context("HTTP server")?;
+                break;
+            }
+        }
+    }
+    speaker.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.command {
+        Command::Speaker { config } => run_speaker(config).await,
+        Command::CheckConfig { config } => {
+            StandaloneConfig::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The local HTTP endpoint: `/status` and `/routes` (JSON, read by `servalctl` and the
+//! tests), `/metrics` (Prometheus), `/livez` and `/readyz`.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serval_bgp::af::Family;
+use serval_bgp::speaker::SpeakerHandle;
+
+#[derive(Deserialize)]
+struct RoutesQuery {
+    family: Option<Family>,
+    prefix: Option<IpNet>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+}
+
+async fn status(State(s): State<SpeakerHandle>) -> Response {
+    match s.status().await {
+        Ok(st) => axum::Json(st).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn routes(State(s): State<SpeakerHandle>, Query(q): Query<RoutesQuery>) -> Response {
+    match s
+        .routes(q.family.unwrap_or(Family::Ipv4Unicast), q.prefix)
+        .await
+    {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn metrics(State(s): State<SpeakerHandle>) -> Response {
+    match s.status().await {
+        Ok(st) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            crate::metrics::render(&st),
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn readyz(State(s): State<SpeakerHandle>) -> Response {
+    match s.status().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Serves until the process exits.
+pub async fn serve(addr: SocketAddr, speaker: SpeakerHandle) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/routes", get(routes))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(speaker);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "HTTP status and metrics listening");
+    axum::serve(listener, app).await
+}

@@ -338,18 +338,33 @@ pub struct PathAttributes {
     pub atomic_aggregate: bool,
     /// AGGREGATOR, with AS4_AGGREGATOR merged in.
     pub aggregator: Option<Aggregator>,
-    /// COMMUNITIES.
+    /// COMMUNITIES (shown as `asn:value`).
+    #[serde(serialize_with = "ser_communities")]
     pub communities: Vec<u32>,
     /// ORIGINATOR_ID.
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST.
     pub cluster_list: Vec<Ipv4Addr>,
-    /// EXTENDED_COMMUNITIES, each as its 8 octets in a big-endian integer.
+    /// EXTENDED_COMMUNITIES, each as its 8 octets in a big-endian integer (shown in hex).
+    #[serde(serialize_with = "ser_extended")]
     pub extended_communities: Vec<u64>,
-    /// LARGE_COMMUNITY.
+    /// LARGE_COMMUNITY (shown as `global:local1:local2`).
+    #[serde(serialize_with = "ser_large")]
     pub large_communities: Vec<LargeCommunity>,
     /// Unknown optional transitive attributes, relayed with Partial set.
     pub unknown: Vec<RawAttribute>,
+}
+
+fn ser_communities<S: serde::Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)))
+}
+
+fn ser_extended<S: serde::Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|c| format!("0x{c:016x}")))
+}
+
+fn ser_large<S: serde::Serializer>(v: &[LargeCommunity], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|c| format!("{}:{}:{}", c.0, c.1, c.2)))
 }
 
 /// MP_REACH_NLRI (RFC 4760 §3).

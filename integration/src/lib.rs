@@ -1,1 +1,15 @@
-//! Test support.
+//! Test support for Serval's scenario and interop tests: network namespaces the test
+//! owns and always removes, daemons started inside them and stopped by PID, HTTP from
+//! inside a namespace, "eventually" polling, and the skip rules of the project contract
+//! (skip with a printed reason when the kernel lacks something; fail when `CI=true` and
+//! an installed tool is missing).
+
+pub mod daemon;
+pub mod netns;
+pub mod peers;
+pub mod poll;
+pub mod require;
+
+pub use daemon::Daemon;
+pub use netns::{Netns, link};
+pub use poll::eventually;

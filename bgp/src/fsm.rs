@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::af::Family;
 use crate::packet::capability::{Capability, GracefulRestart};
@@ -20,7 +20,7 @@ use crate::packet::message::{Message, Notification, Open, RouteRefresh, Update};
 pub const LARGE_HOLD_TIME: Duration = Duration::from_secs(240);
 
 /// Peer states as RFC 4271 names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum State {
     /// Not trying.
     Idle,
@@ -37,7 +37,7 @@ pub enum State {
 }
 
 /// Which of the (at most two) TCP connections an event concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Direction {
     /// We connected to the peer.
     Outgoing,
@@ -118,7 +118,7 @@ impl FsmConfig {
 }
 
 /// What both sides agreed on, handed to the speaker when the session comes up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Negotiated {
     /// The connection that won.

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::af::Family;
 use crate::decision::Step;
@@ -13,7 +13,7 @@ use crate::fsm::{Negotiated, State};
 use crate::packet::attribute::PathAttributes;
 
 /// The speaker as a whole.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// Our BGP identifier.
@@ -31,7 +31,7 @@ pub struct Status {
 }
 
 /// Loc-RIB size of one family.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FamilyStatus {
     /// The family.
@@ -43,7 +43,7 @@ pub struct FamilyStatus {
 }
 
 /// One peer, as `servalctl node status` and `/metrics` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     /// Peer address.
@@ -53,7 +53,7 @@ pub struct PeerStatus {
     /// Configured peer AS.
     pub as_number: u32,
     /// `ebgp` or `ibgp`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Free text from the configuration.
     pub description: Option<String>,
     /// FSM state.
@@ -79,7 +79,7 @@ pub struct PeerStatus {
 }
 
 /// Prefix counters of one peer in one family.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrefixCounts {
     /// The family.
@@ -93,7 +93,7 @@ pub struct PrefixCounts {
 }
 
 /// Message counters of one peer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageCounts {
     /// UPDATEs received.

@@ -28,6 +28,12 @@ enum Command {
         #[arg(long, short, env = "SERVAL_SPEAKER_CONFIG")]
         config: PathBuf,
     },
+    /// Print this node's BGP peers as a table (like `calicoctl node status`).
+    Status {
+        /// The local status endpoint.
+        #[arg(long, env = "SERVAL_STATUS_ADDRESS", default_value = "127.0.0.1:9179")]
+        address: std::net::SocketAddr,
+    },
     /// Check a speaker configuration file and exit.
     CheckConfig {
         /// The configuration file.
@@ -90,6 +96,14 @@ async fn main() -> anyhow::Result<()> {
     init_logs(&cli.log_format);
     match cli.command {
         Command::Speaker { config } => run_speaker(config).await,
+        Command::Status { address } => {
+            let status = serval_agent::status_table::fetch(address)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            print!("{}", serval_agent::status_table::render(&status, now));
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             StandaloneConfig::load(&config)?;
             println!("{}: ok", config.display());

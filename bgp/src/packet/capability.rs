@@ -14,7 +14,7 @@ use bytes::BufMut;
 use nom::bytes::complete::take;
 use nom::number::complete::{be_u8, be_u16, be_u32};
 use nom::{IResult, Parser};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::af::Family;
 
@@ -35,7 +35,7 @@ pub mod code {
 }
 
 /// One family entry of the graceful-restart capability.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GracefulRestartFamily {
     /// AFI on the wire.
@@ -47,7 +47,7 @@ pub struct GracefulRestartFamily {
 }
 
 /// The graceful-restart capability (RFC 4724 §3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GracefulRestart {
     /// The sender has restarted (the R bit).
@@ -61,7 +61,7 @@ pub struct GracefulRestart {
 }
 
 /// A capability as decoded from, or encoded into, an OPEN message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Capability {
     /// Multiprotocol extensions for one AFI/SAFI.

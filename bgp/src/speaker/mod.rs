@@ -708,7 +708,7 @@ impl Speaker {
             address: p.cfg.address,
             port: p.cfg.port,
             as_number: p.cfg.as_number,
-            kind: if p.ebgp { "ebgp" } else { "ibgp" },
+            kind: if p.ebgp { "ebgp" } else { "ibgp" }.to_string(),
             description: p.cfg.description.clone(),
             state: p.fsm.state(),
             state_age_seconds: p.state_since.elapsed().as_secs(),

@@ -28,6 +28,8 @@ use crate::packet::error::NotificationError;
 use crate::packet::message::{HEADER_LEN, Message, decode_header};
 
 /// What the I/O tasks tell the speaker task.
+// UPDATE is the message that matters; boxing it would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Input {
     /// An outgoing connection attempt finished.

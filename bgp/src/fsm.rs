@@ -168,6 +168,8 @@ pub enum DownReason {
 }
 
 /// Inputs to the FSM, named after RFC 4271 §8.1's events.
+// UPDATE is the message that matters; boxing it would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Event {
     /// ManualStart (or AutomaticStart with passive TCP when configured so).
@@ -191,6 +193,8 @@ pub enum Event {
 }
 
 /// Outputs the driver carries out, in order.
+// UPDATE is the message that matters; boxing it would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Open an outgoing TCP connection.

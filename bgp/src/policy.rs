@@ -8,6 +8,8 @@ use ipnet::IpNet;
 use crate::packet::attribute::PathAttributes;
 
 /// What a filter decided for one route.
+// Accept is by far the common case and is returned by value; Modify is rare.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Take the route as it is.

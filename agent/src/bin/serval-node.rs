@@ -33,6 +33,9 @@ enum Command {
         /// The local status endpoint.
         #[arg(long, env = "SERVAL_STATUS_ADDRESS", default_value = "127.0.0.1:9179")]
         address: std::net::SocketAddr,
+        /// Print the raw status JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a speaker configuration file and exit.
     CheckConfig {
@@ -96,8 +99,12 @@ async fn main() -> anyhow::Result<()> {
     init_logs(&cli.log_format);
     match cli.command {
         Command::Speaker { config } => run_speaker(config).await,
-        Command::Status { address } => {
+        Command::Status { address, json } => {
             let status = serval_agent::status_table::fetch(address)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();

@@ -711,7 +711,7 @@ fn decode_one(
             });
         }
         COMMUNITIES => {
-            if value.is_empty() || value.len() % 4 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(4) {
                 return Err(len_err(
                     "COMMUNITIES length is not a positive multiple of 4",
                 ));
@@ -732,7 +732,7 @@ fn decode_one(
             a.originator_id = Some(ipv4_at(value, 0));
         }
         CLUSTER_LIST => {
-            if value.is_empty() || value.len() % 4 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(4) {
                 return Err(len_err(
                     "CLUSTER_LIST length is not a positive multiple of 4",
                 ));
@@ -742,7 +742,7 @@ fn decode_one(
         MP_REACH_NLRI => out.mp_reach = Some(decode_mp_reach(value, raw)?),
         MP_UNREACH_NLRI => out.mp_unreach = Some(decode_mp_unreach(value, raw)?),
         EXTENDED_COMMUNITIES => {
-            if value.len() % 8 != 0 {
+            if !value.len().is_multiple_of(8) {
                 return Err(len_err(
                     "EXTENDED_COMMUNITIES length is not a multiple of 8",
                 ));
@@ -753,7 +753,7 @@ fn decode_one(
                 .collect();
         }
         LARGE_COMMUNITY => {
-            if value.is_empty() || value.len() % 12 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(12) {
                 return Err(len_err(
                     "LARGE_COMMUNITY length is not a positive multiple of 12",
                 ));

@@ -187,7 +187,7 @@ fn decode_value(code: u8, value: &[u8]) -> Option<Capability> {
         code::ENHANCED_ROUTE_REFRESH if value.is_empty() => Capability::EnhancedRouteRefresh,
         code::ROUTE_REFRESH | code::ENHANCED_ROUTE_REFRESH => return None,
         code::EXTENDED_NEXT_HOP => {
-            if value.len() % 6 != 0 {
+            if !value.len().is_multiple_of(6) {
                 return None;
             }
             let entries = value
@@ -203,7 +203,7 @@ fn decode_value(code: u8, value: &[u8]) -> Option<Capability> {
             Capability::ExtendedNextHop(entries)
         }
         code::GRACEFUL_RESTART => {
-            if value.len() < 2 || (value.len() - 2) % 4 != 0 {
+            if value.len() < 2 || !(value.len() - 2).is_multiple_of(4) {
                 return None;
             }
             let head = u16::from_be_bytes([value[0], value[1]]);

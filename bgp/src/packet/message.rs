@@ -51,6 +51,8 @@ pub mod message_type {
 }
 
 /// A decoded BGP message.
+// UPDATE is the message that matters; boxing it would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// OPEN.

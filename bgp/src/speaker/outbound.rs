@@ -183,9 +183,7 @@ impl Speaker {
         let interner = &mut self.interner;
         for prefix in prefixes {
             let desired = table.best(prefix).and_then(|best| {
-                let Some(src) = sources.get(&best.peer) else {
-                    return None;
-                };
+                let src = sources.get(&best.peer)?;
                 let key = (Arc::as_ptr(&best.attrs) as usize, best.peer);
                 let exported = cache
                     .entry(key)

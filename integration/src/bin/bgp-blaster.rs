@@ -1,0 +1,216 @@
+//! A minimal BGP load generator and sink for benchmarks, built on serval-bgp's codec.
+//!
+//! `bgp-blaster feed ...` connects, exchanges OPENs and sends N IPv4 prefixes (packed by
+//! attribute set) then End-of-RIB; `bgp-blaster sink ...` accepts one session and prints
+//! `COMPLETE <unix-ms>` once it holds N distinct prefixes. Both keep the session alive
+//! until killed.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::Ipv4Net;
+use serval_bgp::af::Family;
+use serval_bgp::packet::attribute::{AsPath, DecodeContext, EncodeContext, PathAttributes};
+use serval_bgp::packet::capability::Capability;
+use serval_bgp::packet::message::{
+    HEADER_LEN, Message, Open, Update, decode_header, pack_announcements,
+};
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis()
+}
+
+fn arg(args: &[String], name: &str) -> String {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| panic!("missing {name}"))
+}
+
+fn read_msg(s: &mut TcpStream, ctx: DecodeContext) -> std::io::Result<Message> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)?;
+    let (_, len) = decode_header(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut msg = head.to_vec();
+    msg.resize(len, 0);
+    s.read_exact(&mut msg[HEADER_LEN..])?;
+    Message::decode(&msg, ctx).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn handshake(s: &mut TcpStream, asn: u32, id: Ipv4Addr) -> std::io::Result<()> {
+    let open = Open {
+        my_as: u16::try_from(asn).unwrap_or(23456),
+        hold_time: 240,
+        router_id: id,
+        capabilities: vec![
+            Capability::multiprotocol(Family::Ipv4Unicast),
+            Capability::FourOctetAs(asn),
+        ],
+    };
+    s.write_all(&Message::Open(open).encode(EncodeContext {
+        four_octet_as: true,
+    }))?;
+    let ctx = DecodeContext {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    loop {
+        match read_msg(s, ctx)? {
+            Message::Open(_) => s.write_all(&Message::Keepalive.encode(EncodeContext {
+                four_octet_as: true,
+            }))?,
+            Message::Keepalive => return Ok(()),
+            Message::Notification(n) => {
+                return Err(std::io::Error::other(format!(
+                    "NOTIFICATION {}/{}",
+                    n.code, n.subcode
+                )));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn keepalives(mut s: TcpStream) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(30));
+            if s.write_all(&Message::Keepalive.encode(EncodeContext {
+                four_octet_as: true,
+            }))
+            .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+fn feed(args: &[String]) -> std::io::Result<()> {
+    let peer: SocketAddr = arg(args, "--peer").parse().expect("--peer ADDR:PORT");
+    let asn: u32 = arg(args, "--as").parse().expect("--as");
+    let id: Ipv4Addr = arg(args, "--id").parse().expect("--id");
+    let count: u32 = arg(args, "--count").parse().expect("--count");
+    let nh: Ipv4Addr = arg(args, "--next-hop").parse().expect("--next-hop");
+    // Pre-encode everything so the measurement is the receiver's speed, not ours.
+    let sets = 1000u32;
+    let mut msgs = Vec::new();
+    for set in 0..sets {
+        let attrs = PathAttributes {
+            as_path: AsPath::from_sequence([asn, 3356, 64_000 + set % 1000]),
+            next_hop: Some(IpAddr::V4(nh)),
+            med: Some(set),
+            communities: vec![asn << 16 | (set & 0xffff)],
+            ..Default::default()
+        };
+        let per = count / sets + u32::from(set < count % sets);
+        let base = (0..set)
+            .map(|s| count / sets + u32::from(s < count % sets))
+            .sum::<u32>();
+        let prefixes: Vec<Ipv4Net> = (0..per)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x1000_0000 + ((base + i) << 8)), 24).unwrap())
+            .collect();
+        pack_announcements(
+            &attrs,
+            &prefixes,
+            EncodeContext {
+                four_octet_as: true,
+            },
+            &mut msgs,
+        );
+    }
+    msgs.push(
+        Message::Update(Update::end_of_rib_marker(Family::Ipv4Unicast)).encode(EncodeContext {
+            four_octet_as: true,
+        }),
+    );
+    let mut s = loop {
+        match TcpStream::connect(peer) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    handshake(&mut s, asn, id)?;
+    let start = now_ms();
+    println!("START {start}");
+    let mut reader = s.try_clone()?;
+    std::thread::spawn(move || {
+        while read_msg(
+            &mut reader,
+            DecodeContext {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        )
+        .is_ok()
+        {}
+    });
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, s.try_clone()?);
+    for m in &msgs {
+        w.write_all(m)?;
+    }
+    w.flush()?;
+    println!("SENT {} messages in {} ms", msgs.len(), now_ms() - start);
+    keepalives(s);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn sink(args: &[String]) -> std::io::Result<()> {
+    let listen: SocketAddr = arg(args, "--listen").parse().expect("--listen ADDR:PORT");
+    let asn: u32 = arg(args, "--as").parse().expect("--as");
+    let id: Ipv4Addr = arg(args, "--id").parse().expect("--id");
+    let count: usize = arg(args, "--count").parse().expect("--count");
+    let l = TcpListener::bind(listen)?;
+    let (mut s, _) = l.accept()?;
+    handshake(&mut s, asn, id)?;
+    println!("ESTABLISHED {}", now_ms());
+    keepalives(s.try_clone()?);
+    let mut have: HashSet<Ipv4Net> = HashSet::with_capacity(count);
+    let mut done = false;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, s);
+    loop {
+        let mut head = [0u8; HEADER_LEN];
+        r.read_exact(&mut head)?;
+        let (_, len) = decode_header(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut msg = head.to_vec();
+        msg.resize(len, 0);
+        r.read_exact(&mut msg[HEADER_LEN..])?;
+        if let Ok(Message::Update(u)) = Message::decode(
+            &msg,
+            DecodeContext {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        ) {
+            u.withdrawn.iter().for_each(|p| {
+                have.remove(p);
+            });
+            have.extend(u.nlri);
+            if !done && have.len() >= count {
+                done = true;
+                println!("COMPLETE {}", now_ms());
+            }
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("feed") => feed(&args),
+        Some("sink") => sink(&args),
+        _ => {
+            eprintln!(
+                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N"
+            );
+            std::process::exit(2)
+        }
+    }
+}

@@ -140,6 +140,11 @@ pub struct PeerConfig {
     /// Treat this iBGP peer as a route-reflector client (needs a cluster ID).
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// Advertise the graceful-restart capability with this restart time (seconds,
+    /// 0..=4095). Only the capability for now: stale-route handling arrives with the
+    /// graceful-restart behaviour, so forwarding-preserved is never claimed.
+    #[serde(default)]
+    pub graceful_restart_time: Option<u16>,
     /// Free text shown in status output.
     #[serde(default)]
     pub description: Option<String>,
@@ -161,6 +166,7 @@ impl PeerConfig {
             next_hop: NextHopMode::Auto,
             families: default_families(),
             route_reflector_client: false,
+            graceful_restart_time: None,
             description: None,
         }
     }
@@ -189,6 +195,11 @@ impl PeerConfig {
         if self.families.is_empty() {
             return Err(format!(
                 "peer {who}: families must list at least one family"
+            ));
+        }
+        if self.graceful_restart_time.is_some_and(|t| t > 4095) {
+            return Err(format!(
+                "peer {who}: gracefulRestartTime must be 0..=4095 seconds (12 bits, RFC 4724)"
             ));
         }
         if self.multihop == Some(0) {

@@ -321,3 +321,27 @@ fn hold_time_zero_disables_keepalives() {
             .any(|x| matches!(x, Action::StartTimer(Timer::Keepalive(_), _)))
     );
 }
+
+#[test]
+fn open_advertises_configured_capabilities() {
+    let mut c = cfg(false);
+    c.graceful_restart = Some(GracefulRestart {
+        restarting: false,
+        notification: false,
+        restart_time: 120,
+        families: vec![],
+    });
+    let open = c.open();
+    assert!(open.capabilities.contains(&Capability::FourOctetAs(65001)));
+    assert!(
+        open.capabilities
+            .contains(&Capability::multiprotocol(Family::Ipv6Unicast))
+    );
+    assert!(
+        open.capabilities
+            .iter()
+            .any(|x| matches!(x, Capability::GracefulRestart(g) if g.restart_time == 120))
+    );
+    c.local_as = 4_200_000_000;
+    assert_eq!(c.open().my_as, 23456, "AS_TRANS in the 2-octet field");
+}

@@ -217,3 +217,72 @@ async fn ibgp_peer_gets_local_pref_and_unchanged_path() {
     p.a.shutdown().await.unwrap();
     p.b.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn malformed_update_gets_notification_and_other_sessions_stay_up() {
+    use serval_bgp::packet::attribute::{DecodeContext, EncodeContext};
+    use serval_bgp::packet::capability::Capability;
+    use serval_bgp::packet::message::{Message, Open};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let p = pair(65002).await;
+    established(&p.a).await;
+    // A third, misbehaving peer at 127.0.0.3 that A expects.
+    let bad_ip: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut bad = PeerConfig::new(bad_ip, 65009);
+    bad.passive = true;
+    p.a.add_peer(bad).await.unwrap();
+    let a_port = p.b.status().await.unwrap().peers[0].port;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(bad_ip, 0)).unwrap();
+    let mut s = sock
+        .connect(std::net::SocketAddr::new(p.a_ip, a_port))
+        .await
+        .unwrap();
+    let enc = EncodeContext {
+        four_octet_as: true,
+    };
+    let open = Open {
+        my_as: 65009,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(10, 9, 9, 9),
+        capabilities: vec![Capability::FourOctetAs(65009)],
+    };
+    s.write_all(&Message::Open(open).encode(enc)).await.unwrap();
+    s.write_all(&Message::Keepalive.encode(enc)).await.unwrap();
+    // An UPDATE whose withdrawn-routes length runs past the message: RFC 4271 §6.3,
+    // Malformed Attribute List.
+    let mut update = vec![0xff; 16];
+    update.extend_from_slice(&[0, 25, 2, 0, 9, 0, 0, 0, 0, 0]);
+    s.write_all(&update).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let ctx = DecodeContext {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    let mut rest = &got[..];
+    let mut notification = None;
+    while rest.len() >= 19 {
+        let len = usize::from(u16::from_be_bytes([rest[16], rest[17]]));
+        if let Ok(Message::Notification(n)) = Message::decode(&rest[..len], ctx) {
+            notification = Some((n.code, n.subcode));
+        }
+        rest = &rest[len..];
+    }
+    assert_eq!(
+        notification,
+        Some((3, 1)),
+        "A answers with UPDATE Message Error / Malformed Attribute List"
+    );
+    let s = p.a.status().await.unwrap();
+    let good = s.peers.iter().find(|x| x.address == p.b_ip).unwrap();
+    assert_eq!(
+        good.state,
+        State::Established,
+        "the well-behaved session is untouched"
+    );
+    assert_eq!(good.established_transitions, 1);
+    p.a.shutdown().await.unwrap();
+    p.b.shutdown().await.unwrap();
+}

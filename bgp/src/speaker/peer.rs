@@ -13,6 +13,7 @@ use crate::config::{PeerConfig, SpeakerConfig};
 use crate::connection::ConnIo;
 use crate::decision::PeerId;
 use crate::fsm::{Fsm, FsmConfig, Negotiated, State, Timer};
+use crate::packet::capability::{GracefulRestart, GracefulRestartFamily};
 use crate::policy::PolicyPeer;
 use crate::rib::AdjRibOut;
 use crate::status::MessageCounts;
@@ -60,7 +61,22 @@ impl PeerEntry {
             connect_retry: cfg.connect_retry(),
             passive: cfg.passive,
             families: cfg.families.clone(),
-            graceful_restart: None,
+            graceful_restart: cfg
+                .graceful_restart_time
+                .map(|restart_time| GracefulRestart {
+                    restarting: false,
+                    notification: false,
+                    restart_time,
+                    families: cfg
+                        .families
+                        .iter()
+                        .map(|f| GracefulRestartFamily {
+                            afi: f.afi(),
+                            safi: f.safi(),
+                            forwarding_preserved: false,
+                        })
+                        .collect(),
+                }),
         });
         let span = tracing::info_span!("peer", addr = %cfg.address, asn = cfg.as_number);
         PeerEntry {

@@ -145,6 +145,11 @@ protocol bgp v6peer {{
             t6 = ADDRS.theirs6,
             o6 = ADDRS.ours6
         );
+        Self::with_config(ns, dir, &conf)
+    }
+
+    /// BIRD with a config of the test's own (control socket and pid file as usual).
+    pub fn with_config(ns: &'a Netns, dir: &'a Path, conf: &str) -> Self {
         std::fs::write(dir.join("bird.conf"), conf).expect("write bird.conf");
         Bird {
             ns,

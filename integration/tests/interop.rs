@@ -243,3 +243,52 @@ fn interop_with_gobgp() {
     let mut gobgp = GoBgp::new(&theirs, &d2.0);
     scenario(&mut serval, &mut gobgp);
 }
+
+/// iBGP: LOCAL_PREF both ways, AS path left empty, next hop of local routes is the
+/// session address.
+#[test]
+fn ibgp_local_pref_with_bird() {
+    if !require::lab_ready("ibgp_local_pref_with_bird", &["bird", "birdc"]) {
+        return;
+    }
+    let (ours, theirs) = lab("bird-ibgp").unwrap();
+    let (d1, d2) = (Scratch::new("ibgp-sv"), Scratch::new("ibgp-ref"));
+    let yaml = format!(
+        "speaker:\n  routerId: 10.0.0.1\n  asNumber: 65001\nhttpAddress: 127.0.0.1:9179\npeers:\n  - address: {}\n    asNumber: 65001\n    families: [ipv4-unicast]\n    connectRetryTime: 1\nannounce:\n  - prefix: 10.150.0.0/24\n    localPref: 150\n",
+        ADDRS.theirs4
+    );
+    let mut serval = Serval::new(&ours, &d1.0, &yaml);
+    let conf = format!(
+        "router id {t};\nprotocol device {{}}\nprotocol static s4 {{ ipv4; route 10.250.0.0/24 unreachable; }}\n\
+         protocol bgp v4peer {{ local {t} as 65001; neighbor {o} as 65001; connect retry time 1;\n\
+         ipv4 {{ import all; export filter {{ bgp_local_pref = 200; accept; }}; }}; }}\n",
+        t = ADDRS.theirs4,
+        o = ADDRS.ours4
+    );
+    let mut bird = Bird::with_config(&theirs, &d2.0, &conf);
+    bird.start();
+    serval.start();
+    let ctx = || format!("{}\n{}", serval.log(), bird.log());
+    let r = eventually(
+        "BIRD has our iBGP route",
+        WAIT,
+        || bird.route("10.150.0.0/24", false),
+        ctx,
+    );
+    assert_eq!(
+        (r.as_path.clone(), r.local_pref, r.next_hop.as_str()),
+        (vec![], Some(150), ADDRS.ours4),
+        "{r:?}"
+    );
+    let r = eventually(
+        "serval has BIRD's iBGP route",
+        WAIT,
+        || serval.route("10.250.0.0/24"),
+        ctx,
+    );
+    assert_eq!(
+        (r.as_path.clone(), r.local_pref, r.next_hop.as_str()),
+        (vec![], Some(200), ADDRS.theirs4),
+        "{r:?}"
+    );
+}

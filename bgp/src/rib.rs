@@ -56,10 +56,67 @@ impl DecideCtx<'_> {
     }
 }
 
+/// The candidates of one prefix. Almost every prefix has exactly one path, so that
+/// case is stored inline: no heap allocation per prefix.
+#[derive(Debug, Clone, Default)]
+enum Paths {
+    #[default]
+    Empty,
+    One(Path),
+    Many(Vec<Path>),
+}
+
+impl std::ops::Deref for Paths {
+    type Target = [Path];
+    fn deref(&self) -> &[Path] {
+        match self {
+            Paths::Empty => &[],
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Paths {
+    fn deref_mut(&mut self) -> &mut [Path] {
+        match self {
+            Paths::Empty => &mut [],
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(v) => v,
+        }
+    }
+}
+
+impl Paths {
+    fn push(&mut self, path: Path) {
+        *self = match std::mem::take(self) {
+            Paths::Empty => Paths::One(path),
+            Paths::One(first) => Paths::Many(vec![first, path]),
+            Paths::Many(mut v) => {
+                v.push(path);
+                Paths::Many(v)
+            }
+        };
+    }
+
+    fn remove(&mut self, at: usize) {
+        *self = match std::mem::take(self) {
+            Paths::Empty | Paths::One(_) => Paths::Empty,
+            Paths::Many(mut v) => {
+                v.remove(at);
+                match v.len() {
+                    1 => Paths::One(v.pop().expect("one left")),
+                    _ => Paths::Many(v),
+                }
+            }
+        };
+    }
+}
+
 /// Candidate paths of one family: Adj-RIB-In (all paths) and Loc-RIB (index 0 of each).
 #[derive(Debug)]
 pub struct Table<P: Prefix> {
-    dests: HashMap<P, Vec<Path>>,
+    dests: HashMap<P, Paths>,
 }
 
 impl<P: Prefix> Default for Table<P> {
@@ -96,12 +153,12 @@ impl<P: Prefix> Table<P> {
 
     /// All candidate paths for a prefix, best first.
     pub fn paths(&self, prefix: &P) -> &[Path] {
-        self.dests.get(prefix).map(Vec::as_slice).unwrap_or(&[])
+        self.dests.get(prefix).map(|p| &**p).unwrap_or(&[])
     }
 
     /// Every prefix with its candidates, best first, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&P, &[Path])> {
-        self.dests.iter().map(|(p, v)| (p, v.as_slice()))
+        self.dests.iter().map(|(p, v)| (p, &**v))
     }
 
     /// Decision details for a prefix (why each path lost).

@@ -16,7 +16,7 @@ mod ingest;
 mod outbound;
 mod peer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,14 +51,14 @@ use crate::status::{
 pub(crate) struct Tables {
     v4: Table<Ipv4Net>,
     v6: Table<Ipv6Net>,
-    dirty4: HashSet<Ipv4Net>,
-    dirty6: HashSet<Ipv6Net>,
+    dirty4: Vec<Ipv4Net>,
+    dirty6: Vec<Ipv6Net>,
 }
 
 /// Lets RIB code be written once for both families (STYLE 7).
 pub(crate) trait FamilyRib: Prefix {
     fn table(t: &Tables) -> &Table<Self>;
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>);
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>);
     fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self>;
     fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self>;
 }
@@ -67,7 +67,7 @@ impl FamilyRib for Ipv4Net {
     fn table(t: &Tables) -> &Table<Self> {
         &t.v4
     }
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>) {
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
         (&mut t.v4, &mut t.dirty4)
     }
     fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
@@ -82,7 +82,7 @@ impl FamilyRib for Ipv6Net {
     fn table(t: &Tables) -> &Table<Self> {
         &t.v6
     }
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut HashSet<Self>) {
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
         (&mut t.v6, &mut t.dirty6)
     }
     fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
@@ -363,7 +363,7 @@ impl Speaker {
         let (table, dirty) = P::table_and_dirty(&mut self.tables);
         let (changed, replaced) = table.upsert(prefix, path, &ctx);
         if changed {
-            dirty.insert(prefix);
+            dirty.push(prefix);
         }
         (changed, replaced)
     }
@@ -378,7 +378,7 @@ impl Speaker {
         let (table, dirty) = P::table_and_dirty(&mut self.tables);
         let r = table.take(&prefix, peer, &ctx);
         if r == Some(true) {
-            dirty.insert(prefix);
+            dirty.push(prefix);
         }
         r
     }

@@ -48,10 +48,13 @@ impl Speaker {
         }
     }
 
-    fn flush_family<P: FamilyRib>(&mut self, dirty: HashSet<P>, changes: &mut Vec<BestPathChange>) {
+    fn flush_family<P: FamilyRib>(&mut self, mut dirty: Vec<P>, changes: &mut Vec<BestPathChange>) {
         if dirty.is_empty() {
             return;
         }
+        // A prefix may have changed several times in the batch; decide and send it once.
+        dirty.sort_unstable();
+        dirty.dedup();
         if !self.subscribers.is_empty() {
             changes.extend(dirty.iter().map(|p| self.best_change(*p)));
         }
@@ -61,9 +64,8 @@ impl Speaker {
             .filter(|p| p.has_family(P::FAMILY))
             .map(|p| p.id)
             .collect();
-        let prefixes: Vec<P> = dirty.into_iter().collect();
         for id in ids {
-            self.export_prefixes(id, &prefixes);
+            self.export_prefixes(id, &dirty);
         }
     }
 

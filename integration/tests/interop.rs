@@ -31,7 +31,8 @@ fn serval_yaml(peer_as: u32, with_v4_route: bool, with_v4_peer: bool) -> String 
     y
 }
 
-fn lab(test: &str) -> Option<(Netns, Netns)> {
+/// Two namespaces joined by a veth, with the lab's IPv4 and IPv6 addresses.
+fn lab() -> (Netns, Netns) {
     let ours = Netns::new("sv").expect("namespace");
     let theirs = Netns::new("ref").expect("namespace");
     link(&ours, "eth1", &theirs, "eth1").expect("veth");
@@ -43,8 +44,7 @@ fn lab(test: &str) -> Option<(Netns, Netns)> {
     theirs
         .addr("eth1", &format!("{}/64", ADDRS.theirs6))
         .unwrap();
-    let _ = test;
-    Some((ours, theirs))
+    (ours, theirs)
 }
 
 /// The whole scenario against one reference router.
@@ -213,7 +213,7 @@ fn interop_with_bird() {
     if !require::lab_ready("interop_with_bird", &["bird", "birdc"]) {
         return;
     }
-    let (ours, theirs) = lab("bird").unwrap();
+    let (ours, theirs) = lab();
     let (d1, d2) = (Scratch::new("bird-sv"), Scratch::new("bird-ref"));
     let mut serval = Serval::new(&ours, &d1.0, &serval_yaml(65002, true, true));
     let mut bird = Bird::new(&theirs, &d2.0);
@@ -225,7 +225,7 @@ fn interop_with_frr() {
     if !require::lab_ready("interop_with_frr", &["/usr/lib/frr/bgpd", "vtysh"]) {
         return;
     }
-    let (ours, theirs) = lab("frr").unwrap();
+    let (ours, theirs) = lab();
     let (d1, d2) = (Scratch::new("frr-sv"), Scratch::new("frr-ref"));
     let mut serval = Serval::new(&ours, &d1.0, &serval_yaml(65003, true, true));
     let mut frr = Frr::new(&theirs, &d2.0);
@@ -237,7 +237,7 @@ fn interop_with_gobgp() {
     if !require::lab_ready("interop_with_gobgp", &["gobgpd", "gobgp"]) {
         return;
     }
-    let (ours, theirs) = lab("gobgp").unwrap();
+    let (ours, theirs) = lab();
     let (d1, d2) = (Scratch::new("gobgp-sv"), Scratch::new("gobgp-ref"));
     let mut serval = Serval::new(&ours, &d1.0, &serval_yaml(65004, true, true));
     let mut gobgp = GoBgp::new(&theirs, &d2.0);
@@ -251,7 +251,7 @@ fn ibgp_local_pref_with_bird() {
     if !require::lab_ready("ibgp_local_pref_with_bird", &["bird", "birdc"]) {
         return;
     }
-    let (ours, theirs) = lab("bird-ibgp").unwrap();
+    let (ours, theirs) = lab();
     let (d1, d2) = (Scratch::new("ibgp-sv"), Scratch::new("ibgp-ref"));
     let yaml = format!(
         "speaker:\n  routerId: 10.0.0.1\n  asNumber: 65001\nhttpAddress: 127.0.0.1:9179\npeers:\n  - address: {}\n    asNumber: 65001\n    families: [ipv4-unicast]\n    connectRetryTime: 1\nannounce:\n  - prefix: 10.150.0.0/24\n    localPref: 150\n",

@@ -82,8 +82,16 @@ pub trait RefRouter {
     fn asn(&self) -> u32;
     /// (Re)starts the daemon.
     fn start(&mut self);
+    /// The running daemon, if started.
+    fn daemon(&self) -> Option<&Daemon>;
+    /// Hands over the running daemon (to stop it).
+    fn take_daemon(&mut self) -> Option<Daemon>;
     /// Kills the daemon as a crash would.
-    fn crash(&mut self);
+    fn crash(&mut self) {
+        if let Some(mut d) = self.take_daemon() {
+            d.kill();
+        }
+    }
     /// `Ok` when the session to our IPv4 (or IPv6) address is Established.
     fn established(&self, v6: bool) -> Result<(), String>;
     /// A route in its table, `Err` with what it saw when absent.
@@ -97,7 +105,9 @@ pub trait RefRouter {
     /// `Ok` when it reports that we closed the IPv4 session with a Cease.
     fn saw_our_cease(&self) -> Result<(), String>;
     /// The tail of its log.
-    fn log(&self) -> String;
+    fn log(&self) -> String {
+        self.daemon().map(|d| d.log_tail(30)).unwrap_or_default()
+    }
     /// The prefixes it originates: (IPv4, IPv6).
     fn own_prefixes(&self) -> (&'static str, &'static str);
     /// Whether it sends the MED we check on its routes.
@@ -221,10 +231,8 @@ impl RefRouter for Bird<'_> {
         ];
         self.daemon = Some(Daemon::start(self.ns, "bird", &args, self.dir).expect("start bird"));
     }
-    fn crash(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.kill();
-        }
+    fn take_daemon(&mut self) -> Option<Daemon> {
+        self.daemon.take()
     }
     fn established(&self, v6: bool) -> Result<(), String> {
         let out = self.ctl(&format!(
@@ -258,11 +266,8 @@ impl RefRouter for Bird<'_> {
             Err(out)
         }
     }
-    fn log(&self) -> String {
-        self.daemon
-            .as_ref()
-            .map(|d| d.log_tail(30))
-            .unwrap_or_default()
+    fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
     }
     fn own_prefixes(&self) -> (&'static str, &'static str) {
         ("10.200.0.0/24", "2001:db8:200::/48")
@@ -397,10 +402,8 @@ impl RefRouter for Frr<'_> {
         ];
         self.daemon = Some(Daemon::start(self.ns, "bgpd", &args, self.dir).expect("start bgpd"));
     }
-    fn crash(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.kill();
-        }
+    fn take_daemon(&mut self) -> Option<Daemon> {
+        self.daemon.take()
     }
     fn established(&self, v6: bool) -> Result<(), String> {
         let n = self.neighbor(if v6 { ADDRS.ours6 } else { ADDRS.ours4 });
@@ -438,11 +441,8 @@ impl RefRouter for Frr<'_> {
             Err(n.to_string())
         }
     }
-    fn log(&self) -> String {
-        self.daemon
-            .as_ref()
-            .map(|d| d.log_tail(30))
-            .unwrap_or_default()
+    fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
     }
     fn own_prefixes(&self) -> (&'static str, &'static str) {
         ("10.210.0.0/24", "2001:db8:210::/48")
@@ -594,10 +594,8 @@ impl RefRouter for GoBgp<'_> {
         );
         self.add_routes();
     }
-    fn crash(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.kill();
-        }
+    fn take_daemon(&mut self) -> Option<Daemon> {
+        self.daemon.take()
     }
     fn established(&self, v6: bool) -> Result<(), String> {
         let addr = if v6 { ADDRS.ours6 } else { ADDRS.ours4 };
@@ -641,11 +639,8 @@ impl RefRouter for GoBgp<'_> {
         });
         if hit { Ok(()) } else { Err(log) }
     }
-    fn log(&self) -> String {
-        self.daemon
-            .as_ref()
-            .map(|d| d.log_tail(30))
-            .unwrap_or_default()
+    fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
     }
     fn own_prefixes(&self) -> (&'static str, &'static str) {
         ("10.220.0.0/24", "2001:db8:220::/48")

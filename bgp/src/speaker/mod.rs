@@ -355,9 +355,7 @@ impl Speaker {
 
     fn insert_path<P: FamilyRib>(&mut self, prefix: P, path: Path) -> (bool, bool) {
         let ctx = DecideCtx {
-            cfg: DecisionConfig {
-                default_local_pref: self.cfg.default_local_pref,
-            },
+            cfg: self.decision_config(),
             sources: &self.sources,
         };
         let (table, dirty) = P::table_and_dirty(&mut self.tables);
@@ -370,9 +368,7 @@ impl Speaker {
 
     fn remove_path<P: FamilyRib>(&mut self, prefix: P, peer: PeerId) -> Option<bool> {
         let ctx = DecideCtx {
-            cfg: DecisionConfig {
-                default_local_pref: self.cfg.default_local_pref,
-            },
+            cfg: self.decision_config(),
             sources: &self.sources,
         };
         let (table, dirty) = P::table_and_dirty(&mut self.tables);

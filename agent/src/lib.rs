@@ -1,7 +1,9 @@
 //! serval-agent: everything that touches the OS, the network or a datastore, behind the
 //! thin `serval-node` binary.
 
+pub mod datastore;
 pub mod http;
 pub mod metrics;
+pub mod resources;
 pub mod standalone;
 pub mod status_table;

@@ -20,6 +20,11 @@ pub mod kubernetes;
 pub mod memory;
 pub mod syncer;
 
+#[cfg(test)]
+mod kube_fake;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::pin::Pin;
 

@@ -1,15 +1,18 @@
 //! Test support for Serval's scenario and interop tests: network namespaces the test
 //! owns and always removes, daemons started inside them and stopped by PID, HTTP from
-//! inside a namespace, "eventually" polling, and the skip rules of the project contract
+//! inside a namespace, a real etcd on loopback, "eventually" polling, and the skip rules of the project contract
 //! (skip with a printed reason when the kernel lacks something; fail when `CI=true` and
 //! an installed tool is missing).
 
 pub mod daemon;
+pub mod etcd;
+pub mod ipam_load;
 pub mod netns;
 pub mod peers;
 pub mod poll;
 pub mod require;
 
 pub use daemon::Daemon;
+pub use etcd::EtcdServer;
 pub use netns::{Netns, link};
 pub use poll::eventually;

@@ -662,16 +662,26 @@ impl<S: IpamStore> Ipam<S> {
             return Ok(Vec::new());
         };
         let mut released = Vec::new();
+        let mut per_block = Vec::new();
         for block in h.value.block.keys() {
             let n = self
                 .release_in_block(block, |b| b.release_handle(handle))
                 .await?;
             released.extend(n.iter().map(|r| r.ip));
-            self.remove_from_handle(handle, block, n.len() as u32)
-                .await?;
+            per_block.push((block.clone(), n.len() as u32));
         }
-        // Drop whatever the index still claims (counts that drifted from the blocks).
-        self.change_handle(handle, |h| h.block.clear()).await?;
+        // One write for the index: delete it if nobody touched it meanwhile; otherwise take off
+        // exactly what was released here.
+        match self.store.delete::<Handle>(handle, &h.revision).await {
+            Ok(()) => {}
+            Err(e) if e.is_race() => {
+                self.conflict();
+                for (block, n) in per_block {
+                    self.remove_from_handle(handle, &block, n).await?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(released)
     }
 

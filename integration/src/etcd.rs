@@ -31,9 +31,13 @@ impl EtcdServer {
     pub fn start(test: &str) -> Option<EtcdServer> {
         if !require::have("etcd") {
             if require::in_ci() {
-                panic!("{test}: `etcd` is missing but CI installs it (.ci/run); this is a set-up bug");
+                panic!(
+                    "{test}: `etcd` is missing but CI installs it (.ci/run); this is a set-up bug"
+                );
             }
-            eprintln!("SKIP {test}: `etcd` is not installed (run scripts/setup to install etcd-server)");
+            eprintln!(
+                "SKIP {test}: `etcd` is not installed (run scripts/setup to install etcd-server)"
+            );
             return None;
         }
         let dir = Scratch::new("etcd");
@@ -63,8 +67,18 @@ impl EtcdServer {
             .args(["--name", "serval-test"])
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("serval-test={peer}")])
             .args(["--log-level", "warn"])
             .stdin(Stdio::null())

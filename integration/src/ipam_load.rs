@@ -61,12 +61,18 @@ impl Ledger {
     }
 
     fn give_back(&self, ip: IpAddr) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
     }
 
     /// Every double assignment seen.
     pub fn duplicates(&self) -> Vec<String> {
-        self.duplicates.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.duplicates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -110,7 +116,10 @@ pub async fn churn<B: Backend>(
             handle: handle.clone(),
             node: node.clone(),
             num_v4: 1,
-            attrs: BTreeMap::from([("pod".into(), handle.clone()), ("namespace".into(), "load".into())]),
+            attrs: BTreeMap::from([
+                ("pod".into(), handle.clone()),
+                ("namespace".into(), "load".into()),
+            ]),
             ..AssignRequest::default()
         };
         let started = Instant::now();
@@ -153,7 +162,11 @@ async fn release_oldest<B: Backend>(
     // Leave the ledger first: once released, another node may rightly get the address.
     ledger.give_back(ip);
     let released = ipam.release_by_handle(&handle).await?;
-    assert_eq!(released, vec![ip], "release of {handle} returned what it held");
+    assert_eq!(
+        released,
+        vec![ip],
+        "release of {handle} returned what it held"
+    );
     report.released += 1;
     Ok(())
 }

@@ -10,12 +10,16 @@ use serval_agent::datastore::{Datastore, EtcdBackend};
 use serval_integration::EtcdServer;
 use serval_integration::ipam_load::{self, Ledger};
 use serval_ipam::{
-    AssignRequest, Block, Gc, Handle, IpamConfig, IpamObject, IpamStore, ObjectKind, Owners, Pool,
-    StoreError, Versioned, Ipam,
+    AssignRequest, Block, Gc, Handle, Ipam, IpamConfig, IpamObject, IpamStore, ObjectKind, Owners,
+    Pool, StoreError, Versioned,
 };
 
 async fn datastore(etcd: &EtcdServer) -> Datastore<EtcdBackend> {
-    Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.expect("connect to etcd"))
+    Datastore::new(
+        EtcdBackend::connect(&[etcd.endpoint()])
+            .await
+            .expect("connect to etcd"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,11 +39,20 @@ async fn eight_nodes_share_a_small_pool_without_duplicates_or_leaks() {
     for (i, node) in nodes.iter().enumerate() {
         let ipam = Ipam::new(datastore(&etcd).await);
         let live_cap = if i % 2 == 0 { 20 } else { 10 };
-        tasks.push(tokio::spawn(ipam_load::churn(ipam, node.clone(), 500, live_cap, ledger.clone())));
+        tasks.push(tokio::spawn(ipam_load::churn(
+            ipam,
+            node.clone(),
+            500,
+            live_cap,
+            ledger.clone(),
+        )));
     }
     let mut total = ipam_load::NodeReport::default();
     for (node, task) in nodes.iter().zip(tasks) {
-        let r = task.await.expect("node task").unwrap_or_else(|e| panic!("{node}: {e}"));
+        let r = task
+            .await
+            .expect("node task")
+            .unwrap_or_else(|e| panic!("{node}: {e}"));
         assert_eq!((r.allocated, r.released), (500, 500), "{node}: {r:?}");
         total.conflicts += r.conflicts;
         total.borrowed += r.borrowed;
@@ -51,17 +64,40 @@ async fn eight_nodes_share_a_small_pool_without_duplicates_or_leaks() {
          {} blocks claimed, {} momentary exhaustions",
         total.conflicts, total.borrowed, total.blocks_claimed, total.exhausted
     );
-    assert_eq!(ledger.duplicates(), Vec::<String>::new(), "no address held twice");
-    assert!(total.borrowed > 0, "the pool is small enough that nodes must borrow");
-    assert!(total.conflicts > 0, "owners and borrowers share blocks, so some writes collide");
+    assert_eq!(
+        ledger.duplicates(),
+        Vec::<String>::new(),
+        "no address held twice"
+    );
+    assert!(
+        total.borrowed > 0,
+        "the pool is small enough that nodes must borrow"
+    );
+    assert!(
+        total.conflicts > 0,
+        "owners and borrowers share blocks, so some writes collide"
+    );
     // Zero leaks: every block empty, no handle left.
     let ipam = Ipam::new(setup);
     for b in IpamStore::list::<Block>(ipam.store()).await.unwrap() {
-        let held: Vec<_> = b.value.allocated().map(|(_, ip, a)| (ip, a.handle_id.clone())).collect();
-        assert!(held.is_empty(), "block {} still holds {held:?}", b.value.cidr);
+        let held: Vec<_> = b
+            .value
+            .allocated()
+            .map(|(_, ip, a)| (ip, a.handle_id.clone()))
+            .collect();
+        assert!(
+            held.is_empty(),
+            "block {} still holds {held:?}",
+            b.value.cidr
+        );
     }
     let handles = IpamStore::list::<Handle>(ipam.store()).await.unwrap();
-    assert!(handles.is_empty(), "{} handles left: {:?}", handles.len(), handles.first());
+    assert!(
+        handles.is_empty(),
+        "{} handles left: {:?}",
+        handles.len(),
+        handles.first()
+    );
 }
 
 /// A store that never completes the first handle write: the allocator "dies" there.
@@ -91,7 +127,10 @@ impl IpamStore for DiesBeforeHandleWrite {
         self.maybe_die(T::KIND).await;
         IpamStore::create(&self.inner, value).await
     }
-    async fn update<T: IpamObject>(&self, value: &Versioned<T>) -> Result<Versioned<T>, StoreError> {
+    async fn update<T: IpamObject>(
+        &self,
+        value: &Versioned<T>,
+    ) -> Result<Versioned<T>, StoreError> {
         self.maybe_die(T::KIND).await;
         IpamStore::update(&self.inner, value).await
     }
@@ -104,7 +143,10 @@ impl IpamStore for DiesBeforeHandleWrite {
     async fn config(&self) -> Result<IpamConfig, StoreError> {
         IpamStore::config(&self.inner).await
     }
-    async fn node_labels(&self, node: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+    async fn node_labels(
+        &self,
+        node: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
         IpamStore::node_labels(&self.inner, node).await
     }
     async fn reservations(&self) -> Result<Vec<IpNet>, StoreError> {
@@ -129,7 +171,10 @@ async fn gc_repairs_an_allocator_killed_between_block_and_handle_writes() {
         handle: "k8s-pod-network.c0ffee".into(),
         node: "node-1".into(),
         num_v4: 1,
-        attrs: BTreeMap::from([("pod".into(), "web".into()), ("namespace".into(), "prod".into())]),
+        attrs: BTreeMap::from([
+            ("pod".into(), "web".into()),
+            ("namespace".into(), "prod".into()),
+        ]),
         ..AssignRequest::default()
     };
     let task = tokio::spawn(async move { dying.auto_assign(&req).await });
@@ -139,9 +184,18 @@ async fn gc_repairs_an_allocator_killed_between_block_and_handle_writes() {
 
     let ipam = Ipam::new(datastore(&etcd).await);
     let blocks = IpamStore::list::<Block>(ipam.store()).await.unwrap();
-    let orphan: Vec<_> = blocks.iter().flat_map(|b| b.value.ips_for_handle("k8s-pod-network.c0ffee")).collect();
+    let orphan: Vec<_> = blocks
+        .iter()
+        .flat_map(|b| b.value.ips_for_handle("k8s-pod-network.c0ffee"))
+        .collect();
     assert_eq!(orphan.len(), 1, "the block write landed");
-    assert!(ipam.ips_for_handle("k8s-pod-network.c0ffee", None).await.unwrap().is_empty(), "handle write did not");
+    assert!(
+        ipam.ips_for_handle("k8s-pod-network.c0ffee", None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "handle write did not"
+    );
 
     // While the pod exists, the GC rebuilds the missing handle (after a second, identical look)...
     let mut owners = Owners {
@@ -149,10 +203,24 @@ async fn gc_repairs_an_allocator_killed_between_block_and_handle_writes() {
         workloads: [("prod".to_string(), "web".to_string())].into(),
     };
     let mut gc = Gc::new(30);
-    assert!(gc.scan(&ipam, &owners, 0).await.unwrap().handles_repaired.is_empty());
+    assert!(
+        gc.scan(&ipam, &owners, 0)
+            .await
+            .unwrap()
+            .handles_repaired
+            .is_empty()
+    );
     let r = gc.scan(&ipam, &owners, 1).await.unwrap();
-    assert_eq!(r.handles_repaired, vec!["k8s-pod-network.c0ffee".to_string()]);
-    assert_eq!(ipam.ips_for_handle("k8s-pod-network.c0ffee", None).await.unwrap(), orphan);
+    assert_eq!(
+        r.handles_repaired,
+        vec!["k8s-pod-network.c0ffee".to_string()]
+    );
+    assert_eq!(
+        ipam.ips_for_handle("k8s-pod-network.c0ffee", None)
+            .await
+            .unwrap(),
+        orphan
+    );
 
     // ...and once the pod is gone (the CNI ADD failed), the address is released after the grace.
     owners.workloads.clear();
@@ -161,5 +229,10 @@ async fn gc_repairs_an_allocator_killed_between_block_and_handle_writes() {
     assert!(r.released.is_empty(), "still within the grace period");
     let r = gc.scan(&ipam, &owners, 40).await.unwrap();
     assert_eq!(r.released, orphan);
-    assert!(IpamStore::list::<Handle>(ipam.store()).await.unwrap().is_empty());
+    assert!(
+        IpamStore::list::<Handle>(ipam.store())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -368,7 +368,7 @@ mod tests {
             "kubernetes.io/hostname == 'n1'",
             &[("kubernetes.io/hostname", "n1")]
         ));
-        assert!(check("app in {}", &l) == false);
+        assert!(!check("app in {}", &l));
     }
 
     #[test]

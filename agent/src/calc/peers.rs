@@ -140,7 +140,12 @@ fn seconds(text: Option<&str>) -> Option<u16> {
 impl BgpResources {
     /// The settings for `node`: its `node.<name>` object overrides `default` field by field.
     pub fn effective_config(&self, node: &str) -> EffectiveBgpConfig {
-        let find = |name: &str| self.configs.iter().find(|c| c.name_any() == name).map(|c| &c.spec);
+        let find = |name: &str| {
+            self.configs
+                .iter()
+                .find(|c| c.name_any() == name)
+                .map(|c| &c.spec)
+        };
         let global = find("default");
         let local = find(&format!("node.{node}"));
         let pick = |f: &dyn Fn(&crate::resources::BGPConfigurationSpec) -> Option<u32>| {
@@ -148,17 +153,25 @@ impl BgpResources {
         };
         EffectiveBgpConfig {
             as_number: pick(&|s| s.as_number).unwrap_or(DEFAULT_AS),
-            mesh: global.and_then(|s| s.node_to_node_mesh_enabled).unwrap_or(true),
+            mesh: global
+                .and_then(|s| s.node_to_node_mesh_enabled)
+                .unwrap_or(true),
             listen_port: pick(&|s| s.listen_port.map(u32::from))
                 .map(|p| p as u16)
                 .unwrap_or(DEFAULT_PORT),
-            mesh_restart_time: seconds(global.and_then(|s| s.node_mesh_max_restart_time.as_deref())),
+            mesh_restart_time: seconds(
+                global.and_then(|s| s.node_mesh_max_restart_time.as_deref()),
+            ),
         }
     }
 }
 
 fn family_of(ip: &IpAddr) -> Family {
-    if ip.is_ipv4() { Family::Ipv4Unicast } else { Family::Ipv6Unicast }
+    if ip.is_ipv4() {
+        Family::Ipv4Unicast
+    } else {
+        Family::Ipv6Unicast
+    }
 }
 
 /// The sessions `local` should have, keyed and ordered by peer address.
@@ -196,9 +209,14 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
 
     // The mesh: every other non-reflector node, per family both have; reflectors stay out.
     if cfg.mesh && me.cluster_id.is_none() {
-        for other in nodes.iter().filter(|n| n.name != me.name && n.cluster_id.is_none()) {
+        for other in nodes
+            .iter()
+            .filter(|n| n.name != me.name && n.cluster_id.is_none())
+        {
             for addr in other.addresses() {
-                let Some(source) = me.address_for(&addr) else { continue };
+                let Some(source) = me.address_for(&addr) else {
+                    continue;
+                };
                 let mut pc = PeerConfig::new(addr, other.as_number);
                 pc.port = cfg.listen_port;
                 pc.source_address = Some(source);
@@ -224,12 +242,22 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
             if let Some(ip) = &spec.peer_ip {
                 if let Some((addr, port)) = parse_peer_ip(ip) {
                     let node = nodes.iter().find(|n| n.addresses().any(|a| a == addr));
-                    let port =
-                        port.unwrap_or(if node.is_some() { cfg.listen_port } else { DEFAULT_PORT });
+                    let port = port.unwrap_or(if node.is_some() {
+                        cfg.listen_port
+                    } else {
+                        DEFAULT_PORT
+                    });
                     targets.push((addr, port, spec.as_number.unwrap_or(cfg.as_number), node));
                 }
-            } else if let Some(sel) = spec.peer_selector.as_deref().and_then(|s| Selector::parse(s).ok()) {
-                for other in nodes.iter().filter(|n| n.name != me.name && sel.matches(&n.labels)) {
+            } else if let Some(sel) = spec
+                .peer_selector
+                .as_deref()
+                .and_then(|s| Selector::parse(s).ok())
+            {
+                for other in nodes
+                    .iter()
+                    .filter(|n| n.name != me.name && sel.matches(&n.labels))
+                {
                     for addr in other.addresses() {
                         targets.push((addr, cfg.listen_port, other.as_number, Some(other)));
                     }
@@ -239,17 +267,25 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
         // The reverse side of node-to-node peerings (Calico's reversePeering: Auto): a node
         // this BGPPeer applies to and that selects us gets a session from us too, so both
         // ends agree the session exists and exactly one of them dials.
-        if let Some(sel) = spec.peer_selector.as_deref().and_then(|s| Selector::parse(s).ok())
+        if let Some(sel) = spec
+            .peer_selector
+            .as_deref()
+            .and_then(|s| Selector::parse(s).ok())
             && sel.matches(&me.labels)
         {
-            for other in nodes.iter().filter(|n| n.name != me.name && applies_to(bp, n)) {
+            for other in nodes
+                .iter()
+                .filter(|n| n.name != me.name && applies_to(bp, n))
+            {
                 for addr in other.addresses() {
                     targets.push((addr, cfg.listen_port, other.as_number, Some(other)));
                 }
             }
         }
         for (addr, port, as_number, node) in targets {
-            let Some(source) = me.address_for(&addr) else { continue };
+            let Some(source) = me.address_for(&addr) else {
+                continue;
+            };
             add(session(bp, &me, addr, source, port, as_number, node));
         }
     }

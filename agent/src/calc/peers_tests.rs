@@ -50,13 +50,25 @@ fn full_mesh_by_default_with_one_passive_side_per_pair() {
     assert_eq!(addrs(&p1), ["10.0.0.2", "10.0.1.3"]);
     assert!(p1.iter().all(|p| p.peer_type == PeerType::NodeMesh));
     assert!(p1.iter().all(|p| p.config.as_number == DEFAULT_AS));
-    assert_eq!(p1[0].config.source_address, Some("10.0.0.1".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        p1[0].config.source_address,
+        Some("10.0.0.1".parse::<IpAddr>().unwrap())
+    );
     let p2 = compute_peers("n2", &res).unwrap();
     // Exactly one end of each pair listens.
-    let n1_to_n2 = p1.iter().find(|p| p.config.address.to_string() == "10.0.0.2").unwrap();
-    let n2_to_n1 = p2.iter().find(|p| p.config.address.to_string() == "10.0.0.1").unwrap();
+    let n1_to_n2 = p1
+        .iter()
+        .find(|p| p.config.address.to_string() == "10.0.0.2")
+        .unwrap();
+    let n2_to_n1 = p2
+        .iter()
+        .find(|p| p.config.address.to_string() == "10.0.0.1")
+        .unwrap();
     assert_ne!(n1_to_n2.config.passive, n2_to_n1.config.passive);
-    assert!(n1_to_n2.config.passive, "as Calico: the side whose peer has the higher IP listens");
+    assert!(
+        n1_to_n2.config.passive,
+        "as Calico: the side whose peer has the higher IP listens"
+    );
 }
 
 #[test]
@@ -64,14 +76,20 @@ fn mesh_off_and_node_overrides() {
     let res = BgpResources {
         nodes: three_nodes(),
         configs: vec![
-            config("default", "{nodeToNodeMeshEnabled: false, asNumber: 65000, listenPort: 1179}"),
+            config(
+                "default",
+                "{nodeToNodeMeshEnabled: false, asNumber: 65000, listenPort: 1179}",
+            ),
             config("node.n1", "{asNumber: 65001}"),
         ],
         ..Default::default()
     };
     assert!(compute_peers("n1", &res).unwrap().is_empty());
     let eff = res.effective_config("n1");
-    assert_eq!((eff.as_number, eff.listen_port, eff.mesh), (65001, 1179, false));
+    assert_eq!(
+        (eff.as_number, eff.listen_port, eff.mesh),
+        (65001, 1179, false)
+    );
     assert_eq!(res.effective_config("n2").as_number, 65000);
 }
 
@@ -82,7 +100,9 @@ fn global_and_node_specific_peers() {
         configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
         peers: vec![
             peer("{peerIP: 192.0.2.1, asNumber: 65100, keepOriginalNextHop: true}"),
-            peer("{node: n3, peerIP: '192.0.2.9:1790', asNumber: 65200, password: {secretKeyRef: {name: s, key: k}}}"),
+            peer(
+                "{node: n3, peerIP: '192.0.2.9:1790', asNumber: 65200, password: {secretKeyRef: {name: s, key: k}}}",
+            ),
             peer("{nodeSelector: \"rack == 'b'\", peerIP: 192.0.2.5, asNumber: 65300}"),
         ],
     };
@@ -101,10 +121,24 @@ fn global_and_node_specific_peers() {
 #[test]
 fn reflectors_leave_the_mesh_and_serve_clients() {
     let mut nodes = three_nodes();
-    nodes.push(node("rr1", "10.0.0.10/24", ", routeReflectorClusterID: 224.0.0.1"));
-    nodes.push(node("rr2", "10.0.0.11/24", ", routeReflectorClusterID: 224.0.0.1"));
-    for n in nodes.iter_mut().filter(|n| n.metadata.name.as_deref().unwrap().starts_with("rr")) {
-        n.metadata.labels.get_or_insert_default().insert("rr".into(), "yes".into());
+    nodes.push(node(
+        "rr1",
+        "10.0.0.10/24",
+        ", routeReflectorClusterID: 224.0.0.1",
+    ));
+    nodes.push(node(
+        "rr2",
+        "10.0.0.11/24",
+        ", routeReflectorClusterID: 224.0.0.1",
+    ));
+    for n in nodes
+        .iter_mut()
+        .filter(|n| n.metadata.name.as_deref().unwrap().starts_with("rr"))
+    {
+        n.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("rr".into(), "yes".into());
     }
     let res = BgpResources {
         nodes,
@@ -116,26 +150,50 @@ fn reflectors_leave_the_mesh_and_serve_clients() {
     assert!(client.iter().all(|p| !p.config.route_reflector_client));
     let rr = compute_peers("rr1", &res).unwrap();
     // The reflector peers with every client (the reverse of their selector) and with rr2.
-    assert_eq!(addrs(&rr), ["10.0.0.1", "10.0.0.11", "10.0.0.2", "10.0.1.3"]);
+    assert_eq!(
+        addrs(&rr),
+        ["10.0.0.1", "10.0.0.2", "10.0.0.11", "10.0.1.3"]
+    );
     for p in &rr {
         let is_rr = p.config.address.to_string() == "10.0.0.11";
-        assert_eq!(p.config.route_reflector_client, !is_rr, "{}", p.config.address);
+        assert_eq!(
+            p.config.route_reflector_client, !is_rr,
+            "{}",
+            p.config.address
+        );
     }
     // With the mesh on, reflectors still stay out of it and clients mesh among themselves.
-    let meshed = BgpResources { configs: vec![], ..res };
+    let meshed = BgpResources {
+        configs: vec![],
+        ..res
+    };
     let n1 = compute_peers("n1", &meshed).unwrap();
-    assert_eq!(addrs(&n1), ["10.0.0.10", "10.0.0.11", "10.0.0.2", "10.0.1.3"]);
-    let mesh_count = n1.iter().filter(|p| p.peer_type == PeerType::NodeMesh).count();
+    assert_eq!(
+        addrs(&n1),
+        ["10.0.0.2", "10.0.0.10", "10.0.0.11", "10.0.1.3"]
+    );
+    let mesh_count = n1
+        .iter()
+        .filter(|p| p.peer_type == PeerType::NodeMesh)
+        .count();
     assert_eq!(mesh_count, 2);
 }
 
 #[test]
 fn missing_node_or_address_is_a_clear_error() {
     let res = BgpResources {
-        nodes: vec![serde_saphyr::from_str("apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: bare}\nspec: {}\n").unwrap()],
+        nodes: vec![
+            serde_saphyr::from_str(
+                "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: bare}\nspec: {}\n",
+            )
+            .unwrap(),
+        ],
         ..Default::default()
     };
-    assert_eq!(compute_peers("ghost", &res), Err(PeerCalcError::NoNode("ghost".into())));
+    assert_eq!(
+        compute_peers("ghost", &res),
+        Err(PeerCalcError::NoNode("ghost".into()))
+    );
     let e = compute_peers("bare", &res).unwrap_err();
     assert!(e.to_string().contains("no spec.bgp.ipv4Address"), "{e}");
 }

@@ -122,7 +122,11 @@ fn pool_for<'a>(pools: &'a [PoolRouting], dst: &IpNet) -> Option<&'a PoolRouting
 
 /// The next hop for one remote node, or None when VXLAN is wanted but the node has no VTEP.
 pub fn next_hop(inputs: &RouteInputs, dst: &IpNet, node: IpAddr) -> Option<NextHop> {
-    let local = if node.is_ipv4() { inputs.local_v4 } else { inputs.local_v6 };
+    let local = if node.is_ipv4() {
+        inputs.local_v4
+    } else {
+        inputs.local_v6
+    };
     match encapsulation(pool_for(&inputs.pools, dst), local, node) {
         Encap::None => Some(NextHop::Via(node)),
         Encap::Ipip => Some(NextHop::Ipip(node)),
@@ -137,7 +141,10 @@ pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
         if inputs.local_blocks.contains(dst) {
             continue;
         }
-        let mut hops: Vec<NextHop> = nhs.iter().filter_map(|n| next_hop(inputs, dst, *n)).collect();
+        let mut hops: Vec<NextHop> = nhs
+            .iter()
+            .filter_map(|n| next_hop(inputs, dst, *n))
+            .collect();
         hops.sort();
         hops.dedup();
         if !hops.is_empty() {
@@ -158,7 +165,11 @@ pub fn pod_mtu(host_mtu: u32, pools: &[PoolRouting]) -> u32 {
     let overhead = pools
         .iter()
         .map(|p| {
-            let ipip = if p.ipip != EncapMode::Never { IPIP_OVERHEAD } else { 0 };
+            let ipip = if p.ipip != EncapMode::Never {
+                IPIP_OVERHEAD
+            } else {
+                0
+            };
             let vxlan = match (p.vxlan, p.cidr) {
                 (EncapMode::Never, _) => 0,
                 (_, IpNet::V4(_)) => VXLAN_OVERHEAD,
@@ -174,7 +185,9 @@ pub fn pod_mtu(host_mtu: u32, pools: &[PoolRouting]) -> u32 {
 /// The host-side interface of a pod: `sv` + 11 hex characters of SHA-1 of "namespace.pod"
 /// (Calico's scheme with our prefix), so a restarted agent finds the same names.
 pub fn host_interface_name(namespace: &str, pod: &str) -> String {
-    let digest = sha1_smol::Sha1::from(format!("{namespace}.{pod}")).digest().to_string();
+    let digest = sha1_smol::Sha1::from(format!("{namespace}.{pod}"))
+        .digest()
+        .to_string();
     format!("sv{}", &digest[..11])
 }
 
@@ -198,41 +211,85 @@ mod tests {
     fn cross_subnet_uses_the_node_prefix() {
         let p = pool("10.244.0.0/16", EncapMode::CrossSubnet, EncapMode::Never);
         let local = Some("192.168.1.5/24".parse().unwrap());
-        assert_eq!(encapsulation(Some(&p), local, ip("192.168.1.9")), Encap::None);
-        assert_eq!(encapsulation(Some(&p), local, ip("192.168.2.9")), Encap::Ipip);
+        assert_eq!(
+            encapsulation(Some(&p), local, ip("192.168.1.9")),
+            Encap::None
+        );
+        assert_eq!(
+            encapsulation(Some(&p), local, ip("192.168.2.9")),
+            Encap::Ipip
+        );
         // The gotcha: a /32 node address makes every peer cross-subnet.
         let host_only = Some("192.168.1.5/32".parse().unwrap());
-        assert_eq!(encapsulation(Some(&p), host_only, ip("192.168.1.9")), Encap::Ipip);
+        assert_eq!(
+            encapsulation(Some(&p), host_only, ip("192.168.1.9")),
+            Encap::Ipip
+        );
         let always = pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never);
-        assert_eq!(encapsulation(Some(&always), local, ip("192.168.1.9")), Encap::Ipip);
+        assert_eq!(
+            encapsulation(Some(&always), local, ip("192.168.1.9")),
+            Encap::Ipip
+        );
         let vx = pool("10.244.0.0/16", EncapMode::Never, EncapMode::CrossSubnet);
-        assert_eq!(encapsulation(Some(&vx), local, ip("192.168.2.9")), Encap::Vxlan);
+        assert_eq!(
+            encapsulation(Some(&vx), local, ip("192.168.2.9")),
+            Encap::Vxlan
+        );
         assert_eq!(encapsulation(None, local, ip("192.168.2.9")), Encap::None);
         // IPIP never applies to IPv6.
         let v6 = pool("fd00:10::/48", EncapMode::Always, EncapMode::Never);
-        assert_eq!(encapsulation(Some(&v6), Some("fd00::1/64".parse().unwrap()), ip("fd01::1")), Encap::None);
+        assert_eq!(
+            encapsulation(
+                Some(&v6),
+                Some("fd00::1/64".parse().unwrap()),
+                ip("fd01::1")
+            ),
+            Encap::None
+        );
     }
 
     #[test]
     fn desired_table_combines_local_blackhole_and_remote_with_ecmp() {
         let mut inputs = RouteInputs {
-            pools: vec![pool("10.244.0.0/16", EncapMode::CrossSubnet, EncapMode::Never)],
+            pools: vec![pool(
+                "10.244.0.0/16",
+                EncapMode::CrossSubnet,
+                EncapMode::Never,
+            )],
             local_v4: Some("192.168.1.5/24".parse().unwrap()),
             local_blocks: vec!["10.244.1.0/26".parse().unwrap()],
             ..Default::default()
         };
-        inputs.local_pods.insert("10.244.1.7/32".parse().unwrap(), "sv0123456789a".into());
-        inputs.remote.insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
-        inputs.remote.insert("10.244.3.0/26".parse().unwrap(), vec![ip("192.168.2.7"), ip("192.168.1.6")]);
+        inputs
+            .local_pods
+            .insert("10.244.1.7/32".parse().unwrap(), "sv0123456789a".into());
+        inputs
+            .remote
+            .insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
+        inputs.remote.insert(
+            "10.244.3.0/26".parse().unwrap(),
+            vec![ip("192.168.2.7"), ip("192.168.1.6")],
+        );
         // Our own block echoed back by a reflector is not routed away.
-        inputs.remote.insert("10.244.1.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
+        inputs
+            .remote
+            .insert("10.244.1.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
         let t = desired_routes(&inputs);
         assert_eq!(t[&"10.244.1.0/26".parse().unwrap()], RouteTarget::Blackhole);
-        assert_eq!(t[&"10.244.1.7/32".parse().unwrap()], RouteTarget::Local("sv0123456789a".into()));
-        assert_eq!(t[&"10.244.2.0/26".parse().unwrap()], RouteTarget::Unicast(vec![NextHop::Via(ip("192.168.1.6"))]));
+        assert_eq!(
+            t[&"10.244.1.7/32".parse().unwrap()],
+            RouteTarget::Local("sv0123456789a".into())
+        );
+        assert_eq!(
+            t[&"10.244.2.0/26".parse().unwrap()],
+            RouteTarget::Unicast(vec![NextHop::Via(ip("192.168.1.6"))])
+        );
         assert_eq!(
             t[&"10.244.3.0/26".parse().unwrap()],
-            RouteTarget::Unicast(vec![NextHop::Via(ip("192.168.1.6")), NextHop::Ipip(ip("192.168.2.7"))])
+            RouteTarget::Unicast(vec![
+                NextHop::Via(ip("192.168.1.6")),
+                NextHop::Ipip(ip("192.168.2.7"))
+            ])
         );
     }
 
@@ -243,9 +300,16 @@ mod tests {
             local_v4: Some("192.168.1.5/24".parse().unwrap()),
             ..Default::default()
         };
-        inputs.remote.insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.2.7")]);
-        assert!(desired_routes(&inputs).is_empty(), "no VTEP known yet: no route");
-        inputs.vxlan_tunnels.insert(ip("192.168.2.7"), ip("10.244.2.1"));
+        inputs
+            .remote
+            .insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.2.7")]);
+        assert!(
+            desired_routes(&inputs).is_empty(),
+            "no VTEP known yet: no route"
+        );
+        inputs
+            .vxlan_tunnels
+            .insert(ip("192.168.2.7"), ip("10.244.2.1"));
         assert_eq!(
             desired_routes(&inputs)[&"10.244.2.0/26".parse().unwrap()],
             RouteTarget::Unicast(vec![NextHop::Vxlan(ip("10.244.2.1"))])

@@ -292,16 +292,22 @@ where
 /// IPAM over the datastore: objects stored under Calico's names, pool node selectors read
 /// from Node labels, idempotent allocation, release.
 pub async fn ipam_basics<B: Backend>(ds: Datastore<B>) {
-    ds.create(&serde_json::from_value::<IPPool>(serde_json::json!({
-        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "pods"},
-        "spec": {"cidr": "10.44.0.0/24", "blockSize": 28, "nodeSelector": "rack == 'a'"}
-    })).unwrap())
+    ds.create(
+        &serde_json::from_value::<IPPool>(serde_json::json!({
+            "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "pods"},
+            "spec": {"cidr": "10.44.0.0/24", "blockSize": 28, "nodeSelector": "rack == 'a'"}
+        }))
+        .unwrap(),
+    )
     .await
     .unwrap();
-    ds.create(&serde_json::from_value::<Node>(serde_json::json!({
-        "apiVersion": "serval.dev/v1", "kind": "Node",
-        "metadata": {"name": "node-1", "labels": {"rack": "a"}}, "spec": {}
-    })).unwrap())
+    ds.create(
+        &serde_json::from_value::<Node>(serde_json::json!({
+            "apiVersion": "serval.dev/v1", "kind": "Node",
+            "metadata": {"name": "node-1", "labels": {"rack": "a"}}, "spec": {}
+        }))
+        .unwrap(),
+    )
     .await
     .unwrap();
     let ipam = Ipam::new(ds);
@@ -309,24 +315,53 @@ pub async fn ipam_basics<B: Backend>(ds: Datastore<B>) {
         handle: "k8s-pod-network.abc123".into(),
         node: "node-1".into(),
         num_v4: 1,
-        attrs: BTreeMap::from([("pod".into(), "web".into()), ("namespace".into(), "prod".into())]),
+        attrs: BTreeMap::from([
+            ("pod".into(), "web".into()),
+            ("namespace".into(), "prod".into()),
+        ]),
         ..AssignRequest::default()
     };
     let got = ipam.auto_assign(&req).await.unwrap();
-    assert_eq!(ipam.auto_assign(&req).await.unwrap(), got, "idempotent by handle");
+    assert_eq!(
+        ipam.auto_assign(&req).await.unwrap(),
+        got,
+        "idempotent by handle"
+    );
     let blocks = ipam.affine_blocks("node-1").await.unwrap();
     assert_eq!(blocks.len(), 1);
     // Stored as Calico names them.
     let block_name = blocks[0].to_string().replace(['.', '/'], "-");
     let ds = ipam.store();
-    assert!(ds.get::<IPAMBlock>(None, &block_name).await.unwrap().is_some());
-    assert!(ds.get::<BlockAffinity>(None, &format!("node-1-{block_name}")).await.unwrap().is_some());
-    let handle: IPAMHandle = ds.get(None, "k8s-pod-network.abc123").await.unwrap().unwrap();
+    assert!(
+        ds.get::<IPAMBlock>(None, &block_name)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        ds.get::<BlockAffinity>(None, &format!("node-1-{block_name}"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let handle: IPAMHandle = ds
+        .get(None, "k8s-pod-network.abc123")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(handle.spec.inner.block[&blocks[0].to_string()], 1);
     // Pool node selectors use Node labels.
-    let other = AssignRequest { node: "node-2".into(), handle: "h2".into(), ..req.clone() };
+    let other = AssignRequest {
+        node: "node-2".into(),
+        handle: "h2".into(),
+        ..req.clone()
+    };
     assert!(ipam.auto_assign(&other).await.is_err());
     assert_eq!(ipam.release_by_handle(&req.handle).await.unwrap(), got.v4);
-    assert!(IpamStore::list::<serval_ipam::Handle>(ds).await.unwrap().is_empty());
+    assert!(
+        IpamStore::list::<serval_ipam::Handle>(ds)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
-

@@ -93,7 +93,11 @@ fn watch_line(event: Result<RawEvent, DatastoreError>) -> Bytes {
                    "metadata": {"resourceVersion": rv}}})
         }
         Err(e) => {
-            let code = if matches!(e, DatastoreError::Expired(_)) { 410 } else { 500 };
+            let code = if matches!(e, DatastoreError::Expired(_)) {
+                410
+            } else {
+                500
+            };
             json!({"type": "ERROR", "object": status(code, "Expired", &e.to_string())})
         }
     };
@@ -109,7 +113,11 @@ pub async fn serve(
     let Some(target) = parse_path(req.uri().path(), &kinds) else {
         return Ok(full(
             StatusCode::NOT_FOUND,
-            &status(404, "NotFound", &format!("no route for {}", req.uri().path())),
+            &status(
+                404,
+                "NotFound",
+                &format!("no route for {}", req.uri().path()),
+            ),
         ));
     };
     let method = req.method().clone();
@@ -174,7 +182,11 @@ pub async fn serve(
     };
     Ok(match result {
         Ok(v) => full(
-            if method == Method::POST { StatusCode::CREATED } else { StatusCode::OK },
+            if method == Method::POST {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
             &v,
         ),
         Err(e) => error_response(e),

@@ -341,7 +341,7 @@ impl<B: Backend> Datastore<B> {
 #[derive(Clone)]
 pub enum AnyBackend {
     /// etcd v3.
-    Etcd(EtcdBackend),
+    Etcd(Box<EtcdBackend>),
     /// The Kubernetes API.
     Kubernetes(KubeBackend),
     /// Process memory (tests).

@@ -28,7 +28,10 @@ fn served_kinds() -> Vec<KindInfo> {
 }
 
 fn kube_over(store: &MemoryBackend) -> Datastore<KubeBackend> {
-    Datastore::new(KubeBackend::new(kube_fake::client(store.clone(), served_kinds())))
+    Datastore::new(KubeBackend::new(kube_fake::client(
+        store.clone(),
+        served_kinds(),
+    )))
 }
 
 #[tokio::test]
@@ -39,7 +42,8 @@ async fn memory_backend_conformance() {
     conformance::validation_guards_writes(&ds, "m").await;
     conformance::namespaced_lists(&ds, "m").await;
     conformance::watch_from_revision(&ds, "m").await;
-    conformance::syncer_lists_watches_and_relists(&ds, "m", || async { store.expire_watches() }).await;
+    conformance::syncer_lists_watches_and_relists(&ds, "m", || async { store.expire_watches() })
+        .await;
 }
 
 #[tokio::test]
@@ -50,7 +54,8 @@ async fn kube_backend_conformance_against_the_fake_api_server() {
     conformance::validation_guards_writes(&ds, "k").await;
     conformance::namespaced_lists(&ds, "k").await;
     conformance::watch_from_revision(&ds, "k").await;
-    conformance::syncer_lists_watches_and_relists(&ds, "k", || async { store.expire_watches() }).await;
+    conformance::syncer_lists_watches_and_relists(&ds, "k", || async { store.expire_watches() })
+        .await;
 }
 
 #[tokio::test]
@@ -70,10 +75,16 @@ async fn kube_watch_from_a_compacted_revision_is_expired() {
     store.compact(2);
     // The API server answers 410 Gone, either at once or as the stream's first event.
     let first = match ds.backend().watch(&KindInfo::of::<IPPool>(), &start).await {
-        Ok(mut stream) => futures::StreamExt::next(&mut stream).await.unwrap().map(|_| ()),
+        Ok(mut stream) => futures::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .map(|_| ()),
         Err(e) => Err(e),
     };
-    assert!(matches!(first, Err(DatastoreError::Expired(_))), "{first:?}");
+    assert!(
+        matches!(first, Err(DatastoreError::Expired(_))),
+        "{first:?}"
+    );
 }
 
 /// Loads `kubectl get -o json` recordings into the store behind the fake API server.
@@ -101,17 +112,32 @@ async fn core_kinds_are_read_from_recorded_api_objects() {
     let (pods, _) = ds.list::<Pod>(Some("prod")).await.unwrap();
     assert_eq!(pods.len(), 1);
     let pod = &pods[0];
-    assert_eq!(pod.status.as_ref().unwrap().pod_ip.as_deref(), Some("10.244.1.7"));
-    let port = &pod.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0];
-    assert_eq!((port.name.as_deref(), port.container_port), (Some("http"), 8080));
+    assert_eq!(
+        pod.status.as_ref().unwrap().pod_ip.as_deref(),
+        Some("10.244.1.7")
+    );
+    let port = &pod.spec.as_ref().unwrap().containers[0]
+        .ports
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("http"), 8080)
+    );
     let ns: Namespace = ds.get(None, "prod").await.unwrap().unwrap();
     assert_eq!(ns.metadata.labels.unwrap()["team"], "web");
     let node: CoreNode = ds.get(None, "worker-1").await.unwrap().unwrap();
-    assert_eq!(node.metadata.labels.unwrap()["topology.kubernetes.io/zone"], "rack-a");
+    assert_eq!(
+        node.metadata.labels.unwrap()["topology.kubernetes.io/zone"],
+        "rack-a"
+    );
     let (nps, _) = ds.list::<K8sNetworkPolicy>(None).await.unwrap();
     let rule = &nps[0].spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
     let peer = &rule.from.as_ref().unwrap()[0];
-    assert!(peer.namespace_selector.is_some() && peer.pod_selector.is_some(), "AND peer kept");
+    assert!(
+        peer.namespace_selector.is_some() && peer.pod_selector.is_some(),
+        "AND peer kept"
+    );
     assert_eq!(rule.ports.as_ref().unwrap()[1].end_port, Some(32768));
 }
 

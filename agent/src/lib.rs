@@ -1,6 +1,7 @@
 //! serval-agent: everything that touches the OS, the network or a datastore, behind the
 //! thin `serval-node` binary.
 
+pub mod autodetect;
 pub mod calc;
 pub mod datastore;
 pub mod http;

@@ -134,12 +134,13 @@ fn usable(addr: &IpNet, v6: bool) -> bool {
 
 /// Picks the node address of one family from `interfaces` (in the order given).
 pub fn choose(method: &Method, interfaces: &[Interface], v6: bool) -> Option<IpNet> {
-    let excluded = |name: &str, extra: &[Regex]| {
-        DEFAULT_EXCLUDES
-            .iter()
-            .any(|r| Regex::new(r).is_ok_and(|r| r.is_match(name)))
-            || extra.iter().any(|r| r.is_match(name))
-    };
+    // Compiled once per call, not once per interface.
+    let defaults: Vec<Regex> = DEFAULT_EXCLUDES
+        .iter()
+        .filter_map(|r| Regex::new(r).ok())
+        .collect();
+    let excluded =
+        |name: &str, extra: &[Regex]| defaults.iter().chain(extra).any(|r| r.is_match(name));
     let first = |pick: &dyn Fn(&Interface) -> bool, want: &dyn Fn(&IpNet) -> bool| {
         interfaces
             .iter()

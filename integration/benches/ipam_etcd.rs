@@ -3,13 +3,11 @@
 //!
 //! Run: `cargo bench -p serval-integration --bench ipam_etcd` (or `bench/ipam-etcd`).
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use serval_agent::datastore::{Datastore, EtcdBackend};
 use serval_integration::EtcdServer;
 use serval_integration::ipam_load::{self, Ledger, NodeReport};
 use serval_ipam::Ipam;
+use std::sync::Arc;
 
 const PER_RUN: usize = 2000;
 
@@ -27,7 +25,6 @@ async fn run(nodes: usize) -> (f64, NodeReport) {
     ipam_load::setup(&connect().await, "10.0.0.0/16", 26, &names, 0).await;
     let ledger = Arc::new(Ledger::default());
     let per_node = PER_RUN / nodes;
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for n in &names {
         let ipam = Ipam::new(connect().await);
@@ -47,7 +44,6 @@ async fn run(nodes: usize) -> (f64, NodeReport) {
         total.conflicts += r.conflicts;
         total.alloc_time = total.alloc_time.max(r.alloc_time);
     }
-    let _ = started;
     assert!(ledger.duplicates().is_empty());
     (
         total.allocated as f64 / total.alloc_time.as_secs_f64(),

@@ -3,6 +3,7 @@
 
 pub mod autodetect;
 pub mod calc;
+pub mod dataplane;
 pub mod datastore;
 pub mod http;
 pub mod metrics;

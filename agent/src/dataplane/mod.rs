@@ -1,0 +1,42 @@
+//! The node's kernel state, one manager per kind: routes, tunnel devices (IPIP, VXLAN with its
+//! neighbour/FDB entries). Each manager holds desired vs. actual, writes only the difference in
+//! one batch, repairs drift on a periodic resync with jitter, and writes nothing until told the
+//! datastore is in sync, so an agent restart never disturbs a working node.
+//!
+//! ```text
+//!  calc (pure) ── desired ──► RouteManager ──┐
+//!                            TunnelManager ──┼──► Netlink (the only rtnetlink user)
+//!                                            ┘
+//! ```
+
+pub mod netlink;
+pub mod route_manager;
+pub mod route_table;
+pub mod tunnel;
+
+/// Why a kernel operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The netlink socket could not be opened (or the namespace entered).
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused a request.
+    #[error("{what}: {message}")]
+    Netlink {
+        /// What we tried.
+        what: String,
+        /// The errno (positive), 0 when not from the kernel.
+        code: i32,
+        /// The kernel's or the library's message.
+        message: String,
+    },
+    /// A route names a device that does not exist (yet).
+    #[error("device {0:?} does not exist")]
+    NoDevice(String),
+    /// The kernel lacks a feature (the message says which and what to do).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A value we cannot express in netlink.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}

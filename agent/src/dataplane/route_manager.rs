@@ -1,0 +1,459 @@
+//! The route manager: owns Serval's kernel routes. It keeps the desired table and a cached
+//! copy of the kernel's (Serval-protocol routes only), writes the difference in one batch,
+//! re-reads the kernel on a jittered resync to repair drift (someone deleted a route: it
+//! comes back), and does nothing until the datastore is in sync: the first apply after that
+//! is the start-up sweep that removes routes a previous run left behind.
+//!
+//! ```text
+//!  RouteCommand (Desired / InSync / Resync) ─► run() ─► RouteManager::apply ─► RouteKernel
+//!                     resync timer (jitter) ──┘     retry timer on failures ──┘
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::DataplaneError;
+use super::netlink::Netlink;
+use super::route_table::{KernelRoute, KernelTable, plan};
+
+/// The kernel side of the route manager, so the manager is tested without a kernel.
+pub trait RouteKernel: Send + Sync {
+    /// Serval's routes as the kernel has them.
+    fn dump(&self) -> impl Future<Output = Result<KernelTable, DataplaneError>> + Send;
+    /// Writes (replace) and deletes; returns the routes that failed.
+    fn write(
+        &self,
+        replace: &[KernelRoute],
+        delete: &[KernelRoute],
+    ) -> impl Future<Output = Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError>> + Send;
+}
+
+impl RouteKernel for Netlink {
+    async fn dump(&self) -> Result<KernelTable, DataplaneError> {
+        self.routes().await
+    }
+    async fn write(
+        &self,
+        replace: &[KernelRoute],
+        delete: &[KernelRoute],
+    ) -> Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError> {
+        self.apply_routes(replace, delete).await
+    }
+}
+
+/// Counters the metrics endpoint exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    /// Routes written (replace).
+    pub written: u64,
+    /// Routes deleted.
+    pub deleted: u64,
+    /// Writes that failed (retried later).
+    pub failed: u64,
+    /// Full re-reads of the kernel table.
+    pub resyncs: u64,
+    /// Differences found by a resync that the cache did not expect (drift repaired).
+    pub drift: u64,
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Skipped: the datastore is not in sync yet.
+    pub waiting: bool,
+    /// Whether the kernel was re-read first.
+    pub resynced: bool,
+    /// Routes written.
+    pub written: usize,
+    /// Routes deleted.
+    pub deleted: usize,
+    /// Routes that failed, with why (they are retried).
+    pub failed: Vec<(KernelRoute, String)>,
+}
+
+/// Desired vs. actual for Serval's routes.
+pub struct RouteManager<K> {
+    kernel: K,
+    desired: KernelTable,
+    /// The kernel's table as last read or written; `None` forces a re-read.
+    actual: Option<KernelTable>,
+    in_sync: bool,
+    applied_once: bool,
+    stats: RouteStats,
+}
+
+impl<K: RouteKernel> RouteManager<K> {
+    /// A manager that writes nothing until [`RouteManager::datastore_in_sync`].
+    pub fn new(kernel: K) -> Self {
+        RouteManager {
+            kernel,
+            desired: KernelTable::new(),
+            actual: None,
+            in_sync: false,
+            applied_once: false,
+            stats: RouteStats::default(),
+        }
+    }
+
+    /// Replaces the desired table.
+    pub fn set_desired(&mut self, desired: KernelTable) {
+        self.desired = desired;
+    }
+
+    /// The desired table.
+    pub fn desired(&self) -> &KernelTable {
+        &self.desired
+    }
+
+    /// The datastore has been read completely: writes may start.
+    pub fn datastore_in_sync(&mut self) {
+        self.in_sync = true;
+    }
+
+    /// The next apply re-reads the kernel first.
+    pub fn request_resync(&mut self) {
+        self.actual = None;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RouteStats {
+        self.stats
+    }
+
+    /// Makes the kernel match the desired table.
+    pub async fn apply(&mut self) -> Result<ApplyReport, DataplaneError> {
+        if !self.in_sync {
+            return Ok(ApplyReport {
+                waiting: true,
+                ..ApplyReport::default()
+            });
+        }
+        let mut report = ApplyReport::default();
+        let actual = match self.actual.take() {
+            Some(a) => a,
+            None => {
+                let fresh = self.kernel.dump().await?;
+                self.stats.resyncs += 1;
+                report.resynced = true;
+                fresh
+            }
+        };
+        let todo = plan(&self.desired, &actual);
+        if report.resynced && self.applied_once {
+            self.stats.drift += (todo.replace.len() + todo.delete.len()) as u64;
+        }
+        let mut actual = actual;
+        if !todo.is_empty() {
+            let failed = match self.kernel.write(&todo.replace, &todo.delete).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // The cache no longer says what the kernel holds: re-read next time.
+                    return Err(e);
+                }
+            };
+            let failed_dsts: std::collections::BTreeSet<_> =
+                failed.iter().map(|(r, _)| r.dst).collect();
+            for r in &todo.replace {
+                if !failed_dsts.contains(&r.dst) {
+                    actual.insert(r.dst, r.kind.clone());
+                    report.written += 1;
+                }
+            }
+            for r in &todo.delete {
+                if !failed_dsts.contains(&r.dst) {
+                    actual.remove(&r.dst);
+                    report.deleted += 1;
+                }
+            }
+            report.failed = failed
+                .into_iter()
+                .map(|(r, e)| (r, e.to_string()))
+                .collect();
+        }
+        self.stats.written += report.written as u64;
+        self.stats.deleted += report.deleted as u64;
+        self.stats.failed += report.failed.len() as u64;
+        self.actual = Some(actual);
+        self.applied_once = true;
+        Ok(report)
+    }
+}
+
+/// What the agent tells the route task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteCommand {
+    /// A new desired table.
+    Desired(KernelTable),
+    /// The datastore is in sync.
+    InSync,
+    /// Re-read the kernel now (a link appeared, an operator asked).
+    Resync,
+}
+
+/// Timing of the route task.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteTiming {
+    /// Period of the full resync (Felix's routeRefreshInterval is 90 s).
+    pub resync: Duration,
+    /// Delay before retrying failed routes.
+    pub retry: Duration,
+}
+
+impl Default for RouteTiming {
+    fn default() -> Self {
+        RouteTiming {
+            resync: Duration::from_secs(90),
+            retry: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `base` ±10 %, from the clock's low bits (no need for a random crate), so nodes that
+/// started together do not resync in lock-step.
+pub fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let fraction = f64::from(nanos % 1000) / 1000.0; // 0..1
+    base.mul_f64(0.9 + 0.2 * fraction)
+}
+
+/// Drives a manager: applies after every burst of commands, on the resync timer, and after
+/// failures. Publishes each apply's stats on `stats`. Ends when the command channel closes.
+pub async fn run<K: RouteKernel>(
+    mut manager: RouteManager<K>,
+    mut commands: mpsc::Receiver<RouteCommand>,
+    timing: RouteTiming,
+    stats: watch::Sender<RouteStats>,
+) {
+    let mut next_resync = tokio::time::Instant::now() + jittered(timing.resync);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = retry_at.map_or(next_resync, |r| r.min(next_resync));
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return };
+                handle(&mut manager, cmd);
+                // Take the whole burst before writing once.
+                while let Ok(cmd) = commands.try_recv() {
+                    handle(&mut manager, cmd);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= next_resync {
+                    manager.request_resync();
+                    next_resync = tokio::time::Instant::now() + jittered(timing.resync);
+                }
+            }
+        }
+        retry_at = None;
+        match manager.apply().await {
+            Ok(report) => {
+                if !report.failed.is_empty() {
+                    for (route, why) in report.failed.iter().take(5) {
+                        tracing::warn!(%route, %why, "route write failed; will retry");
+                    }
+                    retry_at = Some(tokio::time::Instant::now() + timing.retry);
+                }
+                if report.resynced || report.written + report.deleted > 0 {
+                    tracing::debug!(
+                        written = report.written,
+                        deleted = report.deleted,
+                        resynced = report.resynced,
+                        "routes applied"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "route apply failed; will re-read the kernel and retry");
+                manager.request_resync();
+                retry_at = Some(tokio::time::Instant::now() + timing.retry);
+            }
+        }
+        let _ = stats.send(manager.stats());
+    }
+}
+
+fn handle<K: RouteKernel>(manager: &mut RouteManager<K>, cmd: RouteCommand) {
+    match cmd {
+        RouteCommand::Desired(t) => manager.set_desired(t),
+        RouteCommand::InSync => manager.datastore_in_sync(),
+        RouteCommand::Resync => manager.request_resync(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::dataplane::route_table::{Hop, RouteKind};
+
+    /// A kernel table in memory; `fail` lists destinations whose writes fail.
+    #[derive(Clone, Default)]
+    struct FakeKernel {
+        table: Arc<Mutex<KernelTable>>,
+        fail: Arc<Mutex<Vec<ipnet::IpNet>>>,
+        writes: Arc<Mutex<usize>>,
+    }
+
+    impl RouteKernel for FakeKernel {
+        async fn dump(&self) -> Result<KernelTable, DataplaneError> {
+            Ok(self.table.lock().unwrap().clone())
+        }
+        async fn write(
+            &self,
+            replace: &[KernelRoute],
+            delete: &[KernelRoute],
+        ) -> Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError> {
+            let mut t = self.table.lock().unwrap();
+            let fail = self.fail.lock().unwrap();
+            let mut failed = Vec::new();
+            for r in delete {
+                t.remove(&r.dst);
+            }
+            for r in replace {
+                if fail.contains(&r.dst) {
+                    failed.push((r.clone(), DataplaneError::NoDevice("sv-missing".into())));
+                } else {
+                    t.insert(r.dst, r.kind.clone());
+                }
+            }
+            *self.writes.lock().unwrap() += replace.len() + delete.len();
+            Ok(failed)
+        }
+    }
+
+    fn net(s: &str) -> ipnet::IpNet {
+        s.parse().unwrap()
+    }
+
+    fn table(routes: &[(&str, RouteKind)]) -> KernelTable {
+        routes.iter().map(|(d, k)| (net(d), k.clone())).collect()
+    }
+
+    fn via(gw: &str) -> RouteKind {
+        RouteKind::Via(vec![Hop {
+            gateway: gw.parse().unwrap(),
+            dev: None,
+            onlink: false,
+        }])
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_before_the_datastore_is_in_sync() {
+        let k = FakeKernel::default();
+        k.table
+            .lock()
+            .unwrap()
+            .insert(net("10.0.9.0/26"), RouteKind::Blackhole);
+        let mut m = RouteManager::new(k.clone());
+        m.set_desired(table(&[("10.0.1.0/26", RouteKind::Blackhole)]));
+        assert!(m.apply().await.unwrap().waiting);
+        assert_eq!(*k.writes.lock().unwrap(), 0);
+        assert!(k.table.lock().unwrap().contains_key(&net("10.0.9.0/26")));
+        // In sync: the start-up sweep removes the stale route and writes the wanted one.
+        m.datastore_in_sync();
+        let r = m.apply().await.unwrap();
+        assert!(r.resynced);
+        assert_eq!((r.written, r.deleted), (1, 1));
+        assert_eq!(*k.table.lock().unwrap(), *m.desired());
+        assert_eq!(m.stats().drift, 0, "the start-up sweep is not drift");
+    }
+
+    #[tokio::test]
+    async fn incremental_applies_touch_only_changes_and_resync_repairs_drift() {
+        let k = FakeKernel::default();
+        let mut m = RouteManager::new(k.clone());
+        m.datastore_in_sync();
+        m.set_desired(table(&[
+            ("10.0.1.0/26", RouteKind::Blackhole),
+            ("10.0.2.0/26", via("192.168.1.2")),
+        ]));
+        m.apply().await.unwrap();
+        *k.writes.lock().unwrap() = 0;
+        m.set_desired(table(&[
+            ("10.0.1.0/26", RouteKind::Blackhole),
+            ("10.0.2.0/26", via("192.168.1.2")),
+            ("10.0.3.0/26", via("192.168.1.3")),
+        ]));
+        let r = m.apply().await.unwrap();
+        assert!(!r.resynced);
+        assert_eq!((r.written, r.deleted), (1, 0));
+        assert_eq!(*k.writes.lock().unwrap(), 1);
+        // Someone deletes one of our routes: the cache does not know, the resync does.
+        k.table.lock().unwrap().remove(&net("10.0.2.0/26"));
+        assert_eq!(m.apply().await.unwrap().written, 0);
+        m.request_resync();
+        let r = m.apply().await.unwrap();
+        assert!(r.resynced);
+        assert_eq!(r.written, 1);
+        assert_eq!(m.stats().drift, 1);
+        assert_eq!(*k.table.lock().unwrap(), *m.desired());
+    }
+
+    #[tokio::test]
+    async fn failed_routes_are_retried_until_they_succeed() {
+        let k = FakeKernel::default();
+        k.fail.lock().unwrap().push(net("10.0.1.5/32"));
+        let mut m = RouteManager::new(k.clone());
+        m.datastore_in_sync();
+        m.set_desired(table(&[
+            ("10.0.1.5/32", RouteKind::Link("sv-missing".into())),
+            ("10.0.1.0/26", RouteKind::Blackhole),
+        ]));
+        let r = m.apply().await.unwrap();
+        assert_eq!(r.written, 1);
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.failed[0].1.contains("sv-missing"));
+        // Still failing: retried, still reported.
+        assert_eq!(m.apply().await.unwrap().failed.len(), 1);
+        // The interface appears.
+        k.fail.lock().unwrap().clear();
+        let r = m.apply().await.unwrap();
+        assert_eq!((r.written, r.failed.len()), (1, 0));
+        assert_eq!(m.stats().failed, 2);
+    }
+
+    #[tokio::test]
+    async fn the_task_applies_bursts_once_and_resyncs_on_its_timer() {
+        let k = FakeKernel::default();
+        let (tx, rx) = mpsc::channel(16);
+        let (stats_tx, mut stats_rx) = watch::channel(RouteStats::default());
+        let timing = RouteTiming {
+            resync: Duration::from_millis(300),
+            retry: Duration::from_millis(100),
+        };
+        tokio::spawn(run(RouteManager::new(k.clone()), rx, timing, stats_tx));
+        tx.send(RouteCommand::Desired(table(&[(
+            "10.0.1.0/26",
+            RouteKind::Blackhole,
+        )])))
+        .await
+        .unwrap();
+        tx.send(RouteCommand::InSync).await.unwrap();
+        stats_rx.changed().await.unwrap();
+        while stats_rx.borrow().written < 1 {
+            stats_rx.changed().await.unwrap();
+        }
+        assert_eq!(stats_rx.borrow().resyncs, 1);
+        k.table.lock().unwrap().clear();
+        // After the (jittered) resync period the route is back.
+        while stats_rx.borrow().resyncs < 2 {
+            stats_rx.changed().await.unwrap();
+        }
+        assert_eq!(k.table.lock().unwrap().len(), 1);
+        assert_eq!(stats_rx.borrow().drift, 1);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(100));
+            assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110));
+        }
+    }
+}

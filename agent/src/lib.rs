@@ -3,6 +3,7 @@
 
 pub mod autodetect;
 pub mod calc;
+pub mod cni;
 pub mod dataplane;
 pub mod datastore;
 pub mod http;

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod etcd;
+pub mod forward;
 pub mod ipam_load;
 pub mod netns;
 pub mod peers;
@@ -14,5 +15,6 @@ pub mod require;
 
 pub use daemon::Daemon;
 pub use etcd::EtcdServer;
+pub use forward::LoopbackForward;
 pub use netns::{Netns, link};
 pub use poll::eventually;

@@ -103,6 +103,66 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a thread inside the namespace (sockets it opens stay there).
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    }
+
+    /// Serves TCP on `port` inside the namespace: every connection gets `reply` and is closed.
+    /// Returns the listener's thread; it ends with the namespace's process lifetime.
+    pub fn serve_tcp(&self, port: u16, reply: &'static str) -> io::Result<()> {
+        let path = format!("/run/netns/{}", self.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let bound = std::fs::File::open(&path)
+                .and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(io::Error::from)
+                })
+                .and_then(|()| std::net::TcpListener::bind(("0.0.0.0", port)));
+            match bound {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    for mut conn in l.incoming().flatten() {
+                        use std::io::Write;
+                        let _ = conn.write_all(reply.as_bytes());
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        rx.recv()
+            .map_err(|_| io::Error::other("server thread died"))?
+    }
+
+    /// Connects from inside the namespace to `addr` and returns what the server sent.
+    pub fn tcp_fetch(&self, addr: std::net::SocketAddr) -> io::Result<String> {
+        self.run(move || {
+            use std::io::Read;
+            let mut s =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -256,6 +256,133 @@ impl Netlink {
         }
     }
 
+    /// Creates a veth pair: `host` here, `peer` created directly inside the namespace open
+    /// as `peer_netns` (so no temporary name ever exists), both with `mtu`.
+    pub async fn add_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: &std::fs::File,
+        mtu: u32,
+    ) -> Result<(), DataplaneError> {
+        use std::os::fd::AsRawFd;
+        let peer_msg = rtnetlink::LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = rtnetlink::LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(
+                peer_msg,
+            )))
+            .mtu(mtu)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl_err(format!("create veth {host} (peer {peer})")))
+    }
+
+    /// Sets a link's MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl_err(format!("set MAC on link {index}")))
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<(), DataplaneError> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl_err(format!("bring link {index} up")))
+    }
+
+    /// Adds a plain route (not Serval's protocol: used inside pods and for the CNI plugin's
+    /// first host route, which the agent then adopts): `dst [via gw] dev index`, link scope
+    /// when there is no gateway.
+    pub async fn add_plain_route(
+        &self,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        index: u32,
+    ) -> Result<(), DataplaneError> {
+        let what = format!("route {dst} dev {index}");
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| DataplaneError::Invalid(format!("{what}: {e}")))?
+            .output_interface(index)
+            .protocol(RouteProtocol::Boot);
+        b = match gateway {
+            Some(gw) => b
+                .gateway(gw)
+                .map_err(|e| DataplaneError::Invalid(format!("{what}: {e}")))?,
+            None => b.scope(RouteScope::Link),
+        };
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(what))
+    }
+
+    /// Every route in the main table (any protocol) to `dst`, as (gateway, device index).
+    pub async fn routes_to(
+        &self,
+        dst: IpNet,
+    ) -> Result<Vec<(Option<IpAddr>, Option<u32>)>, DataplaneError> {
+        let mut filter = RouteMessage::default();
+        filter.header.address_family = if dst.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("dump routes"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+            .filter(|m| m.header.destination_prefix_length == dst.prefix_len())
+            .filter(|m| {
+                let have = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(d) => route_addr(d),
+                    _ => None,
+                });
+                // A default route carries no destination attribute.
+                have.map_or(dst.prefix_len() == 0, |h| h == dst.addr())
+            })
+            .map(|m| {
+                let gw = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(g) => route_addr(g),
+                    _ => None,
+                });
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                (gw, oif)
+            })
+            .collect())
+    }
+
     /// Deletes a link by index.
     pub async fn del_link(&self, index: u32) -> Result<(), DataplaneError> {
         self.handle

@@ -1,0 +1,225 @@
+//! A pod's network plumbing, Calico's way: a veth whose host end (`sv` + hash, MAC
+//! `ee:ee:ee:ee:ee:ee`, no address, proxy ARP on) answers for the pod's gateway 169.254.1.1;
+//! inside the pod a /32 on `eth0`, a link route to 169.254.1.1 and the default route via it;
+//! on the host a /32 route to the veth.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::dataplane::DataplaneError;
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::tunnel::format_mac;
+
+/// The pod's gateway, answered by proxy ARP on the host veth.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The host veth's MAC (fixed, as Calico does, so pods' ARP caches survive a veth rebuild).
+pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
+
+/// What to build for one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// Host-side interface name.
+    pub host_ifname: String,
+    /// Interface inside the pod (`CNI_IFNAME`).
+    pub container_ifname: String,
+    /// The pod's network namespace path (`CNI_NETNS`).
+    pub netns: String,
+    /// The pod's addresses (host prefixes).
+    pub addresses: Vec<IpAddr>,
+    /// MTU of both ends.
+    pub mtu: u32,
+}
+
+/// What was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAttachment {
+    /// The container interface's MAC.
+    pub container_mac: String,
+}
+
+/// Why the plumbing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    /// The netns path does not exist or cannot be opened.
+    #[error("cannot open the container's network namespace {path}: {source}")]
+    Netns {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container already has the interface (the spec says ADD must fail).
+    #[error("interface {0} already exists in the container")]
+    Exists(String),
+    /// A kernel call failed.
+    #[error(transparent)]
+    Kernel(#[from] DataplaneError),
+    /// A sysctl could not be written.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The /proc path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// CHECK found a difference.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix")
+}
+
+fn sysctl(path: &str, value: &str) -> Result<(), PodNetError> {
+    std::fs::write(path, value).map_err(|source| PodNetError::Sysctl {
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn open_netns(path: &str) -> Result<std::fs::File, PodNetError> {
+    std::fs::File::open(path).map_err(|source| PodNetError::Netns {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Builds the pod's network. On failure everything it made is removed again.
+pub async fn setup(host: &Netlink, pod: &PodNetwork) -> Result<PodAttachment, PodNetError> {
+    let ns_file = open_netns(&pod.netns)?;
+    let inside = Netlink::connect_in(Path::new(&pod.netns))?;
+    if inside.link(&pod.container_ifname).await?.is_some() {
+        return Err(PodNetError::Exists(pod.container_ifname.clone()));
+    }
+    // A host veth of the same name is a leftover of a failed earlier attempt: replace it.
+    if let Some(stale) = host.link(&pod.host_ifname).await? {
+        host.del_link(stale.index).await?;
+    }
+    host.add_veth_into(&pod.host_ifname, &pod.container_ifname, &ns_file, pod.mtu)
+        .await?;
+    match plumb(host, &inside, pod).await {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            // Deleting the host end removes the pod end too.
+            if let Ok(Some(l)) = host.link(&pod.host_ifname).await {
+                let _ = host.del_link(l.index).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn plumb(
+    host: &Netlink,
+    inside: &Netlink,
+    pod: &PodNetwork,
+) -> Result<PodAttachment, PodNetError> {
+    let h = host
+        .link(&pod.host_ifname)
+        .await?
+        .ok_or_else(|| DataplaneError::NoDevice(pod.host_ifname.clone()))?;
+    host.set_mac(h.index, HOST_VETH_MAC).await?;
+    let conf = format!("/proc/sys/net/ipv4/conf/{}", pod.host_ifname);
+    sysctl(&format!("{conf}/proxy_arp"), "1")?;
+    sysctl(&format!("{conf}/forwarding"), "1")?;
+    sysctl(&format!("{conf}/route_localnet"), "1")?;
+    sysctl(
+        &format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", pod.host_ifname),
+        "0",
+    )?;
+    host.set_up(h.index).await?;
+
+    let c = inside
+        .link(&pod.container_ifname)
+        .await?
+        .ok_or_else(|| DataplaneError::NoDevice(pod.container_ifname.clone()))?;
+    inside.set_up(c.index).await?;
+    for ip in &pod.addresses {
+        inside.add_address(c.index, host_prefix(*ip)).await?;
+    }
+    if pod.addresses.iter().any(IpAddr::is_ipv4) {
+        let gw = IpAddr::V4(POD_GATEWAY);
+        inside
+            .add_plain_route(host_prefix(gw), None, c.index)
+            .await?;
+        inside
+            .add_plain_route("0.0.0.0/0".parse().expect("default"), Some(gw), c.index)
+            .await?;
+    }
+    for ip in &pod.addresses {
+        host.add_plain_route(host_prefix(*ip), None, h.index)
+            .await?;
+    }
+    Ok(PodAttachment {
+        container_mac: c.mac.as_ref().map(format_mac).unwrap_or_default(),
+    })
+}
+
+/// Removes the host veth (and with it the pod end and the host routes). Returns whether it
+/// existed; a missing one is success (DEL is idempotent).
+pub async fn teardown(host: &Netlink, host_ifname: &str) -> Result<bool, PodNetError> {
+    match host.link(host_ifname).await? {
+        Some(l) => {
+            host.del_link(l.index).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Verifies the plumbing is still as ADD left it.
+pub async fn check(host: &Netlink, pod: &PodNetwork) -> Result<(), PodNetError> {
+    let h = host.link(&pod.host_ifname).await?.ok_or_else(|| {
+        PodNetError::Mismatch(format!("host interface {} is missing", pod.host_ifname))
+    })?;
+    if !h.up {
+        return Err(PodNetError::Mismatch(format!(
+            "host interface {} is down",
+            pod.host_ifname
+        )));
+    }
+    let inside = Netlink::connect_in(Path::new(&pod.netns))?;
+    let c = inside.link(&pod.container_ifname).await?.ok_or_else(|| {
+        PodNetError::Mismatch(format!(
+            "interface {} is missing in the container",
+            pod.container_ifname
+        ))
+    })?;
+    let have = inside.addresses(c.index).await?;
+    for ip in &pod.addresses {
+        if !have.contains(&host_prefix(*ip)) {
+            return Err(PodNetError::Mismatch(format!(
+                "{} in the container lacks address {}",
+                pod.container_ifname,
+                host_prefix(*ip)
+            )));
+        }
+        let routes = host.routes_to(host_prefix(*ip)).await?;
+        if !routes.iter().any(|(_, oif)| *oif == Some(h.index)) {
+            return Err(PodNetError::Mismatch(format!(
+                "the host has no route {} dev {}",
+                host_prefix(*ip),
+                pod.host_ifname
+            )));
+        }
+    }
+    if pod.addresses.iter().any(IpAddr::is_ipv4) {
+        let default = inside
+            .routes_to("0.0.0.0/0".parse().expect("default"))
+            .await?;
+        if !default
+            .iter()
+            .any(|(gw, _)| *gw == Some(IpAddr::V4(POD_GATEWAY)))
+        {
+            return Err(PodNetError::Mismatch(format!(
+                "the container has no default route via {POD_GATEWAY}"
+            )));
+        }
+    }
+    Ok(())
+}

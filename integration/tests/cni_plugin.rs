@@ -1,0 +1,368 @@
+//! serval-cni driven as a container runtime drives it (environment variables + stdin, JSON
+//! on stdout), against a real etcd, in namespaces the test creates: a working pod, CHECK, DEL
+//! (twice), a failed ADD that leaves nothing behind, an exhausted pool, and bad input with the
+//! spec's error codes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use serval_agent::calc::routes::host_interface_name;
+use serval_agent::datastore::{Datastore, EtcdBackend};
+use serval_agent::resources::WorkloadEndpoint;
+use serval_integration::{EtcdServer, LoopbackForward, Netns, ipam_load, require};
+use serval_ipam::Ipam;
+
+struct Call {
+    stdout: String,
+    code: i32,
+}
+
+impl Call {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+    }
+    fn error_code(&self) -> u64 {
+        assert_ne!(self.code, 0, "expected a failure, got {:?}", self.stdout);
+        self.json()["code"].as_u64().expect("error code")
+    }
+}
+
+/// Runs the plugin inside the node namespace with `env` and `stdin`.
+fn cni(node: &Netns, env: &[(&str, &str)], stdin: &str) -> Call {
+    use std::io::Write;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.name()])
+        .arg(require::serval_bin("serval-cni"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start serval-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("serval-cni output");
+    Call {
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+// Fields drop in order: the forwarder before the namespace it listens in.
+struct Lab {
+    _forward: LoopbackForward,
+    node: Netns,
+    _uplink: Netns,
+    etcd_url: String,
+    ds: Datastore<EtcdBackend>,
+    _etcd: EtcdServer,
+}
+
+impl Lab {
+    fn conf(&self, extra: Value) -> String {
+        let mut c = json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "serval-cni",
+            "nodename": "node-a",
+            "datastore_type": "etcdv3",
+            "etcd_endpoints": self.etcd_url,
+            "mtu": 1400,
+            "ipam": {"type": "serval-ipam"},
+        });
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            c[k] = v;
+        }
+        c.to_string()
+    }
+
+    fn call(&self, command: &str, id: &str, pod: &Netns, conf: &str) -> Call {
+        let netns = format!("/run/netns/{}", pod.name());
+        let args = format!("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME={id};IgnoreUnknown=1");
+        cni(
+            &self.node,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ],
+            conf,
+        )
+    }
+
+    async fn handle_ips(&self, id: &str) -> Vec<IpAddr> {
+        Ipam::new(self.ds.clone())
+            .ips_for_handle(&format!("k8s-pod-network.{id}"), None)
+            .await
+            .expect("read handle")
+    }
+}
+
+async fn lab(test: &str) -> Option<Lab> {
+    if !require::lab_ready(test, &["ip", "etcd"]) {
+        return None;
+    }
+    let etcd = EtcdServer::start(test)?;
+    let node = Netns::new("cni").unwrap();
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    // An uplink with a default route, as every node has: proxy ARP answers for 169.254.1.1
+    // only when the host has a route to it.
+    let uplink = Netns::new("cniup").unwrap();
+    serval_integration::link(&node, "eth0", &uplink, "eth0").unwrap();
+    node.addr("eth0", "192.168.50.2/24").unwrap();
+    uplink.addr("eth0", "192.168.50.1/24").unwrap();
+    node.ip(&["route", "add", "default", "via", "192.168.50.1"])
+        .unwrap();
+    let forward = LoopbackForward::start(&node, 2379, etcd.addr()).unwrap();
+    let ds = Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    // Four addresses in one /30 block: enough for a few pods, small enough to run out.
+    ipam_load::setup(&ds, "10.88.0.0/30", 30, &["node-a".to_string()], 0).await;
+    Some(Lab {
+        etcd_url: forward.url(),
+        _forward: forward,
+        node,
+        _uplink: uplink,
+        ds,
+        _etcd: etcd,
+    })
+}
+
+fn links(ns: &Netns) -> String {
+    ns.output(&["ip", "-o", "link"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_add_check_del_and_errors_as_a_runtime_sees_them() {
+    let Some(lab) = lab("cni_add_check_del").await else {
+        return;
+    };
+    let conf = lab.conf(json!({}));
+
+    // VERSION and STATUS.
+    let v = cni(
+        &lab.node,
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"1.0.0"}"#,
+    );
+    assert_eq!(v.code, 0, "{}", v.stdout);
+    assert_eq!(
+        v.json()["supportedVersions"],
+        json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
+    let s = cni(&lab.node, &[("CNI_COMMAND", "STATUS")], &conf);
+    assert_eq!((s.code, s.stdout.as_str()), (0, ""));
+
+    // ADD two pods.
+    let pod1 = Netns::new("pod1").unwrap();
+    let pod2 = Netns::new("pod2").unwrap();
+    let add1 = lab.call("ADD", "pod1", &pod1, &conf);
+    assert_eq!(add1.code, 0, "ADD pod1: {}", add1.stdout);
+    let r1 = add1.json();
+    let ip1: IpAddr = r1["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap();
+    assert!(ip1.to_string().starts_with("10.88.0."), "{r1}");
+    assert_eq!(r1["ips"][0]["gateway"], "169.254.1.1");
+    assert_eq!(
+        r1["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}])
+    );
+    let host1 = host_interface_name("ns1", "pod1");
+    assert_eq!(r1["interfaces"][0]["name"], host1);
+    assert_eq!(r1["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
+    assert_eq!(r1["interfaces"][1]["name"], "eth0");
+    assert_eq!(r1["interfaces"][1]["mtu"], 1400);
+    let add2 = lab.call("ADD", "pod2", &pod2, &conf);
+    assert_eq!(add2.code, 0, "ADD pod2: {}", add2.stdout);
+    let ip2: IpAddr = add2.json()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap();
+    assert_ne!(ip1, ip2);
+
+    // The pod side and the host side look like Calico's.
+    let inside = pod1.output(&["ip", "-4", "addr", "show", "eth0"]).unwrap();
+    assert!(inside.contains(&format!("{ip1}/32")), "{inside}");
+    assert!(inside.contains("mtu 1400"), "{inside}");
+    let proutes = pod1.output(&["ip", "route"]).unwrap();
+    assert!(
+        proutes.contains("default via 169.254.1.1 dev eth0"),
+        "{proutes}"
+    );
+    assert!(
+        proutes.contains("169.254.1.1 dev eth0 scope link"),
+        "{proutes}"
+    );
+    let hroutes = lab.node.output(&["ip", "route"]).unwrap();
+    assert!(
+        hroutes.contains(&format!("{ip1} dev {host1} scope link")),
+        "{hroutes}"
+    );
+    let proxy = lab
+        .node
+        .output(&["cat", &format!("/proc/sys/net/ipv4/conf/{host1}/proxy_arp")])
+        .unwrap();
+    assert_eq!(proxy.trim(), "1");
+
+    // The pods reach each other: ping and TCP.
+    pod1.exec(&["ping", "-c", "1", "-W", "2", &ip2.to_string()])
+        .unwrap_or_else(|e| panic!("pod1 → pod2 ping: {e}"));
+    pod2.serve_tcp(8080, "hello from pod2").unwrap();
+    let got = pod1.tcp_fetch(SocketAddr::new(ip2, 8080)).unwrap();
+    assert_eq!(got, "hello from pod2");
+
+    // The WorkloadEndpoint is recorded.
+    let wep = lab
+        .ds
+        .get::<WorkloadEndpoint>(Some("ns1"), "node--a-k8s-pod1-eth0")
+        .await
+        .unwrap()
+        .expect("WorkloadEndpoint for pod1");
+    assert_eq!(wep.spec.interface_name, host1);
+    assert_eq!(wep.spec.ip_networks, vec![format!("{ip1}/32")]);
+    assert_eq!(wep.spec.node, "node-a");
+
+    // CHECK with the previous result passes; with a wrong one it fails.
+    let with_prev = lab.conf(json!({"prevResult": r1}));
+    let c = lab.call("CHECK", "pod1", &pod1, &with_prev);
+    assert_eq!(c.code, 0, "CHECK: {}", c.stdout);
+    let mut wrong = r1.clone();
+    wrong["ips"][0]["address"] = json!("10.88.0.99/32");
+    let c = lab.call(
+        "CHECK",
+        "pod1",
+        &pod1,
+        &lab.conf(json!({"prevResult": wrong})),
+    );
+    assert_ne!(c.code, 0);
+    assert!(
+        c.json()["details"].as_str().unwrap().contains("10.88.0.99"),
+        "{}",
+        c.stdout
+    );
+
+    // A repeated ADD fails (the interface exists) and leaves pod1 as it was.
+    let again = lab.call("ADD", "pod1", &pod1, &conf);
+    assert!(
+        again.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(lab.handle_ips("pod1").await, vec![ip1]);
+    pod1.exec(&["ping", "-c", "1", "-W", "2", &ip2.to_string()])
+        .unwrap();
+
+    // A failed ADD after allocation (the kernel refuses the MTU) leaves nothing behind.
+    let pod3 = Netns::new("pod3").unwrap();
+    let bad_mtu = lab.conf(json!({"mtu": 100000}));
+    let failed = lab.call("ADD", "pod3", &pod3, &bad_mtu);
+    assert_eq!(failed.error_code(), 999, "{}", failed.stdout);
+    assert!(lab.handle_ips("pod3").await.is_empty(), "address released");
+    let host3 = host_interface_name("ns1", "pod3");
+    assert!(!links(&lab.node).contains(&host3), "{}", links(&lab.node));
+    assert!(!links(&pod3).contains("eth0"), "{}", links(&pod3));
+
+    // Bad input gets the spec's codes.
+    let no_netns = cni(
+        &lab.node,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "x1"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &conf,
+    );
+    assert_eq!(no_netns.error_code(), 4);
+    assert!(
+        no_netns.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("CNI_NETNS")
+    );
+    let bad_json = lab.call("ADD", "x2", &pod3, "{\"cniVersion\": ");
+    assert_eq!(bad_json.error_code(), 6);
+    let bad_version = lab.call(
+        "ADD",
+        "x3",
+        &pod3,
+        &lab.conf(json!({"cniVersion": "0.1.0"})),
+    );
+    assert_eq!(bad_version.error_code(), 1);
+    let gone = cni(
+        &lab.node,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "x4"),
+            ("CNI_NETNS", "/run/netns/does-not-exist-serval"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &conf,
+    );
+    assert_eq!(gone.error_code(), 3);
+
+    // Exhaust the pool: the first ADD that finds no address gets code 100, and leaves no veth.
+    let mut extra = Vec::new();
+    let exhausted = loop {
+        let id = format!("fill{}", extra.len());
+        let ns = Netns::new(&id).unwrap();
+        let call = lab.call("ADD", &id, &ns, &conf);
+        extra.push(ns);
+        if call.code != 0 {
+            break (id, call);
+        }
+        assert!(extra.len() <= 4, "a /30 pool cannot hold this many pods");
+    };
+    assert_eq!(exhausted.1.error_code(), 100, "{}", exhausted.1.stdout);
+    assert!(!links(&lab.node).contains(&host_interface_name("ns1", &exhausted.0)));
+
+    // DEL pod1: plumbing, address and endpoint go; DEL again and DEL without a netns succeed.
+    let d = lab.call("DEL", "pod1", &pod1, &conf);
+    assert_eq!((d.code, d.stdout.as_str()), (0, ""), "DEL: {}", d.stdout);
+    assert!(!links(&lab.node).contains(&host1));
+    assert!(lab.handle_ips("pod1").await.is_empty());
+    assert!(
+        lab.ds
+            .get::<WorkloadEndpoint>(Some("ns1"), "node--a-k8s-pod1-eth0")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(lab.call("DEL", "pod1", &pod1, &conf).code, 0);
+    let del_no_netns = cni(
+        &lab.node,
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "pod1"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &conf,
+    );
+    assert_eq!(del_no_netns.code, 0, "{}", del_no_netns.stdout);
+
+    // The freed address is usable again.
+    let (id, _) = exhausted;
+    let ns = extra.last().unwrap();
+    let retry = lab.call("ADD", &id, ns, &conf);
+    assert_eq!(retry.code, 0, "ADD after a release: {}", retry.stdout);
+}

@@ -12,6 +12,14 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serval_bgp::af::Family;
 use serval_bgp::speaker::SpeakerHandle;
+use tokio::sync::watch;
+
+/// What the handlers read: the speaker, and (for the node agent) whether the node is ready.
+#[derive(Clone)]
+struct AppState {
+    speaker: SpeakerHandle,
+    ready: Option<watch::Receiver<bool>>,
+}
 
 #[derive(Deserialize)]
 struct RoutesQuery {
@@ -23,15 +31,16 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
 }
 
-async fn status(State(s): State<SpeakerHandle>) -> Response {
-    match s.status().await {
+async fn status(State(s): State<AppState>) -> Response {
+    match s.speaker.status().await {
         Ok(st) => axum::Json(st).into_response(),
         Err(e) => unavailable(e),
     }
 }
 
-async fn routes(State(s): State<SpeakerHandle>, Query(q): Query<RoutesQuery>) -> Response {
+async fn routes(State(s): State<AppState>, Query(q): Query<RoutesQuery>) -> Response {
     match s
+        .speaker
         .routes(q.family.unwrap_or(Family::Ipv4Unicast), q.prefix)
         .await
     {
@@ -40,8 +49,8 @@ async fn routes(State(s): State<SpeakerHandle>, Query(q): Query<RoutesQuery>) ->
     }
 }
 
-async fn metrics(State(s): State<SpeakerHandle>) -> Response {
-    match s.status().await {
+async fn metrics(State(s): State<AppState>) -> Response {
+    match s.speaker.status().await {
         Ok(st) => (
             [(
                 header::CONTENT_TYPE,
@@ -54,22 +63,48 @@ async fn metrics(State(s): State<SpeakerHandle>) -> Response {
     }
 }
 
-async fn readyz(State(s): State<SpeakerHandle>) -> Response {
-    match s.status().await {
+async fn readyz(State(s): State<AppState>) -> Response {
+    if let Some(ready) = &s.ready
+        && !*ready.borrow()
+    {
+        return unavailable("not ready: the datastore is not in sync or the dataplane not applied yet");
+    }
+    match s.speaker.status().await {
         Ok(_) => "ok".into_response(),
         Err(e) => unavailable(e),
     }
 }
 
-/// Serves until the process exits.
+/// Serves until the process exits (the standalone speaker: ready when the speaker answers).
 pub async fn serve(addr: SocketAddr, speaker: SpeakerHandle) -> std::io::Result<()> {
+    serve_state(addr, AppState { speaker, ready: None }).await
+}
+
+/// Serves for the node agent: `/readyz` also waits for `ready` (datastore in sync and the
+/// first dataplane apply done).
+pub async fn serve_node(
+    addr: SocketAddr,
+    speaker: SpeakerHandle,
+    ready: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_state(
+        addr,
+        AppState {
+            speaker,
+            ready: Some(ready),
+        },
+    )
+    .await
+}
+
+async fn serve_state(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let app = Router::new()
         .route("/status", get(status))
         .route("/routes", get(routes))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(speaker);
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP status and metrics listening");
     axum::serve(listener, app).await

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod datastore;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod resources;
 pub mod standalone;
 pub mod status_table;

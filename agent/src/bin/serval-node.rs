@@ -1,5 +1,6 @@
-//! serval-node: the Serval node agent. Today it runs the standalone BGP speaker
-//! (`serval-node speaker --config FILE`); the Kubernetes node agent joins it here.
+//! serval-node: the Serval node agent (`serval-node run`, configured from the environment as
+//! a DaemonSet is), the standalone BGP speaker (`serval-node speaker --config FILE`), and the
+//! local status table (`serval-node status`).
 
 use std::path::PathBuf;
 
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent: BGP, routes, tunnels, IPAM tunnel addresses (env vars as in a
+    /// DaemonSet; flags override).
+    Run(serval_agent::node::config::RunArgs),
     /// Run the BGP speaker alone, configured from a YAML file (SIGHUP reloads it).
     Speaker {
         /// The configuration file.
@@ -98,6 +102,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     match cli.command {
+        Command::Run(args) => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let cfg = args
+                .validate(&hostname)
+                .context("invalid configuration")?;
+            let mut term = signal(SignalKind::terminate())?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            serval_agent::node::run(cfg, shutdown).await?;
+            Ok(())
+        }
         Command::Speaker { config } => run_speaker(config).await,
         Command::Status { address, json } => {
             let status = serval_agent::status_table::fetch(address)?;

@@ -1,0 +1,307 @@
+//! The node agent's event loop: one task owns the cluster picture and the applied state; the
+//! syncer, the speaker's best-path stream and a tunnel timer only send it messages. Nothing is
+//! written before the datastore is in sync; after that every change recomputes the desired
+//! state (pure) and applies the difference: sessions, exports, tunnel devices, then routes.
+//!
+//! ```text
+//!  Syncer ── SyncEvent ──────┐
+//!  Speaker ── best paths ────┼─► Agent::run ─► SpeakerHandle (peers, announce/withdraw)
+//!  tunnel timer ─────────────┘        │        tunnel::ensure_* (netlink)
+//!                                     └──────► route task (RouteCommand)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serval_bgp::config::{LocalRoute, PeerConfig};
+use serval_bgp::speaker::{SpeakerError, SpeakerHandle};
+use tokio::sync::{mpsc, watch};
+
+use super::state::{ClusterState, Desired, watched_kinds};
+use crate::dataplane::DataplaneError;
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::route_manager::RouteCommand;
+use crate::dataplane::tunnel;
+use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
+
+/// How often tunnel devices and VXLAN entries are re-checked even without changes.
+const TUNNEL_RESYNC: Duration = Duration::from_secs(30);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The speaker task died.
+    #[error("BGP speaker: {0}")]
+    Speaker(#[from] SpeakerError),
+    /// The datastore stream ended.
+    #[error("the datastore syncer stopped")]
+    SyncerStopped,
+    /// The BGP identity changed; the speaker must restart (the DaemonSet restarts us, and
+    /// graceful restart keeps the routes meanwhile).
+    #[error("the node's BGP identity changed ({0}); restarting to apply it")]
+    IdentityChanged(String),
+}
+
+/// The speaker's identity, fixed for its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Our AS.
+    pub as_number: u32,
+    /// Reflector cluster ID, if a reflector.
+    pub cluster_id: Option<String>,
+    /// BGP port.
+    pub listen_port: u16,
+}
+
+/// Computes the identity `me` should run with.
+pub fn identity(state: &ClusterState, me: &str) -> Identity {
+    let cfg = state.bgp_resources().effective_config(me);
+    let bgp = state.node(me).and_then(|n| n.spec.bgp.clone());
+    Identity {
+        as_number: bgp
+            .as_ref()
+            .and_then(|b| b.as_number)
+            .unwrap_or(cfg.as_number),
+        cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
+        listen_port: cfg.listen_port,
+    }
+}
+
+/// The agent's inputs and applied state.
+pub struct Agent {
+    /// This node.
+    pub name: String,
+    /// The speaker.
+    pub speaker: SpeakerHandle,
+    /// The identity the speaker started with.
+    pub identity: Identity,
+    /// The host interface's MTU.
+    pub host_mtu: u32,
+    /// The route task's inbox.
+    pub routes: mpsc::Sender<RouteCommand>,
+    /// Netlink for tunnel devices.
+    pub netlink: Netlink,
+    /// Where the pod MTU file goes.
+    pub var_dir: PathBuf,
+    /// Set when the first full apply after in-sync is done (`/readyz`).
+    pub ready: watch::Sender<bool>,
+    state: ClusterState,
+    in_sync: bool,
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    exports: BTreeSet<IpNet>,
+    mtu_written: Option<u32>,
+    warned: BTreeSet<String>,
+}
+
+impl Agent {
+    /// An agent with nothing applied yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        speaker: SpeakerHandle,
+        identity: Identity,
+        host_mtu: u32,
+        routes: mpsc::Sender<RouteCommand>,
+        netlink: Netlink,
+        var_dir: PathBuf,
+        ready: watch::Sender<bool>,
+    ) -> Agent {
+        Agent {
+            name,
+            speaker,
+            identity,
+            host_mtu,
+            routes,
+            netlink,
+            var_dir,
+            ready,
+            state: ClusterState::default(),
+            in_sync: false,
+            peers: BTreeMap::new(),
+            exports: BTreeSet::new(),
+            mtu_written: None,
+            warned: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until the syncer or the speaker stops.
+    pub async fn run(mut self, backend: AnyBackend) -> Result<(), AgentError> {
+        let (_syncer, mut events) = Syncer::start(backend, watched_kinds());
+        let mut best = self.speaker.subscribe().await?;
+        let mut tick = tokio::time::interval(TUNNEL_RESYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut dirty = false;
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { return Err(AgentError::SyncerStopped) };
+                    dirty |= self.on_event(ev).await;
+                    while let Ok(ev) = events.try_recv() {
+                        dirty |= self.on_event(ev).await;
+                    }
+                }
+                changes = best.recv() => {
+                    let Some(changes) = changes else {
+                        return Err(AgentError::Speaker(SpeakerError::Stopped));
+                    };
+                    dirty |= self.state.apply_best_paths(&changes);
+                    while let Ok(more) = best.try_recv() {
+                        dirty |= self.state.apply_best_paths(&more);
+                    }
+                }
+                _ = tick.tick() => dirty = true,
+            }
+            if dirty && self.in_sync {
+                let now = identity(&self.state, &self.name);
+                if now != self.identity {
+                    return Err(AgentError::IdentityChanged(format!(
+                        "{:?} -> {:?}",
+                        self.identity, now
+                    )));
+                }
+                self.reconcile().await?;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: SyncEvent) -> bool {
+        if let SyncEvent::Status(s) = &ev {
+            tracing::info!(status = ?s, "datastore sync status");
+            if *s == SyncStatus::InSync && !self.in_sync {
+                self.in_sync = true;
+                let _ = self.routes.send(RouteCommand::InSync).await;
+                return true;
+            }
+            return false;
+        }
+        self.state.apply(&ev)
+    }
+
+    fn warn_once(&mut self, what: String) {
+        if self.warned.insert(what.clone()) {
+            tracing::warn!("{what}");
+        }
+    }
+
+    async fn reconcile(&mut self) -> Result<(), AgentError> {
+        let desired = match self.state.desired(&self.name, self.host_mtu) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warn_once(format!("cannot compute this node's state yet: {e}"));
+                return Ok(());
+            }
+        };
+        self.apply_peers(&desired).await?;
+        self.apply_exports(&desired).await?;
+        self.apply_tunnels(&desired).await;
+        let _ = self
+            .routes
+            .send(RouteCommand::Desired(desired.routes.clone()))
+            .await;
+        if self.mtu_written != Some(desired.pod_mtu) {
+            let path = self.var_dir.join("mtu");
+            match super::startup::write_file(&path, &desired.pod_mtu.to_string()) {
+                Ok(()) => self.mtu_written = Some(desired.pod_mtu),
+                Err(e) => self.warn_once(e.to_string()),
+            }
+        }
+        self.ready.send_replace(true);
+        Ok(())
+    }
+
+    async fn apply_peers(&mut self, d: &Desired) -> Result<(), AgentError> {
+        let want: BTreeMap<IpAddr, PeerConfig> = d
+            .peers
+            .iter()
+            .map(|p| {
+                let mut c = p.config.clone();
+                c.description.get_or_insert_with(|| p.peer_type.to_string());
+                for u in &p.unsupported {
+                    self.warned
+                        .insert(format!("peer {}: {u}", c.address))
+                        .then(|| tracing::warn!(peer = %c.address, "{u}"));
+                }
+                (c.address, c)
+            })
+            .collect();
+        let gone: Vec<IpAddr> = self
+            .peers
+            .keys()
+            .filter(|a| !want.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            tracing::info!(peer = %addr, "removing BGP peer");
+            match self.speaker.remove_peer(addr).await {
+                Ok(()) | Err(SpeakerError::UnknownPeer(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.peers.remove(&addr);
+        }
+        for (addr, cfg) in want {
+            let res = match self.peers.get(&addr) {
+                None => {
+                    tracing::info!(peer = %addr, kind = ?cfg.description, "adding BGP peer");
+                    self.speaker.add_peer(cfg.clone()).await
+                }
+                Some(old) if *old != cfg => self.speaker.update_peer(cfg.clone()).await,
+                Some(_) => continue,
+            };
+            match res {
+                Ok(()) => {
+                    self.peers.insert(addr, cfg);
+                }
+                Err(SpeakerError::Config(e)) => {
+                    self.warn_once(format!("peer {addr} rejected by the speaker: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_exports(&mut self, d: &Desired) -> Result<(), AgentError> {
+        for gone in self.exports.difference(&d.exports).copied().collect::<Vec<_>>() {
+            self.speaker.withdraw(gone).await?;
+            self.exports.remove(&gone);
+        }
+        for new in d.exports.difference(&self.exports).copied().collect::<Vec<_>>() {
+            tracing::info!(block = %new, "announcing block");
+            self.speaker
+                .announce(LocalRoute {
+                    prefix: new,
+                    next_hop: None,
+                    med: None,
+                    local_pref: None,
+                    communities: Vec::new(),
+                    large_communities: Vec::new(),
+                })
+                .await?;
+            self.exports.insert(new);
+        }
+        Ok(())
+    }
+
+    async fn apply_tunnels(&mut self, d: &Desired) {
+        if let Some(ipip) = &d.ipip {
+            match tunnel::ensure_ipip(&self.netlink, ipip).await {
+                Ok(_) => {}
+                Err(DataplaneError::Unsupported(why)) => self.warn_once(why),
+                Err(e) => tracing::warn!(error = %e, "IPIP device"),
+            }
+        }
+        if let Some(vx) = &d.vxlan {
+            match tunnel::ensure_vxlan(&self.netlink, vx).await {
+                Ok(index) => {
+                    if let Err(e) = tunnel::ensure_vteps(&self.netlink, index, &d.vteps).await {
+                        tracing::warn!(error = %e, "VXLAN neighbour/FDB entries");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "VXLAN device"),
+            }
+        }
+    }
+}

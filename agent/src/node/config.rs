@@ -1,0 +1,258 @@
+//! serval-node's start-up configuration: environment variables first (the DaemonSet way, with
+//! Calico's names where Calico has one), flags to override, validated once with errors that
+//! say which variable is wrong and what is accepted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::autodetect::Method;
+
+/// The flags and variables of `serval-node run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// This node's name (Calico: NODENAME); defaults to the hostname.
+    #[arg(long, env = "NODENAME")]
+    pub node_name: Option<String>,
+    /// `etcdv3` or `kubernetes`.
+    #[arg(long, env = "DATASTORE_TYPE", default_value = "kubernetes")]
+    pub datastore_type: String,
+    /// Comma-separated etcd endpoints (etcdv3 only).
+    #[arg(long, env = "ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// `autodetect` (default), `none`, or the node's IPv4 address with its prefix length.
+    #[arg(long, env = "IP", default_value = "autodetect")]
+    pub ip: String,
+    /// How to autodetect: first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR,
+    /// can-reach=ADDR.
+    #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
+    pub ip_autodetection_method: String,
+    /// This node's AS (default: the cluster's, from BGPConfiguration, else 64512).
+    #[arg(long = "as", env = "AS")]
+    pub as_number: Option<u32>,
+    /// Where `/status`, `/metrics`, `/livez` and `/readyz` are served.
+    #[arg(long, env = "SERVAL_HTTP_ADDRESS", default_value = "127.0.0.1:9179")]
+    pub http_address: SocketAddr,
+    /// Where the node name and pod MTU are written for serval-cni.
+    #[arg(long, env = "SERVAL_VAR_DIR", default_value = "/var/lib/serval")]
+    pub var_dir: PathBuf,
+    /// Seconds between full route resyncs (Felix's routeRefreshInterval).
+    #[arg(long, env = "SERVAL_ROUTE_REFRESH_INTERVAL", default_value_t = 90)]
+    pub route_refresh_interval: u64,
+}
+
+/// How the node's address is chosen.
+#[derive(Debug, Clone)]
+pub enum AddressSource {
+    /// Autodetect with this method.
+    Detect(Method),
+    /// Given (with its prefix length).
+    Fixed(ipnet::IpNet),
+    /// No IPv4 address (policy-only or IPv6-only nodes).
+    None,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub node_name: String,
+    /// Datastore: etcd endpoints, or `None` for Kubernetes.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The address source.
+    pub address: AddressSource,
+    /// The AS to record on the Node.
+    pub as_number: Option<u32>,
+    /// HTTP endpoint.
+    pub http_address: SocketAddr,
+    /// The directory shared with serval-cni.
+    pub var_dir: PathBuf,
+    /// Full resync period.
+    pub route_refresh: Duration,
+}
+
+/// A configuration error naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) at fault.
+    pub variable: &'static str,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+fn bad(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// A Kubernetes-style node name (RFC 1123 subdomain).
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl RunArgs {
+    /// Validates; `hostname` is the fallback node name.
+    pub fn validate(&self, hostname: &str) -> Result<NodeConfig, ConfigError> {
+        let node_name = self
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| hostname.trim().to_lowercase());
+        if !valid_node_name(&node_name) {
+            return Err(bad(
+                "NODENAME",
+                format!(
+                    "{node_name:?} is not a valid node name (lower-case letters, digits, '-' and '.')"
+                ),
+            ));
+        }
+        let etcd_endpoints = match self.datastore_type.as_str() {
+            "kubernetes" => None,
+            "etcdv3" => {
+                let list: Vec<String> = self
+                    .etcd_endpoints
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    return Err(bad(
+                        "ETCD_ENDPOINTS",
+                        "DATASTORE_TYPE=etcdv3 needs at least one endpoint, e.g. http://10.0.0.1:2379",
+                    ));
+                }
+                if let Some(e) = list
+                    .iter()
+                    .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+                {
+                    return Err(bad(
+                        "ETCD_ENDPOINTS",
+                        format!("{e:?} must start with http:// or https://"),
+                    ));
+                }
+                Some(list)
+            }
+            other => {
+                return Err(bad(
+                    "DATASTORE_TYPE",
+                    format!("{other:?}: expected kubernetes or etcdv3"),
+                ));
+            }
+        };
+        let address = match self.ip.trim() {
+            "" | "autodetect" => AddressSource::Detect(
+                self.ip_autodetection_method
+                    .parse()
+                    .map_err(|e: crate::autodetect::MethodError| {
+                        bad("IP_AUTODETECTION_METHOD", e.to_string())
+                    })?,
+            ),
+            "none" => AddressSource::None,
+            given => {
+                let net: ipnet::IpNet = given.parse().map_err(|_| {
+                    bad(
+                        "IP",
+                        format!(
+                            "{given:?}: expected autodetect, none, or an IPv4 address with its \
+                             prefix length (10.0.0.5/24; the prefix decides CrossSubnet)"
+                        ),
+                    )
+                })?;
+                if !net.addr().is_ipv4() {
+                    return Err(bad("IP", format!("{given:?} is not an IPv4 address")));
+                }
+                AddressSource::Fixed(net)
+            }
+        };
+        if self.as_number == Some(0) {
+            return Err(bad("AS", "0 is not a valid AS number"));
+        }
+        if self.route_refresh_interval == 0 {
+            return Err(bad(
+                "SERVAL_ROUTE_REFRESH_INTERVAL",
+                "must be at least 1 second",
+            ));
+        }
+        Ok(NodeConfig {
+            node_name,
+            etcd_endpoints,
+            address,
+            as_number: self.as_number,
+            http_address: self.http_address,
+            var_dir: self.var_dir.clone(),
+            route_refresh: Duration::from_secs(self.route_refresh_interval),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut all = vec!["serval-node"];
+        all.extend_from_slice(flags);
+        Wrap::try_parse_from(all).unwrap().args
+    }
+
+    #[test]
+    fn defaults_and_fixed_address() {
+        let c = args(&["--datastore-type", "etcdv3", "--etcd-endpoints", "http://a:2379, http://b:2379"])
+            .validate("Node-A")
+            .unwrap();
+        assert_eq!(c.node_name, "node-a", "hostname fallback, lower-cased");
+        assert_eq!(
+            c.etcd_endpoints,
+            Some(vec!["http://a:2379".into(), "http://b:2379".into()])
+        );
+        assert!(matches!(c.address, AddressSource::Detect(Method::FirstFound)));
+        assert_eq!(c.route_refresh, Duration::from_secs(90));
+        let c = args(&["--ip", "10.0.0.5/24", "--node-name", "n1"])
+            .validate("h")
+            .unwrap();
+        assert!(matches!(c.address, AddressSource::Fixed(n) if n.prefix_len() == 24));
+        assert!(c.etcd_endpoints.is_none(), "kubernetes by default");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = |flags: &[&str]| args(flags).validate("h").unwrap_err();
+        assert_eq!(e(&["--datastore-type", "etcdv3"]).variable, "ETCD_ENDPOINTS");
+        assert_eq!(
+            e(&["--datastore-type", "etcdv3", "--etcd-endpoints", "a:2379"]).variable,
+            "ETCD_ENDPOINTS"
+        );
+        assert_eq!(e(&["--datastore-type", "consul"]).variable, "DATASTORE_TYPE");
+        assert_eq!(e(&["--ip", "10.0.0.300/24"]).variable, "IP");
+        assert_eq!(e(&["--ip", "fd00::1/64"]).variable, "IP");
+        let m = e(&["--ip-autodetection-method", "nic=eth0"]);
+        assert_eq!(m.variable, "IP_AUTODETECTION_METHOD");
+        assert!(m.message.contains("can-reach"), "{m}");
+        assert_eq!(e(&["--node-name", "Bad_Name"]).variable, "NODENAME");
+        assert_eq!(e(&["--as", "0"]).variable, "AS");
+    }
+}

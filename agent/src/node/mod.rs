@@ -1,0 +1,154 @@
+//! `serval-node run`: the node agent. Start-up (datastore, address, Node resource, tunnel
+//! addresses, files for serval-cni), then the speaker, the HTTP endpoint, the route task and
+//! the agent loop, until a signal or a fatal error.
+
+pub mod agent;
+pub mod config;
+pub mod startup;
+pub mod state;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serval_bgp::config::SpeakerConfig;
+use serval_bgp::speaker::SpeakerHandle;
+use tokio::sync::{mpsc, watch};
+
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::route_manager::{self, RouteManager, RouteStats, RouteTiming};
+use crate::datastore::Backend;
+use crate::resources::{BGPConfiguration, Node};
+use agent::{Agent, AgentError, Identity};
+use config::NodeConfig;
+use startup::StartupError;
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Start-up failed.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The agent loop failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The kernel interface failed.
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+    /// The speaker could not start.
+    #[error("BGP speaker: {0}")]
+    Speaker(#[from] serval_bgp::speaker::SpeakerError),
+    /// The HTTP endpoint failed.
+    #[error("HTTP endpoint {addr}: {source}")]
+    Http {
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the node agent until `shutdown` resolves or something fatal happens.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let ds = startup::connect(&cfg).await;
+    let detected = startup::node_address(&cfg)?;
+    let (address, host_mtu) = match detected {
+        Some((a, m)) => (Some(a), m),
+        None => (None, 1500),
+    };
+    tracing::info!(node = %cfg.node_name, address = ?address, host_mtu, "starting");
+    let node = startup::register_node(&ds, &cfg.node_name, address, cfg.as_number).await?;
+    let node = startup::tunnel_addresses(&ds, node).await?;
+    startup::write_file(&cfg.var_dir.join("nodename"), &cfg.node_name)?;
+    startup::enable_forwarding()?;
+
+    // The speaker's identity from what the datastore says now.
+    let identity = initial_identity(&ds, &cfg.node_name, &node).await?;
+    let router_id = match address.map(|a| a.addr()) {
+        Some(IpAddr::V4(v4)) => v4,
+        _ => Ipv4Addr::new(0, 0, 0, 1),
+    };
+    let speaker = SpeakerHandle::start(SpeakerConfig {
+        router_id,
+        as_number: identity.as_number,
+        listen_address: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        listen_port: identity.listen_port,
+        cluster_id: identity
+            .cluster_id
+            .as_deref()
+            .and_then(|c| c.parse().ok()),
+        next_hop_ipv4: None,
+        next_hop_ipv6: None,
+        default_local_pref: 100,
+    })
+    .await?;
+
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let http_addr = cfg.http_address;
+    let mut http = tokio::spawn(crate::http::serve_node(
+        http_addr,
+        speaker.clone(),
+        ready_rx,
+    ));
+
+    let netlink = Netlink::connect()?;
+    let (routes_tx, routes_rx) = mpsc::channel(64);
+    let (stats_tx, _stats_rx) = watch::channel(RouteStats::default());
+    let route_task = tokio::spawn(route_manager::run(
+        RouteManager::new(netlink.clone()),
+        routes_rx,
+        RouteTiming {
+            resync: cfg.route_refresh,
+            ..RouteTiming::default()
+        },
+        stats_tx,
+    ));
+
+    let agent = Agent::new(
+        cfg.node_name.clone(),
+        speaker.clone(),
+        identity,
+        host_mtu,
+        routes_tx,
+        netlink,
+        cfg.var_dir.clone(),
+        ready_tx,
+    );
+    let backend = ds.backend().clone();
+    let result = tokio::select! {
+        r = agent.run(backend) => r.map_err(NodeError::from),
+        r = &mut http => match r {
+            Ok(Err(source)) => Err(NodeError::Http { addr: http_addr, source }),
+            _ => Ok(()),
+        },
+        () = shutdown => {
+            tracing::info!("shutting down; kernel routes stay in place for the next start");
+            Ok(())
+        }
+    };
+    route_task.abort();
+    let _ = speaker.shutdown().await;
+    result
+}
+
+async fn initial_identity<B: Backend>(
+    ds: &crate::datastore::Datastore<B>,
+    me: &str,
+    node: &Node,
+) -> Result<Identity, StartupError> {
+    let (configs, _) = ds.list::<BGPConfiguration>(None).await?;
+    let mut state = state::ClusterState::default();
+    for c in configs {
+        state.apply(&crate::datastore::SyncEvent::Upsert {
+            kind: crate::datastore::KindInfo::of::<BGPConfiguration>(),
+            object: serde_json::to_value(c).expect("resources serialise"),
+        });
+    }
+    state.apply(&crate::datastore::SyncEvent::Upsert {
+        kind: crate::datastore::KindInfo::of::<Node>(),
+        object: serde_json::to_value(node).expect("resources serialise"),
+    });
+    Ok(agent::identity(&state, me))
+}

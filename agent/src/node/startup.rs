@@ -1,0 +1,198 @@
+//! Start-up: reach the datastore, find the node's address, register the Node resource (address
+//! with its prefix length, AS), allocate tunnel addresses when a pool encapsulates, and write
+//! the files serval-cni reads. Every step is idempotent, so a restarted agent converges on
+//! the same state.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use serval_ipam::{Ipam, TunnelKind};
+
+use super::config::{AddressSource, NodeConfig};
+use crate::autodetect;
+use crate::dataplane::tunnel::{format_mac, vxlan_mac};
+use crate::datastore::{AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend};
+use crate::resources::{EncapMode, IPPool, Node, NodeBgpSpec, NodeSpec};
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// No address could be found.
+    #[error("no IPv4 address found for this node with {0}; set IP or IP_AUTODETECTION_METHOD")]
+    NoAddress(String),
+    /// Reading interfaces failed.
+    #[error("cannot read the node's interfaces: {0}")]
+    Interfaces(#[source] std::io::Error),
+    /// The datastore refused a write.
+    #[error("datastore: {0}")]
+    Datastore(#[from] DatastoreError),
+    /// IPAM failed.
+    #[error("tunnel address: {0}")]
+    Ipam(#[from] serval_ipam::IpamError),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Connects to the datastore, retrying (with a log line) until it answers.
+pub async fn connect(cfg: &NodeConfig) -> Datastore<AnyBackend> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let attempt = match &cfg.etcd_endpoints {
+            Some(eps) => EtcdBackend::connect(eps)
+                .await
+                .map(|b| AnyBackend::Etcd(Box::new(b))),
+            None => KubeBackend::connect().await.map(AnyBackend::Kubernetes),
+        };
+        match attempt {
+            Ok(b) => {
+                let ds = Datastore::new(b);
+                // A cheap read proves the connection works.
+                match ds.list::<IPPool>(None).await {
+                    Ok(_) => return ds,
+                    Err(e) => tracing::warn!(error = %e, "datastore not answering yet; retrying"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the datastore yet; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The node's IPv4 address with its prefix length, and the MTU of its interface.
+pub fn node_address(cfg: &NodeConfig) -> Result<Option<(IpNet, u32)>, StartupError> {
+    let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
+    let chosen = match &cfg.address {
+        AddressSource::None => return Ok(None),
+        AddressSource::Fixed(n) => *n,
+        AddressSource::Detect(method) => autodetect::choose(method, &interfaces, false)
+            .ok_or_else(|| StartupError::NoAddress(format!("{method:?}")))?,
+    };
+    let iface = interfaces
+        .iter()
+        .find(|i| i.addrs.iter().any(|a| a.addr() == chosen.addr()))
+        .map(|i| i.name.clone());
+    let mtu = iface
+        .and_then(|name| std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok())
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(1500);
+    Ok(Some((chosen, mtu)))
+}
+
+/// Creates or updates this node's Node resource with its address and AS, keeping every
+/// other field (tunnel addresses, reflector cluster ID, labels) as it is.
+pub async fn register_node(
+    ds: &Datastore<AnyBackend>,
+    name: &str,
+    address: Option<IpNet>,
+    as_number: Option<u32>,
+) -> Result<Node, StartupError> {
+    for _ in 0..10 {
+        let current = ds.get::<Node>(None, name).await?;
+        let mut node = current.clone().unwrap_or_else(|| Node {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            spec: NodeSpec::default(),
+        });
+        let bgp = node.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
+        bgp.ipv4_address = address.map(|a| a.to_string());
+        if as_number.is_some() {
+            bgp.as_number = as_number;
+        }
+        if current.as_ref() == Some(&node) {
+            return Ok(node);
+        }
+        let res = if current.is_some() {
+            ds.update(&node).await
+        } else {
+            ds.create(&node).await
+        };
+        match res {
+            Ok(n) => {
+                tracing::info!(node = %name, address = ?address, "Node resource registered");
+                return Ok(n);
+            }
+            Err(DatastoreError::Conflict { .. } | DatastoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StartupError::Datastore(DatastoreError::backend(
+        "the Node resource kept changing under us (10 conflicts)",
+    )))
+}
+
+/// Allocates the IPIP and/or VXLAN tunnel addresses the pools need and records them (and the
+/// VXLAN MAC) on the Node.
+pub async fn tunnel_addresses(
+    ds: &Datastore<AnyBackend>,
+    node: Node,
+) -> Result<Node, StartupError> {
+    let (pools, _) = ds.list::<IPPool>(None).await?;
+    let v4 = |p: &&IPPool| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4()) && !p.spec.disabled;
+    let want_ipip = pools.iter().filter(v4).any(|p| p.spec.ipip_mode != EncapMode::Never);
+    let want_vxlan = pools.iter().filter(v4).any(|p| p.spec.vxlan_mode != EncapMode::Never);
+    if !want_ipip && !want_vxlan {
+        return Ok(node);
+    }
+    let name = node.name_any();
+    let ipam = Ipam::new(ds.clone());
+    let mut next = node.clone();
+    if want_ipip {
+        let ip: IpAddr = ipam.assign_tunnel_address(&name, TunnelKind::Ipip).await?;
+        next.spec.bgp.get_or_insert_with(NodeBgpSpec::default).ipv4_ipip_tunnel_addr =
+            Some(ip.to_string());
+    }
+    if want_vxlan {
+        let ip: IpAddr = ipam.assign_tunnel_address(&name, TunnelKind::Vxlan).await?;
+        next.spec.ipv4_vxlan_tunnel_addr = Some(ip.to_string());
+        if next.spec.vxlan_tunnel_mac_addr.is_none() {
+            next.spec.vxlan_tunnel_mac_addr = Some(format_mac(&vxlan_mac(&name)));
+        }
+    }
+    if next == node {
+        return Ok(node);
+    }
+    let saved = ds.update(&next).await?;
+    tracing::info!(
+        ipip = ?saved.spec.bgp.as_ref().and_then(|b| b.ipv4_ipip_tunnel_addr.clone()),
+        vxlan = ?saved.spec.ipv4_vxlan_tunnel_addr,
+        "tunnel addresses allocated"
+    );
+    Ok(saved)
+}
+
+/// Writes a file atomically (write + rename), creating its directory.
+pub fn write_file(path: &Path, contents: &str) -> Result<(), StartupError> {
+    let err = |source| StartupError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Turns on IPv4 forwarding (pods are routed through the host).
+pub fn enable_forwarding() -> Result<(), StartupError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    std::fs::write(path, "1").map_err(|source| StartupError::File {
+        path: path.into(),
+        source,
+    })
+}

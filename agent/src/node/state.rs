@@ -1,0 +1,445 @@
+//! The agent's picture of the cluster (the syncer's objects, typed) plus the BGP best paths,
+//! and the one pure function from that picture to everything this node should hold: BGP
+//! sessions, exported blocks, kernel routes, tunnel devices and VXLAN entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use serde_json::Value;
+use serval_bgp::status::BestPathChange;
+use serval_ipam::AffinityState;
+
+use crate::calc::peers::{BgpResources, DesiredPeer, PeerCalcError, compute_peers};
+use crate::calc::routes::{
+    IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, desired_routes, pod_mtu,
+};
+use crate::dataplane::route_table::{KernelTable, kernel_table};
+use crate::dataplane::tunnel::{
+    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, parse_mac, vxlan_mac,
+};
+use crate::datastore::{KindInfo, SyncEvent};
+use crate::resources::{
+    BGPConfiguration, BGPPeer, BlockAffinity, EncapMode, IPPool, Node, ServalResource,
+    WorkloadEndpoint,
+};
+
+/// The kinds the agent watches.
+pub fn watched_kinds() -> Vec<KindInfo> {
+    vec![
+        KindInfo::of::<BGPConfiguration>(),
+        KindInfo::of::<BGPPeer>(),
+        KindInfo::of::<Node>(),
+        KindInfo::of::<IPPool>(),
+        KindInfo::of::<BlockAffinity>(),
+        KindInfo::of::<WorkloadEndpoint>(),
+    ]
+}
+
+/// Everything the agent knows, keyed by `namespace/name`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    configs: BTreeMap<String, BGPConfiguration>,
+    peers: BTreeMap<String, BGPPeer>,
+    nodes: BTreeMap<String, Node>,
+    pools: BTreeMap<String, IPPool>,
+    affinities: BTreeMap<String, BlockAffinity>,
+    endpoints: BTreeMap<String, WorkloadEndpoint>,
+    /// BGP best paths learned from peers: prefix → next hops.
+    remote: BTreeMap<IpNet, Vec<IpAddr>>,
+}
+
+fn key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+fn upsert<R: ServalResource>(map: &mut BTreeMap<String, R>, object: Value) -> Result<(), String> {
+    let r: R = serde_json::from_value(object).map_err(|e| e.to_string())?;
+    map.insert(key(r.namespace().as_deref(), &r.name_any()), r);
+    Ok(())
+}
+
+impl ClusterState {
+    /// Applies one syncer event; returns whether anything changed. An object that does not
+    /// parse is reported and ignored (it never takes the agent down).
+    pub fn apply(&mut self, event: &SyncEvent) -> bool {
+        match event {
+            SyncEvent::Status(_) => false,
+            SyncEvent::Upsert { kind, object } => {
+                let o = object.clone();
+                let res = match kind.kind.as_str() {
+                    "BGPConfiguration" => upsert(&mut self.configs, o),
+                    "BGPPeer" => upsert(&mut self.peers, o),
+                    "Node" => upsert(&mut self.nodes, o),
+                    "IPPool" => upsert(&mut self.pools, o),
+                    "BlockAffinity" => upsert(&mut self.affinities, o),
+                    "WorkloadEndpoint" => upsert(&mut self.endpoints, o),
+                    _ => return false,
+                };
+                if let Err(e) = res {
+                    tracing::warn!(kind = %kind.kind, error = %e, "ignoring an object that does not parse");
+                    return false;
+                }
+                true
+            }
+            SyncEvent::Delete {
+                kind,
+                namespace,
+                name,
+            } => {
+                let k = key(namespace.as_deref(), name);
+                match kind.kind.as_str() {
+                    "BGPConfiguration" => self.configs.remove(&k).is_some(),
+                    "BGPPeer" => self.peers.remove(&k).is_some(),
+                    "Node" => self.nodes.remove(&k).is_some(),
+                    "IPPool" => self.pools.remove(&k).is_some(),
+                    "BlockAffinity" => self.affinities.remove(&k).is_some(),
+                    "WorkloadEndpoint" => self.endpoints.remove(&k).is_some(),
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Applies best-path changes from the speaker (our own routes are skipped).
+    pub fn apply_best_paths(&mut self, changes: &[BestPathChange]) -> bool {
+        let mut changed = false;
+        for c in changes {
+            match &c.best {
+                Some(best) if best.peer.is_some() => {
+                    let hops = best.next_hops.clone();
+                    changed |= self.remote.insert(c.prefix, hops.clone()) != Some(hops);
+                }
+                _ => changed |= self.remote.remove(&c.prefix).is_some(),
+            }
+        }
+        changed
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// The BGP resources, for the peer calculation.
+    pub fn bgp_resources(&self) -> BgpResources {
+        BgpResources {
+            configs: self.configs.values().cloned().collect(),
+            peers: self.peers.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
+        }
+    }
+
+    fn pool_routing(&self) -> Vec<PoolRouting> {
+        self.pools
+            .values()
+            .filter_map(|p| {
+                Some(PoolRouting {
+                    cidr: p.spec.cidr.parse().ok()?,
+                    ipip: p.spec.ipip_mode,
+                    vxlan: p.spec.vxlan_mode,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an IPv4 pool asks for IPIP / VXLAN at all.
+    pub fn encapsulation_wanted(&self) -> (bool, bool) {
+        let v4: Vec<&IPPool> = self
+            .pools
+            .values()
+            .filter(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4()))
+            .collect();
+        (
+            v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
+            v4.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never),
+        )
+    }
+
+    /// Blocks confirmed for `node`.
+    pub fn node_blocks(&self, node: &str) -> Vec<IpNet> {
+        self.affinities
+            .values()
+            .filter(|a| a.spec.inner.node == node && a.spec.inner.state == AffinityState::Confirmed)
+            .map(|a| a.spec.inner.cidr)
+            .collect()
+    }
+
+    /// What `me` should hold.
+    pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
+        let peers = compute_peers(me, &self.bgp_resources())?;
+        let node = self.node(me).ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
+        let bgp = node.spec.bgp.clone().unwrap_or_default();
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        let local_v4 = parse(&bgp.ipv4_address).filter(|n| n.addr().is_ipv4());
+        let local_v6 = parse(&bgp.ipv6_address).filter(|n| n.addr().is_ipv6());
+        let local_blocks = self.node_blocks(me);
+        let no_export: Vec<IpNet> = self
+            .pools
+            .values()
+            .filter(|p| p.spec.disable_bgp_export)
+            .filter_map(|p| p.spec.cidr.parse().ok())
+            .collect();
+        let exports = local_blocks
+            .iter()
+            .filter(|b| !no_export.iter().any(|p: &IpNet| p.contains(*b)))
+            .copied()
+            .collect();
+
+        // Remote VXLAN endpoints from the other nodes' resources.
+        let mut vteps = Vec::new();
+        let mut vxlan_tunnels = BTreeMap::new();
+        for (name, n) in &self.nodes {
+            if name == me {
+                continue;
+            }
+            let node_ip = n
+                .spec
+                .bgp
+                .as_ref()
+                .and_then(|b| parse(&b.ipv4_address))
+                .map(|a| a.addr());
+            let tunnel = n
+                .spec
+                .ipv4_vxlan_tunnel_addr
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            let mac = n.spec.vxlan_tunnel_mac_addr.as_deref().and_then(parse_mac);
+            if let (Some(node_ip), Some(tunnel_addr), Some(mac)) = (node_ip, tunnel, mac) {
+                vteps.push(RemoteVtep {
+                    node_ip,
+                    tunnel_addr,
+                    mac,
+                });
+                vxlan_tunnels.insert(node_ip, tunnel_addr);
+            }
+        }
+        vteps.sort();
+
+        let mut local_pods = BTreeMap::new();
+        for wep in self.endpoints.values().filter(|w| w.spec.node == me) {
+            for net in &wep.spec.ip_networks {
+                if let Some(n) = serval_policy::model::parse_net(net) {
+                    local_pods.insert(n, wep.spec.interface_name.clone());
+                }
+            }
+        }
+        let pools = self.pool_routing();
+        let inputs = RouteInputs {
+            pools: pools.clone(),
+            local_v4,
+            local_v6,
+            vxlan_tunnels,
+            local_pods,
+            local_blocks,
+            remote: self.remote.clone(),
+        };
+        let routes = kernel_table(&desired_routes(&inputs));
+        let (want_ipip, want_vxlan) = self.encapsulation_wanted();
+        let ip_of = |s: &Option<String>| s.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok());
+        let ipip = want_ipip.then(|| IpipDevice {
+            name: IPIP_DEVICE.into(),
+            mtu: host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD),
+            address: ip_of(&bgp.ipv4_ipip_tunnel_addr),
+        });
+        let vxlan = match (want_vxlan, local_v4) {
+            (true, Some(v4)) => match v4.addr() {
+                IpAddr::V4(local) => Some(VxlanDevice {
+                    name: VXLAN_DEVICE.into(),
+                    vni: VXLAN_VNI,
+                    port: VXLAN_PORT,
+                    local,
+                    mac: node
+                        .spec
+                        .vxlan_tunnel_mac_addr
+                        .as_deref()
+                        .and_then(parse_mac)
+                        .unwrap_or_else(|| vxlan_mac(me)),
+                    mtu: host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD),
+                    address: ip_of(&node.spec.ipv4_vxlan_tunnel_addr),
+                }),
+                IpAddr::V6(_) => None,
+            },
+            _ => None,
+        };
+        Ok(Desired {
+            peers,
+            exports,
+            routes,
+            ipip,
+            vxlan,
+            vteps,
+            pod_mtu: pod_mtu(host_mtu, &pools),
+        })
+    }
+}
+
+/// Everything one node should hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// BGP sessions.
+    pub peers: Vec<DesiredPeer>,
+    /// Prefixes to announce (this node's confirmed blocks).
+    pub exports: BTreeSet<IpNet>,
+    /// Kernel routes.
+    pub routes: KernelTable,
+    /// The IPIP device, when a pool uses IPIP.
+    pub ipip: Option<IpipDevice>,
+    /// The VXLAN device, when a pool uses VXLAN.
+    pub vxlan: Option<VxlanDevice>,
+    /// Remote VXLAN endpoints.
+    pub vteps: Vec<RemoteVtep>,
+    /// The MTU pods get.
+    pub pod_mtu: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::route_table::{Hop, RouteKind};
+    use serde_json::json;
+    use serval_bgp::status::BestRoute;
+
+    fn upsert_json(s: &mut ClusterState, kind: KindInfo, object: Value) {
+        assert!(s.apply(&SyncEvent::Upsert { kind, object }));
+    }
+
+    fn cluster(vxlan: &str) -> ClusterState {
+        let mut s = ClusterState::default();
+        upsert_json(
+            &mut s,
+            KindInfo::of::<IPPool>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"IPPool","metadata":{"name":"p"},
+                   "spec":{"cidr":"10.244.0.0/16","vxlanMode":vxlan}}),
+        );
+        for (name, ip, tunnel) in [
+            ("a", "192.168.1.5/24", "10.244.1.0"),
+            ("b", "192.168.1.6/24", "10.244.2.0"),
+            ("c", "192.168.2.7/24", "10.244.3.0"),
+        ] {
+            upsert_json(
+                &mut s,
+                KindInfo::of::<Node>(),
+                json!({"apiVersion":"serval.dev/v1","kind":"Node","metadata":{"name":name},
+                       "spec":{"bgp":{"ipv4Address":ip},"ipv4VXLANTunnelAddr":tunnel,
+                               "vxlanTunnelMACAddr":crate::dataplane::tunnel::format_mac(&vxlan_mac(name))}}),
+            );
+        }
+        upsert_json(
+            &mut s,
+            KindInfo::of::<BlockAffinity>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"BlockAffinity","metadata":{"name":"a-10-244-1-0-26"},
+                   "spec":{"state":"confirmed","node":"a","cidr":"10.244.1.0/26"}}),
+        );
+        upsert_json(
+            &mut s,
+            KindInfo::of::<BlockAffinity>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"BlockAffinity","metadata":{"name":"a-10-244-9-0-26"},
+                   "spec":{"state":"pending","node":"a","cidr":"10.244.9.0/26"}}),
+        );
+        upsert_json(
+            &mut s,
+            KindInfo::of::<WorkloadEndpoint>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"WorkloadEndpoint",
+                   "metadata":{"name":"a-k8s-web-eth0","namespace":"prod"},
+                   "spec":{"node":"a","pod":"web","interfaceName":"sv0000000000a","ipNetworks":["10.244.1.5/32"]}}),
+        );
+        s
+    }
+
+    fn best(prefix: &str, via: &str) -> BestPathChange {
+        BestPathChange {
+            prefix: prefix.parse().unwrap(),
+            best: Some(BestRoute {
+                peer: Some(via.parse().unwrap()),
+                next_hops: vec![via.parse().unwrap()],
+                attributes: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn cross_subnet_vxlan_node_gets_native_and_tunnel_routes() {
+        let mut s = cluster("CrossSubnet");
+        assert!(s.apply_best_paths(&[
+            best("10.244.2.0/26", "192.168.1.6"),
+            best("10.244.3.0/26", "192.168.2.7"),
+        ]));
+        let d = s.desired("a", 1500).unwrap();
+        assert_eq!(d.peers.len(), 2, "mesh to b and c");
+        assert_eq!(
+            d.exports,
+            BTreeSet::from(["10.244.1.0/26".parse().unwrap()]),
+            "pending blocks are not exported"
+        );
+        let via = |gw: &str, dev: Option<&str>| {
+            RouteKind::Via(vec![Hop {
+                gateway: gw.parse().unwrap(),
+                dev: dev.map(String::from),
+                onlink: dev.is_some(),
+            }])
+        };
+        assert_eq!(
+            d.routes[&"10.244.2.0/26".parse().unwrap()],
+            via("192.168.1.6", None),
+            "same subnet: native"
+        );
+        assert_eq!(
+            d.routes[&"10.244.3.0/26".parse().unwrap()],
+            via("10.244.3.0", Some("vxlan.serval")),
+            "other subnet: VXLAN to c's VTEP"
+        );
+        assert_eq!(
+            d.routes[&"10.244.1.0/26".parse().unwrap()],
+            RouteKind::Blackhole
+        );
+        assert_eq!(
+            d.routes[&"10.244.1.5/32".parse().unwrap()],
+            RouteKind::Link("sv0000000000a".into())
+        );
+        let vx = d.vxlan.expect("VXLAN device");
+        assert_eq!(vx.local, "192.168.1.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(vx.mtu, 1450);
+        assert_eq!(vx.address, Some("10.244.1.0".parse().unwrap()));
+        assert_eq!(d.vteps.len(), 2);
+        assert!(d.ipip.is_none());
+        assert_eq!(d.pod_mtu, 1450);
+
+        // A withdrawn best path removes the route; a deleted endpoint removes the pod route.
+        s.apply_best_paths(&[BestPathChange {
+            prefix: "10.244.3.0/26".parse().unwrap(),
+            best: None,
+        }]);
+        assert!(s.apply(&SyncEvent::Delete {
+            kind: KindInfo::of::<WorkloadEndpoint>(),
+            namespace: Some("prod".into()),
+            name: "a-k8s-web-eth0".into(),
+        }));
+        let d = s.desired("a", 1500).unwrap();
+        assert!(!d.routes.contains_key(&"10.244.3.0/26".parse().unwrap()));
+        assert!(!d.routes.contains_key(&"10.244.1.5/32".parse().unwrap()));
+    }
+
+    #[test]
+    fn no_encapsulation_means_no_tunnel_devices_and_bad_objects_are_ignored() {
+        let mut s = cluster("Never");
+        let d = s.desired("b", 9000).unwrap();
+        assert!(d.vxlan.is_none() && d.ipip.is_none());
+        assert_eq!(d.pod_mtu, 9000);
+        // A malformed object is skipped, and the state stays as it was.
+        assert!(!s.apply(&SyncEvent::Upsert {
+            kind: KindInfo::of::<IPPool>(),
+            object: json!({"apiVersion":"serval.dev/v1","kind":"IPPool","metadata":{"name":"x"},"spec":{"cidr":7}}),
+        }));
+        assert_eq!(s.desired("b", 9000).unwrap(), d);
+        // A node without a Node resource cannot compute anything.
+        assert!(matches!(
+            s.desired("zz", 1500),
+            Err(PeerCalcError::NoNode(_))
+        ));
+    }
+}

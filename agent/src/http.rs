@@ -67,7 +67,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if let Some(ready) = &s.ready
         && !*ready.borrow()
     {
-        return unavailable("not ready: the datastore is not in sync or the dataplane not applied yet");
+        return unavailable(
+            "not ready: the datastore is not in sync or the dataplane not applied yet",
+        );
     }
     match s.speaker.status().await {
         Ok(_) => "ok".into_response(),
@@ -77,7 +79,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 /// Serves until the process exits (the standalone speaker: ready when the speaker answers).
 pub async fn serve(addr: SocketAddr, speaker: SpeakerHandle) -> std::io::Result<()> {
-    serve_state(addr, AppState { speaker, ready: None }).await
+    serve_state(
+        addr,
+        AppState {
+            speaker,
+            ready: None,
+        },
+    )
+    .await
 }
 
 /// Serves for the node agent: `/readyz` also waits for `ready` (datastore in sync and the

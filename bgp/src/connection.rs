@@ -51,6 +51,8 @@ pub(crate) enum Input {
     },
     /// A connection closed or failed.
     Closed { peer: PeerId, serial: u64 },
+    /// A peer's graceful-restart time ran out (its stale routes go).
+    StaleExpired { peer: PeerId, serial: u64 },
     /// A timer ran out.
     TimerFired {
         peer: PeerId,

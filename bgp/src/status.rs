@@ -76,6 +76,12 @@ pub struct PeerStatus {
     pub messages: MessageCounts,
     /// Times the session reached Established.
     pub established_transitions: u64,
+    /// Families for which the current session has sent End-of-RIB (initial table complete).
+    #[serde(default)]
+    pub end_of_rib_received: Vec<Family>,
+    /// Families whose routes from this peer are held stale (graceful restart in progress).
+    #[serde(default)]
+    pub stale_families: Vec<Family>,
 }
 
 /// Prefix counters of one peer in one family.

@@ -104,9 +104,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let cfg = args
-                .validate(&hostname)
-                .context("invalid configuration")?;
+            let cfg = args.validate(&hostname).context("invalid configuration")?;
             let mut term = signal(SignalKind::terminate())?;
             let shutdown = async move {
                 tokio::select! {

@@ -264,11 +264,21 @@ impl Agent {
     }
 
     async fn apply_exports(&mut self, d: &Desired) -> Result<(), AgentError> {
-        for gone in self.exports.difference(&d.exports).copied().collect::<Vec<_>>() {
+        for gone in self
+            .exports
+            .difference(&d.exports)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             self.speaker.withdraw(gone).await?;
             self.exports.remove(&gone);
         }
-        for new in d.exports.difference(&self.exports).copied().collect::<Vec<_>>() {
+        for new in d
+            .exports
+            .difference(&self.exports)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             tracing::info!(block = %new, "announcing block");
             self.speaker
                 .announce(LocalRoute {

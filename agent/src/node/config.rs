@@ -156,13 +156,13 @@ impl RunArgs {
             }
         };
         let address = match self.ip.trim() {
-            "" | "autodetect" => AddressSource::Detect(
-                self.ip_autodetection_method
-                    .parse()
-                    .map_err(|e: crate::autodetect::MethodError| {
+            "" | "autodetect" => {
+                AddressSource::Detect(self.ip_autodetection_method.parse().map_err(
+                    |e: crate::autodetect::MethodError| {
                         bad("IP_AUTODETECTION_METHOD", e.to_string())
-                    })?,
-            ),
+                    },
+                )?)
+            }
             "none" => AddressSource::None,
             given => {
                 let net: ipnet::IpNet = given.parse().map_err(|_| {
@@ -221,15 +221,23 @@ mod tests {
 
     #[test]
     fn defaults_and_fixed_address() {
-        let c = args(&["--datastore-type", "etcdv3", "--etcd-endpoints", "http://a:2379, http://b:2379"])
-            .validate("Node-A")
-            .unwrap();
+        let c = args(&[
+            "--datastore-type",
+            "etcdv3",
+            "--etcd-endpoints",
+            "http://a:2379, http://b:2379",
+        ])
+        .validate("Node-A")
+        .unwrap();
         assert_eq!(c.node_name, "node-a", "hostname fallback, lower-cased");
         assert_eq!(
             c.etcd_endpoints,
             Some(vec!["http://a:2379".into(), "http://b:2379".into()])
         );
-        assert!(matches!(c.address, AddressSource::Detect(Method::FirstFound)));
+        assert!(matches!(
+            c.address,
+            AddressSource::Detect(Method::FirstFound)
+        ));
         assert_eq!(c.route_refresh, Duration::from_secs(90));
         let c = args(&["--ip", "10.0.0.5/24", "--node-name", "n1"])
             .validate("h")
@@ -241,12 +249,18 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let e = |flags: &[&str]| args(flags).validate("h").unwrap_err();
-        assert_eq!(e(&["--datastore-type", "etcdv3"]).variable, "ETCD_ENDPOINTS");
+        assert_eq!(
+            e(&["--datastore-type", "etcdv3"]).variable,
+            "ETCD_ENDPOINTS"
+        );
         assert_eq!(
             e(&["--datastore-type", "etcdv3", "--etcd-endpoints", "a:2379"]).variable,
             "ETCD_ENDPOINTS"
         );
-        assert_eq!(e(&["--datastore-type", "consul"]).variable, "DATASTORE_TYPE");
+        assert_eq!(
+            e(&["--datastore-type", "consul"]).variable,
+            "DATASTORE_TYPE"
+        );
         assert_eq!(e(&["--ip", "10.0.0.300/24"]).variable, "IP");
         assert_eq!(e(&["--ip", "fd00::1/64"]).variable, "IP");
         let m = e(&["--ip-autodetection-method", "nic=eth0"]);

@@ -15,7 +15,9 @@ use serval_ipam::{Ipam, TunnelKind};
 use super::config::{AddressSource, NodeConfig};
 use crate::autodetect;
 use crate::dataplane::tunnel::{format_mac, vxlan_mac};
-use crate::datastore::{AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend};
+use crate::datastore::{
+    AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend,
+};
 use crate::resources::{EncapMode, IPPool, Node, NodeBgpSpec, NodeSpec};
 
 /// Why start-up failed.
@@ -141,9 +143,21 @@ pub async fn tunnel_addresses(
     node: Node,
 ) -> Result<Node, StartupError> {
     let (pools, _) = ds.list::<IPPool>(None).await?;
-    let v4 = |p: &&IPPool| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4()) && !p.spec.disabled;
-    let want_ipip = pools.iter().filter(v4).any(|p| p.spec.ipip_mode != EncapMode::Never);
-    let want_vxlan = pools.iter().filter(v4).any(|p| p.spec.vxlan_mode != EncapMode::Never);
+    let v4 = |p: &&IPPool| {
+        p.spec
+            .cidr
+            .parse::<IpNet>()
+            .is_ok_and(|c| c.addr().is_ipv4())
+            && !p.spec.disabled
+    };
+    let want_ipip = pools
+        .iter()
+        .filter(v4)
+        .any(|p| p.spec.ipip_mode != EncapMode::Never);
+    let want_vxlan = pools
+        .iter()
+        .filter(v4)
+        .any(|p| p.spec.vxlan_mode != EncapMode::Never);
     if !want_ipip && !want_vxlan {
         return Ok(node);
     }
@@ -152,8 +166,10 @@ pub async fn tunnel_addresses(
     let mut next = node.clone();
     if want_ipip {
         let ip: IpAddr = ipam.assign_tunnel_address(&name, TunnelKind::Ipip).await?;
-        next.spec.bgp.get_or_insert_with(NodeBgpSpec::default).ipv4_ipip_tunnel_addr =
-            Some(ip.to_string());
+        next.spec
+            .bgp
+            .get_or_insert_with(NodeBgpSpec::default)
+            .ipv4_ipip_tunnel_addr = Some(ip.to_string());
     }
     if want_vxlan {
         let ip: IpAddr = ipam.assign_tunnel_address(&name, TunnelKind::Vxlan).await?;

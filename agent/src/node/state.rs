@@ -152,7 +152,12 @@ impl ClusterState {
         let v4: Vec<&IPPool> = self
             .pools
             .values()
-            .filter(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4()))
+            .filter(|p| {
+                p.spec
+                    .cidr
+                    .parse::<IpNet>()
+                    .is_ok_and(|c| c.addr().is_ipv4())
+            })
             .collect();
         (
             v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
@@ -172,7 +177,9 @@ impl ClusterState {
     /// What `me` should hold.
     pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
         let peers = compute_peers(me, &self.bgp_resources())?;
-        let node = self.node(me).ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
+        let node = self
+            .node(me)
+            .ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
         let bgp = node.spec.bgp.clone().unwrap_or_default();
         let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
         let local_v4 = parse(&bgp.ipv4_address).filter(|n| n.addr().is_ipv4());

@@ -22,6 +22,7 @@ impl Speaker {
             entry
                 .span
                 .in_scope(|| tracing::info!(%family, "End-of-RIB received"));
+            self.on_end_of_rib(id, family);
             return;
         }
         if !update.errors.is_empty() {

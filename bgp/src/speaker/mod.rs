@@ -11,6 +11,7 @@
 //! Inputs are drained in batches; after each batch `flush` runs the decision for every
 //! prefix that changed, tells subscribers, and sends each peer its packed UPDATEs.
 
+mod graceful;
 mod handle;
 mod ingest;
 mod outbound;
@@ -294,8 +295,13 @@ impl Speaker {
     /// Sends Cease, drops the session's routes and forgets the peer.
     fn stop_peer(&mut self, id: PeerId, subcode: u8) {
         self.fsm_event(id, Event::Stop(subcode));
+        // Stale routes kept for a restarting peer go with the peer.
+        self.drop_routes_of(id);
         if let Some(mut entry) = self.peers.remove(&id) {
             entry.cancel_tasks();
+            if let Some((_, t)) = entry.stale_timer.take() {
+                t.abort();
+            }
             for conn in entry.conns.iter_mut().filter_map(Option::take) {
                 conn.close();
             }
@@ -474,6 +480,7 @@ impl Speaker {
                     self.fsm_event(peer, Event::TcpFailed(dir));
                 }
             }
+            Input::StaleExpired { peer, serial } => self.on_stale_expired(peer, serial),
             Input::TimerFired {
                 peer,
                 timer,
@@ -626,18 +633,27 @@ impl Speaker {
                     neg: *neg,
                 });
                 entry.established_transitions += 1;
+                let neg = entry.session.as_ref().map(|s| s.neg.clone());
+                if let Some(neg) = neg {
+                    self.on_reestablished(id, &neg);
+                }
                 self.full_export(id, true);
             }
             Action::Down(reason) => {
                 entry
                     .span
                     .in_scope(|| tracing::warn!(?reason, "session down"));
+                let kept = self.begin_stale(id, &reason);
+                let entry = self.peers.get_mut(&id).expect("checked above");
                 entry.session = None;
                 entry.out4.clear();
                 entry.out6.clear();
-                entry.accepted = [0, 0];
-                entry.filtered.clear();
-                self.drop_routes_of(id);
+                entry.eor_received.clear();
+                if !kept {
+                    entry.accepted = [0, 0];
+                    entry.filtered.clear();
+                    self.drop_routes_of(id);
+                }
             }
             Action::Update(update) => self.on_update(id, *update),
             Action::RouteRefresh(rr) => {
@@ -735,6 +751,8 @@ impl Speaker {
                 .collect(),
             messages: p.counts.clone(),
             established_transitions: p.established_transitions,
+            end_of_rib_received: sorted(&p.eor_received),
+            stale_families: sorted(&p.stale_families),
         }
     }
 
@@ -804,4 +822,10 @@ fn describe_down(reason: &crate::fsm::DownReason) -> String {
         ConnectionLost => "connection lost".into(),
         Stopped => "stopped".into(),
     }
+}
+
+fn sorted(set: &std::collections::HashSet<Family>) -> Vec<Family> {
+    let mut v: Vec<Family> = set.iter().copied().collect();
+    v.sort_by_key(|f| f.afi());
+    v
 }

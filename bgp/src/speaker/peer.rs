@@ -47,6 +47,12 @@ pub(crate) struct PeerEntry {
     pub last_state: State,
     pub state_since: Instant,
     pub span: tracing::Span,
+    /// Graceful restart: the timer that sweeps this peer's stale routes (serial, task).
+    pub stale_timer: Option<(u64, JoinHandle<()>)>,
+    /// Families whose routes from this peer are stale, awaiting End-of-RIB.
+    pub stale_families: HashSet<Family>,
+    /// Families for which the current session sent End-of-RIB.
+    pub eor_received: HashSet<Family>,
 }
 
 impl PeerEntry {
@@ -73,7 +79,8 @@ impl PeerEntry {
                         .map(|f| GracefulRestartFamily {
                             afi: f.afi(),
                             safi: f.safi(),
-                            forwarding_preserved: false,
+                            // The agent keeps its kernel routes across a restart.
+                            forwarding_preserved: true,
                         })
                         .collect(),
                 }),
@@ -98,6 +105,9 @@ impl PeerEntry {
             last_state: State::Idle,
             state_since: Instant::now(),
             span,
+            stale_timer: None,
+            stale_families: HashSet::new(),
+            eor_received: HashSet::new(),
         }
     }
 

@@ -4,58 +4,18 @@
 //! spec's error codes.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 use serval_agent::calc::routes::host_interface_name;
 use serval_agent::datastore::{Datastore, EtcdBackend};
 use serval_agent::resources::WorkloadEndpoint;
+use serval_integration::cni::CniCall;
 use serval_integration::{EtcdServer, LoopbackForward, Netns, ipam_load, require};
 use serval_ipam::Ipam;
 
-struct Call {
-    stdout: String,
-    code: i32,
-}
-
-impl Call {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
-    }
-    fn error_code(&self) -> u64 {
-        assert_ne!(self.code, 0, "expected a failure, got {:?}", self.stdout);
-        self.json()["code"].as_u64().expect("error code")
-    }
-}
-
 /// Runs the plugin inside the node namespace with `env` and `stdin`.
-fn cni(node: &Netns, env: &[(&str, &str)], stdin: &str) -> Call {
-    use std::io::Write;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node.name()])
-        .arg(require::serval_bin("serval-cni"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start serval-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("serval-cni output");
-    Call {
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        code: out.status.code().unwrap_or(-1),
-    }
+fn cni(node: &Netns, env: &[(&str, &str)], stdin: &str) -> CniCall {
+    serval_integration::cni::call(node, env, stdin)
 }
 
 // Fields drop in order: the forwarder before the namespace it listens in.
@@ -86,7 +46,7 @@ impl Lab {
         c.to_string()
     }
 
-    fn call(&self, command: &str, id: &str, pod: &Netns, conf: &str) -> Call {
+    fn call(&self, command: &str, id: &str, pod: &Netns, conf: &str) -> CniCall {
         let netns = format!("/run/netns/{}", pod.name());
         let args = format!("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME={id};IgnoreUnknown=1");
         cni(

@@ -81,6 +81,9 @@ pub struct RouteManager<K> {
     actual: Option<KernelTable>,
     in_sync: bool,
     applied_once: bool,
+    /// While set, learned (`via`) routes are not deleted: after a restart the kernel keeps
+    /// forwarding on the old routes until BGP has relearned the table.
+    keep_learned: bool,
     stats: RouteStats,
 }
 
@@ -93,8 +96,14 @@ impl<K: RouteKernel> RouteManager<K> {
             actual: None,
             in_sync: false,
             applied_once: false,
+            keep_learned: false,
             stats: RouteStats::default(),
         }
+    }
+
+    /// Holds (or releases) the deletion of learned routes.
+    pub fn keep_learned(&mut self, keep: bool) {
+        self.keep_learned = keep;
     }
 
     /// Replaces the desired table.
@@ -140,7 +149,11 @@ impl<K: RouteKernel> RouteManager<K> {
                 fresh
             }
         };
-        let todo = plan(&self.desired, &actual);
+        let mut todo = plan(&self.desired, &actual);
+        if self.keep_learned {
+            todo.delete
+                .retain(|r| !matches!(r.kind, super::route_table::RouteKind::Via(_)));
+        }
         if report.resynced && self.applied_once {
             self.stats.drift += (todo.replace.len() + todo.delete.len()) as u64;
         }
@@ -190,6 +203,8 @@ pub enum RouteCommand {
     InSync,
     /// Re-read the kernel now (a link appeared, an operator asked).
     Resync,
+    /// Keep (true) or allow deleting (false) learned routes the desired table lacks.
+    KeepLearned(bool),
 }
 
 /// Timing of the route task.
@@ -282,6 +297,7 @@ fn handle<K: RouteKernel>(manager: &mut RouteManager<K>, cmd: RouteCommand) {
         RouteCommand::Desired(t) => manager.set_desired(t),
         RouteCommand::InSync => manager.datastore_in_sync(),
         RouteCommand::Resync => manager.request_resync(),
+        RouteCommand::KeepLearned(k) => manager.keep_learned(k),
     }
 }
 
@@ -392,6 +408,31 @@ mod tests {
         assert!(r.resynced);
         assert_eq!(r.written, 1);
         assert_eq!(m.stats().drift, 1);
+        assert_eq!(*k.table.lock().unwrap(), *m.desired());
+    }
+
+    #[tokio::test]
+    async fn learned_routes_survive_a_restart_until_released() {
+        let k = FakeKernel::default();
+        k.table
+            .lock()
+            .unwrap()
+            .insert(net("10.0.2.0/26"), via("192.168.1.2"));
+        k.table
+            .lock()
+            .unwrap()
+            .insert(net("10.0.9.0/26"), RouteKind::Blackhole);
+        let mut m = RouteManager::new(k.clone());
+        m.keep_learned(true);
+        m.datastore_in_sync();
+        // BGP has not relearned anything yet: the learned route stays, the stale blackhole goes.
+        m.set_desired(table(&[("10.0.1.0/26", RouteKind::Blackhole)]));
+        let r = m.apply().await.unwrap();
+        assert_eq!((r.written, r.deleted), (1, 1));
+        assert!(k.table.lock().unwrap().contains_key(&net("10.0.2.0/26")));
+        m.keep_learned(false);
+        let r = m.apply().await.unwrap();
+        assert_eq!(r.deleted, 1);
         assert_eq!(*k.table.lock().unwrap(), *m.desired());
     }
 

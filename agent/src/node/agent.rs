@@ -29,6 +29,10 @@ use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
 
 /// How often tunnel devices and VXLAN entries are re-checked even without changes.
 const TUNNEL_RESYNC: Duration = Duration::from_secs(30);
+/// Graceful-restart time for sessions that do not set one (BIRD's and Calico's 120 s).
+pub const DEFAULT_RESTART_TIME: u16 = 120;
+/// How long after start learned routes are kept at most while BGP relearns the table.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(DEFAULT_RESTART_TIME as u64);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct Agent {
     exports: BTreeSet<IpNet>,
     mtu_written: Option<u32>,
     warned: BTreeSet<String>,
+    /// Whether BGP has relearned the table since start (then learned routes may be deleted).
+    settled: bool,
 }
 
 impl Agent {
@@ -124,6 +130,7 @@ impl Agent {
             exports: BTreeSet::new(),
             mtu_written: None,
             warned: BTreeSet::new(),
+            settled: false,
         }
     }
 
@@ -133,6 +140,9 @@ impl Agent {
         let mut best = self.speaker.subscribe().await?;
         let mut tick = tokio::time::interval(TUNNEL_RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let started = tokio::time::Instant::now();
+        let mut settle = tokio::time::interval(Duration::from_millis(500));
+        let _ = self.routes.send(RouteCommand::KeepLearned(true)).await;
         loop {
             let mut dirty = false;
             tokio::select! {
@@ -153,6 +163,9 @@ impl Agent {
                     }
                 }
                 _ = tick.tick() => dirty = true,
+                _ = settle.tick(), if !self.settled && self.in_sync => {
+                    self.check_settled(started.elapsed() >= SETTLE_DEADLINE).await?;
+                }
             }
             if dirty && self.in_sync {
                 let now = identity(&self.state, &self.name);
@@ -178,6 +191,28 @@ impl Agent {
             return false;
         }
         self.state.apply(&ev)
+    }
+
+    /// Learned routes may be deleted once every session is up and has sent End-of-RIB (the
+    /// table is complete), or when the deadline passed.
+    async fn check_settled(&mut self, deadline_passed: bool) -> Result<(), AgentError> {
+        let status = self.speaker.status().await?;
+        let complete = status
+            .peers
+            .iter()
+            .filter(|p| self.peers.contains_key(&p.address))
+            .all(|p| {
+                p.state == serval_bgp::fsm::State::Established && !p.end_of_rib_received.is_empty()
+            });
+        if complete || deadline_passed {
+            tracing::info!(
+                complete,
+                "BGP table relearned; stale learned routes may now be removed"
+            );
+            self.settled = true;
+            let _ = self.routes.send(RouteCommand::KeepLearned(false)).await;
+        }
+        Ok(())
     }
 
     fn warn_once(&mut self, what: String) {
@@ -219,6 +254,7 @@ impl Agent {
             .map(|p| {
                 let mut c = p.config.clone();
                 c.description.get_or_insert_with(|| p.peer_type.to_string());
+                c.graceful_restart_time.get_or_insert(DEFAULT_RESTART_TIME);
                 for u in &p.unsupported {
                     self.warned
                         .insert(format!("peer {}: {u}", c.address))

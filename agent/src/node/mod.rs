@@ -125,8 +125,10 @@ pub async fn run(
             Ok(())
         }
     };
+    // No Cease to the peers: the sessions just close, so they keep our routes as stale
+    // (graceful restart) and the kernel keeps forwarding until we are back.
     route_task.abort();
-    let _ = speaker.shutdown().await;
+    drop(speaker);
     result
 }
 

@@ -121,8 +121,21 @@ impl Netns {
     }
 
     /// Serves TCP on `port` inside the namespace: every connection gets `reply` and is closed.
-    /// Returns the listener's thread; it ends with the namespace's process lifetime.
     pub fn serve_tcp(&self, port: u16, reply: &'static str) -> io::Result<()> {
+        self.serve_tcp_with(port, move |_| reply.to_string())
+    }
+
+    /// Serves TCP on `port`: every connection is told the address it came from (to see
+    /// whether traffic was masqueraded).
+    pub fn serve_tcp_echo_peer(&self, port: u16) -> io::Result<()> {
+        self.serve_tcp_with(port, |peer| peer.ip().to_string())
+    }
+
+    fn serve_tcp_with(
+        &self,
+        port: u16,
+        reply: impl Fn(std::net::SocketAddr) -> String + Send + 'static,
+    ) -> io::Result<()> {
         let path = format!("/run/netns/{}", self.name);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -137,7 +150,8 @@ impl Netns {
                     let _ = tx.send(Ok(()));
                     for mut conn in l.incoming().flatten() {
                         use std::io::Write;
-                        let _ = conn.write_all(reply.as_bytes());
+                        let text = conn.peer_addr().map(&reply).unwrap_or_default();
+                        let _ = conn.write_all(text.as_bytes());
                     }
                 }
                 Err(e) => {

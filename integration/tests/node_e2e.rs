@@ -202,6 +202,10 @@ async fn cluster(test: &str, encap: Encap) -> Option<Cluster> {
         .unwrap();
     router.ip(&["link", "set", "br0", "up"]).unwrap();
     router.addr("br0", "192.168.1.1/24").unwrap();
+    // An "outside" address the router has no route back to pods from: only masqueraded
+    // (natOutgoing) traffic gets answers.
+    router.addr("lo", "203.0.113.1/32").unwrap();
+    router.serve_tcp_echo_peer(8081).unwrap();
     let scratch = Scratch::new("e2e");
     let mut nodes = Vec::new();
     for (name, ip, gw) in [
@@ -318,6 +322,38 @@ async fn scenario(test: &str, encap: Encap) {
         mtu.trim(),
         (1500 - overhead).to_string(),
         "pod MTU written for serval-cni"
+    );
+
+    // natOutgoing: pods reach the outside as their node; pod-to-pod keeps the pod's address.
+    let (from_node, _, from_pod, from_ip) = &c.pods[0];
+    let outside: SocketAddr = "203.0.113.1:8081".parse().unwrap();
+    let seen = eventually(
+        "a pod reaches the outside through natOutgoing",
+        Duration::from_secs(20),
+        || from_pod.tcp_fetch(outside).map_err(|e| e.to_string()),
+        || c.logs(),
+    );
+    assert_eq!(
+        seen,
+        c.nodes[*from_node].ip.split('/').next().unwrap(),
+        "masqueraded to the node's address"
+    );
+    let (_, _, far_pod, _) = c.pods.iter().find(|p| p.0 == 2).unwrap();
+    far_pod.serve_tcp_echo_peer(8081).unwrap();
+    let far_ip = c.pods.iter().find(|p| p.0 == 2).unwrap().3;
+    let seen = from_pod.tcp_fetch(SocketAddr::new(far_ip, 8081)).unwrap();
+    assert_eq!(
+        seen,
+        from_ip.to_string(),
+        "pod-to-pod traffic is not masqueraded"
+    );
+    let nat = c.nodes[0]
+        .ns
+        .output(&["iptables", "-t", "nat", "-S"])
+        .unwrap();
+    assert!(
+        nat.contains("-A POSTROUTING -m comment --comment \"serval:hook\" -j serval-POSTROUTING"),
+        "{nat}"
     );
 
     // Stop node-b's agent: sessions drop without a NOTIFICATION, the peers keep b's routes

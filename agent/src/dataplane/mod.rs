@@ -4,11 +4,12 @@
 //! datastore is in sync, so an agent restart never disturbs a working node.
 //!
 //! ```text
-//!  calc (pure) ── desired ──► RouteManager ──┐
-//!                            TunnelManager ──┼──► Netlink (the only rtnetlink user)
-//!                                            ┘
+//!  calc (pure) ── desired ──► route_manager ──┐
+//!                            tunnel ─────────┴──► Netlink (the only rtnetlink user)
+//!                            nat ───────────────► ipset restore + iptables-restore --noflush
 //! ```
 
+pub mod nat;
 pub mod netlink;
 pub mod route_manager;
 pub mod route_table;

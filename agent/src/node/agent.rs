@@ -100,6 +100,10 @@ pub struct Agent {
     warned: BTreeSet<String>,
     /// Whether BGP has relearned the table since start (then learned routes may be deleted).
     settled: bool,
+    /// The iptables backend for natOutgoing.
+    nat_backend: Option<crate::dataplane::nat::Backend>,
+    /// The natOutgoing state last written, and whether a repair pass is due.
+    nat_written: Option<crate::dataplane::nat::NatSpec>,
 }
 
 impl Agent {
@@ -131,6 +135,8 @@ impl Agent {
             mtu_written: None,
             warned: BTreeSet::new(),
             settled: false,
+            nat_backend: None,
+            nat_written: None,
         }
     }
 
@@ -162,7 +168,11 @@ impl Agent {
                         dirty |= self.state.apply_best_paths(&more);
                     }
                 }
-                _ = tick.tick() => dirty = true,
+                _ = tick.tick() => {
+                    // Periodic repair: rewrite our nat chains and sets even if unchanged.
+                    self.nat_written = None;
+                    dirty = true;
+                }
                 _ = settle.tick(), if !self.settled && self.in_sync => {
                     self.check_settled(started.elapsed() >= SETTLE_DEADLINE).await?;
                 }
@@ -232,6 +242,7 @@ impl Agent {
         self.apply_peers(&desired).await?;
         self.apply_exports(&desired).await?;
         self.apply_tunnels(&desired).await;
+        self.apply_nat(&desired).await;
         let _ = self
             .routes
             .send(RouteCommand::Desired(desired.routes.clone()))
@@ -329,6 +340,26 @@ impl Agent {
             self.exports.insert(new);
         }
         Ok(())
+    }
+
+    async fn apply_nat(&mut self, d: &Desired) {
+        use crate::dataplane::nat;
+        if self.nat_written.as_ref() == Some(&d.nat) {
+            return;
+        }
+        let backend = match self.nat_backend {
+            Some(b) => b,
+            None => {
+                let b = nat::detect_backend().await;
+                tracing::info!(backend = b.iptables(), "iptables backend");
+                self.nat_backend = Some(b);
+                b
+            }
+        };
+        match nat::apply(backend, &d.nat).await {
+            Ok(()) => self.nat_written = Some(d.nat.clone()),
+            Err(e) => tracing::warn!(error = %e, "natOutgoing rules not applied; will retry"),
+        }
     }
 
     async fn apply_tunnels(&mut self, d: &Desired) {

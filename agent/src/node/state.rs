@@ -165,6 +165,20 @@ impl ClusterState {
         )
     }
 
+    /// The pools as natOutgoing needs them (IPv4).
+    pub fn nat_spec(&self) -> crate::dataplane::nat::NatSpec {
+        let v4: Vec<(IpNet, bool)> = self
+            .pools
+            .values()
+            .filter_map(|p| Some((p.spec.cidr.parse::<IpNet>().ok()?, p.spec.nat_outgoing)))
+            .filter(|(c, _)| c.addr().is_ipv4())
+            .collect();
+        crate::dataplane::nat::NatSpec {
+            masquerade: v4.iter().filter(|(_, nat)| *nat).map(|(c, _)| *c).collect(),
+            all: v4.iter().map(|(c, _)| *c).collect(),
+        }
+    }
+
     /// Blocks confirmed for `node`.
     pub fn node_blocks(&self, node: &str) -> Vec<IpNet> {
         self.affinities
@@ -191,7 +205,7 @@ impl ClusterState {
             .filter(|p| p.spec.disable_bgp_export)
             .filter_map(|p| p.spec.cidr.parse().ok())
             .collect();
-        let exports = local_blocks
+        let mut exports: BTreeSet<IpNet> = local_blocks
             .iter()
             .filter(|b| !no_export.iter().any(|p: &IpNet| p.contains(*b)))
             .copied()
@@ -235,6 +249,15 @@ impl ClusterState {
                 }
             }
         }
+        // Addresses borrowed from another node's block are announced as host routes (the
+        // owner announces the block; the more specific route wins).
+        for pod in local_pods.keys() {
+            let in_own_block = local_blocks.iter().any(|b| b.contains(pod));
+            let exportable = !no_export.iter().any(|p| p.contains(pod));
+            if !in_own_block && exportable {
+                exports.insert(*pod);
+            }
+        }
         let pools = self.pool_routing();
         let inputs = RouteInputs {
             pools: pools.clone(),
@@ -274,6 +297,7 @@ impl ClusterState {
             _ => None,
         };
         Ok(Desired {
+            nat: self.nat_spec(),
             peers,
             exports,
             routes,
@@ -302,6 +326,8 @@ pub struct Desired {
     pub vteps: Vec<RemoteVtep>,
     /// The MTU pods get.
     pub pod_mtu: u32,
+    /// natOutgoing.
+    pub nat: crate::dataplane::nat::NatSpec,
 }
 
 #[cfg(test)]
@@ -429,6 +455,27 @@ mod tests {
         let d = s.desired("a", 1500).unwrap();
         assert!(!d.routes.contains_key(&"10.244.3.0/26".parse().unwrap()));
         assert!(!d.routes.contains_key(&"10.244.1.5/32".parse().unwrap()));
+    }
+
+    #[test]
+    fn borrowed_addresses_are_announced_as_host_routes() {
+        let mut s = cluster("Never");
+        upsert_json(
+            &mut s,
+            KindInfo::of::<WorkloadEndpoint>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"WorkloadEndpoint",
+                   "metadata":{"name":"a-k8s-borrower-eth0","namespace":"prod"},
+                   "spec":{"node":"a","pod":"borrower","interfaceName":"sv0000000000b","ipNetworks":["10.244.2.9/32"]}}),
+        );
+        let d = s.desired("a", 1500).unwrap();
+        assert_eq!(
+            d.exports,
+            BTreeSet::from([
+                "10.244.1.0/26".parse().unwrap(),
+                "10.244.2.9/32".parse().unwrap()
+            ]),
+            "the pod in a's own block is covered by the block; the borrowed one is not"
+        );
     }
 
     #[test]

@@ -26,7 +26,12 @@ fn blocks() -> Vec<(IpNet, IpAddr)> {
         .map(|i| {
             let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 64;
             let dst = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(base), 26).expect("/26"));
-            let gw = IpAddr::V4(Ipv4Addr::new(192, 168, (i % 250) as u8 / 50, 10 + (i % 50) as u8));
+            let gw = IpAddr::V4(Ipv4Addr::new(
+                192,
+                168,
+                (i % 250) as u8 / 50,
+                10 + (i % 50) as u8,
+            ));
             (dst, gw)
         })
         .collect()
@@ -49,7 +54,8 @@ fn count(ns: &Netns) -> usize {
 
 async fn serval(routes: &[(IpNet, IpAddr)]) -> (Duration, Duration) {
     let (n, _peer) = node();
-    let nl = Netlink::connect_in(&PathBuf::from(format!("/run/netns/{}", n.name()))).expect("netlink");
+    let nl =
+        Netlink::connect_in(&PathBuf::from(format!("/run/netns/{}", n.name()))).expect("netlink");
     let mut m = RouteManager::new(nl);
     m.datastore_in_sync();
     // First apply reads the (empty) table, as the start-up sweep does.
@@ -87,7 +93,8 @@ fn ip_batch(routes: &[(IpNet, IpAddr)]) -> (Duration, Duration) {
     std::fs::write(&del_file, del).expect("batch file");
     let run = |file: &std::path::Path| {
         let t = Instant::now();
-        n.ip(&["-batch", &file.display().to_string()]).expect("ip -batch");
+        n.ip(&["-batch", &file.display().to_string()])
+            .expect("ip -batch");
         t.elapsed()
     };
     let a = run(&add_file);
@@ -126,7 +133,9 @@ fn main() {
         i_del.push(d);
     }
     let (sa, sd, ia, id) = (median(s_add), median(s_del), median(i_add), median(i_del));
-    println!("route programming, {ROUTES} remote /26 blocks, median of {ROUNDS} alternating rounds");
+    println!(
+        "route programming, {ROUTES} remote /26 blocks, median of {ROUNDS} alternating rounds"
+    );
     println!(
         "  serval route manager: add {:>8.1} ms ({:>7.0} routes/s)   delete {:>8.1} ms ({:>7.0} routes/s)",
         sa.as_secs_f64() * 1e3,

@@ -1,0 +1,120 @@
+//! Time from a CNI ADD on one node to the new pod answering a pod on another node, on the
+//! three-node cluster (real etcd, real agents): for the first pod of a node in a fresh pool (a
+//! new block is claimed, announced over BGP and routed by the peers) and for later pods in the
+//! same block (only the node's own /32 route is new). Same-subnet (native) and cross-subnet
+//! (VXLAN) targets, in one run.
+//!
+//! Run: `cargo bench -p serval-integration --bench pod_ready` (or `bench/pod-ready`).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serval_integration::Netns;
+use serval_integration::cluster::{Encap, three_nodes};
+
+const LATER_PODS: usize = 5;
+
+/// Polls `from` → `to` with 100 ms pings until one is answered; the time since `t0`.
+fn until_reachable(from: &Netns, to: IpAddr, t0: Instant) -> Duration {
+    let deadline = t0 + Duration::from_secs(60);
+    loop {
+        // -W 1 bounds a lost probe; -i is irrelevant with -c 1.
+        if from
+            .exec(&["ping", "-c", "1", "-W", "1", &to.to_string()])
+            .is_ok()
+        {
+            return t0.elapsed();
+        }
+        assert!(Instant::now() < deadline, "pod {to} never became reachable");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn summary(v: &mut [Duration]) -> String {
+    v.sort();
+    format!(
+        "median {:>7.1} ms  min {:>7.1} ms  max {:>7.1} ms  (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[0]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(mut c) = rt.block_on(three_nodes("pod_ready bench", Encap::Vxlan)) else {
+        return;
+    };
+    // A second pool in which no node has a block yet.
+    let pool: serval_agent::resources::IPPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "fresh"},
+        "spec": {"cidr": "10.96.0.0/16", "blockSize": 26, "vxlanMode": "CrossSubnet"}
+    }))
+    .expect("pool literal");
+    rt.block_on(c.ds.create(&pool)).expect("create pool");
+    // The observer: a pod on node a, warmed up against a pod on each other node.
+    c.add_pod(0, "a-probe");
+    let warm: Vec<IpAddr> = (1..3).map(|n| c.add_pod(n, &format!("warm{n}"))).collect();
+    let probe = c.pods.last().expect("probe").2.name().to_string();
+    fn probe_ns<'a>(c: &'a serval_integration::cluster::Cluster, probe: &str) -> &'a Netns {
+        c.pods
+            .iter()
+            .find(|p| p.2.name() == probe)
+            .map(|p| &p.2)
+            .expect("probe pod")
+    }
+    let t0 = Instant::now();
+    for ip in warm {
+        until_reachable(probe_ns(&c, &probe), ip, t0);
+    }
+    let warm_up = t0.elapsed();
+    let mut report = Vec::new();
+    for (node, label) in [
+        (1usize, "same subnet (node b, native)"),
+        (2, "cross subnet (node c, VXLAN)"),
+    ] {
+        let t0 = Instant::now();
+        let ip = c.add_pod_from(
+            node,
+            &format!("{}-first", &c.nodes[node].name[5..]),
+            &["fresh"],
+        );
+        let add = t0.elapsed();
+        let first = until_reachable(probe_ns(&c, &probe), ip, t0);
+        let mut later = Vec::new();
+        let mut adds = vec![add];
+        for k in 0..LATER_PODS {
+            let t0 = Instant::now();
+            let ip = c.add_pod_from(
+                node,
+                &format!("{}-p{k}", &c.nodes[node].name[5..]),
+                &["fresh"],
+            );
+            adds.push(t0.elapsed());
+            later.push(until_reachable(probe_ns(&c, &probe), ip, t0));
+        }
+        report.push(format!(
+            "  {label}:\n    first pod (new block over BGP): {:>7.1} ms\n    later pods (same block):        {}\n    CNI ADD alone:                  {}",
+            ms(first),
+            summary(&mut later),
+            summary(&mut adds)
+        ));
+    }
+    println!("time from CNI ADD to the pod answering ping from a pod on node a");
+    println!(
+        "  (the observer's own first replies took {:.1} ms)",
+        ms(warm_up)
+    );
+    for r in report {
+        println!("{r}");
+    }
+}

@@ -1,0 +1,293 @@
+//! A three-node Serval cluster in namespaces with a real etcd, shared by the end-to-end test
+//! and the benchmarks: nodes a and b on 192.168.1.0/24 (a bridge in the router namespace),
+//! node c on 192.168.2.0/24 behind the router, one pool 10.244.0.0/16 with CrossSubnet
+//! encapsulation and natOutgoing, agents started by PID with their logs kept for failures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use serval_agent::datastore::{Datastore, EtcdBackend};
+use serval_agent::resources::IPPool;
+
+use crate::peers::Scratch;
+use crate::{Daemon, EtcdServer, LoopbackForward, Netns, cni, eventually, link, require};
+
+/// One node: its namespace, its agent, its etcd forwarder and its files.
+pub struct NodeNs {
+    /// Node name.
+    pub name: &'static str,
+    /// Its address with prefix.
+    pub ip: &'static str,
+    _forward: LoopbackForward,
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its agent, when running.
+    pub agent: Option<Daemon>,
+    /// Its SERVAL_VAR_DIR.
+    pub var_dir: PathBuf,
+}
+
+/// The running cluster. Fields drop in order: agents (in nodes) before etcd.
+pub struct Cluster {
+    /// The nodes.
+    pub nodes: Vec<NodeNs>,
+    /// Pods: (node index, name, namespace, address).
+    pub pods: Vec<(usize, String, Netns, IpAddr)>,
+    /// The router between the subnets.
+    pub router: Netns,
+    /// The datastore, from the test's side.
+    pub ds: Datastore<EtcdBackend>,
+    scratch: Scratch,
+    _etcd: EtcdServer,
+}
+
+/// How the cross-subnet path is encapsulated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Encap {
+    /// vxlanMode: CrossSubnet.
+    Vxlan,
+    /// ipipMode: CrossSubnet.
+    Ipip,
+}
+
+impl Cluster {
+    /// The agents' log tails.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.agent.as_ref().map(|a| a.log_tail(30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let bin = require::serval_bin("serval-node");
+        let env = [
+            format!("NODENAME={}", n.name),
+            "DATASTORE_TYPE=etcdv3".into(),
+            "ETCD_ENDPOINTS=http://127.0.0.1:2379".into(),
+            "IP_AUTODETECTION_METHOD=interface=eth0".into(),
+            format!("SERVAL_VAR_DIR={}", n.var_dir.display()),
+            "SERVAL_HTTP_ADDRESS=127.0.0.1:9179".into(),
+            "SERVAL_LOG=info,serval_bgp=info".into(),
+        ];
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(env);
+        args.push(bin.display().to_string());
+        args.push("run".into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let d = Daemon::start(&n.ns, &format!("agent-{}", n.name), &argv, &self.scratch.0)
+            .expect("start serval-node");
+        self.nodes[i].agent = Some(d);
+    }
+
+    /// Waits for node `i`'s `/readyz`.
+    pub fn wait_ready(&self, i: usize) {
+        let n = &self.nodes[i];
+        eventually(
+            &format!("node {} ready (/readyz)", n.name),
+            Duration::from_secs(60),
+            || {
+                n.ns.http_get("127.0.0.1:9179", "/readyz")
+                    .map_err(|e| e.to_string())
+            },
+            || self.logs(),
+        );
+    }
+
+    /// The CNI network configuration for node `i`.
+    pub fn cni_conf(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
+            "nodename": n.name, "datastore_type": "etcdv3",
+            "etcd_endpoints": "http://127.0.0.1:2379",
+            "mtu_file": n.var_dir.join("mtu").display().to_string(),
+            "ipam": {"type": "serval-ipam"}
+        })
+        .to_string()
+    }
+
+    /// Serval's routes on node `i`.
+    pub fn routes(&self, i: usize) -> String {
+        self.nodes[i]
+            .ns
+            .output(&["ip", "route", "show", "proto", "81"])
+            .unwrap_or_default()
+    }
+
+    /// How node `i` routes to `pod_ip` (`ip route get`'s first line).
+    pub fn route_to_pod(&self, i: usize, pod_ip: IpAddr) -> Option<String> {
+        let out = self.nodes[i]
+            .ns
+            .output(&["ip", "route", "get", &pod_ip.to_string()])
+            .ok()?;
+        Some(out.lines().next()?.to_string())
+    }
+
+    /// Every pod pings every other pod and fetches from its TCP server.
+    pub fn all_pairs_reach(&self, what: &str) {
+        for (ni, from_name, from, _) in &self.pods {
+            for (nj, to_name, _, to_ip) in &self.pods {
+                if from_name == to_name {
+                    continue;
+                }
+                eventually(
+                    &format!(
+                        "{what}: pod {from_name} (node {}) reaches {to_name} (node {}, {to_ip})",
+                        self.nodes[*ni].name, self.nodes[*nj].name
+                    ),
+                    Duration::from_secs(30),
+                    || {
+                        from.exec(&["ping", "-c", "1", "-W", "1", &to_ip.to_string()])
+                            .map_err(|e| format!("ping: {e}"))?;
+                        let got = from
+                            .tcp_fetch(SocketAddr::new(*to_ip, 8080))
+                            .map_err(|e| format!("tcp: {e}"))?;
+                        (got == *to_name)
+                            .then_some(())
+                            .ok_or(format!("tcp answered {got:?}"))
+                    },
+                    || {
+                        format!(
+                            "routes on {}:\n{}\n{}",
+                            self.nodes[*ni].name,
+                            self.routes(*ni),
+                            self.logs()
+                        )
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Whether this kernel can create `kind` links (probed in a throwaway namespace).
+pub fn kernel_has(kind: &[&str]) -> Result<(), String> {
+    let ns = Netns::new("probe").map_err(|e| e.to_string())?;
+    let mut args = vec!["link", "add", "probe0", "type"];
+    args.extend_from_slice(kind);
+    ns.ip(&args).map(drop).map_err(|e| e.to_string())
+}
+
+/// Builds the three-node cluster with running agents and no pods yet; `None` (after saying
+/// why) when the kernel or the machine cannot.
+pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
+    if !require::lab_ready(test, &["ip", "etcd", "ping"]) {
+        return None;
+    }
+    let kind = if encap == Encap::Vxlan {
+        "vxlan"
+    } else {
+        "ipip"
+    };
+    let probe_kind = if kind == "vxlan" {
+        kernel_has(&["vxlan", "id", "1", "dstport", "4789"])
+    } else {
+        kernel_has(&["ipip"])
+    };
+    if let Err(why) = probe_kind {
+        eprintln!(
+            "SKIP {test}: this kernel cannot create `{kind}` links ({why}); the same scenario runs with VXLAN"
+        );
+        return None;
+    }
+    let etcd = EtcdServer::start(test)?;
+    let ds = Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    let mode_field = if encap == Encap::Vxlan {
+        "vxlanMode"
+    } else {
+        "ipipMode"
+    };
+    let pool: IPPool = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+        "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, mode_field: "CrossSubnet", "natOutgoing": true}
+    }))
+    .unwrap();
+    ds.create(&pool).await.unwrap();
+
+    let router = Netns::new("rt").unwrap();
+    router
+        .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    router
+        .ip(&["link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    router.ip(&["link", "set", "br0", "up"]).unwrap();
+    router.addr("br0", "192.168.1.1/24").unwrap();
+    // An "outside" address the router has no route back to pods from: only masqueraded
+    // (natOutgoing) traffic gets answers.
+    router.addr("lo", "203.0.113.1/32").unwrap();
+    router.serve_tcp_echo_peer(8081).unwrap();
+    let scratch = Scratch::new("e2e");
+    let mut nodes = Vec::new();
+    for (name, ip, gw) in [
+        ("node-a", "192.168.1.2/24", "192.168.1.1"),
+        ("node-b", "192.168.1.3/24", "192.168.1.1"),
+        ("node-c", "192.168.2.2/24", "192.168.2.1"),
+    ] {
+        let ns = Netns::new(name).unwrap();
+        let port = format!("p-{}", &name[5..]);
+        link(&ns, "eth0", &router, &port).unwrap();
+        if gw == "192.168.1.1" {
+            router.ip(&["link", "set", &port, "master", "br0"]).unwrap();
+        } else {
+            router.addr(&port, "192.168.2.1/24").unwrap();
+        }
+        ns.addr("eth0", ip).unwrap();
+        ns.ip(&["route", "add", "default", "via", gw]).unwrap();
+        let forward = LoopbackForward::start(&ns, 2379, etcd.addr()).unwrap();
+        let var_dir = scratch.path(name);
+        nodes.push(NodeNs {
+            name,
+            ip,
+            _forward: forward,
+            ns,
+            agent: None,
+            var_dir,
+        });
+    }
+    let mut c = Cluster {
+        nodes,
+        pods: Vec::new(),
+        router,
+        ds,
+        scratch,
+        _etcd: etcd,
+    };
+    for i in 0..3 {
+        c.start_agent(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    Some(c)
+}
+
+impl Cluster {
+    /// Adds pod `name` on node `i` through serval-cni; it serves its own name on TCP 8080.
+    pub fn add_pod(&mut self, i: usize, name: &str) -> IpAddr {
+        self.add_pod_from(i, name, &[])
+    }
+
+    /// Like [`Cluster::add_pod`], with the address taken from the named pools only.
+    pub fn add_pod_from(&mut self, i: usize, name: &str, pools: &[&str]) -> IpAddr {
+        let pod = Netns::new(name).expect("pod namespace");
+        let mut conf: serde_json::Value =
+            serde_json::from_str(&self.cni_conf(i)).expect("conf is JSON");
+        if !pools.is_empty() {
+            conf["ipam"]["ipv4_pools"] = json!(pools);
+        }
+        let add = cni::add_pod(&self.nodes[i].ns, &pod, "e2e", name, &conf.to_string());
+        assert_eq!(add.code, 0, "ADD {name}: {} {}", add.stdout, add.stderr);
+        let ip = add.first_ip();
+        let reply: &'static str = Box::leak(name.to_string().into_boxed_str());
+        pod.serve_tcp(8080, reply).expect("pod server");
+        self.pods.push((i, name.to_string(), pod, ip));
+        ip
+    }
+}

@@ -110,6 +110,76 @@ async fn scenario(test: &str, encap: Encap) {
         "{nat}"
     );
 
+    // Peers follow resources live: a node-specific BGPPeer appears on node-a only, and the
+    // sessions that did not change are not restarted; deleting it removes the session.
+    let status = |i: usize| -> serde_json::Value {
+        let s = c.nodes[i]
+            .ns
+            .http_get("127.0.0.1:9179", "/status")
+            .expect("status");
+        serde_json::from_str(&s).expect("status JSON")
+    };
+    let transitions = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "Established")
+            .map(|p| {
+                (
+                    p["address"].as_str().unwrap().to_string(),
+                    p["establishedTransitions"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = transitions(&status(0));
+    assert_eq!(before.len(), 2, "a is meshed with b and c: {before:?}");
+    let tor: serval_agent::resources::BGPPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "serval.dev/v1", "kind": "BGPPeer", "metadata": {"name": "tor-a"},
+        "spec": {"node": "node-a", "peerIP": "192.168.1.1", "asNumber": 65010}
+    }))
+    .unwrap();
+    c.ds.create(&tor).await.unwrap();
+    eventually(
+        "node-a adds the node-specific peer",
+        Duration::from_secs(20),
+        || {
+            let v = status(0);
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            peers
+                .iter()
+                .find(|p| p["address"] == "192.168.1.1")
+                .map(|p| assert_eq!(p["description"], "node specific"))
+                .ok_or(format!("{} peers", peers.len()))
+        },
+        || c.logs(),
+    );
+    assert_eq!(
+        transitions(&status(0)),
+        before,
+        "unchanged sessions were not restarted"
+    );
+    assert!(
+        !status(1).to_string().contains("192.168.1.1"),
+        "node-b does not get node-a's peer"
+    );
+    c.ds.delete::<serval_agent::resources::BGPPeer>(None, "tor-a", None)
+        .await
+        .unwrap();
+    eventually(
+        "node-a removes the peer with its resource",
+        Duration::from_secs(20),
+        || {
+            let v = status(0);
+            (!v.to_string().contains("192.168.1.1"))
+                .then_some(())
+                .ok_or("still there".to_string())
+        },
+        || c.logs(),
+    );
+    assert_eq!(transitions(&status(0)), before);
+
     // Stop node-b's agent: sessions drop without a NOTIFICATION, the peers keep b's routes
     // (graceful restart) and b's kernel keeps its own; pod traffic goes on.
     c.nodes[1].agent.as_mut().unwrap().stop();

@@ -264,7 +264,8 @@ impl Agent {
             .iter()
             .map(|p| {
                 let mut c = p.config.clone();
-                c.description.get_or_insert_with(|| p.peer_type.to_string());
+                // The status table's PEER TYPE column, as calicoctl node status shows it.
+                c.description = Some(p.peer_type.to_string());
                 c.graceful_restart_time.get_or_insert(DEFAULT_RESTART_TIME);
                 for u in &p.unsupported {
                     self.warned

@@ -326,3 +326,64 @@ async fn cni_add_check_del_and_errors_as_a_runtime_sees_them() {
     let retry = lab.call("ADD", &id, ns, &conf);
     assert_eq!(retry.code, 0, "ADD after a release: {}", retry.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_get_both_families_and_reach_each_other() {
+    let Some(lab) = lab("dual_stack_pods").await else {
+        return;
+    };
+    let v6pool: serval_agent::resources::IPPool = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "v6"},
+        "spec": {"cidr": "fd00:88::/120", "blockSize": 122}
+    }))
+    .unwrap();
+    lab.ds.create(&v6pool).await.unwrap();
+    lab.node
+        .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    let conf = lab.conf(json!({"ipam": {"type": "serval-ipam", "assign_ipv6": true}}));
+    let (p1, p2) = (Netns::new("ds1").unwrap(), Netns::new("ds2").unwrap());
+    let a1 = lab.call("ADD", "ds1", &p1, &conf);
+    assert_eq!(a1.code, 0, "{}", a1.stdout);
+    let a2 = lab.call("ADD", "ds2", &p2, &conf);
+    assert_eq!(a2.code, 0, "{}", a2.stdout);
+    let r = a1.json();
+    let addrs: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{r}");
+    assert!(
+        addrs[1].starts_with("fd00:88::") && addrs[1].ends_with("/128"),
+        "{r}"
+    );
+    assert_eq!(
+        r["routes"][1],
+        json!({"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"})
+    );
+    let v6_of = |c: &serval_integration::cni::CniCall| -> String {
+        c.json()["ips"][1]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/128")
+            .to_string()
+    };
+    let host_routes = lab.node.output(&["ip", "-6", "route"]).unwrap();
+    assert!(
+        host_routes.contains(&format!(
+            "{} dev {}",
+            v6_of(&a1),
+            host_interface_name("ns1", "ds1")
+        )),
+        "{host_routes}"
+    );
+    p1.exec(&["ping", "-6", "-c", "1", "-W", "2", &v6_of(&a2)])
+        .unwrap_or_else(|e| panic!("IPv6 pod to pod: {e}"));
+    p1.exec(&["ping", "-c", "1", "-W", "2", &a2.first_ip().to_string()])
+        .unwrap_or_else(|e| panic!("IPv4 pod to pod: {e}"));
+    // DEL releases both families.
+    assert_eq!(lab.call("DEL", "ds1", &p1, &conf).code, 0);
+    assert!(lab.handle_ips("ds1").await.is_empty());
+}

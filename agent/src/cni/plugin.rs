@@ -227,7 +227,13 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
             ("pod".to_string(), pod.clone()),
             ("node".to_string(), node.clone()),
         ]),
-        pools: conf.ipam.ipv4_pools.clone(),
+        pools: conf
+            .ipam
+            .ipv4_pools
+            .iter()
+            .chain(&conf.ipam.ipv6_pools)
+            .cloned()
+            .collect(),
     };
     let assigned = {
         let _lock = ipam_lock();
@@ -316,17 +322,29 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
             .iter()
             .map(|ip| ResultIp {
                 address: format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
-                gateway: ip.is_ipv4().then(|| POD_GATEWAY.to_string()),
+                gateway: Some(if ip.is_ipv4() {
+                    POD_GATEWAY.to_string()
+                } else {
+                    pod_net::HOST_VETH_LINK_LOCAL.to_string()
+                }),
                 interface: Some(1),
             })
             .collect(),
-        routes: if assigned.v4.is_empty() {
-            Vec::new()
-        } else {
-            vec![ResultRoute {
-                dst: "0.0.0.0/0".into(),
-                gw: Some(POD_GATEWAY.to_string()),
-            }]
+        routes: {
+            let mut r = Vec::new();
+            if !assigned.v4.is_empty() {
+                r.push(ResultRoute {
+                    dst: "0.0.0.0/0".into(),
+                    gw: Some(POD_GATEWAY.to_string()),
+                });
+            }
+            if !assigned.v6.is_empty() {
+                r.push(ResultRoute {
+                    dst: "::/0".into(),
+                    gw: Some(pod_net::HOST_VETH_LINK_LOCAL.to_string()),
+                });
+            }
+            r
         },
         dns: serde_json::json!({}),
     })

@@ -16,6 +16,10 @@ use crate::dataplane::tunnel::format_mac;
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The host veth's MAC (fixed, as Calico does, so pods' ARP caches survive a veth rebuild).
 pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
+/// The host veth's IPv6 link-local address (EUI-64 of [`HOST_VETH_MAC`]): the pods' IPv6
+/// gateway.
+pub const HOST_VETH_LINK_LOCAL: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
 
 /// What to build for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +136,15 @@ async fn plumb(
         &format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", pod.host_ifname),
         "0",
     )?;
+    let v6 = pod.addresses.iter().any(IpAddr::is_ipv6);
+    if v6 {
+        let conf6 = format!("/proc/sys/net/ipv6/conf/{}", pod.host_ifname);
+        sysctl(&format!("{conf6}/disable_ipv6"), "0")?;
+        sysctl(&format!("{conf6}/accept_dad"), "0")?;
+        sysctl(&format!("{conf6}/accept_ra"), "0")?;
+        sysctl(&format!("{conf6}/proxy_ndp"), "1")?;
+        sysctl(&format!("{conf6}/forwarding"), "1")?;
+    }
     host.set_up(h.index).await?;
 
     let c = inside
@@ -149,6 +162,16 @@ async fn plumb(
             .await?;
         inside
             .add_plain_route("0.0.0.0/0".parse().expect("default"), Some(gw), c.index)
+            .await?;
+    }
+    if v6 {
+        // Via the host veth's link-local address, as Calico does.
+        inside
+            .add_plain_route(
+                "::/0".parse().expect("default"),
+                Some(IpAddr::V6(HOST_VETH_LINK_LOCAL)),
+                c.index,
+            )
             .await?;
     }
     for ip in &pod.addresses {

@@ -244,6 +244,9 @@ pub struct IpamConf {
     /// Limit IPv4 allocations to these pools (names).
     #[serde(default)]
     pub ipv4_pools: Vec<String>,
+    /// Limit IPv6 allocations to these pools (names).
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
     /// Whether to assign IPv4 (default true).
     #[serde(default = "yes")]
     pub assign_ipv4: bool,

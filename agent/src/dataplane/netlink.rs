@@ -429,13 +429,21 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds an address to a link (replacing an identical one).
+    /// Adds an address to a link (replacing an identical one). IPv6 addresses skip duplicate
+    /// address detection: Serval's IPAM already guarantees uniqueness, and DAD would delay
+    /// the address by a second or more.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), DataplaneError> {
-        self.handle
+        let mut req = self
+            .handle
             .address()
             .add(index, addr.addr(), addr.prefix_len())
-            .replace()
-            .execute()
+            .replace();
+        if addr.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(
+                netlink_packet_route::address::AddressFlags::Nodad,
+            ));
+        }
+        req.execute()
             .await
             .map_err(nl_err(format!("add {addr} to link {index}")))
     }

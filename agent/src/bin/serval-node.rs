@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the node agent: BGP, routes, tunnels, IPAM tunnel addresses (env vars as in a
     /// DaemonSet; flags override).
-    Run(serval_agent::node::config::RunArgs),
+    Run(Box<serval_agent::node::config::RunArgs>),
     /// Run the BGP speaker alone, configured from a YAML file (SIGHUP reloads it).
     Speaker {
         /// The configuration file.

@@ -41,6 +41,25 @@ pub struct RunArgs {
     /// Seconds between full route resyncs (Felix's routeRefreshInterval).
     #[arg(long, env = "SERVAL_ROUTE_REFRESH_INTERVAL", default_value_t = 90)]
     pub route_refresh_interval: u64,
+    /// The default pool created when the cluster has no IP pool yet (Calico's
+    /// CALICO_IPV4POOL_CIDR).
+    #[arg(long, env = "SERVAL_IPV4POOL_CIDR", default_value = "192.168.0.0/16")]
+    pub ipv4pool_cidr: String,
+    /// The default pool's block size.
+    #[arg(long, env = "SERVAL_IPV4POOL_BLOCK_SIZE", default_value_t = 26)]
+    pub ipv4pool_block_size: u8,
+    /// The default pool's ipipMode (Always, CrossSubnet, Never).
+    #[arg(long, env = "SERVAL_IPV4POOL_IPIP", default_value = "Never")]
+    pub ipv4pool_ipip: String,
+    /// The default pool's vxlanMode (Always, CrossSubnet, Never).
+    #[arg(long, env = "SERVAL_IPV4POOL_VXLAN", default_value = "CrossSubnet")]
+    pub ipv4pool_vxlan: String,
+    /// The default pool's natOutgoing.
+    #[arg(long, env = "SERVAL_IPV4POOL_NAT_OUTGOING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ipv4pool_nat_outgoing: bool,
+    /// Do not create a default pool.
+    #[arg(long, env = "NO_DEFAULT_POOLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub no_default_pools: bool,
 }
 
 /// How the node's address is chosen.
@@ -71,6 +90,8 @@ pub struct NodeConfig {
     pub var_dir: PathBuf,
     /// Full resync period.
     pub route_refresh: Duration,
+    /// The pool to create when there is none.
+    pub default_pool: Option<crate::resources::IPPool>,
 }
 
 /// A configuration error naming the variable.
@@ -104,7 +125,53 @@ fn valid_node_name(n: &str) -> bool {
         })
 }
 
+fn encap_mode(
+    variable: &'static str,
+    text: &str,
+) -> Result<crate::resources::EncapMode, ConfigError> {
+    use crate::resources::EncapMode;
+    match text.to_ascii_lowercase().as_str() {
+        "always" => Ok(EncapMode::Always),
+        "crosssubnet" | "cross-subnet" => Ok(EncapMode::CrossSubnet),
+        "never" | "off" | "" => Ok(EncapMode::Never),
+        _ => Err(bad(
+            variable,
+            format!("{text:?}: expected Always, CrossSubnet or Never"),
+        )),
+    }
+}
+
 impl RunArgs {
+    /// The default pool from the SERVAL_IPV4POOL_* settings, validated like any IPPool.
+    fn default_pool(&self) -> Result<crate::resources::IPPool, ConfigError> {
+        use crate::resources::{EncapMode, IPPool, IPPoolSpec, ServalResource};
+        let ipip = encap_mode("SERVAL_IPV4POOL_IPIP", &self.ipv4pool_ipip)?;
+        let vxlan = encap_mode("SERVAL_IPV4POOL_VXLAN", &self.ipv4pool_vxlan)?;
+        // Both on is invalid; IPIP given explicitly wins over the VXLAN default.
+        let vxlan = if ipip != EncapMode::Never {
+            EncapMode::Never
+        } else {
+            vxlan
+        };
+        let pool = IPPool {
+            metadata: kube::api::ObjectMeta {
+                name: Some("default-ipv4-ippool".into()),
+                ..Default::default()
+            },
+            spec: IPPoolSpec {
+                cidr: self.ipv4pool_cidr.clone(),
+                block_size: Some(self.ipv4pool_block_size),
+                ipip_mode: ipip,
+                vxlan_mode: vxlan,
+                nat_outgoing: self.ipv4pool_nat_outgoing,
+                ..IPPoolSpec::default()
+            },
+        };
+        pool.validate()
+            .map_err(|e| bad("SERVAL_IPV4POOL_CIDR", e.to_string()))?;
+        Ok(pool)
+    }
+
     /// Validates; `hostname` is the fallback node name.
     pub fn validate(&self, hostname: &str) -> Result<NodeConfig, ConfigError> {
         let node_name = self
@@ -189,7 +256,13 @@ impl RunArgs {
                 "must be at least 1 second",
             ));
         }
+        let default_pool = if self.no_default_pools {
+            None
+        } else {
+            Some(self.default_pool()?)
+        };
         Ok(NodeConfig {
+            default_pool,
             node_name,
             etcd_endpoints,
             address,
@@ -244,6 +317,26 @@ mod tests {
             .unwrap();
         assert!(matches!(c.address, AddressSource::Fixed(n) if n.prefix_len() == 24));
         assert!(c.etcd_endpoints.is_none(), "kubernetes by default");
+        let pool = c.default_pool.expect("a default pool");
+        assert_eq!(pool.spec.cidr, "192.168.0.0/16");
+        assert_eq!(
+            pool.spec.vxlan_mode,
+            crate::resources::EncapMode::CrossSubnet
+        );
+        assert!(pool.spec.nat_outgoing);
+        let c = args(&["--no-default-pools", "true", "--ipv4pool-ipip", "Always"])
+            .validate("h")
+            .unwrap();
+        assert!(c.default_pool.is_none());
+        let c = args(&["--ipv4pool-ipip", "Always"]).validate("h").unwrap();
+        let pool = c.default_pool.unwrap();
+        assert_eq!(
+            (pool.spec.ipip_mode, pool.spec.vxlan_mode),
+            (
+                crate::resources::EncapMode::Always,
+                crate::resources::EncapMode::Never
+            )
+        );
     }
 
     #[test]
@@ -268,5 +361,14 @@ mod tests {
         assert!(m.message.contains("can-reach"), "{m}");
         assert_eq!(e(&["--node-name", "Bad_Name"]).variable, "NODENAME");
         assert_eq!(e(&["--as", "0"]).variable, "AS");
+        assert_eq!(
+            e(&["--ipv4pool-cidr", "10.0.0.1/16"]).variable,
+            "SERVAL_IPV4POOL_CIDR",
+            "host bits set"
+        );
+        assert_eq!(
+            e(&["--ipv4pool-vxlan", "sometimes"]).variable,
+            "SERVAL_IPV4POOL_VXLAN"
+        );
     }
 }

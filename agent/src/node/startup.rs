@@ -72,6 +72,27 @@ pub async fn connect(cfg: &NodeConfig) -> Datastore<AnyBackend> {
     }
 }
 
+/// Creates the default pool when the cluster has none (as calico-node does on first start).
+pub async fn ensure_default_pool(
+    ds: &Datastore<AnyBackend>,
+    pool: Option<&IPPool>,
+) -> Result<(), StartupError> {
+    let Some(pool) = pool else { return Ok(()) };
+    let (pools, _) = ds.list::<IPPool>(None).await?;
+    if !pools.is_empty() {
+        return Ok(());
+    }
+    match ds.create(pool).await {
+        Ok(_) => {
+            tracing::info!(cidr = %pool.spec.cidr, "no IP pool yet: created default-ipv4-ippool");
+            Ok(())
+        }
+        // Another node got there first.
+        Err(DatastoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The node's IPv4 address with its prefix length, and the MTU of its interface.
 pub fn node_address(cfg: &NodeConfig) -> Result<Option<(IpNet, u32)>, StartupError> {
     let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;

@@ -1,9 +1,13 @@
-//! Serval's policy model. Pure: no kernel, no datastore.
+//! Serval's policy model and compiler. Pure: no kernel, no datastore.
 //!
-//! Today this holds the Calico-style selector language that IP pools, BGP peers and policies
-//! share, and the policy rule model with its validation; the compiler to iptables joins them
-//! with the network-policy work.
+//! - [`selector`]: the Calico selector language shared by pools, BGP peers and policies;
+//! - [`model`]: the rule model with its validation;
+//! - [`compile`]: policies + endpoints → one family's chains and ipsets ([`ipt`]);
+//! - [`eval`]: an evaluator over the compiled rules, for tests.
 
+pub mod compile;
+pub mod eval;
+pub mod ipt;
 pub mod model;
 pub mod selector;
 

@@ -22,7 +22,9 @@ pub enum Action {
 }
 
 /// The direction a policy applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum PolicyType {
     /// Traffic to the selected endpoints.
     Ingress,

@@ -1,0 +1,791 @@
+//! From policies and endpoints to one family's [`Ruleset`], Calico's structure:
+//!
+//! ```text
+//!  FORWARD ─► serval-FORWARD ─ -i sv+ ─► serval-from-wl-dispatch ─ -i svX -g ─► serval-fw-svX
+//!  INPUT ───► serval-INPUT ──┘  -o sv+ ─► serval-to-wl-dispatch ─── -o svX -g ─► serval-tw-svX
+//!                               (unknown sv* interface: DROP — fail closed)
+//!  serval-fw-svX / serval-tw-svX: policies in order ─► serval-po-<id> / serval-pi-<id>
+//!      accepted (mark 0x10000) → RETURN; no policy passed it → DROP;
+//!      no policy selects the endpoint (or a Pass) → the namespace profile allows.
+//! ```
+//!
+//! Selectors become ipsets of endpoint addresses; named ports become `hash:ip,port` sets of
+//! the destination endpoints that define them; traffic from the node itself never enters
+//! these chains (it leaves through OUTPUT), so the node always reaches its pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::ipt::{
+    IpSet, IptRule, MARK_ACCEPT, MARK_PASS, Match, PortRange, Ruleset, SetKind, Target,
+};
+use crate::model::{Action, EntityRule, IntOrString, PolicyType, Rule, parse_net};
+use crate::selector::{Labels, Selector};
+
+/// The label every endpoint carries with its namespace's name (Calico's).
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+/// Host interfaces of pods start with this.
+pub const IFACE_PREFIX: &str = "sv";
+
+/// A named container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    /// The port's name.
+    pub name: String,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// The number.
+    pub port: u16,
+}
+
+/// A pod interface as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (unique in the namespace).
+    pub name: String,
+    /// Host-side interface.
+    pub iface: String,
+    /// Addresses.
+    pub addrs: Vec<IpAddr>,
+    /// Pod labels.
+    pub labels: Labels,
+    /// Named ports.
+    pub ports: Vec<NamedPort>,
+}
+
+/// A policy in compiled-selector form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDef {
+    /// Name.
+    pub name: String,
+    /// Namespace; `None` for a global policy.
+    pub namespace: Option<String>,
+    /// Order (lower first); `None` sorts last.
+    pub order: Option<f64>,
+    /// Which endpoints it applies to.
+    pub selector: Selector,
+    /// For global policies: which namespaces' endpoints.
+    pub namespace_selector: Option<Selector>,
+    /// Directions it applies to.
+    pub types: Vec<PolicyType>,
+    /// Ingress rules.
+    pub ingress: Vec<Rule>,
+    /// Egress rules.
+    pub egress: Vec<Rule>,
+}
+
+impl PolicyDef {
+    /// The key used for ordering ties and chain names.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Everything the compiler reads.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyInputs {
+    /// Endpoints on this node (their chains are built) — and, for selectors, everywhere.
+    pub local: Vec<Endpoint>,
+    /// Endpoints on other nodes (only their addresses matter, for selector sets).
+    pub remote: Vec<Endpoint>,
+    /// Namespace labels by namespace name.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// All policies.
+    pub policies: Vec<PolicyDef>,
+}
+
+fn hash20(text: &str) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in text.as_bytes() {
+        h ^= u128::from(*b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    format!("{:032x}", h)[..20].to_string()
+}
+
+/// The ingress chain of a policy.
+pub fn policy_chain(p: &PolicyDef, dir: PolicyType) -> String {
+    let prefix = match dir {
+        PolicyType::Ingress => "serval-pi-",
+        PolicyType::Egress => "serval-po-",
+    };
+    format!("{prefix}{}", &hash20(&p.key())[..16])
+}
+
+fn set_name(prefix: char, v6: bool, key: &str) -> String {
+    format!("serval{}0{prefix}:{}", if v6 { 6 } else { 4 }, hash20(key))
+}
+
+/// Protocol name or number to number.
+pub fn protocol_number(p: &IntOrString) -> Option<u8> {
+    match p {
+        IntOrString::Int(n) => u8::try_from(*n).ok(),
+        IntOrString::String(s) => match s.as_str() {
+            "TCP" => Some(6),
+            "UDP" => Some(17),
+            "SCTP" => Some(132),
+            "ICMP" => Some(1),
+            "ICMPv6" => Some(58),
+            "UDPLite" => Some(136),
+            other => other.parse().ok(),
+        },
+    }
+}
+
+fn proto_name(n: u8) -> &'static str {
+    match n {
+        6 => "tcp",
+        17 => "udp",
+        132 => "sctp",
+        136 => "udplite",
+        _ => "tcp",
+    }
+}
+
+/// Which endpoints a selector means, with its namespace scope.
+#[derive(Debug, Clone)]
+struct Scope {
+    pods: Selector,
+    /// `Some(ns)`: only that namespace; `None`: any namespace that `ns_selector` allows.
+    namespace: Option<String>,
+    ns_selector: Option<Selector>,
+}
+
+impl Scope {
+    fn key(&self) -> String {
+        format!(
+            "pods={}|ns={}|nssel={}",
+            self.pods,
+            self.namespace.as_deref().unwrap_or("*"),
+            self.ns_selector
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        )
+    }
+
+    fn contains(&self, ep: &Endpoint, namespaces: &BTreeMap<String, Labels>) -> bool {
+        if let Some(ns) = &self.namespace
+            && *ns != ep.namespace
+        {
+            return false;
+        }
+        if let Some(sel) = &self.ns_selector {
+            let empty = Labels::new();
+            let ns_labels = namespaces.get(&ep.namespace).unwrap_or(&empty);
+            if !sel.matches(ns_labels) {
+                return false;
+            }
+        }
+        let mut labels = ep.labels.clone();
+        labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
+        self.pods.matches(&labels)
+    }
+}
+
+/// The compiler's working state for one family.
+struct Family<'a> {
+    inputs: &'a PolicyInputs,
+    v6: bool,
+    sets: BTreeMap<String, IpSet>,
+}
+
+impl Family<'_> {
+    fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.inputs.local.iter().chain(&self.inputs.remote)
+    }
+
+    fn family_addrs<'e>(&self, ep: &'e Endpoint) -> impl Iterator<Item = &'e IpAddr> + 'e {
+        let v6 = self.v6;
+        ep.addrs.iter().filter(move |a| a.is_ipv6() == v6)
+    }
+
+    fn selector_set(&mut self, scope: &Scope) -> String {
+        let key = scope.key();
+        let name = set_name('s', self.v6, &key);
+        if !self.sets.contains_key(&name) {
+            let members: BTreeSet<String> = self
+                .all_endpoints()
+                .filter(|ep| scope.contains(ep, &self.inputs.namespaces))
+                .flat_map(|ep| self.family_addrs(ep).map(ToString::to_string))
+                .collect();
+            self.sets.insert(
+                name.clone(),
+                IpSet {
+                    kind: SetKind::Net,
+                    members,
+                },
+            );
+        }
+        name
+    }
+
+    fn net_set(&mut self, nets: &[IpNet]) -> String {
+        let key: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let name = set_name('c', self.v6, &key.join(","));
+        self.sets.entry(name.clone()).or_insert_with(|| IpSet {
+            kind: SetKind::Net,
+            members: key.into_iter().collect(),
+        });
+        name
+    }
+
+    fn named_port_set(&mut self, scope: &Scope, port: &str, protocol: u8) -> String {
+        let key = format!("{}|port={port}|proto={protocol}", scope.key());
+        let name = set_name('n', self.v6, &key);
+        if !self.sets.contains_key(&name) {
+            let mut members = BTreeSet::new();
+            for ep in self.all_endpoints() {
+                if !scope.contains(ep, &self.inputs.namespaces) {
+                    continue;
+                }
+                for np in ep
+                    .ports
+                    .iter()
+                    .filter(|np| np.name == port && np.protocol == protocol)
+                {
+                    for a in self.family_addrs(ep) {
+                        members.insert(format!("{a},{}:{}", proto_name(protocol), np.port));
+                    }
+                }
+            }
+            self.sets.insert(
+                name.clone(),
+                IpSet {
+                    kind: SetKind::IpPort,
+                    members,
+                },
+            );
+        }
+        name
+    }
+}
+
+fn parse_ports(list: &[IntOrString]) -> (Vec<PortRange>, Vec<String>) {
+    let mut numeric = Vec::new();
+    let mut named = Vec::new();
+    for p in list {
+        match p {
+            IntOrString::Int(n) => {
+                if let Ok(n) = u16::try_from(*n) {
+                    numeric.push(PortRange { first: n, last: n });
+                }
+            }
+            IntOrString::String(s) => {
+                if let Some((a, b)) = s.split_once(':') {
+                    if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                        numeric.push(PortRange { first: a, last: b });
+                    }
+                } else if let Ok(n) = s.parse() {
+                    numeric.push(PortRange { first: n, last: n });
+                } else {
+                    named.push(s.clone());
+                }
+            }
+        }
+    }
+    (numeric, named)
+}
+
+/// multiport takes at most 15 ports (a range counts twice).
+fn chunk_ports(ports: &[PortRange]) -> Vec<Vec<PortRange>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut used = 0;
+    for p in ports {
+        let cost = if p.first == p.last { 1 } else { 2 };
+        if used + cost > 15 {
+            out.push(std::mem::take(&mut cur));
+            used = 0;
+        }
+        cur.push(*p);
+        used += cost;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn nets_of(list: &[String], v6: bool) -> (Vec<IpNet>, bool) {
+    let parsed: Vec<IpNet> = list.iter().filter_map(|n| parse_net(n)).collect();
+    let any = !parsed.is_empty();
+    (
+        parsed
+            .into_iter()
+            .filter(|n| n.addr().is_ipv6() == v6)
+            .collect(),
+        any,
+    )
+}
+
+/// Which endpoints a rule side refers to within a policy.
+fn side_scope(policy: &PolicyDef, side: &EntityRule, negative: bool) -> Option<Scope> {
+    let sel_text = if negative {
+        side.not_selector.as_deref()
+    } else {
+        side.selector.as_deref()
+    };
+    let ns_sel = side
+        .namespace_selector
+        .as_deref()
+        .filter(|s| s.trim() != "global()");
+    if sel_text.is_none() && (negative || ns_sel.is_none()) {
+        return None;
+    }
+    let pods = Selector::parse(sel_text.unwrap_or("")).ok()?;
+    let ns_selector = if negative {
+        None
+    } else {
+        ns_sel.and_then(|s| Selector::parse(s).ok())
+    };
+    let namespace = match (&policy.namespace, &ns_selector) {
+        (Some(ns), None) => Some(ns.clone()),
+        _ => None,
+    };
+    Some(Scope {
+        pods,
+        namespace,
+        ns_selector,
+    })
+}
+
+/// The endpoints a policy applies to.
+fn policy_scope(p: &PolicyDef) -> Scope {
+    Scope {
+        pods: p.selector.clone(),
+        namespace: p.namespace.clone(),
+        ns_selector: p.namespace_selector.clone(),
+    }
+}
+
+/// The match alternatives (ORed) of one rule in one family; empty when the rule cannot
+/// match in this family.
+fn alternatives(
+    fam: &mut Family<'_>,
+    policy: &PolicyDef,
+    rule: &Rule,
+    dir: PolicyType,
+) -> Vec<Vec<Match>> {
+    let v6 = fam.v6;
+    if rule.ip_version.is_some_and(|v| (v == 6) != v6) {
+        return Vec::new();
+    }
+    let mut base = Vec::new();
+    let proto = rule.protocol.as_ref().and_then(protocol_number);
+    if let Some(p) = proto {
+        if (p == 1 && v6) || (p == 58 && !v6) {
+            return Vec::new();
+        }
+        base.push(Match::Protocol(p, false));
+    }
+    if let Some(p) = rule.not_protocol.as_ref().and_then(protocol_number) {
+        base.push(Match::Protocol(p, true));
+    }
+    if let Some(icmp) = &rule.icmp
+        && let Some(t) = icmp.icmp_type
+    {
+        base.push(Match::Icmp(t, icmp.code, false, v6));
+    }
+    if let Some(icmp) = &rule.not_icmp
+        && let Some(t) = icmp.icmp_type
+    {
+        base.push(Match::Icmp(t, icmp.code, true, v6));
+    }
+    for (side, is_src) in [(&rule.source, true), (&rule.destination, false)] {
+        let (nets, had) = nets_of(&side.nets, v6);
+        if had && nets.is_empty() {
+            return Vec::new();
+        }
+        match nets.len() {
+            0 => {}
+            1 => base.push(if is_src {
+                Match::SrcNet(nets[0], false)
+            } else {
+                Match::DstNet(nets[0], false)
+            }),
+            _ => {
+                let s = fam.net_set(&nets);
+                base.push(if is_src {
+                    Match::SrcSet(s, false)
+                } else {
+                    Match::DstSet(s, false)
+                });
+            }
+        }
+        let (not_nets, _) = nets_of(&side.not_nets, v6);
+        if !not_nets.is_empty() {
+            let s = fam.net_set(&not_nets);
+            base.push(if is_src {
+                Match::SrcSet(s, true)
+            } else {
+                Match::DstSet(s, true)
+            });
+        }
+        if let Some(scope) = side_scope(policy, side, false) {
+            let s = fam.selector_set(&scope);
+            base.push(if is_src {
+                Match::SrcSet(s, false)
+            } else {
+                Match::DstSet(s, false)
+            });
+        }
+        if let Some(scope) = side_scope(policy, side, true) {
+            let s = fam.selector_set(&scope);
+            base.push(if is_src {
+                Match::SrcSet(s, true)
+            } else {
+                Match::DstSet(s, true)
+            });
+        }
+        let (not_ports, _) = parse_ports(&side.not_ports);
+        for chunk in chunk_ports(&not_ports) {
+            base.push(if is_src {
+                Match::SrcPorts(chunk, true)
+            } else {
+                Match::DstPorts(chunk, true)
+            });
+        }
+    }
+    // Source ports (rare) are a single alternative; destination ports may be numeric and
+    // named, each group its own alternative.
+    let (src_ports, _) = parse_ports(&rule.source.ports);
+    if !src_ports.is_empty() {
+        base.push(Match::SrcPorts(src_ports, false));
+    }
+    let (dst_ports, dst_named) = parse_ports(&rule.destination.ports);
+    if dst_ports.is_empty() && dst_named.is_empty() {
+        return vec![base];
+    }
+    let mut out = Vec::new();
+    for chunk in chunk_ports(&dst_ports) {
+        let mut m = base.clone();
+        m.push(Match::DstPorts(chunk, false));
+        out.push(m);
+    }
+    if !dst_named.is_empty() {
+        // The destination of an ingress rule is the policy's own endpoints; of an egress rule,
+        // the destination selector (or every endpoint).
+        let scope = match dir {
+            PolicyType::Ingress => policy_scope(policy),
+            PolicyType::Egress => side_scope(policy, &rule.destination, false).unwrap_or(Scope {
+                pods: Selector::All,
+                namespace: None,
+                ns_selector: None,
+            }),
+        };
+        let protocol = proto.unwrap_or(6);
+        for name in dst_named {
+            let s = fam.named_port_set(&scope, &name, protocol);
+            let mut m = base.clone();
+            m.push(Match::DstIpPortSet(s, false));
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn policy_rules(
+    fam: &mut Family<'_>,
+    policy: &PolicyDef,
+    rules: &[Rule],
+    dir: PolicyType,
+) -> Vec<IptRule> {
+    let mut out = Vec::new();
+    let who = policy.key();
+    for (i, rule) in rules.iter().enumerate() {
+        let alts = alternatives(fam, policy, rule, dir);
+        let comment = format!("serval:{who} rule {i} {:?}", rule.action);
+        match rule.action {
+            Action::Allow => {
+                for m in &alts {
+                    out.push(IptRule::new(
+                        m.clone(),
+                        Target::SetMark(MARK_ACCEPT, MARK_ACCEPT),
+                        &comment,
+                    ));
+                }
+                if !alts.is_empty() {
+                    out.push(IptRule::new(
+                        vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+                        Target::Return,
+                        format!("serval:{who} accepted"),
+                    ));
+                }
+            }
+            Action::Deny => {
+                for m in alts {
+                    out.push(IptRule::new(m, Target::Drop, &comment));
+                }
+            }
+            Action::Pass => {
+                for m in &alts {
+                    out.push(IptRule::new(
+                        m.clone(),
+                        Target::SetMark(MARK_PASS, MARK_PASS),
+                        &comment,
+                    ));
+                }
+                if !alts.is_empty() {
+                    out.push(IptRule::new(
+                        vec![Match::Mark(MARK_PASS, MARK_PASS)],
+                        Target::Return,
+                        format!("serval:{who} passed"),
+                    ));
+                }
+            }
+            Action::Log => {
+                for m in alts {
+                    out.push(IptRule::new(
+                        m,
+                        Target::Log("serval-packet: ".into()),
+                        &comment,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the policy has rules for (or isolates in) `dir`: explicit types, else inferred as
+/// Kubernetes does (ingress always; egress when there are egress rules).
+pub fn applies_in(p: &PolicyDef, dir: PolicyType) -> bool {
+    if !p.types.is_empty() {
+        return p.types.contains(&dir);
+    }
+    match dir {
+        PolicyType::Ingress => true,
+        PolicyType::Egress => !p.egress.is_empty(),
+    }
+}
+
+fn sorted_policies(inputs: &PolicyInputs) -> Vec<&PolicyDef> {
+    let mut ps: Vec<&PolicyDef> = inputs.policies.iter().collect();
+    ps.sort_by(|a, b| {
+        let oa = a.order.unwrap_or(f64::INFINITY);
+        let ob = b.order.unwrap_or(f64::INFINITY);
+        oa.total_cmp(&ob).then_with(|| a.key().cmp(&b.key()))
+    });
+    ps
+}
+
+fn endpoint_chain(
+    ep: &Endpoint,
+    policies: &[(&PolicyDef, String)],
+    dir: PolicyType,
+) -> Vec<IptRule> {
+    let word = if dir == PolicyType::Ingress {
+        "to"
+    } else {
+        "from"
+    };
+    let mut rules = vec![IptRule::new(
+        vec![],
+        Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
+        format!("serval:{word} {}/{}: clear marks", ep.namespace, ep.name),
+    )];
+    for (p, chain) in policies {
+        rules.push(IptRule::new(
+            vec![Match::Mark(0, MARK_PASS)],
+            Target::Jump(chain.clone()),
+            format!("serval:policy {}", p.key()),
+        ));
+        rules.push(IptRule::new(
+            vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+            Target::Return,
+            "serval:return if policy accepted",
+        ));
+    }
+    if !policies.is_empty() {
+        rules.push(IptRule::new(
+            vec![Match::Mark(0, MARK_PASS)],
+            Target::Drop,
+            "serval:drop if no policy passed the packet",
+        ));
+    }
+    rules.push(IptRule::new(
+        vec![],
+        Target::SetMark(MARK_ACCEPT, MARK_ACCEPT),
+        format!("serval:profile kns.{} allows", ep.namespace),
+    ));
+    rules.push(IptRule::new(vec![], Target::Return, "serval:return"));
+    rules
+}
+
+/// Compiles one family (`v6` false: iptables, true: ip6tables).
+pub fn compile(inputs: &PolicyInputs, v6: bool) -> Ruleset {
+    let mut fam = Family {
+        inputs,
+        v6,
+        sets: BTreeMap::new(),
+    };
+    let mut chains: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
+    let policies = sorted_policies(inputs);
+    // Which policies apply to which local endpoint, per direction.
+    let mut applied: BTreeMap<(usize, PolicyType), Vec<(&PolicyDef, String)>> = BTreeMap::new();
+    let mut used: BTreeSet<(usize, PolicyType)> = BTreeSet::new();
+    for (pi, p) in policies.iter().enumerate() {
+        let scope = policy_scope(p);
+        for dir in [PolicyType::Ingress, PolicyType::Egress] {
+            if !applies_in(p, dir) {
+                continue;
+            }
+            let mut any = false;
+            for (ei, ep) in inputs.local.iter().enumerate() {
+                if scope.contains(ep, &inputs.namespaces) {
+                    applied
+                        .entry((ei, dir))
+                        .or_default()
+                        .push((p, policy_chain(p, dir)));
+                    any = true;
+                }
+            }
+            if any {
+                used.insert((pi, dir));
+            }
+        }
+    }
+    for (pi, dir) in used {
+        let p = policies[pi];
+        let rules = match dir {
+            PolicyType::Ingress => &p.ingress,
+            PolicyType::Egress => &p.egress,
+        };
+        let compiled = policy_rules(&mut fam, p, rules, dir);
+        chains.insert(policy_chain(p, dir), compiled);
+    }
+    let mut to_dispatch = Vec::new();
+    let mut from_dispatch = Vec::new();
+    for (ei, ep) in inputs.local.iter().enumerate() {
+        let tw = format!("serval-tw-{}", ep.iface);
+        let fw = format!("serval-fw-{}", ep.iface);
+        let none = Vec::new();
+        chains.insert(
+            tw.clone(),
+            endpoint_chain(
+                ep,
+                applied.get(&(ei, PolicyType::Ingress)).unwrap_or(&none),
+                PolicyType::Ingress,
+            ),
+        );
+        chains.insert(
+            fw.clone(),
+            endpoint_chain(
+                ep,
+                applied.get(&(ei, PolicyType::Egress)).unwrap_or(&none),
+                PolicyType::Egress,
+            ),
+        );
+        to_dispatch.push(IptRule::new(
+            vec![Match::OutIface(ep.iface.clone())],
+            Target::Goto(tw),
+            format!("serval:to {}/{}", ep.namespace, ep.name),
+        ));
+        from_dispatch.push(IptRule::new(
+            vec![Match::InIface(ep.iface.clone())],
+            Target::Goto(fw),
+            format!("serval:from {}/{}", ep.namespace, ep.name),
+        ));
+    }
+    let unknown = || {
+        IptRule::new(
+            vec![],
+            Target::Drop,
+            "serval:unknown interface (no policy programmed yet)",
+        )
+    };
+    to_dispatch.push(unknown());
+    from_dispatch.push(unknown());
+    chains.insert("serval-to-wl-dispatch".into(), to_dispatch);
+    chains.insert("serval-from-wl-dispatch".into(), from_dispatch);
+    let pods = format!("{IFACE_PREFIX}+");
+    let clear = || {
+        IptRule::new(
+            vec![],
+            Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
+            "serval:clear marks",
+        )
+    };
+    chains.insert(
+        "serval-FORWARD".into(),
+        vec![
+            IptRule::new(
+                vec![Match::InIface(pods.clone()), Match::Established],
+                Target::Accept,
+                "serval:pod connection already allowed",
+            ),
+            IptRule::new(
+                vec![Match::OutIface(pods.clone()), Match::Established],
+                Target::Accept,
+                "serval:pod connection already allowed",
+            ),
+            IptRule::new(
+                vec![Match::InIface(pods.clone()), Match::Invalid],
+                Target::Drop,
+                "serval:invalid",
+            ),
+            IptRule::new(
+                vec![Match::OutIface(pods.clone()), Match::Invalid],
+                Target::Drop,
+                "serval:invalid",
+            ),
+            clear(),
+            IptRule::new(
+                vec![Match::InIface(pods.clone())],
+                Target::Jump("serval-from-wl-dispatch".into()),
+                "serval:from pods",
+            ),
+            IptRule::new(
+                vec![Match::OutIface(pods.clone())],
+                Target::Jump("serval-to-wl-dispatch".into()),
+                "serval:to pods",
+            ),
+            IptRule::new(
+                vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+                Target::Accept,
+                "serval:policy accepted the packet",
+            ),
+        ],
+    );
+    chains.insert(
+        "serval-INPUT".into(),
+        vec![
+            IptRule::new(
+                vec![Match::InIface(pods.clone()), Match::Established],
+                Target::Accept,
+                "serval:pod connection already allowed",
+            ),
+            IptRule::new(
+                vec![Match::InIface(pods.clone())],
+                Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
+                "serval:clear marks",
+            ),
+            IptRule::new(
+                vec![Match::InIface(pods.clone())],
+                Target::Jump("serval-from-wl-dispatch".into()),
+                "serval:from pods to the host",
+            ),
+            IptRule::new(
+                vec![Match::InIface(pods), Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+                Target::Accept,
+                "serval:policy accepted the packet",
+            ),
+        ],
+    );
+    Ruleset {
+        chains,
+        sets: fam.sets,
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

@@ -1,0 +1,438 @@
+//! Policy semantics, tested on the compiled rules with the evaluator.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::compile::{Endpoint, NamedPort, PolicyDef, PolicyInputs, compile};
+use crate::eval::{Packet, Verdict, evaluate};
+use crate::ipt::Ruleset;
+use crate::model::{Action, EntityRule, IntOrString, PolicyType, Rule};
+use crate::selector::{Labels, Selector};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ep(ns: &str, name: &str, ip: &str) -> Endpoint {
+    Endpoint {
+        namespace: ns.into(),
+        name: name.into(),
+        iface: format!("sv{ns}{name}"),
+        addrs: vec![ip.parse().unwrap()],
+        labels: labels(&[("app", name)]),
+        ports: vec![NamedPort {
+            name: "web".into(),
+            protocol: 6,
+            port: if name == "a" { 80 } else { 81 },
+        }],
+    }
+}
+
+/// x/a 10.0.1.1, x/b 10.0.1.2, y/a 10.0.2.1; namespaces labelled ns=<name>.
+fn world(policies: Vec<PolicyDef>) -> PolicyInputs {
+    let mut namespaces = BTreeMap::new();
+    namespaces.insert("x".to_string(), labels(&[("ns", "x")]));
+    namespaces.insert("y".to_string(), labels(&[("ns", "y")]));
+    PolicyInputs {
+        local: vec![
+            ep("x", "a", "10.0.1.1"),
+            ep("x", "b", "10.0.1.2"),
+            ep("y", "a", "10.0.2.1"),
+        ],
+        remote: vec![ep("z", "c", "10.0.3.1")],
+        namespaces,
+        policies,
+    }
+}
+
+fn find<'a>(w: &'a PolicyInputs, who: &str) -> &'a Endpoint {
+    let (ns, name) = who.split_once('/').unwrap();
+    w.local
+        .iter()
+        .chain(&w.remote)
+        .find(|e| e.namespace == ns && e.name == name)
+        .unwrap()
+}
+
+/// Whether a new TCP (or UDP) connection from `from` to `to`:`port` gets through.
+fn allowed(rs: &Ruleset, w: &PolicyInputs, from: &str, to: &str, proto: u8, port: u16) -> bool {
+    let (src, in_iface) = if let Some(ip) = from.strip_prefix("ip:") {
+        (ip.parse::<IpAddr>().unwrap(), "eth0".to_string())
+    } else {
+        let e = find(w, from);
+        let local = w.local.iter().any(|l| l == e);
+        (
+            e.addrs[0],
+            if local {
+                e.iface.clone()
+            } else {
+                "eth0".into()
+            },
+        )
+    };
+    let (dst, out_iface) = if let Some(ip) = to.strip_prefix("ip:") {
+        (ip.parse::<IpAddr>().unwrap(), "eth0".to_string())
+    } else {
+        let e = find(w, to);
+        let local = w.local.iter().any(|l| l == e);
+        (
+            e.addrs[0],
+            if local {
+                e.iface.clone()
+            } else {
+                "eth0".into()
+            },
+        )
+    };
+    let p = Packet {
+        src,
+        dst,
+        protocol: proto,
+        sport: 40000,
+        dport: port,
+        icmp: None,
+        in_iface: Some(in_iface),
+        out_iface: Some(out_iface),
+    };
+    evaluate(rs, "serval-FORWARD", &p) != Verdict::Drop
+}
+
+fn np(ns: &str, name: &str, selector: &str, types: &[PolicyType]) -> PolicyDef {
+    PolicyDef {
+        name: name.into(),
+        namespace: Some(ns.into()),
+        order: None,
+        selector: Selector::parse(selector).unwrap(),
+        namespace_selector: None,
+        types: types.to_vec(),
+        ingress: vec![],
+        egress: vec![],
+    }
+}
+
+fn allow_from(selector: Option<&str>, ns_selector: Option<&str>) -> Rule {
+    Rule {
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        source: EntityRule {
+            selector: selector.map(String::from),
+            namespace_selector: ns_selector.map(String::from),
+            ..EntityRule::default()
+        },
+        destination: EntityRule::default(),
+    }
+}
+
+fn tcp_ports(mut r: Rule, ports: &[IntOrString]) -> Rule {
+    r.protocol = Some(IntOrString::String("TCP".into()));
+    r.destination.ports = ports.to_vec();
+    r
+}
+
+#[test]
+fn no_policy_allows_everything_and_unknown_interfaces_fail_closed() {
+    let w = world(vec![]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "x/a", "x/b", 6, 80));
+    assert!(allowed(&rs, &w, "x/a", "y/a", 17, 53));
+    assert!(allowed(&rs, &w, "ip:192.168.9.9", "x/a", 6, 22));
+    let stranger = Packet {
+        src: "10.0.9.9".parse().unwrap(),
+        dst: "10.0.1.1".parse().unwrap(),
+        protocol: 6,
+        sport: 1,
+        dport: 80,
+        icmp: None,
+        in_iface: Some("sv-not-known".into()),
+        out_iface: Some("svxa".into()),
+    };
+    assert_eq!(
+        evaluate(&rs, "serval-FORWARD", &stranger),
+        Verdict::Drop,
+        "a pod interface without programmed policy carries no traffic"
+    );
+    // Traffic between non-pod interfaces is not Serval's business.
+    let transit = Packet {
+        in_iface: Some("eth0".into()),
+        out_iface: Some("eth1".into()),
+        ..stranger
+    };
+    assert_eq!(evaluate(&rs, "serval-FORWARD", &transit), Verdict::Continue);
+}
+
+#[test]
+fn default_deny_ingress_isolates_only_the_selected_pod_in_one_direction() {
+    let w = world(vec![np("x", "deny", "app == 'a'", &[PolicyType::Ingress])]);
+    let rs = compile(&w, false);
+    assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w, "ip:192.168.9.9", "x/a", 6, 80));
+    assert!(allowed(&rs, &w, "x/a", "x/b", 6, 80), "egress not isolated");
+    assert!(
+        allowed(&rs, &w, "x/b", "y/a", 6, 80),
+        "other namespace untouched"
+    );
+}
+
+#[test]
+fn selectors_are_scoped_to_the_policy_namespace_unless_a_namespace_selector_is_given() {
+    let mut p = np("x", "web", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![tcp_ports(
+        allow_from(Some("app == 'b'"), None),
+        &[IntOrString::Int(80)],
+    )];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 81), "port");
+    assert!(!allowed(&rs, &w, "x/b", "x/a", 17, 80), "protocol");
+    assert!(
+        !allowed(&rs, &w, "y/a", "x/a", 6, 80),
+        "same labels, other namespace"
+    );
+
+    // namespaceSelector and selector in one rule: AND.
+    let mut p = np("x", "cross", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![allow_from(Some("app == 'a'"), Some("ns == 'y'"))];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    // namespaceSelector alone: every pod of the selected namespaces, local or remote.
+    let mut p = np("x", "nsonly", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![allow_from(None, Some("ns in {'y', 'z'}"))];
+    let mut w = world(vec![p]);
+    w.namespaces.insert("z".into(), labels(&[("ns", "z")]));
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 80));
+    assert!(
+        allowed(&rs, &w, "z/c", "x/a", 6, 80),
+        "remote pod by its address"
+    );
+    assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 80));
+}
+
+#[test]
+fn order_deny_pass_and_log() {
+    let deny_y = PolicyDef {
+        name: "deny-y".into(),
+        namespace: None,
+        order: Some(10.0),
+        selector: Selector::All,
+        namespace_selector: None,
+        types: vec![PolicyType::Ingress],
+        ingress: vec![Rule {
+            action: Action::Deny,
+            ..allow_from(None, Some("ns == 'y'"))
+        }],
+        egress: vec![],
+    };
+    let mut allow_all = np("x", "allow-all", "all()", &[PolicyType::Ingress]);
+    allow_all.order = Some(100.0);
+    allow_all.ingress = vec![allow_from(None, Some("all()"))];
+    let w = world(vec![allow_all.clone(), deny_y.clone()]);
+    let rs = compile(&w, false);
+    assert!(
+        !allowed(&rs, &w, "y/a", "x/a", 6, 80),
+        "lower order first: deny wins"
+    );
+    assert!(allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    // Swap the orders: the allow comes first.
+    let mut first = allow_all.clone();
+    first.order = Some(1.0);
+    let w = world(vec![first, deny_y.clone()]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 80));
+
+    // Pass skips the remaining policies: the namespace profile allows.
+    let pass = PolicyDef {
+        name: "pass-y".into(),
+        order: Some(5.0),
+        ingress: vec![Rule {
+            action: Action::Pass,
+            ..allow_from(None, Some("ns == 'y'"))
+        }],
+        ..deny_y.clone()
+    };
+    let w = world(vec![deny_y.clone(), pass]);
+    let rs = compile(&w, false);
+    assert!(
+        allowed(&rs, &w, "y/a", "x/a", 6, 80),
+        "passed before the deny"
+    );
+    assert!(
+        !allowed(&rs, &w, "x/b", "x/a", 6, 80),
+        "not passed: no policy allowed it"
+    );
+
+    // Log is not terminal.
+    let log = PolicyDef {
+        name: "log".into(),
+        order: Some(1.0),
+        ingress: vec![Rule {
+            action: Action::Log,
+            ..allow_from(None, None)
+        }],
+        ..deny_y
+    };
+    let mut allow = np("x", "allow", "all()", &[PolicyType::Ingress]);
+    allow.ingress = vec![allow_from(None, None)];
+    let w = world(vec![log, allow]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    assert!(
+        rs.chains
+            .values()
+            .flatten()
+            .any(|r| matches!(r.target, crate::ipt::Target::Log(_)))
+    );
+}
+
+#[test]
+fn nets_with_exceptions_ranges_and_named_ports() {
+    let mut p = np("x", "blocks", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![Rule {
+        source: EntityRule {
+            nets: vec!["10.0.0.0/16".into()],
+            not_nets: vec!["10.0.2.0/24".into()],
+            ..EntityRule::default()
+        },
+        ..allow_from(None, None)
+    }];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "x/b", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w, "y/a", "x/a", 6, 80), "in the exception");
+    assert!(
+        !allowed(&rs, &w, "ip:192.168.1.1", "x/a", 6, 80),
+        "outside the block"
+    );
+
+    let mut p = np("x", "range", "all()", &[PolicyType::Ingress]);
+    p.ingress = vec![tcp_ports(
+        allow_from(None, None),
+        &[IntOrString::String("80:81".into())],
+    )];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 80));
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 81));
+    assert!(!allowed(&rs, &w, "y/a", "x/a", 6, 82));
+
+    // "web" is port 80 on the a pods and 81 on the b pods: resolved per destination.
+    let mut p = np("x", "named", "all()", &[PolicyType::Ingress]);
+    p.ingress = vec![tcp_ports(
+        allow_from(None, None),
+        &[IntOrString::String("web".into())],
+    )];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "y/a", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w, "y/a", "x/a", 6, 81));
+    assert!(allowed(&rs, &w, "y/a", "x/b", 6, 81));
+    assert!(!allowed(&rs, &w, "y/a", "x/b", 6, 80));
+}
+
+#[test]
+fn egress_isolation_covers_pods_and_the_outside() {
+    let mut p = np("x", "egress", "app == 'a'", &[PolicyType::Egress]);
+    p.egress = vec![Rule {
+        destination: EntityRule {
+            selector: Some("app == 'b'".into()),
+            ..EntityRule::default()
+        },
+        ..allow_from(None, None)
+    }];
+    let w = world(vec![p]);
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "x/a", "x/b", 6, 80));
+    assert!(!allowed(&rs, &w, "x/a", "y/a", 6, 80));
+    assert!(!allowed(&rs, &w, "x/a", "ip:8.8.8.8", 17, 53));
+    assert!(
+        allowed(&rs, &w, "x/b", "ip:8.8.8.8", 17, 53),
+        "b not selected"
+    );
+    // Egress from a pod to the host is policed too (INPUT).
+    let to_host = Packet {
+        src: "10.0.1.1".parse().unwrap(),
+        dst: "192.168.1.5".parse().unwrap(),
+        protocol: 6,
+        sport: 1,
+        dport: 10250,
+        icmp: None,
+        in_iface: Some("svxa".into()),
+        out_iface: None,
+    };
+    assert_eq!(evaluate(&rs, "serval-INPUT", &to_host), Verdict::Drop);
+}
+
+#[test]
+fn families_are_compiled_separately() {
+    let mut w = world(vec![]);
+    w.local[0].addrs.push("fd00::1".parse().unwrap());
+    w.local[1].addrs.push("fd00::2".parse().unwrap());
+    let mut p = np("x", "v4only", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![Rule {
+        ip_version: Some(4),
+        ..allow_from(Some("app == 'b'"), None)
+    }];
+    w.policies = vec![p];
+    let v4 = compile(&w, false);
+    let v6 = compile(&w, true);
+    assert!(allowed(&v4, &w, "x/b", "x/a", 6, 80));
+    let pkt6 = Packet {
+        src: "fd00::2".parse().unwrap(),
+        dst: "fd00::1".parse().unwrap(),
+        protocol: 6,
+        sport: 1,
+        dport: 80,
+        icmp: None,
+        in_iface: Some("svxb".into()),
+        out_iface: Some("svxa".into()),
+    };
+    assert_eq!(
+        evaluate(&v6, "serval-FORWARD", &pkt6),
+        Verdict::Drop,
+        "isolated in IPv6 too, and the IPv4-only rule does not allow it"
+    );
+    for set in v6.sets.keys() {
+        assert!(set.starts_with("serval60"), "{set}");
+        assert!(set.len() <= 31, "{set}");
+    }
+    for chain in v4.chains.keys() {
+        assert!(chain.len() <= 28, "{chain}");
+    }
+}
+
+#[test]
+fn a_label_change_touches_only_the_sets_that_select_the_pod() {
+    let mut p = np("x", "web", "app == 'a'", &[PolicyType::Ingress]);
+    p.ingress = vec![allow_from(Some("role == 'frontend'"), None)];
+    let mut other = np("x", "other", "app == 'b'", &[PolicyType::Ingress]);
+    other.ingress = vec![allow_from(Some("app == 'a'"), None)];
+    let w = world(vec![p, other]);
+    let before = compile(&w, false);
+    assert!(!allowed(&before, &w, "x/b", "x/a", 6, 80));
+    let mut w2 = w.clone();
+    w2.local[1].labels.insert("role".into(), "frontend".into());
+    let after = compile(&w2, false);
+    assert!(allowed(&after, &w2, "x/b", "x/a", 6, 80));
+    assert_eq!(before.chains, after.chains, "no chain changes");
+    let changed: Vec<&String> = after
+        .sets
+        .iter()
+        .filter(|(k, v)| before.sets.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        changed.len(),
+        1,
+        "only the frontend selector's set: {changed:?}"
+    );
+}

@@ -1,0 +1,350 @@
+//! The compiled form: iptables rules and ipsets as data (so tests can evaluate them and the
+//! agent can diff them), rendered to `iptables-restore` and `ipset restore` text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+
+use ipnet::IpNet;
+
+/// The mark bit set when a policy (or profile) accepts a packet.
+pub const MARK_ACCEPT: u32 = 0x1_0000;
+/// The mark bit set when a policy passes a packet on (Calico's Pass / next-tier).
+pub const MARK_PASS: u32 = 0x2_0000;
+
+/// A port or an inclusive range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (equal to `first` for one port).
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// One match of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Match {
+    /// `-i NAME` (a trailing `+` matches a prefix).
+    InIface(String),
+    /// `-o NAME`.
+    OutIface(String),
+    /// `-p N` or `! -p N`.
+    Protocol(u8, bool),
+    /// `-s NET` / `! -s NET`.
+    SrcNet(IpNet, bool),
+    /// `-d NET` / `! -d NET`.
+    DstNet(IpNet, bool),
+    /// `-m set [!] --match-set NAME src`.
+    SrcSet(String, bool),
+    /// `-m set [!] --match-set NAME dst`.
+    DstSet(String, bool),
+    /// `-m set [!] --match-set NAME dst,dst` on a hash:ip,port set (named ports).
+    DstIpPortSet(String, bool),
+    /// `-m multiport [!] --sports ...`.
+    SrcPorts(Vec<PortRange>, bool),
+    /// `-m multiport [!] --dports ...`.
+    DstPorts(Vec<PortRange>, bool),
+    /// `-m mark --mark VALUE/MASK`.
+    Mark(u32, u32),
+    /// ICMP type and optional code (`-m icmp --icmp-type T[/C]` or the icmp6 form), negatable.
+    Icmp(u8, Option<u8>, bool, bool),
+    /// `-m conntrack --ctstate RELATED,ESTABLISHED`.
+    Established,
+    /// `-m conntrack --ctstate INVALID`.
+    Invalid,
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// ACCEPT.
+    Accept,
+    /// DROP.
+    Drop,
+    /// RETURN.
+    Return,
+    /// `-j CHAIN`.
+    Jump(String),
+    /// `-g CHAIN`.
+    Goto(String),
+    /// `-j MARK --set-xmark VALUE/MASK`.
+    SetMark(u32, u32),
+    /// `-j LOG --log-prefix P` (non-terminal).
+    Log(String),
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IptRule {
+    /// All must hold.
+    pub matches: Vec<Match>,
+    /// The target.
+    pub target: Target,
+    /// The comment (every Serval rule carries one, starting with `serval:`).
+    pub comment: String,
+}
+
+impl IptRule {
+    /// A rule with a comment.
+    pub fn new(matches: Vec<Match>, target: Target, comment: impl Into<String>) -> Self {
+        IptRule {
+            matches,
+            target,
+            comment: comment.into(),
+        }
+    }
+}
+
+/// The kind of an ipset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetKind {
+    /// `hash:net`: addresses and prefixes.
+    Net,
+    /// `hash:ip,port`: address plus protocol:port (named ports).
+    IpPort,
+}
+
+/// One ipset's desired content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSet {
+    /// Its kind.
+    pub kind: SetKind,
+    /// Members as `ipset` writes them (`10.0.0.1`, `10.0.0.0/24`, `10.0.0.1,tcp:80`).
+    pub members: BTreeSet<String>,
+}
+
+/// Everything Serval wants in one family's filter table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Chains by name.
+    pub chains: BTreeMap<String, Vec<IptRule>>,
+    /// Sets by name.
+    pub sets: BTreeMap<String, IpSet>,
+}
+
+fn neg(negated: bool) -> &'static str {
+    if negated { "! " } else { "" }
+}
+
+fn ports(list: &[PortRange]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Renders one rule's arguments (after `-A CHAIN`).
+pub fn render_rule(r: &IptRule, v6: bool) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "-m comment --comment \"{}\"",
+        r.comment.replace('"', "'")
+    );
+    for m in &r.matches {
+        out.push(' ');
+        match m {
+            Match::InIface(i) => {
+                let _ = write!(out, "-i {i}");
+            }
+            Match::OutIface(i) => {
+                let _ = write!(out, "-o {i}");
+            }
+            Match::Protocol(p, n) => {
+                let _ = write!(out, "{}-p {p}", neg(*n));
+            }
+            Match::SrcNet(net, n) => {
+                let _ = write!(out, "{}-s {net}", neg(*n));
+            }
+            Match::DstNet(net, n) => {
+                let _ = write!(out, "{}-d {net}", neg(*n));
+            }
+            Match::SrcSet(s, n) => {
+                let _ = write!(out, "-m set {}--match-set {s} src", neg(*n));
+            }
+            Match::DstSet(s, n) => {
+                let _ = write!(out, "-m set {}--match-set {s} dst", neg(*n));
+            }
+            Match::DstIpPortSet(s, n) => {
+                let _ = write!(out, "-m set {}--match-set {s} dst,dst", neg(*n));
+            }
+            Match::SrcPorts(p, n) => {
+                let _ = write!(out, "-m multiport {}--sports {}", neg(*n), ports(p));
+            }
+            Match::DstPorts(p, n) => {
+                let _ = write!(out, "-m multiport {}--dports {}", neg(*n), ports(p));
+            }
+            Match::Mark(v, m) => {
+                let _ = write!(out, "-m mark --mark {v:#x}/{m:#x}");
+            }
+            Match::Icmp(t, c, n, is_v6) => {
+                let code = c.map(|c| format!("/{c}")).unwrap_or_default();
+                if *is_v6 || v6 {
+                    let _ = write!(out, "-m icmp6 {}--icmpv6-type {t}{code}", neg(*n));
+                } else {
+                    let _ = write!(out, "-m icmp {}--icmp-type {t}{code}", neg(*n));
+                }
+            }
+            Match::Established => out.push_str("-m conntrack --ctstate RELATED,ESTABLISHED"),
+            Match::Invalid => out.push_str("-m conntrack --ctstate INVALID"),
+        }
+    }
+    out.push(' ');
+    match &r.target {
+        Target::Accept => out.push_str("-j ACCEPT"),
+        Target::Drop => out.push_str("-j DROP"),
+        Target::Return => out.push_str("-j RETURN"),
+        Target::Jump(c) => {
+            let _ = write!(out, "-j {c}");
+        }
+        Target::Goto(c) => {
+            let _ = write!(out, "-g {c}");
+        }
+        Target::SetMark(v, m) => {
+            let _ = write!(out, "-j MARK --set-xmark {v:#x}/{m:#x}");
+        }
+        Target::Log(p) => {
+            let _ = write!(out, "-j LOG --log-prefix \"{p}\"");
+        }
+    }
+    out
+}
+
+/// `iptables-restore --noflush` input that rewrites `chains` (declaring a chain flushes it)
+/// and deletes `removed` (after the rewrite drops every reference to them).
+pub fn render_restore(
+    chains: &BTreeMap<String, Vec<IptRule>>,
+    removed: &[String],
+    v6: bool,
+) -> String {
+    let mut out = String::from("*filter\n");
+    for name in chains.keys().chain(removed) {
+        let _ = writeln!(out, ":{name} - [0:0]");
+    }
+    for (name, rules) in chains {
+        for r in rules {
+            let _ = writeln!(out, "-A {name} {}", render_rule(r, v6));
+        }
+    }
+    for name in removed {
+        let _ = writeln!(out, "-X {name}");
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn set_type(kind: SetKind) -> &'static str {
+    match kind {
+        SetKind::Net => "hash:net",
+        SetKind::IpPort => "hash:ip,port",
+    }
+}
+
+/// `ipset restore` input: creates new sets, applies membership changes (`add`/`del`) to
+/// existing ones, and (in a second text, applied after iptables no longer refers to them)
+/// destroys removed ones.
+pub fn render_ipsets(
+    old: &BTreeMap<String, IpSet>,
+    new: &BTreeMap<String, IpSet>,
+    v6: bool,
+) -> (String, String) {
+    let family = if v6 { "inet6" } else { "inet" };
+    let mut before = String::new();
+    let mut after = String::new();
+    for (name, set) in new {
+        match old.get(name) {
+            Some(o) if o.kind == set.kind => {
+                for m in set.members.difference(&o.members) {
+                    let _ = writeln!(before, "add {name} {m} -exist");
+                }
+                for m in o.members.difference(&set.members) {
+                    let _ = writeln!(before, "del {name} {m} -exist");
+                }
+            }
+            _ => {
+                let _ = writeln!(
+                    before,
+                    "create {name} {} family {family} -exist",
+                    set_type(set.kind)
+                );
+                let _ = writeln!(before, "flush {name}");
+                for m in &set.members {
+                    let _ = writeln!(before, "add {name} {m} -exist");
+                }
+            }
+        }
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        let _ = writeln!(after, "destroy {name}");
+    }
+    (before, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_render_as_iptables_restore_expects() {
+        let r = IptRule::new(
+            vec![
+                Match::Protocol(6, false),
+                Match::SrcSet("serval40s:abc".into(), false),
+                Match::DstPorts(
+                    vec![
+                        PortRange {
+                            first: 80,
+                            last: 80,
+                        },
+                        PortRange {
+                            first: 8000,
+                            last: 8080,
+                        },
+                    ],
+                    false,
+                ),
+            ],
+            Target::SetMark(MARK_ACCEPT, MARK_ACCEPT),
+            "serval:allow web",
+        );
+        assert_eq!(
+            render_rule(&r, false),
+            "-m comment --comment \"serval:allow web\" -p 6 -m set --match-set serval40s:abc src \
+             -m multiport --dports 80,8000:8080 -j MARK --set-xmark 0x10000/0x10000"
+        );
+        let mut chains = BTreeMap::new();
+        chains.insert("serval-pi-x".to_string(), vec![r]);
+        let text = render_restore(&chains, &["serval-pi-old".into()], false);
+        assert!(text.starts_with("*filter\n:serval-pi-x - [0:0]\n:serval-pi-old - [0:0]\n"));
+        assert!(text.ends_with("-X serval-pi-old\nCOMMIT\n"));
+    }
+
+    #[test]
+    fn ipset_updates_are_incremental() {
+        let set = |members: &[&str]| IpSet {
+            kind: SetKind::Net,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        let mut old = BTreeMap::new();
+        old.insert("a".to_string(), set(&["10.0.0.1", "10.0.0.2"]));
+        old.insert("gone".to_string(), set(&[]));
+        let mut new = BTreeMap::new();
+        new.insert("a".to_string(), set(&["10.0.0.2", "10.0.0.3"]));
+        new.insert("b".to_string(), set(&["10.0.1.0/24"]));
+        let (before, after) = render_ipsets(&old, &new, false);
+        assert_eq!(
+            before,
+            "add a 10.0.0.3 -exist\ndel a 10.0.0.1 -exist\ncreate b hash:net family inet -exist\nflush b\nadd b 10.0.1.0/24 -exist\n"
+        );
+        assert_eq!(after, "destroy gone\n");
+    }
+}

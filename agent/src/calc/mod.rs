@@ -2,6 +2,7 @@
 //! routes, MTU, names). No kernel, no datastore, no clock; tested without either.
 
 pub mod peers;
+pub mod policy;
 pub mod routes;
 
 #[cfg(test)]

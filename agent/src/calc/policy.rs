@@ -1,0 +1,282 @@
+//! Policy inputs from resources: Kubernetes `networking.k8s.io/v1` NetworkPolicy with its exact
+//! semantics translated into Serval's rule model (as Calico does: order 1000, one Allow rule
+//! per peer × protocol, podSelector+namespaceSelector in one peer ANDed, separate peers ORed,
+//! ipBlock with except, named ports, endPort ranges, policyTypes inferred when omitted),
+//! Serval's own NetworkPolicy and GlobalNetworkPolicy, endpoints and namespace labels.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy as K8sNetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
+use kube::ResourceExt;
+use serval_policy::compile::{Endpoint, NamedPort, PolicyDef, protocol_number};
+use serval_policy::model::{Action, EntityRule, IntOrString, PolicyType, Rule};
+use serval_policy::{Labels, Selector};
+
+use crate::resources::{GlobalNetworkPolicy, NetworkPolicy, WorkloadEndpoint};
+
+/// The order Calico gives Kubernetes NetworkPolicies.
+pub const K8S_POLICY_ORDER: f64 = 1000.0;
+/// The label Kubernetes puts on every namespace with its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn and(a: Selector, b: Selector) -> Selector {
+    match (a, b) {
+        (Selector::All, x) | (x, Selector::All) => x,
+        (a, b) => Selector::And(Box::new(a), Box::new(b)),
+    }
+}
+
+/// A Kubernetes label selector as a Calico selector (empty: all()).
+pub fn label_selector(ls: &LabelSelector) -> Result<Selector, String> {
+    let mut sel = Selector::All;
+    for (k, v) in ls.match_labels.iter().flatten() {
+        sel = and(sel, Selector::Equal(k.clone(), v.clone()));
+    }
+    for e in ls.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        let term = match e.operator.as_str() {
+            "In" => Selector::In(e.key.clone(), values),
+            "NotIn" => Selector::NotIn(e.key.clone(), values),
+            "Exists" => Selector::Has(e.key.clone()),
+            "DoesNotExist" => Selector::Not(Box::new(Selector::Has(e.key.clone()))),
+            other => {
+                return Err(format!(
+                    "matchExpressions operator {other:?}: expected In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+        sel = and(sel, term);
+    }
+    Ok(sel)
+}
+
+fn peer_side(peer: &NetworkPolicyPeer) -> Result<EntityRule, String> {
+    let mut side = EntityRule::default();
+    if let Some(block) = &peer.ip_block {
+        side.nets = vec![block.cidr.clone()];
+        side.not_nets = block.except.clone().unwrap_or_default();
+        return Ok(side);
+    }
+    // In one peer the two selectors AND; a namespaceSelector alone means every pod there.
+    if let Some(ps) = &peer.pod_selector {
+        side.selector = Some(label_selector(ps)?.to_string());
+    }
+    if let Some(ns) = &peer.namespace_selector {
+        side.namespace_selector = Some(label_selector(ns)?.to_string());
+        side.selector.get_or_insert_with(|| "all()".into());
+    }
+    Ok(side)
+}
+
+/// (protocol, destination ports) groups of a rule's `ports`; empty = any protocol, any port.
+fn port_groups(ports: &[NetworkPolicyPort]) -> Vec<(Option<String>, Vec<IntOrString>)> {
+    let mut by_proto: BTreeMap<String, Vec<IntOrString>> = BTreeMap::new();
+    let mut any_port: Vec<String> = Vec::new();
+    for p in ports {
+        let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        match (&p.port, p.end_port) {
+            (None, _) => any_port.push(proto),
+            (Some(K8sIntOrString::Int(n)), Some(end)) => by_proto
+                .entry(proto)
+                .or_default()
+                .push(IntOrString::String(format!("{n}:{end}"))),
+            (Some(K8sIntOrString::Int(n)), None) => by_proto
+                .entry(proto)
+                .or_default()
+                .push(IntOrString::Int(*n as u32)),
+            (Some(K8sIntOrString::String(name)), _) => by_proto
+                .entry(proto)
+                .or_default()
+                .push(IntOrString::String(name.clone())),
+        }
+    }
+    let mut out: Vec<(Option<String>, Vec<IntOrString>)> = Vec::new();
+    for proto in any_port {
+        by_proto.remove(&proto);
+        out.push((Some(proto), Vec::new()));
+    }
+    out.extend(by_proto.into_iter().map(|(p, ports)| (Some(p), ports)));
+    if out.is_empty() {
+        out.push((None, Vec::new()));
+    }
+    out
+}
+
+fn k8s_rules(
+    peers: Option<&Vec<NetworkPolicyPeer>>,
+    ports: Option<&Vec<NetworkPolicyPort>>,
+    ingress: bool,
+) -> Result<Vec<Rule>, String> {
+    let peers: Vec<EntityRule> = match peers {
+        Some(list) if !list.is_empty() => list.iter().map(peer_side).collect::<Result<_, _>>()?,
+        _ => vec![EntityRule::default()],
+    };
+    let groups = port_groups(ports.map(Vec::as_slice).unwrap_or_default());
+    let mut out = Vec::new();
+    for peer in &peers {
+        for (proto, dports) in &groups {
+            let (source, mut destination) = if ingress {
+                (peer.clone(), EntityRule::default())
+            } else {
+                (EntityRule::default(), peer.clone())
+            };
+            destination.ports = dports.clone();
+            out.push(Rule {
+                action: Action::Allow,
+                ip_version: None,
+                protocol: proto.clone().map(IntOrString::String),
+                not_protocol: None,
+                icmp: None,
+                not_icmp: None,
+                source,
+                destination,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A Kubernetes NetworkPolicy as a Serval policy.
+pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
+    let ns = np.namespace().unwrap_or_else(|| "default".into());
+    let spec = np.spec.clone().unwrap_or_default();
+    let ingress_rules: Vec<Rule> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .map(|r| k8s_rules(r.from.as_ref(), r.ports.as_ref(), true))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let egress_rules: Vec<Rule> = spec
+        .egress
+        .iter()
+        .flatten()
+        .map(|r| k8s_rules(r.to.as_ref(), r.ports.as_ref(), false))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    // policyTypes omitted: Ingress always, Egress when the policy has an egress section.
+    let types = match &spec.policy_types {
+        Some(t) if !t.is_empty() => t
+            .iter()
+            .map(|t| match t.as_str() {
+                "Ingress" => Ok(PolicyType::Ingress),
+                "Egress" => Ok(PolicyType::Egress),
+                other => Err(format!("policyTypes: {other:?} is not Ingress or Egress")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            let mut t = vec![PolicyType::Ingress];
+            if spec.egress.is_some() {
+                t.push(PolicyType::Egress);
+            }
+            t
+        }
+    };
+    Ok(PolicyDef {
+        name: format!("knp.default.{}", np.name_any()),
+        namespace: Some(ns),
+        order: Some(K8S_POLICY_ORDER),
+        selector: label_selector(&spec.pod_selector.unwrap_or_default())?,
+        namespace_selector: None,
+        types,
+        ingress: ingress_rules,
+        egress: egress_rules,
+    })
+}
+
+fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
+    if !types.is_empty() {
+        return types.to_vec();
+    }
+    // Calico: no types → Ingress, plus Egress when there are egress rules.
+    let mut t = Vec::new();
+    if !ingress.is_empty() || egress.is_empty() {
+        t.push(PolicyType::Ingress);
+    }
+    if !egress.is_empty() {
+        t.push(PolicyType::Egress);
+    }
+    t
+}
+
+/// A Serval NetworkPolicy.
+pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
+    Ok(PolicyDef {
+        name: p.name_any(),
+        namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
+        order: p.spec.order,
+        selector: Selector::parse(&p.spec.selector).map_err(|e| e.to_string())?,
+        namespace_selector: None,
+        types: types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
+        ingress: p.spec.ingress.clone(),
+        egress: p.spec.egress.clone(),
+    })
+}
+
+/// A Serval GlobalNetworkPolicy.
+pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, String> {
+    Ok(PolicyDef {
+        name: p.name_any(),
+        namespace: None,
+        order: p.spec.order,
+        selector: Selector::parse(&p.spec.selector).map_err(|e| e.to_string())?,
+        namespace_selector: p
+            .spec
+            .namespace_selector
+            .as_deref()
+            .map(Selector::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        types: types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
+        ingress: p.spec.ingress.clone(),
+        egress: p.spec.egress.clone(),
+    })
+}
+
+/// A WorkloadEndpoint as policy sees it.
+pub fn endpoint(w: &WorkloadEndpoint) -> Endpoint {
+    Endpoint {
+        namespace: w.namespace().unwrap_or_else(|| "default".into()),
+        name: w.spec.pod.clone(),
+        iface: w.spec.interface_name.clone(),
+        addrs: w
+            .spec
+            .ip_networks
+            .iter()
+            .filter_map(|n| serval_policy::model::parse_net(n).map(|n| n.addr()))
+            .collect(),
+        labels: w.labels().clone(),
+        ports: w
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone(),
+                    protocol: protocol_number(&IntOrString::String(p.protocol.clone()))?,
+                    port: p.port,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A namespace's labels, with Kubernetes' automatic name label.
+pub fn namespace_labels(ns: &Namespace) -> Labels {
+    let mut l = ns.labels().clone();
+    l.insert(NAMESPACE_NAME_LABEL.into(), ns.name_any());
+    l
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

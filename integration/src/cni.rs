@@ -75,15 +75,17 @@ pub fn call(node: &Netns, env: &[(&str, &str)], stdin: &str) -> CniCall {
     }
 }
 
-/// ADD for pod `namespace/name` with sandbox `pod` (container ID = the pod name).
+/// ADD for pod `namespace/name` with sandbox `pod` (container ID `<namespace>-<name>`, unique
+/// as a runtime's sandbox IDs are).
 pub fn add_pod(node: &Netns, pod: &Netns, namespace: &str, name: &str, conf: &str) -> CniCall {
     let netns = format!("/run/netns/{}", pod.name());
     let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+    let id = format!("{namespace}-{name}");
     call(
         node,
         &[
             ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", name),
+            ("CNI_CONTAINERID", &id),
             ("CNI_NETNS", &netns),
             ("CNI_IFNAME", "eth0"),
             ("CNI_ARGS", &args),

@@ -13,6 +13,7 @@ pub mod ipam_load;
 pub mod netns;
 pub mod peers;
 pub mod poll;
+pub mod probe;
 pub mod require;
 
 pub use daemon::Daemon;

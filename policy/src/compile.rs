@@ -89,7 +89,7 @@ impl PolicyDef {
 }
 
 /// Everything the compiler reads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyInputs {
     /// Endpoints on this node (their chains are built) — and, for selectors, everywhere.
     pub local: Vec<Endpoint>,

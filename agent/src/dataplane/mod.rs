@@ -6,11 +6,12 @@
 //! ```text
 //!  calc (pure) ── desired ──► route_manager ──┐
 //!                            tunnel ─────────┴──► Netlink (the only rtnetlink user)
-//!                            nat ───────────────► ipset restore + iptables-restore --noflush
+//!                            nat, policy ───────► ipset restore + iptables-restore --noflush
 //! ```
 
 pub mod nat;
 pub mod netlink;
+pub mod policy;
 pub mod route_manager;
 pub mod route_table;
 pub mod tunnel;

@@ -132,7 +132,12 @@ pub fn hook_rule() -> Vec<&'static str> {
     ]
 }
 
-async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, DataplaneError> {
+/// Runs an iptables/ipset tool, feeding `stdin`; a non-zero exit is an error with its stderr.
+pub async fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, DataplaneError> {
     let what = format!("{program} {}", args.join(" "));
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -172,7 +177,7 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String
 pub async fn detect_backend() -> Backend {
     let setting = std::env::var("SERVAL_IPTABLES_BACKEND").ok();
     let count = |b: Backend| async move {
-        run(b.save(), &[], None)
+        run_tool(b.save(), &[], None)
             .await
             .map(|s| count_rules(&s))
             .unwrap_or(0)
@@ -186,8 +191,8 @@ pub async fn detect_backend() -> Backend {
 
 /// Writes the sets, our chains and (once) the hook.
 pub async fn apply(backend: Backend, spec: &NatSpec) -> Result<(), DataplaneError> {
-    run("ipset", &["restore"], Some(&render_ipsets(spec))).await?;
-    run(
+    run_tool("ipset", &["restore"], Some(&render_ipsets(spec))).await?;
+    run_tool(
         backend.restore(),
         &["--noflush", "--wait"],
         Some(&render_nat_chains(spec)),
@@ -195,10 +200,10 @@ pub async fn apply(backend: Backend, spec: &NatSpec) -> Result<(), DataplaneErro
     .await?;
     let mut check = vec!["--wait", "-t", "nat", "-C", "POSTROUTING"];
     check.extend(hook_rule());
-    if run(backend.iptables(), &check, None).await.is_err() {
+    if run_tool(backend.iptables(), &check, None).await.is_err() {
         let mut insert = vec!["--wait", "-t", "nat", "-I", "POSTROUTING", "1"];
         insert.extend(hook_rule());
-        run(backend.iptables(), &insert, None).await?;
+        run_tool(backend.iptables(), &insert, None).await?;
         tracing::info!(
             backend = backend.iptables(),
             "hooked {POSTROUTING_CHAIN} into nat POSTROUTING"

@@ -104,6 +104,10 @@ pub struct Agent {
     nat_backend: Option<crate::dataplane::nat::Backend>,
     /// The natOutgoing state last written, and whether a repair pass is due.
     nat_written: Option<crate::dataplane::nat::NatSpec>,
+    /// The policy manager (created with the backend on first use).
+    policy: Option<crate::dataplane::policy::PolicyManager>,
+    /// The policy inputs last applied.
+    policy_written: Option<serval_policy::compile::PolicyInputs>,
 }
 
 impl Agent {
@@ -137,6 +141,8 @@ impl Agent {
             settled: false,
             nat_backend: None,
             nat_written: None,
+            policy: None,
+            policy_written: None,
         }
     }
 
@@ -169,8 +175,12 @@ impl Agent {
                     }
                 }
                 _ = tick.tick() => {
-                    // Periodic repair: rewrite our nat chains and sets even if unchanged.
+                    // Periodic repair: rewrite our nat and policy chains and sets.
                     self.nat_written = None;
+                    self.policy_written = None;
+                    if let Some(p) = self.policy.as_mut() {
+                        p.forget();
+                    }
                     dirty = true;
                 }
                 _ = settle.tick(), if !self.settled && self.in_sync => {
@@ -241,6 +251,9 @@ impl Agent {
         };
         self.apply_peers(&desired).await?;
         self.apply_exports(&desired).await?;
+        // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route
+        // never exists without its policy.
+        self.apply_policy(&desired).await;
         self.apply_tunnels(&desired).await;
         self.apply_nat(&desired).await;
         let _ = self
@@ -343,20 +356,54 @@ impl Agent {
         Ok(())
     }
 
+    async fn backend(&mut self) -> crate::dataplane::nat::Backend {
+        match self.nat_backend {
+            Some(b) => b,
+            None => {
+                let b = crate::dataplane::nat::detect_backend().await;
+                tracing::info!(backend = b.iptables(), "iptables backend");
+                self.nat_backend = Some(b);
+                b
+            }
+        }
+    }
+
+    async fn apply_policy(&mut self, d: &Desired) {
+        if self.policy_written.as_ref() == Some(&d.policy) {
+            return;
+        }
+        let backend = self.backend().await;
+        let manager = self
+            .policy
+            .get_or_insert_with(|| crate::dataplane::policy::PolicyManager::new(backend));
+        let compile_start = std::time::Instant::now();
+        let v4 = serval_policy::compile::compile(&d.policy, false);
+        let v6 = serval_policy::compile::compile(&d.policy, true);
+        let compiled = compile_start.elapsed();
+        match manager.apply(&v4, &v6).await {
+            Ok(r) => {
+                tracing::debug!(
+                    chains = r.chains_written,
+                    deleted = r.chains_deleted,
+                    sets = r.sets_changed,
+                    compile_ms = compiled.as_secs_f64() * 1e3,
+                    apply_ms = r.took.as_secs_f64() * 1e3,
+                    "policy applied"
+                );
+                self.policy_written = Some(d.policy.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "policy not applied; will rewrite everything and retry")
+            }
+        }
+    }
+
     async fn apply_nat(&mut self, d: &Desired) {
         use crate::dataplane::nat;
         if self.nat_written.as_ref() == Some(&d.nat) {
             return;
         }
-        let backend = match self.nat_backend {
-            Some(b) => b,
-            None => {
-                let b = nat::detect_backend().await;
-                tracing::info!(backend = b.iptables(), "iptables backend");
-                self.nat_backend = Some(b);
-                b
-            }
-        };
+        let backend = self.backend().await;
         match nat::apply(backend, &d.nat).await {
             Ok(()) => self.nat_written = Some(d.nat.clone()),
             Err(e) => tracing::warn!(error = %e, "natOutgoing rules not applied; will retry"),

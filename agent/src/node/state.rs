@@ -21,9 +21,12 @@ use crate::dataplane::tunnel::{
 };
 use crate::datastore::{KindInfo, SyncEvent};
 use crate::resources::{
-    BGPConfiguration, BGPPeer, BlockAffinity, EncapMode, IPPool, Node, ServalResource,
-    WorkloadEndpoint,
+    BGPConfiguration, BGPPeer, BlockAffinity, EncapMode, GlobalNetworkPolicy, IPPool,
+    NetworkPolicy, Node, ServalResource, WorkloadEndpoint,
 };
+use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use serval_policy::compile::PolicyInputs;
 
 /// The kinds the agent watches.
 pub fn watched_kinds() -> Vec<KindInfo> {
@@ -34,6 +37,10 @@ pub fn watched_kinds() -> Vec<KindInfo> {
         KindInfo::of::<IPPool>(),
         KindInfo::of::<BlockAffinity>(),
         KindInfo::of::<WorkloadEndpoint>(),
+        KindInfo::of::<NetworkPolicy>(),
+        KindInfo::of::<GlobalNetworkPolicy>(),
+        KindInfo::of::<K8sNetworkPolicy>(),
+        KindInfo::of::<K8sNamespace>(),
     ]
 }
 
@@ -46,6 +53,10 @@ pub struct ClusterState {
     pools: BTreeMap<String, IPPool>,
     affinities: BTreeMap<String, BlockAffinity>,
     endpoints: BTreeMap<String, WorkloadEndpoint>,
+    policies: BTreeMap<String, NetworkPolicy>,
+    global_policies: BTreeMap<String, GlobalNetworkPolicy>,
+    k8s_policies: BTreeMap<String, K8sNetworkPolicy>,
+    namespaces: BTreeMap<String, K8sNamespace>,
     /// BGP best paths learned from peers: prefix → next hops.
     remote: BTreeMap<IpNet, Vec<IpAddr>>,
 }
@@ -71,7 +82,12 @@ impl ClusterState {
             SyncEvent::Status(_) => false,
             SyncEvent::Upsert { kind, object } => {
                 let o = object.clone();
+                let k8s = kind.group == "networking.k8s.io" || kind.group.is_empty();
                 let res = match kind.kind.as_str() {
+                    "NetworkPolicy" if k8s => upsert(&mut self.k8s_policies, o),
+                    "NetworkPolicy" => upsert(&mut self.policies, o),
+                    "GlobalNetworkPolicy" => upsert(&mut self.global_policies, o),
+                    "Namespace" => upsert(&mut self.namespaces, o),
                     "BGPConfiguration" => upsert(&mut self.configs, o),
                     "BGPPeer" => upsert(&mut self.peers, o),
                     "Node" => upsert(&mut self.nodes, o),
@@ -92,7 +108,12 @@ impl ClusterState {
                 name,
             } => {
                 let k = key(namespace.as_deref(), name);
+                let k8s = kind.group == "networking.k8s.io" || kind.group.is_empty();
                 match kind.kind.as_str() {
+                    "NetworkPolicy" if k8s => self.k8s_policies.remove(&k).is_some(),
+                    "NetworkPolicy" => self.policies.remove(&k).is_some(),
+                    "GlobalNetworkPolicy" => self.global_policies.remove(&k).is_some(),
+                    "Namespace" => self.namespaces.remove(&k).is_some(),
                     "BGPConfiguration" => self.configs.remove(&k).is_some(),
                     "BGPPeer" => self.peers.remove(&k).is_some(),
                     "Node" => self.nodes.remove(&k).is_some(),
@@ -163,6 +184,50 @@ impl ClusterState {
             v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
             v4.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never),
         )
+    }
+
+    /// What the policy compiler needs for node `me`: its endpoints (chains are built for
+    /// them), everyone else's (addresses for selector sets), namespaces and policies. A
+    /// policy that does not translate is skipped with a warning (it never blocks the rest).
+    pub fn policy_inputs(&self, me: &str) -> PolicyInputs {
+        use crate::calc::policy as cp;
+        let mut inputs = PolicyInputs::default();
+        for w in self.endpoints.values() {
+            let e = cp::endpoint(w);
+            if w.spec.node == me {
+                inputs.local.push(e);
+            } else {
+                inputs.remote.push(e);
+            }
+        }
+        for ns in self.namespaces.values() {
+            inputs
+                .namespaces
+                .insert(ns.name_any(), cp::namespace_labels(ns));
+        }
+        // Namespaces only known from their endpoints still have their name label.
+        for e in inputs.local.iter().chain(&inputs.remote) {
+            inputs
+                .namespaces
+                .entry(e.namespace.clone())
+                .or_insert_with(|| {
+                    [(cp::NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())].into()
+                });
+        }
+        let mut add = |key: &str, r: Result<serval_policy::compile::PolicyDef, String>| match r {
+            Ok(p) => inputs.policies.push(p),
+            Err(e) => tracing::warn!(policy = key, error = %e, "policy skipped"),
+        };
+        for (k, p) in &self.policies {
+            add(k, cp::serval_policy(p));
+        }
+        for (k, p) in &self.global_policies {
+            add(k, cp::global_policy(p));
+        }
+        for (k, p) in &self.k8s_policies {
+            add(k, cp::k8s_policy(p));
+        }
+        inputs
     }
 
     /// The pools as natOutgoing needs them (IPv4).
@@ -297,6 +362,7 @@ impl ClusterState {
             _ => None,
         };
         Ok(Desired {
+            policy: self.policy_inputs(me),
             nat: self.nat_spec(),
             peers,
             exports,
@@ -328,6 +394,8 @@ pub struct Desired {
     pub pod_mtu: u32,
     /// natOutgoing.
     pub nat: crate::dataplane::nat::NatSpec,
+    /// Network policy inputs.
+    pub policy: PolicyInputs,
 }
 
 #[cfg(test)]

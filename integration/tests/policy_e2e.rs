@@ -1,0 +1,385 @@
+//! Network policy end to end, modelled on the Kubernetes conformance tests: namespaces x, y, z
+//! with pods a, b, c, each serving TCP and UDP on ports 80 and 81, on a node run by
+//! serval-node with a real etcd. Policies go in through the datastore; every pod pair is
+//! probed on every port and protocol and compared with what Kubernetes semantics demand.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::json;
+use serval_agent::datastore::{Datastore, EtcdBackend};
+use serval_agent::resources::{IPPool, WorkloadEndpoint};
+use serval_integration::peers::Scratch;
+use serval_integration::probe::{self, Probe, Proto};
+use serval_integration::{
+    Daemon, EtcdServer, LoopbackForward, Netns, cni, eventually, link, require,
+};
+
+type K8sPolicy = k8s_openapi::api::networking::v1::NetworkPolicy;
+type K8sNamespace = k8s_openapi::api::core::v1::Namespace;
+
+struct Pod {
+    ns: String,
+    name: String,
+    ip: IpAddr,
+    netns: Netns,
+}
+
+struct Lab {
+    _forward: LoopbackForward,
+    agent: Daemon,
+    node: Netns,
+    _uplink: Netns,
+    pods: Vec<Pod>,
+    ds: Datastore<EtcdBackend>,
+    _scratch: Scratch,
+    _etcd: EtcdServer,
+}
+
+const PORTS: [(Proto, u16); 4] = [
+    (Proto::Tcp, 80),
+    (Proto::Tcp, 81),
+    (Proto::Udp, 80),
+    (Proto::Udp, 81),
+];
+
+impl Lab {
+    fn probes(&self) -> Vec<Probe> {
+        let mut out = Vec::new();
+        for from in &self.pods {
+            for to in &self.pods {
+                if from.ip == to.ip {
+                    continue;
+                }
+                for (proto, port) in PORTS {
+                    out.push(Probe {
+                        from: format!("{}/{}", from.ns, from.name),
+                        from_ns: format!("/run/netns/{}", from.netns.name()),
+                        to: format!("{}/{}", to.ns, to.name),
+                        addr: SocketAddr::new(to.ip, port),
+                        proto,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until every probe agrees with `expect(from, to, proto, port)`.
+    fn expect(&self, case: &str, expect: impl Fn(&str, &str, Proto, u16) -> bool) {
+        let probes = self.probes();
+        eventually(
+            &format!("case {case:?}: every pod pair as Kubernetes semantics say"),
+            Duration::from_secs(40),
+            || {
+                let got = probe::run(&probes, 48);
+                let diff = probe::differences(&probes, &got, |p| {
+                    expect(&p.from, &p.to, p.proto, p.addr.port())
+                });
+                if diff.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} of {} probes differ:\n  {}",
+                        diff.len(),
+                        probes.len(),
+                        diff[..diff.len().min(12)].join("\n  ")
+                    ))
+                }
+            },
+            || {
+                let rules = self
+                    .node
+                    .output(&["iptables-save", "-t", "filter"])
+                    .unwrap_or_default();
+                format!(
+                    "{}\n--- iptables (first 60 lines) ---\n{}",
+                    self.agent.log_tail(20),
+                    rules.lines().take(60).collect::<Vec<_>>().join("\n")
+                )
+            },
+        );
+    }
+
+    async fn apply(&self, policies: &[serde_json::Value]) -> Vec<(String, String)> {
+        let mut names = Vec::new();
+        for p in policies {
+            let np: K8sPolicy = serde_json::from_value(p.clone()).unwrap();
+            self.ds.create(&np).await.unwrap();
+            names.push((
+                p["metadata"]["namespace"].as_str().unwrap().to_string(),
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+            ));
+        }
+        names
+    }
+
+    async fn remove(&self, names: Vec<(String, String)>) {
+        for (ns, name) in names {
+            self.ds
+                .delete::<K8sPolicy>(Some(&ns), &name, None)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn set_label(&self, ns: &str, pod: &str, key: &str, value: Option<&str>) {
+        let name = serval_agent::cni::plugin::endpoint_name("node-p", pod, "eth0");
+        let mut w: WorkloadEndpoint = self.ds.get(Some(ns), &name).await.unwrap().expect("wep");
+        let labels = w.metadata.labels.get_or_insert_with(BTreeMap::new);
+        match value {
+            Some(v) => {
+                labels.insert(key.into(), v.into());
+            }
+            None => {
+                labels.remove(key);
+            }
+        }
+        self.ds.update(&w).await.unwrap();
+    }
+
+    fn ip(&self, who: &str) -> IpAddr {
+        self.pods
+            .iter()
+            .find(|p| format!("{}/{}", p.ns, p.name) == who)
+            .unwrap()
+            .ip
+    }
+}
+
+fn k8s(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn ns_of(who: &str) -> &str {
+    who.split('/').next().unwrap()
+}
+
+async fn lab(test: &str) -> Option<Lab> {
+    if !require::lab_ready(test, &["ip", "etcd", "iptables", "ipset"]) {
+        return None;
+    }
+    let etcd = EtcdServer::start(test)?;
+    let ds = Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    let pool: IPPool = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "pods"},
+        "spec": {"cidr": "10.88.0.0/24", "blockSize": 26}
+    }))
+    .unwrap();
+    ds.create(&pool).await.unwrap();
+    for ns in ["x", "y", "z"] {
+        let n: K8sNamespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"ns": ns}}
+        }))
+        .unwrap();
+        ds.create(&n).await.unwrap();
+    }
+    let node = Netns::new("pol").unwrap();
+    let uplink = Netns::new("polup").unwrap();
+    link(&node, "eth0", &uplink, "eth0").unwrap();
+    node.addr("eth0", "192.168.60.2/24").unwrap();
+    uplink.addr("eth0", "192.168.60.1/24").unwrap();
+    node.ip(&["route", "add", "default", "via", "192.168.60.1"])
+        .unwrap();
+    let forward = LoopbackForward::start(&node, 2379, etcd.addr()).unwrap();
+    let scratch = Scratch::new("policy");
+    let var = scratch.path("var");
+    let bin = require::serval_bin("serval-node");
+    let env_var = format!("SERVAL_VAR_DIR={}", var.display());
+    let bin_s = bin.display().to_string();
+    let agent = Daemon::start(
+        &node,
+        "agent",
+        &[
+            "env",
+            "NODENAME=node-p",
+            "DATASTORE_TYPE=etcdv3",
+            "ETCD_ENDPOINTS=http://127.0.0.1:2379",
+            "IP_AUTODETECTION_METHOD=interface=eth0",
+            &env_var,
+            "SERVAL_LOG=info",
+            &bin_s,
+            "run",
+        ],
+        &scratch.0,
+    )
+    .unwrap();
+    eventually(
+        "agent ready",
+        Duration::from_secs(60),
+        || {
+            node.http_get("127.0.0.1:9179", "/readyz")
+                .map_err(|e| e.to_string())
+        },
+        || agent.log_tail(30),
+    );
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
+        "nodename": "node-p", "datastore_type": "etcdv3", "etcd_endpoints": "http://127.0.0.1:2379",
+        "mtu_file": var.join("mtu").display().to_string(), "ipam": {"type": "serval-ipam"}
+    })
+    .to_string();
+    let mut pods = Vec::new();
+    for ns in ["x", "y", "z"] {
+        for name in ["a", "b", "c"] {
+            let netns = Netns::new(&format!("{ns}{name}")).unwrap();
+            let add = cni::add_pod(&node, &netns, ns, name, &conf);
+            assert_eq!(
+                add.code, 0,
+                "ADD {ns}/{name}: {} {}",
+                add.stdout, add.stderr
+            );
+            let ip = add.first_ip();
+            // What the orchestrator records about the pod: its labels and named ports.
+            let wep_name = serval_agent::cni::plugin::endpoint_name("node-p", name, "eth0");
+            let mut w: WorkloadEndpoint = ds.get(Some(ns), &wep_name).await.unwrap().expect("wep");
+            w.metadata.labels = Some([("pod".to_string(), name.to_string())].into());
+            w.spec.ports = serde_json::from_value(json!([
+                {"name": "serve-80-tcp", "protocol": "TCP", "port": 80},
+                {"name": "serve-81-tcp", "protocol": "TCP", "port": 81},
+                {"name": "serve-80-udp", "protocol": "UDP", "port": 80},
+                {"name": "serve-81-udp", "protocol": "UDP", "port": 81}
+            ]))
+            .unwrap();
+            ds.update(&w).await.unwrap();
+            netns.serve_tcp(80, "80").unwrap();
+            netns.serve_tcp(81, "81").unwrap();
+            let path = format!("/run/netns/{}", netns.name());
+            probe::serve_udp_echo(&path, 80).unwrap();
+            probe::serve_udp_echo(&path, 81).unwrap();
+            pods.push(Pod {
+                ns: ns.into(),
+                name: name.into(),
+                ip,
+                netns,
+            });
+        }
+    }
+    Some(Lab {
+        _forward: forward,
+        agent,
+        node,
+        _uplink: uplink,
+        pods,
+        ds,
+        _scratch: scratch,
+        _etcd: etcd,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_network_policy_conformance_model() {
+    let Some(lab) = lab("policy_e2e").await else {
+        return;
+    };
+    lab.expect("no policy", |_, _, _, _| true);
+
+    // Default deny both ways in x; the node itself still reaches x's pods.
+    let p = lab
+        .apply(&[k8s(
+            "x",
+            "deny-all",
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        )])
+        .await;
+    lab.expect("default deny both ways in x", |from, to, _, _| {
+        ns_of(from) != "x" && ns_of(to) != "x"
+    });
+    let xa = lab.ip("x/a");
+    let from_node = lab
+        .node
+        .tcp_fetch(SocketAddr::new(xa, 80))
+        .expect("the pod's own node reaches it under default deny");
+    assert_eq!(from_node, "80");
+    lab.remove(p).await;
+
+    // Selectors in one peer (AND) vs separate peers (OR).
+    let p = lab
+        .apply(&[
+            k8s("x", "and", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]})),
+            k8s("x", "or", json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}}, {"podSelector": {"matchLabels": {"pod": "c"}}}]}]})),
+        ])
+        .await;
+    lab.expect(
+        "one peer ANDs, separate peers OR",
+        |from, to, _, _| match to {
+            "x/a" => from == "y/b",
+            "x/b" => ns_of(from) == "y" || from == "x/c",
+            _ => true,
+        },
+    );
+    lab.remove(p).await;
+
+    // ipBlock with except.
+    let ya = lab.ip("y/a");
+    let p = lab
+        .apply(&[k8s(
+            "x",
+            "ipblock",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"ipBlock": {"cidr": "10.88.0.0/24", "except": [format!("{ya}/32")]}}]}]}),
+        )])
+        .await;
+    lab.expect("ipBlock with except", |from, to, _, _| {
+        to != "x/a" || from != "y/a"
+    });
+    lab.remove(p).await;
+
+    // Named ports and endPort.
+    let p = lab
+        .apply(&[
+            k8s("x", "named", json!({"podSelector": {}, "ingress": [{"ports": [
+                {"port": "serve-80-tcp", "protocol": "TCP"}, {"port": "serve-81-udp", "protocol": "UDP"}]}]})),
+            k8s("y", "range", json!({"podSelector": {}, "ingress": [{"ports": [
+                {"port": 80, "endPort": 81, "protocol": "TCP"}]}]})),
+        ])
+        .await;
+    lab.expect(
+        "named ports and endPort",
+        |_, to, proto, port| match ns_of(to) {
+            "x" => (proto, port) == (Proto::Tcp, 80) || (proto, port) == (Proto::Udp, 81),
+            "y" => proto == Proto::Tcp,
+            _ => true,
+        },
+    );
+    lab.remove(p).await;
+
+    // Several policies add up.
+    let p = lab
+        .apply(&[
+            k8s("z", "from-x-tcp80", json!({"podSelector": {}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "x"}}}], "ports": [{"port": 80}]}]})),
+            k8s("z", "from-y-udp81", json!({"podSelector": {}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": 81, "protocol": "UDP"}]}]})),
+        ])
+        .await;
+    lab.expect("policies add up", |from, to, proto, port| {
+        ns_of(to) != "z"
+            || (ns_of(from) == "x" && (proto, port) == (Proto::Tcp, 80))
+            || (ns_of(from) == "y" && (proto, port) == (Proto::Udp, 81))
+    });
+    lab.remove(p).await;
+
+    // Label changes take effect (and only the pod that changed gains access).
+    let p = lab
+        .apply(&[k8s(
+            "x",
+            "frontend-only",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"podSelector": {"matchLabels": {"role": "frontend"}}}]}]}),
+        )])
+        .await;
+    lab.expect("nobody is a frontend yet", |_, to, _, _| to != "x/a");
+    lab.set_label("x", "b", "role", Some("frontend")).await;
+    lab.expect("x/b labelled frontend", |from, to, _, _| {
+        to != "x/a" || from == "x/b"
+    });
+    lab.set_label("x", "b", "role", None).await;
+    lab.expect("label removed again", |_, to, _, _| to != "x/a");
+    lab.remove(p).await;
+    lab.expect("all policies gone", |_, _, _, _| true);
+}

@@ -183,6 +183,22 @@ async fn lab(test: &str) -> Option<Lab> {
     uplink.addr("eth0", "192.168.60.1/24").unwrap();
     node.ip(&["route", "add", "default", "via", "192.168.60.1"])
         .unwrap();
+    // Another owner of the filter table (kube-proxy style), there before the agent.
+    node.exec(&["iptables", "-N", "KUBE-FORWARD"]).unwrap();
+    node.exec(&[
+        "iptables",
+        "-A",
+        "KUBE-FORWARD",
+        "-m",
+        "comment",
+        "--comment",
+        "kube-proxy",
+        "-j",
+        "RETURN",
+    ])
+    .unwrap();
+    node.exec(&["iptables", "-A", "FORWARD", "-j", "KUBE-FORWARD"])
+        .unwrap();
     let forward = LoopbackForward::start(&node, 2379, etcd.addr()).unwrap();
     let scratch = Scratch::new("policy");
     let var = scratch.path("var");
@@ -382,4 +398,35 @@ async fn kubernetes_network_policy_conformance_model() {
     lab.expect("label removed again", |_, to, _, _| to != "x/a");
     lab.remove(p).await;
     lab.expect("all policies gone", |_, _, _, _| true);
+
+    // Coexistence: the other owner's chain and jump are untouched; ours hook in once, first.
+    let forward = lab.node.output(&["iptables", "-S", "FORWARD"]).unwrap();
+    let lines: Vec<&str> = forward.lines().filter(|l| l.starts_with("-A")).collect();
+    assert_eq!(
+        lines,
+        [
+            "-A FORWARD -m comment --comment \"serval:hook\" -j serval-FORWARD",
+            "-A FORWARD -j KUBE-FORWARD"
+        ],
+        "{forward}"
+    );
+    let kube = lab
+        .node
+        .output(&["iptables", "-S", "KUBE-FORWARD"])
+        .unwrap();
+    assert!(
+        kube.contains("-A KUBE-FORWARD -m comment --comment kube-proxy -j RETURN"),
+        "{kube}"
+    );
+    // IPv6 got the same structure.
+    let v6 = lab
+        .node
+        .output(&["ip6tables", "-S", "serval-FORWARD"])
+        .unwrap();
+    assert!(v6.contains("serval-from-wl-dispatch"), "{v6}");
+    assert!(
+        !lab.agent.log_tail(200).contains("policy not applied"),
+        "{}",
+        lab.agent.log_tail(50)
+    );
 }

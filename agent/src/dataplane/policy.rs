@@ -156,20 +156,21 @@ impl PolicyManager {
             .await?;
         }
         if !applied.hooked {
-            for (kernel, ours) in HOOKS {
-                let rule = ["-m", "comment", "--comment", HOOK_COMMENT, "-j", ours];
-                let mut check = vec!["--wait", "-t", "filter", "-C", kernel];
+            // Only hook chains that exist (an empty ruleset has none to jump to).
+            for (kernel, ours) in HOOKS.iter().filter(|(_, c)| want.chains.contains_key(*c)) {
+                let rule = ["-m", "comment", "--comment", HOOK_COMMENT, "-j", *ours];
+                let mut check = vec!["--wait", "-t", "filter", "-C", *kernel];
                 check.extend(rule);
                 if run_tool(tables_bin(backend, v6), &check, None)
                     .await
                     .is_err()
                 {
-                    let mut insert = vec!["--wait", "-t", "filter", "-I", kernel, "1"];
+                    let mut insert = vec!["--wait", "-t", "filter", "-I", *kernel, "1"];
                     insert.extend(rule);
                     run_tool(tables_bin(backend, v6), &insert, None).await?;
                 }
             }
-            applied.hooked = true;
+            applied.hooked = HOOKS.iter().all(|(_, c)| want.chains.contains_key(*c));
         }
         if !after.is_empty() {
             run_tool("ipset", &["restore"], Some(&after)).await?;

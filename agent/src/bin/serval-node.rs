@@ -26,6 +26,8 @@ enum Command {
     /// Run the node agent: BGP, routes, tunnels, IPAM tunnel addresses (env vars as in a
     /// DaemonSet; flags override).
     Run(Box<serval_agent::node::config::RunArgs>),
+    /// Install serval-cni and its configuration on the host (the DaemonSet's init step).
+    InstallCni(Box<serval_agent::node::install_cni::InstallArgs>),
     /// Run the BGP speaker alone, configured from a YAML file (SIGHUP reloads it).
     Speaker {
         /// The configuration file.
@@ -113,6 +115,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             serval_agent::node::run(cfg, shutdown).await?;
+            Ok(())
+        }
+        Command::InstallCni(args) => {
+            for f in serval_agent::node::install_cni::install(&args)? {
+                println!("installed {}", f.display());
+            }
             Ok(())
         }
         Command::Speaker { config } => run_speaker(config).await,

@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// Do not create a default pool.
     #[arg(long, env = "NO_DEFAULT_POOLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub no_default_pools: bool,
+    /// Labels to set on this node's Node resource (`k=v,k2=v2`), for BGPPeer selectors.
+    #[arg(long, env = "SERVAL_NODE_LABELS", default_value = "")]
+    pub node_labels: String,
+    /// Makes this node a route reflector with this cluster ID (IPv4 form).
+    #[arg(long, env = "SERVAL_ROUTE_REFLECTOR_CLUSTER_ID")]
+    pub route_reflector_cluster_id: Option<String>,
 }
 
 /// How the node's address is chosen.
@@ -92,6 +98,10 @@ pub struct NodeConfig {
     pub route_refresh: Duration,
     /// The pool to create when there is none.
     pub default_pool: Option<crate::resources::IPPool>,
+    /// Labels to put on the Node resource.
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Route-reflector cluster ID to put on the Node resource.
+    pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
 }
 
 /// A configuration error naming the variable.
@@ -261,7 +271,34 @@ impl RunArgs {
         } else {
             Some(self.default_pool()?)
         };
+        let mut node_labels = std::collections::BTreeMap::new();
+        for pair in self
+            .node_labels
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("SERVAL_NODE_LABELS", format!("{pair:?} is not key=value")))?;
+            node_labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let route_reflector_cluster_id = self
+            .route_reflector_cluster_id
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse().map_err(|_| {
+                    bad(
+                        "SERVAL_ROUTE_REFLECTOR_CLUSTER_ID",
+                        format!("{c:?} is not an IPv4-formatted cluster ID (e.g. 244.0.0.1)"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(NodeConfig {
+            node_labels,
+            route_reflector_cluster_id,
             default_pool,
             node_name,
             etcd_endpoints,
@@ -361,6 +398,11 @@ mod tests {
         assert!(m.message.contains("can-reach"), "{m}");
         assert_eq!(e(&["--node-name", "Bad_Name"]).variable, "NODENAME");
         assert_eq!(e(&["--as", "0"]).variable, "AS");
+        assert_eq!(e(&["--node-labels", "rr"]).variable, "SERVAL_NODE_LABELS");
+        assert_eq!(
+            e(&["--route-reflector-cluster-id", "rack1"]).variable,
+            "SERVAL_ROUTE_REFLECTOR_CLUSTER_ID"
+        );
         assert_eq!(
             e(&["--ipv4pool-cidr", "10.0.0.1/16"]).variable,
             "SERVAL_IPV4POOL_CIDR",

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod install_cni;
 pub mod startup;
 pub mod state;
 
@@ -60,7 +61,7 @@ pub async fn run(
     };
     tracing::info!(node = %cfg.node_name, address = ?address, host_mtu, "starting");
     startup::ensure_default_pool(&ds, cfg.default_pool.as_ref()).await?;
-    let node = startup::register_node(&ds, &cfg.node_name, address, cfg.as_number).await?;
+    let node = startup::register_node(&ds, &cfg, address).await?;
     let node = startup::tunnel_addresses(&ds, node).await?;
     startup::write_file(&cfg.var_dir.join("nodename"), &cfg.node_name)?;
     startup::enable_forwarding()?;

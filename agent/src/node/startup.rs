@@ -117,10 +117,11 @@ pub fn node_address(cfg: &NodeConfig) -> Result<Option<(IpNet, u32)>, StartupErr
 /// other field (tunnel addresses, reflector cluster ID, labels) as it is.
 pub async fn register_node(
     ds: &Datastore<AnyBackend>,
-    name: &str,
+    cfg: &super::config::NodeConfig,
     address: Option<IpNet>,
-    as_number: Option<u32>,
 ) -> Result<Node, StartupError> {
+    let name = cfg.node_name.as_str();
+    let as_number = cfg.as_number;
     for _ in 0..10 {
         let current = ds.get::<Node>(None, name).await?;
         let mut node = current.clone().unwrap_or_else(|| Node {
@@ -134,6 +135,15 @@ pub async fn register_node(
         bgp.ipv4_address = address.map(|a| a.to_string());
         if as_number.is_some() {
             bgp.as_number = as_number;
+        }
+        if let Some(id) = cfg.route_reflector_cluster_id {
+            bgp.route_reflector_cluster_id = Some(id.to_string());
+        }
+        if !cfg.node_labels.is_empty() {
+            let labels = node.metadata.labels.get_or_insert_with(Default::default);
+            for (k, v) in &cfg.node_labels {
+                labels.insert(k.clone(), v.clone());
+            }
         }
         if current.as_ref() == Some(&node) {
             return Ok(node);
@@ -225,9 +235,13 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), StartupError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Turns on IPv4 forwarding (pods are routed through the host).
+/// Turns on IPv4 forwarding (pods are routed through the host). Already on (the DaemonSet's
+/// privileged init container sets it, so the agent itself need not write /proc/sys) is fine.
 pub fn enable_forwarding() -> Result<(), StartupError> {
     let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
     std::fs::write(path, "1").map_err(|source| StartupError::File {
         path: path.into(),
         source,

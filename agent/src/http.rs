@@ -19,6 +19,9 @@ use tokio::sync::watch;
 struct AppState {
     speaker: SpeakerHandle,
     ready: Option<watch::Receiver<bool>>,
+    node: Option<crate::node_metrics::NodeMetrics>,
+    /// `/readyz` also requires every BGP session to be established.
+    require_bgp: bool,
 }
 
 #[derive(Deserialize)]
@@ -56,7 +59,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            crate::metrics::render(&st),
+            crate::metrics::render_with(&st, s.node.as_ref()),
         )
             .into_response(),
         Err(e) => unavailable(e),
@@ -72,6 +75,22 @@ async fn readyz(State(s): State<AppState>) -> Response {
         );
     }
     match s.speaker.status().await {
+        Ok(st) if s.require_bgp => {
+            let down: Vec<String> = st
+                .peers
+                .iter()
+                .filter(|p| p.state != serval_bgp::fsm::State::Established)
+                .map(|p| format!("{} ({:?})", p.address, p.state))
+                .collect();
+            if down.is_empty() {
+                "ok".into_response()
+            } else {
+                unavailable(format!(
+                    "not ready: BGP sessions not established: {}",
+                    down.join(", ")
+                ))
+            }
+        }
         Ok(_) => "ok".into_response(),
         Err(e) => unavailable(e),
     }
@@ -84,23 +103,30 @@ pub async fn serve(addr: SocketAddr, speaker: SpeakerHandle) -> std::io::Result<
         AppState {
             speaker,
             ready: None,
+            node: None,
+            require_bgp: false,
         },
     )
     .await
 }
 
 /// Serves for the node agent: `/readyz` also waits for `ready` (datastore in sync and the
-/// first dataplane apply done).
+/// first dataplane apply done) and, with `require_bgp`, for every session to be up;
+/// `/metrics` adds the agent's own metrics.
 pub async fn serve_node(
     addr: SocketAddr,
     speaker: SpeakerHandle,
     ready: watch::Receiver<bool>,
+    node: crate::node_metrics::NodeMetrics,
+    require_bgp: bool,
 ) -> std::io::Result<()> {
     serve_state(
         addr,
         AppState {
             speaker,
             ready: Some(ready),
+            node: Some(node),
+            require_bgp,
         },
     )
     .await

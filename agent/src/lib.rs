@@ -10,6 +10,7 @@ pub mod datastore;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod node_metrics;
 pub mod resources;
 pub mod standalone;
 pub mod status_table;

@@ -59,7 +59,15 @@ fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<PeerLabels, Cou
 
 /// Renders the OpenMetrics text for one snapshot.
 pub fn render(status: &Status) -> String {
+    render_with(status, None)
+}
+
+/// Renders the speaker's snapshot plus, for the node agent, its own metrics.
+pub fn render_with(status: &Status, node: Option<&crate::node_metrics::NodeMetrics>) -> String {
     let mut reg = Registry::default();
+    if let Some(n) = node {
+        n.register(&mut reg);
+    }
     let state = gauge::<PeerLabels>(
         &mut reg,
         "serval_bgp_peer_state",

@@ -180,6 +180,43 @@ async fn scenario(test: &str, encap: Encap) {
     );
     assert_eq!(transitions(&status(0)), before);
 
+    // Metrics: the families exist, and the peer state moves when a session goes down.
+    let metrics = |c: &serval_integration::cluster::Cluster, i: usize| {
+        c.nodes[i]
+            .ns
+            .http_get("127.0.0.1:9179", "/metrics")
+            .unwrap()
+    };
+    let peer_state = |text: &str, peer: &str| -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("serval_bgp_peer_state{") && l.contains(&format!("peer=\"{peer}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next().map(String::from))
+    };
+    let m = metrics(&c, 0);
+    for family in [
+        "serval_bgp_peer_state",
+        "serval_bgp_prefixes_received",
+        "serval_bgp_loc_rib_prefixes",
+        "serval_bgp_updates_received_total",
+        "serval_route_apply_duration_seconds_count",
+        "serval_route_resyncs_total",
+        "serval_route_drift_repaired_total",
+        "serval_policy_apply_duration_seconds_count",
+        "serval_policy_rules",
+        "serval_ipam_blocks",
+        "serval_ipam_addresses_in_use 2",
+        "serval_datastore_in_sync 1",
+    ] {
+        assert!(m.contains(family), "/metrics lacks {family}:\n{m}");
+    }
+    assert_eq!(
+        peer_state(&m, "192.168.1.3").as_deref(),
+        Some("6"),
+        "established"
+    );
+
     // Stop node-b's agent: sessions drop without a NOTIFICATION, the peers keep b's routes
     // (graceful restart) and b's kernel keeps its own; pod traffic goes on.
     c.nodes[1].agent.as_mut().unwrap().stop();
@@ -211,6 +248,12 @@ async fn scenario(test: &str, encap: Encap) {
         c.routes(0)
     );
     c.all_pairs_reach("while node-b's agent is down");
+    let m = metrics(&c, 0);
+    assert_ne!(
+        peer_state(&m, "192.168.1.3").as_deref(),
+        Some("6"),
+        "the state metric moved:\n{m}"
+    );
 
     // b comes back: it relearns the table without ever removing its routes.
     c.start_agent(1);

@@ -243,6 +243,7 @@ pub async fn run<K: RouteKernel>(
     mut commands: mpsc::Receiver<RouteCommand>,
     timing: RouteTiming,
     stats: watch::Sender<RouteStats>,
+    observe: impl Fn(Duration) + Send,
 ) {
     let mut next_resync = tokio::time::Instant::now() + jittered(timing.resync);
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -265,7 +266,10 @@ pub async fn run<K: RouteKernel>(
             }
         }
         retry_at = None;
-        match manager.apply().await {
+        let started = std::time::Instant::now();
+        let result = manager.apply().await;
+        observe(started.elapsed());
+        match result {
             Ok(report) => {
                 if !report.failed.is_empty() {
                     for (route, why) in report.failed.iter().take(5) {
@@ -468,7 +472,13 @@ mod tests {
             resync: Duration::from_millis(300),
             retry: Duration::from_millis(100),
         };
-        tokio::spawn(run(RouteManager::new(k.clone()), rx, timing, stats_tx));
+        tokio::spawn(run(
+            RouteManager::new(k.clone()),
+            rx,
+            timing,
+            stats_tx,
+            |_| {},
+        ));
         tx.send(RouteCommand::Desired(table(&[(
             "10.0.1.0/26",
             RouteKind::Blackhole,

@@ -108,12 +108,15 @@ pub struct Agent {
     policy: Option<crate::dataplane::policy::PolicyManager>,
     /// The policy inputs last applied.
     policy_written: Option<serval_policy::compile::PolicyInputs>,
+    /// Where the agent records its metrics.
+    metrics: crate::node_metrics::NodeMetrics,
 }
 
 impl Agent {
     /// An agent with nothing applied yet.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        metrics: crate::node_metrics::NodeMetrics,
         name: String,
         speaker: SpeakerHandle,
         identity: Identity,
@@ -124,6 +127,7 @@ impl Agent {
         ready: watch::Sender<bool>,
     ) -> Agent {
         Agent {
+            metrics,
             name,
             speaker,
             identity,
@@ -203,6 +207,9 @@ impl Agent {
     async fn on_event(&mut self, ev: SyncEvent) -> bool {
         if let SyncEvent::Status(s) = &ev {
             tracing::info!(status = ?s, "datastore sync status");
+            self.metrics
+                .datastore_in_sync
+                .set(i64::from(*s == SyncStatus::InSync));
             if *s == SyncStatus::InSync && !self.in_sync {
                 self.in_sync = true;
                 let _ = self.routes.send(RouteCommand::InSync).await;
@@ -249,6 +256,7 @@ impl Agent {
                 return Ok(());
             }
         };
+        self.record_ipam(&desired);
         self.apply_peers(&desired).await?;
         self.apply_exports(&desired).await?;
         // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route
@@ -356,6 +364,18 @@ impl Agent {
         Ok(())
     }
 
+    fn record_ipam(&self, d: &Desired) {
+        let blocks = self.state.node_blocks(&self.name);
+        let capacity: u64 = blocks
+            .iter()
+            .map(|b| 1u64 << (u32::from(b.max_prefix_len() - b.prefix_len())).min(63))
+            .sum();
+        self.metrics.ipam_blocks.set(blocks.len() as i64);
+        self.metrics.ipam_addresses_capacity.set(capacity as i64);
+        let in_use: usize = d.policy.local.iter().map(|e| e.addrs.len()).sum();
+        self.metrics.ipam_addresses_in_use.set(in_use as i64);
+    }
+
     async fn backend(&mut self) -> crate::dataplane::nat::Backend {
         match self.nat_backend {
             Some(b) => b,
@@ -380,8 +400,24 @@ impl Agent {
         let v4 = serval_policy::compile::compile(&d.policy, false);
         let v6 = serval_policy::compile::compile(&d.policy, true);
         let compiled = compile_start.elapsed();
+        self.metrics
+            .policy_compile_seconds
+            .observe(compiled.as_secs_f64());
+        let rules: usize = v4
+            .chains
+            .values()
+            .chain(v6.chains.values())
+            .map(Vec::len)
+            .sum();
+        self.metrics.policy_rules.set(rules as i64);
+        self.metrics
+            .policy_ipsets
+            .set((v4.sets.len() + v6.sets.len()) as i64);
         match manager.apply(&v4, &v6).await {
             Ok(r) => {
+                self.metrics
+                    .policy_apply_seconds
+                    .observe(r.took.as_secs_f64());
                 tracing::debug!(
                     chains = r.chains_written,
                     deleted = r.chains_deleted,

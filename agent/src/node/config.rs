@@ -66,6 +66,9 @@ pub struct RunArgs {
     /// Makes this node a route reflector with this cluster ID (IPv4 form).
     #[arg(long, env = "SERVAL_ROUTE_REFLECTOR_CLUSTER_ID")]
     pub route_reflector_cluster_id: Option<String>,
+    /// Whether `/readyz` also requires every BGP session to be established.
+    #[arg(long, env = "SERVAL_READINESS_REQUIRES_BGP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub readiness_requires_bgp: bool,
 }
 
 /// How the node's address is chosen.
@@ -102,6 +105,8 @@ pub struct NodeConfig {
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// Route-reflector cluster ID to put on the Node resource.
     pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
+    /// `/readyz` requires established BGP sessions.
+    pub readiness_requires_bgp: bool,
 }
 
 /// A configuration error naming the variable.
@@ -297,6 +302,7 @@ impl RunArgs {
             })
             .transpose()?;
         Ok(NodeConfig {
+            readiness_requires_bgp: self.readiness_requires_bgp,
             node_labels,
             route_reflector_cluster_id,
             default_pool,

@@ -86,15 +86,19 @@ pub async fn run(
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let http_addr = cfg.http_address;
+    let metrics = crate::node_metrics::NodeMetrics::default();
     let mut http = tokio::spawn(crate::http::serve_node(
         http_addr,
         speaker.clone(),
         ready_rx,
+        metrics.clone(),
+        cfg.readiness_requires_bgp,
     ));
 
     let netlink = Netlink::connect()?;
     let (routes_tx, routes_rx) = mpsc::channel(64);
-    let (stats_tx, _stats_rx) = watch::channel(RouteStats::default());
+    let (stats_tx, mut stats_rx) = watch::channel(RouteStats::default());
+    let apply_hist = metrics.route_apply_seconds.clone();
     let route_task = tokio::spawn(route_manager::run(
         RouteManager::new(netlink.clone()),
         routes_rx,
@@ -103,9 +107,20 @@ pub async fn run(
             ..RouteTiming::default()
         },
         stats_tx,
+        move |d| apply_hist.observe(d.as_secs_f64()),
     ));
+    let route_metrics = metrics.clone();
+    let stats_task = tokio::spawn(async move {
+        let mut last = RouteStats::default();
+        while stats_rx.changed().await.is_ok() {
+            let now = *stats_rx.borrow_and_update();
+            route_metrics.record_routes(&last, &now);
+            last = now;
+        }
+    });
 
     let agent = Agent::new(
+        metrics,
         cfg.node_name.clone(),
         speaker.clone(),
         identity,
@@ -130,6 +145,7 @@ pub async fn run(
     // No Cease to the peers: the sessions just close, so they keep our routes as stale
     // (graceful restart) and the kernel keeps forwarding until we are back.
     route_task.abort();
+    stats_task.abort();
     drop(speaker);
     result
 }

@@ -114,3 +114,127 @@ fn bad_files_are_refused_whole_with_file_document_and_field() {
     assert_ne!(code, 0);
     assert!(err.contains("unknown resource kind \"frobs\""), "{err}");
 }
+
+#[test]
+fn patch_and_label_change_one_field_and_keep_the_rest() {
+    let Some(etcd) = EtcdServer::start("servalctl_patch_label") else {
+        return;
+    };
+    let dir = serval_integration::peers::Scratch::new("ctlpatch");
+    let file = dir.path("pool.yaml");
+    std::fs::write(
+        &file,
+        "kind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16, natOutgoing: true}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        servalctl(&etcd, &["apply", "-f", &file.display().to_string()]).0,
+        0
+    );
+    let (code, out, err) = servalctl(
+        &etcd,
+        &[
+            "patch",
+            "ippool",
+            "pods",
+            "-p",
+            r#"{"spec":{"vxlanMode":"Always","natOutgoing":null}}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "IPPool \"pods\" patched\n");
+    let (_, json, _) = servalctl(&etcd, &["get", "ippool", "pods", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["spec"]["vxlanMode"], "Always");
+    assert_eq!(v[0]["spec"]["cidr"], "10.244.0.0/16");
+    assert!(v[0]["spec"].get("natOutgoing").is_none_or(|n| n == false));
+    // An invalid patch is refused with the field, and nothing changes.
+    let (code, _, err) = servalctl(
+        &etcd,
+        &[
+            "patch",
+            "ippool",
+            "pods",
+            "-p",
+            r#"{"spec":{"blockSize":99}}"#,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("spec.blockSize"), "{err}");
+    // Labels.
+    let (code, _, err) = servalctl(&etcd, &["label", "ippool", "pods", "zone=a", "rack=r1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = servalctl(&etcd, &["label", "ippool", "pods", "zone=b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--overwrite"), "{err}");
+    assert_eq!(
+        servalctl(
+            &etcd,
+            &["label", "ippool", "pods", "zone=b", "--overwrite", "rack-"]
+        )
+        .0,
+        0
+    );
+    let (_, json, _) = servalctl(&etcd, &["get", "ippool", "pods", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["metadata"]["labels"], serde_json::json!({"zone": "b"}));
+    assert_eq!(
+        v[0]["spec"]["vxlanMode"], "Always",
+        "labels did not touch the spec"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_show_check_and_release() {
+    use serval_agent::datastore::{Datastore, EtcdBackend};
+    let Some(etcd) = EtcdServer::start("servalctl_ipam") else {
+        return;
+    };
+    let ds = Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    serval_integration::ipam_load::setup(&ds, "10.60.0.0/24", 26, &["node-a".to_string()], 0).await;
+    let ipam = serval_ipam::Ipam::new(ds.clone());
+    let got = ipam
+        .auto_assign(&serval_ipam::AssignRequest {
+            handle: "k8s-pod-network.gone".into(),
+            node: "node-a".into(),
+            num_v4: 2,
+            attrs: [
+                ("namespace".to_string(), "prod".to_string()),
+                ("pod".to_string(), "gone".to_string()),
+                ("node".to_string(), "node-a".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (code, out, err) = servalctl(&etcd, &["ipam", "show", "--show-blocks"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("GROUPING"), "{out}");
+    let words = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lines: Vec<String> = out.lines().map(words).collect();
+    assert_eq!(lines[0], "GROUPING CIDR IPS TOTAL IPS IN USE IPS FREE");
+    assert_eq!(lines[1], "IP Pool load 10.60.0.0/24 256 2 (1%) 254 (99%)");
+    assert!(out.contains("Block host:node-a"), "{out}");
+    // Two addresses of a pod that has no WorkloadEndpoint: leaks, reported, exit 1.
+    let (code, out, _) = servalctl(&etcd, &["ipam", "check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{} is allocated to pod prod/gone", got.v4[0])),
+        "{out}"
+    );
+    assert!(out.contains("2 problem(s) found"), "{out}");
+    let args: Vec<String> = got
+        .v4
+        .iter()
+        .flat_map(|ip| ["--ip".to_string(), ip.to_string()])
+        .collect();
+    let mut all = vec!["ipam", "release"];
+    all.extend(args.iter().map(String::as_str));
+    let (code, out, err) = servalctl(&etcd, &all);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("released {}", got.v4[0])), "{out}");
+    let (code, out, _) = servalctl(&etcd, &["ipam", "check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 problem(s) found"), "{out}");
+}

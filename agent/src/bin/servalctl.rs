@@ -75,10 +75,89 @@ enum Command {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// Change one resource with a JSON merge patch (RFC 7386).
+    Patch {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// The patch, e.g. '{"spec":{"natOutgoing":true}}'.
+        #[arg(short, long)]
+        patch: String,
+        /// Namespace for namespaced kinds.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Set (`k=v`) or remove (`k-`) labels on one resource.
+    Label {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Labels.
+        #[arg(required = true)]
+        labels: Vec<String>,
+        /// Allow changing an existing label's value.
+        #[arg(long)]
+        overwrite: bool,
+        /// Namespace for namespaced kinds.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Node commands.
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// BGP details from the local node.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+    },
+    /// IP address management.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCommand {
+    /// Every peer with negotiated capabilities and counters.
+    Peers {
+        /// The node's status endpoint.
+        #[arg(long, env = "SERVAL_STATUS_ADDRESS", default_value = "127.0.0.1:9179")]
+        address: std::net::SocketAddr,
+    },
+    /// Candidate routes, best first, with why the others are not best.
+    Routes {
+        /// The node's status endpoint.
+        #[arg(long, env = "SERVAL_STATUS_ADDRESS", default_value = "127.0.0.1:9179")]
+        address: std::net::SocketAddr,
+        /// `ipv4-unicast` or `ipv6-unicast`.
+        #[arg(long, default_value = "ipv4-unicast")]
+        family: String,
+        /// Only routes within this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Pool (and with --show-blocks, block) utilisation.
+    Show {
+        /// Also list every block.
+        #[arg(long)]
+        show_blocks: bool,
+    },
+    /// Report leaks and inconsistencies (changes nothing).
+    Check,
+    /// Release addresses by hand.
+    Release {
+        /// The addresses.
+        #[arg(long = "ip", required = true)]
+        ips: Vec<std::net::IpAddr>,
     },
 }
 
@@ -220,6 +299,108 @@ async fn main() -> anyhow::Result<()> {
                 "wide" => print!("{}", ctl::table(&kind, &objects, true)),
                 "table" | "ps" => print!("{}", ctl::table(&kind, &objects, false)),
                 other => bail!("-o {other}: expected yaml, json or wide"),
+            }
+            Ok(())
+        }
+        Command::Patch {
+            kind,
+            name,
+            patch,
+            namespace,
+        } => {
+            let kind =
+                kinds::lookup(kind).ok_or_else(|| ctl::CtlError::UnknownKind(kind.clone()))?;
+            let p: serde_json::Value =
+                serde_json::from_str(patch).context("--patch is not valid JSON")?;
+            let ds = datastore(&cli).await?;
+            let what = ctl::patch(&ds, &kind, namespace.clone(), name, &p).await?;
+            println!(
+                "{} {name:?} {}",
+                kind.name,
+                if what == "unchanged" {
+                    "unchanged"
+                } else {
+                    "patched"
+                }
+            );
+            Ok(())
+        }
+        Command::Label {
+            kind,
+            name,
+            labels,
+            overwrite,
+            namespace,
+        } => {
+            let kind =
+                kinds::lookup(kind).ok_or_else(|| ctl::CtlError::UnknownKind(kind.clone()))?;
+            let ds = datastore(&cli).await?;
+            let current = (kind.list)(&ds, namespace.clone())
+                .await?
+                .into_iter()
+                .find(|o| o["metadata"]["name"].as_str() == Some(name.as_str()))
+                .ok_or_else(|| anyhow::anyhow!("{} {name} not found", kind.name))?;
+            let p = ctl::label_patch(labels, &current["metadata"]["labels"], *overwrite)
+                .map_err(anyhow::Error::msg)?;
+            ctl::patch(&ds, &kind, namespace.clone(), name, &p).await?;
+            println!("{} {name:?} labelled", kind.name);
+            Ok(())
+        }
+        Command::Bgp {
+            command: BgpCommand::Peers { address },
+        } => {
+            let status = serval_agent::status_table::fetch(*address)?;
+            print!("{}", ctl::bgp::render_peers(&status));
+            Ok(())
+        }
+        Command::Bgp {
+            command:
+                BgpCommand::Routes {
+                    address,
+                    family,
+                    prefix,
+                },
+        } => {
+            let mut path = format!("/routes?family={family}");
+            if let Some(p) = prefix {
+                path.push_str(&format!("&prefix={p}"));
+            }
+            let routes = ctl::bgp::get_json(*address, &path)?;
+            print!("{}", ctl::bgp::render_routes(&routes));
+            Ok(())
+        }
+        Command::Ipam {
+            command: IpamCommand::Show { show_blocks },
+        } => {
+            let ds = datastore(&cli).await?;
+            print!("{}", ctl::ipam::show(&ds, *show_blocks).await?);
+            Ok(())
+        }
+        Command::Ipam {
+            command: IpamCommand::Check,
+        } => {
+            let ds = datastore(&cli).await?;
+            let problems = ctl::ipam::check(&ds).await?;
+            for p in &problems {
+                println!("{p}");
+            }
+            println!("IPAM check: {} problem(s) found", problems.len());
+            if !problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Ipam {
+            command: IpamCommand::Release { ips },
+        } => {
+            let ds = datastore(&cli).await?;
+            let released = ctl::ipam::release(&ds, ips).await?;
+            for ip in ips {
+                if released.contains(ip) {
+                    println!("released {ip}");
+                } else {
+                    println!("{ip} was not allocated");
+                }
             }
             Ok(())
         }

@@ -2,6 +2,8 @@
 //! resources from YAML or JSON (several documents per file), validated before anything is
 //! written, and errors that name the file, the document and the field.
 
+pub mod bgp;
+pub mod ipam;
 pub mod kinds;
 
 use std::fmt::Write as _;
@@ -128,6 +130,67 @@ pub async fn run(
     Ok(lines)
 }
 
+/// RFC 7386 merge patch: objects merge, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// `label` arguments: `k=v` sets, `k-` removes.
+pub fn label_patch(args: &[String], existing: &Value, overwrite: bool) -> Result<Value, String> {
+    let mut labels = serde_json::Map::new();
+    for a in args {
+        if let Some(k) = a.strip_suffix('-') {
+            labels.insert(k.to_string(), Value::Null);
+        } else if let Some((k, v)) = a.split_once('=') {
+            if !overwrite && existing.get(k).is_some_and(|old| old != v) {
+                return Err(format!(
+                    "label {k:?} already has value {}; use --overwrite to change it",
+                    existing[k]
+                ));
+            }
+            labels.insert(k.to_string(), Value::String(v.to_string()));
+        } else {
+            return Err(format!("{a:?}: expected key=value or key-"));
+        }
+    }
+    Ok(serde_json::json!({"metadata": {"labels": labels}}))
+}
+
+/// Applies a merge patch to one object and writes it back (validated like any write).
+pub async fn patch(
+    ds: &Datastore<AnyBackend>,
+    kind: &Kind,
+    namespace: Option<String>,
+    name: &str,
+    patch: &Value,
+) -> Result<&'static str, CtlError> {
+    let objects = (kind.list)(ds, namespace.clone()).await?;
+    let mut current = objects
+        .into_iter()
+        .find(|o| o["metadata"]["name"].as_str() == Some(name))
+        .ok_or_else(|| DatastoreError::NotFound {
+            kind: kind.name.to_string(),
+            name: name.to_string(),
+        })?;
+    merge_patch(&mut current, patch);
+    (kind.check)(&current).map_err(|message| CtlError::Input {
+        file: "patch".into(),
+        message: format!("{} {name:?}: {message}", kind.name),
+    })?;
+    (kind.apply)(ds, current, false, true).await
+}
+
 /// `validate`'s report: every document already passed [`parse`].
 pub fn run_offline(docs: &[Document]) -> Vec<String> {
     docs.iter()
@@ -224,6 +287,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn merge_patch_and_labels() {
+        let mut v = serde_json::json!({"spec": {"cidr": "10.0.0.0/16", "natOutgoing": true}, "metadata": {"name": "p"}});
+        merge_patch(
+            &mut v,
+            &serde_json::json!({"spec": {"natOutgoing": null, "vxlanMode": "Always"}}),
+        );
+        assert_eq!(
+            v["spec"],
+            serde_json::json!({"cidr": "10.0.0.0/16", "vxlanMode": "Always"})
+        );
+        let existing = serde_json::json!({"zone": "a"});
+        let p = label_patch(&["rack=r1".into(), "old-".into()], &existing, false).unwrap();
+        assert_eq!(
+            p,
+            serde_json::json!({"metadata": {"labels": {"rack": "r1", "old": null}}})
+        );
+        assert!(
+            label_patch(&["zone=b".into()], &existing, false)
+                .unwrap_err()
+                .contains("--overwrite")
+        );
+        assert!(label_patch(&["zone=b".into()], &existing, true).is_ok());
+        assert!(label_patch(&["nonsense".into()], &existing, true).is_err());
     }
 
     #[test]

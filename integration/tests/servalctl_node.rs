@@ -61,29 +61,59 @@ fn node_status_and_bgp_details_show_established_and_idle_peers() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "IPv4 BGP status");
-    assert_eq!(lines[2], "| PEER ADDRESS | PEER TYPE         | STATE | SINCE    | INFO        |");
+    assert_eq!(
+        lines[2],
+        "| PEER ADDRESS | PEER TYPE         | STATE | SINCE    | INFO        |"
+    );
     let mesh = lines.iter().find(|l| l.contains("10.70.0.2")).unwrap();
-    assert!(mesh.contains("| node-to-node mesh | up    |") && mesh.contains("| Established |"), "{out}");
+    assert!(
+        mesh.contains("| node-to-node mesh | up    |") && mesh.contains("| Established |"),
+        "{out}"
+    );
     let idle = lines.iter().find(|l| l.contains("10.70.0.9")).unwrap();
-    assert!(idle.contains("| global") && idle.contains("| start |"), "{out}");
+    assert!(
+        idle.contains("| global") && idle.contains("| start |"),
+        "{out}"
+    );
     assert!(!idle.contains("Established"), "{out}");
-    assert!(out.contains("IPv6 BGP status\nNo IPv6 peers found."), "{out}");
+    assert!(
+        out.contains("IPv6 BGP status\nNo IPv6 peers found."),
+        "{out}"
+    );
 
     let (code, out, err) = servalctl(&a, &["bgp", "peers"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Router ID 10.70.0.1, AS 64512"), "{out}");
-    assert!(out.contains("Peer 10.70.0.2 port 179 AS 64512 (ibgp, node-to-node mesh)"), "{out}");
+    assert!(
+        out.contains("Peer 10.70.0.2 port 179 AS 64512 (ibgp, node-to-node mesh)"),
+        "{out}"
+    );
     assert!(out.contains("negotiated:   hold 90s"), "{out}");
     assert!(out.contains("4-octet AS"), "{out}");
-    assert!(out.contains("ipv4-unicast: received 1, accepted 1, advertised 1"), "{out}");
-    assert!(out.contains("Peer 10.70.0.9 port 179 AS 65000 (ebgp, global)"), "{out}");
+    assert!(
+        out.contains("ipv4-unicast: received 1, accepted 1, advertised 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Peer 10.70.0.9 port 179 AS 65000 (ebgp, global)"),
+        "{out}"
+    );
 
     let (code, out, err) = servalctl(&a, &["bgp", "routes"]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     assert_eq!(lines[0], "PREFIX FROM BEST NEXT HOP AS PATH WHY NOT BEST");
-    assert!(lines.contains(&"10.244.1.0/26 local * - i".to_string()), "{out}");
-    assert!(lines.contains(&"10.244.2.0/26 10.70.0.2 * 10.70.0.2 i".to_string()), "{out}");
+    assert!(
+        lines.contains(&"10.244.1.0/26 local * - i".to_string()),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"10.244.2.0/26 10.70.0.2 * 10.70.0.2 i".to_string()),
+        "{out}"
+    );
 
     // Nothing listening: a clear error, not a panic.
     let (code, _, err) = servalctl(&b, &["node", "status", "--address", "127.0.0.1:9"]);

@@ -208,9 +208,9 @@ mod tests {
         ]);
         assert_eq!(
             render_routes(&routes),
-            "PREFIX          FROM                 BEST   NEXT HOP   AS PATH       WHY NOT BEST\n\
-             10.244.1.0/26   10.0.0.2             *      10.0.0.2   i\n\
-             10.244.1.0/26   10.0.0.9 (stale)            10.0.0.9   65000 64512   longer AS path\n"
+            "PREFIX          FROM               BEST   NEXT HOP   AS PATH       WHY NOT BEST\n\
+             10.244.1.0/26   10.0.0.2           *      10.0.0.2   i\n\
+             10.244.1.0/26   10.0.0.9 (stale)          10.0.0.9   65000 64512   longer AS path\n"
         );
     }
 }

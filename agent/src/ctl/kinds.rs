@@ -36,6 +36,8 @@ pub struct Kind {
     pub wide_columns: &'static [(&'static str, &'static str)],
     /// Deserialises and validates an object.
     pub check: fn(&Value) -> Result<(), String>,
+    /// Parses one YAML document as this kind and, if that fails, says where (line, column).
+    pub locate: fn(&str) -> Option<(usize, usize)>,
     /// Creates and/or updates (flags: may create, may update); returns what happened.
     pub apply: ApplyFn,
     /// Deletes by namespace and name.
@@ -54,6 +56,15 @@ fn check<R: ServalResource>(v: &Value) -> Result<(), String> {
         }
     })?;
     r.validate().map_err(|e| e.to_string())
+}
+
+fn locate<R: ServalResource>(doc: &str) -> Option<(usize, usize)> {
+    let e = serde_saphyr::from_str::<R>(doc).err()?.to_string();
+    // "line L column C: ..." is how serde-saphyr starts its messages.
+    let rest = e.split("line ").nth(1)?;
+    let (line, rest) = rest.split_once(" column ")?;
+    let col: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, col.parse().ok()?))
 }
 
 fn apply<'a, R: ServalResource>(
@@ -140,6 +151,7 @@ macro_rules! kind {
             columns: $cols,
             wide_columns: $wide,
             check: check::<$t>,
+            locate: locate::<$t>,
             apply: apply::<$t>,
             delete: delete::<$t>,
             list: list::<$t>,

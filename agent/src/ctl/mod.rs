@@ -58,22 +58,71 @@ pub struct Document {
     pub index: usize,
 }
 
-/// Splits YAML (or JSON) into documents and checks each one's kind and fields.
+/// YAML documents of a file with the line each starts on (1-based).
+fn yaml_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            if !cur.trim().is_empty() {
+                docs.push((start, std::mem::take(&mut cur)));
+            }
+            cur.clear();
+            start = i + 2;
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    if !cur.trim().is_empty() {
+        docs.push((start, cur));
+    }
+    docs
+}
+
+/// The line of the first field named in a validation message (`spec.blockSize: ...`).
+fn line_of_field(doc: &str, message: &str) -> Option<usize> {
+    let path = message
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.split_once(": ").map(|(p, _)| p))
+        .filter(|p| p.contains('.') && !p.contains(' '))?;
+    let key = path.rsplit('.').next()?.split('[').next()?;
+    doc.lines()
+        .position(|l| l.contains(&format!("{key}:")))
+        .map(|i| i + 1)
+}
+
+/// Splits YAML (or JSON) into documents and checks each one's kind and fields; errors name
+/// the file, the document, the line (for YAML) and the field.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, CtlError> {
     let input = |message: String| CtlError::Input {
         file: source.to_string(),
         message,
     };
-    let values: Vec<Value> = if text.trim_start().starts_with(['{', '[']) {
+    let docs: Vec<(Option<(usize, String)>, Value)> = if text.trim_start().starts_with(['{', '[']) {
         match serde_json::from_str::<Value>(text).map_err(|e| input(e.to_string()))? {
-            Value::Array(items) => items,
-            v => vec![v],
+            Value::Array(items) => items.into_iter().map(|v| (None, v)).collect(),
+            v => vec![(None, v)],
         }
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| input(e.to_string()))?
+        let mut out = Vec::new();
+        for (i, (start, doc)) in yaml_documents(text).into_iter().enumerate() {
+            let v: Value = serde_saphyr::from_str(&doc).map_err(|e| {
+                let first = e.to_string().lines().next().unwrap_or("").to_string();
+                input(format!(
+                    "document {} (starting at line {start}): {}",
+                    i + 1,
+                    first.trim_start_matches("error: ")
+                ))
+            })?;
+            out.push((Some((start, doc)), v));
+        }
+        out
     };
     let mut out = Vec::new();
-    for (i, object) in values.into_iter().enumerate() {
+    for (i, (yaml, object)) in docs.into_iter().enumerate() {
         let index = i + 1;
         if object.is_null() {
             continue;
@@ -95,7 +144,17 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, CtlError> {
                 "document {index} ({kind_name}): apiVersion {v:?}: expected serval.dev/v1"
             )));
         }
-        (kind.check)(&object).map_err(|e| input(format!("document {index} ({kind_name}): {e}")))?;
+        if let Err(e) = (kind.check)(&object) {
+            let at = yaml.and_then(|(start, doc)| {
+                (kind.locate)(&doc)
+                    .map(|(l, c)| format!(" line {} column {c}", start + l - 1))
+                    .or_else(|| line_of_field(&doc, &e).map(|l| format!(" line {}", start + l - 1)))
+            });
+            return Err(input(format!(
+                "document {index} ({kind_name}){}: {e}",
+                at.unwrap_or_default()
+            )));
+        }
         out.push(Document {
             kind,
             object,
@@ -267,13 +326,37 @@ mod tests {
 
         let bad = "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.1/16}\n";
         let e = parse("bad.yaml", bad).unwrap_err().to_string();
-        assert!(e.starts_with("bad.yaml: document 1 (IPPool):"), "{e}");
+        assert!(
+            e.starts_with("bad.yaml: document 1 (IPPool) line 4:"),
+            "{e}"
+        );
         assert!(e.contains("spec.cidr"), "{e}");
 
         let typo =
             "kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16, natOutgonig: true}\n";
         let e = parse("typo.yaml", typo).unwrap_err().to_string();
         assert!(e.contains("natOutgonig"), "{e}");
+        assert!(
+            e.starts_with("typo.yaml: document 1 (IPPool) line 3 column"),
+            "{e}"
+        );
+
+        // Lines count from the top of the file, across documents.
+        let two = "kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\nkind: IPPool\nmetadata:\n  name: b\nspec:\n  cidr: 10.2.0.0/16\n  blockSize: 40\n";
+        let e = parse("two.yaml", two).unwrap_err().to_string();
+        assert!(
+            e.starts_with("two.yaml: document 2 (IPPool) line 10:"),
+            "{e}"
+        );
+        assert!(e.contains("spec.blockSize"), "{e}");
+        let wrong_type =
+            "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  blockSize: big\n";
+        let e = parse("t.yaml", wrong_type).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.yaml: document 1 (IPPool) line 5 column"),
+            "{e}"
+        );
+        assert!(e.contains("spec.blockSize"), "{e}");
 
         let e = parse("x.yaml", "kind: Frobnicator\n")
             .unwrap_err()

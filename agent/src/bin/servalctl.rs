@@ -27,6 +27,9 @@ struct Cli {
     /// Comma-separated etcd endpoints.
     #[arg(long, env = "ETCD_ENDPOINTS", global = true)]
     etcd_endpoints: Option<String>,
+    /// Kubeconfig for the Kubernetes datastore (default: in-cluster, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -191,11 +194,14 @@ async fn datastore(cli: &Cli) -> anyhow::Result<Datastore<AnyBackend>> {
                     .with_context(|| format!("connecting to etcd at {}", eps.join(",")))?,
             ))
         }
-        "kubernetes" => AnyBackend::Kubernetes(
-            KubeBackend::connect()
+        "kubernetes" => AnyBackend::Kubernetes(match &cli.kubeconfig {
+            Some(path) if !path.is_empty() => KubeBackend::connect_with(path)
                 .await
-                .context("connecting to the Kubernetes API (KUBECONFIG)")?,
-        ),
+                .with_context(|| format!("connecting to the Kubernetes API with {path}"))?,
+            _ => KubeBackend::connect()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster or ~/.kube/config)")?,
+        }),
         other => bail!("DATASTORE_TYPE {other:?}: expected kubernetes or etcdv3"),
     };
     Ok(Datastore::new(backend))

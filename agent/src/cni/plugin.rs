@@ -78,13 +78,9 @@ pub async fn connect(conf: &NetConf) -> Result<Datastore<AnyBackend>, CniError> 
 }
 
 async fn kube_from_file(path: &str) -> Result<AnyBackend, DatastoreError> {
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(DatastoreError::backend)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(DatastoreError::backend)?;
-    let client = kube::Client::try_from(config).map_err(DatastoreError::backend)?;
-    Ok(AnyBackend::Kubernetes(KubeBackend::new(client)))
+    KubeBackend::connect_with(path)
+        .await
+        .map(AnyBackend::Kubernetes)
 }
 
 /// This node's name: the configuration, else the file serval-node writes, else the hostname.

@@ -74,6 +74,18 @@ impl KubeBackend {
         Self { client }
     }
 
+    /// Connects with an explicit kubeconfig file.
+    pub async fn connect_with(kubeconfig: &str) -> Result<Self, DatastoreError> {
+        let kc =
+            kube::config::Kubeconfig::read_from(kubeconfig).map_err(DatastoreError::backend)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(DatastoreError::backend)?;
+        let client = kube::Client::try_from(config).map_err(DatastoreError::backend)?;
+        Ok(Self { client })
+    }
+
     /// Connects using the environment: in-cluster config or `KUBECONFIG`.
     pub async fn connect() -> Result<Self, DatastoreError> {
         let client = kube::Client::try_default()

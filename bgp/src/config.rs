@@ -140,14 +140,53 @@ pub struct PeerConfig {
     /// Treat this iBGP peer as a route-reflector client (needs a cluster ID).
     #[serde(default)]
     pub route_reflector_client: bool,
-    /// Advertise the graceful-restart capability with this restart time (seconds,
-    /// 0..=4095). Only the capability for now: stale-route handling arrives with the
-    /// graceful-restart behaviour, so forwarding-preserved is never claimed.
+    /// Graceful restart (RFC 4724) with this restart time (seconds, 0..=4095): the
+    /// capability is advertised with forwarding preserved, and this peer's routes are kept
+    /// stale when its session drops without a NOTIFICATION.
     #[serde(default)]
     pub graceful_restart_time: Option<u16>,
+    /// TCP-MD5 password (RFC 2385); the peer must use the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+    /// GTSM (RFC 5082): the peer is at most this many hops away. We send with TTL 255 and
+    /// drop what arrives with a TTL below 256 − hops.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    /// A limit on the prefixes the peer may send, per family.
+    #[serde(default)]
+    pub max_prefix: Option<MaxPrefix>,
     /// Free text shown in status output.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// A TCP-MD5 password; never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// What happens when a peer sends more prefixes than allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaxPrefix {
+    /// Prefixes per family.
+    pub limit: u32,
+    /// Only log (and flag in status); keep the session.
+    #[serde(default)]
+    pub warning_only: bool,
+    /// Seconds before the session is tried again after a tear-down.
+    #[serde(default = "default_max_prefix_restart")]
+    pub restart_seconds: u64,
+}
+
+fn default_max_prefix_restart() -> u64 {
+    30
 }
 
 impl PeerConfig {
@@ -167,6 +206,9 @@ impl PeerConfig {
             families: default_families(),
             route_reflector_client: false,
             graceful_restart_time: None,
+            password: None,
+            ttl_security: None,
+            max_prefix: None,
             description: None,
         }
     }
@@ -191,6 +233,27 @@ impl PeerConfig {
             return Err(format!(
                 "peer {who}: connectRetryTime must be at least 1 second"
             ));
+        }
+        if let Some(p) = &self.password
+            && (p.0.is_empty() || p.0.len() > crate::sockopt::MD5_MAX_KEY)
+        {
+            return Err(format!(
+                "peer {who}: password must be 1..={} bytes (TCP-MD5)",
+                crate::sockopt::MD5_MAX_KEY
+            ));
+        }
+        if let Some(hops) = self.ttl_security {
+            if hops == 0 || hops == 255 {
+                return Err(format!("peer {who}: ttlSecurity must be 1..=254 hops"));
+            }
+            if self.multihop.is_some() {
+                return Err(format!(
+                    "peer {who}: ttlSecurity and multihop exclude each other (TTL security always sends 255)"
+                ));
+            }
+        }
+        if self.max_prefix.as_ref().is_some_and(|m| m.limit == 0) {
+            return Err(format!("peer {who}: maxPrefix.limit must be at least 1"));
         }
         if self.families.is_empty() {
             return Err(format!(
@@ -220,11 +283,20 @@ impl PeerConfig {
 
     /// The TTL our packets to this peer carry.
     pub fn ttl(&self, local_as: u32) -> u8 {
+        if self.ttl_security.is_some() {
+            return 255;
+        }
         match self.multihop {
             Some(ttl) => ttl,
             None if self.is_ebgp(local_as) => 1,
             None => 255,
         }
+    }
+
+    /// GTSM's minimum TTL for packets from the peer, when TTL security is on.
+    pub fn min_ttl(&self) -> Option<u8> {
+        self.ttl_security
+            .map(|hops| 255u8.saturating_sub(hops.saturating_sub(1)))
     }
 
     /// Whether a change from `self` to `other` needs the session restarted.

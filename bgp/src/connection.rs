@@ -53,6 +53,8 @@ pub(crate) enum Input {
     Closed { peer: PeerId, serial: u64 },
     /// A peer's graceful-restart time ran out (its stale routes go).
     StaleExpired { peer: PeerId, serial: u64 },
+    /// Start a peer again (after a max-prefix tear-down's restart delay).
+    Restart { peer: PeerId },
     /// A timer ran out.
     TimerFired {
         peer: PeerId,
@@ -100,6 +102,10 @@ pub(crate) struct ConnectParams {
     pub source: Option<IpAddr>,
     pub ttl: u8,
     pub timeout: Duration,
+    /// TCP-MD5 key for the session.
+    pub md5: Option<Vec<u8>>,
+    /// GTSM minimum TTL for packets from the peer.
+    pub min_ttl: Option<u8>,
 }
 
 fn set_ttl(sock: SockRef<'_>, v6: bool, ttl: u8) -> io::Result<()> {
@@ -110,10 +116,16 @@ fn set_ttl(sock: SockRef<'_>, v6: bool, ttl: u8) -> io::Result<()> {
     }
 }
 
-/// Sets the TTL of an accepted connection to what the peer's session needs.
-pub(crate) fn set_stream_ttl(stream: &TcpStream, ttl: u8) -> io::Result<()> {
+/// Sets the TTL of an accepted connection to what the peer's session needs, and the GTSM
+/// minimum TTL when TTL security is on.
+pub(crate) fn set_stream_ttl(stream: &TcpStream, ttl: u8, min_ttl: Option<u8>) -> io::Result<()> {
     let v6 = stream.local_addr()?.is_ipv6();
-    set_ttl(SockRef::from(stream), v6, ttl)
+    set_ttl(SockRef::from(stream), v6, ttl)?;
+    if let Some(min) = min_ttl {
+        use std::os::fd::AsRawFd;
+        crate::sockopt::set_min_ttl(stream.as_raw_fd(), min)?;
+    }
+    Ok(())
 }
 
 async fn connect(p: &ConnectParams) -> io::Result<TcpStream> {
@@ -123,6 +135,15 @@ async fn connect(p: &ConnectParams) -> io::Result<TcpStream> {
         TcpSocket::new_v4()?
     };
     set_ttl(SockRef::from(&socket), p.remote.is_ipv6(), p.ttl)?;
+    {
+        use std::os::fd::AsRawFd;
+        if let Some(key) = &p.md5 {
+            crate::sockopt::set_md5_key(socket.as_raw_fd(), p.remote.ip(), Some(key))?;
+        }
+        if let Some(min) = p.min_ttl {
+            crate::sockopt::set_min_ttl(socket.as_raw_fd(), min)?;
+        }
+    }
     socket.set_nodelay(true)?;
     if let Some(src) = p.source {
         socket.bind(SocketAddr::new(src, 0))?;

@@ -167,6 +167,15 @@ pub enum DownReason {
     Stopped,
 }
 
+/// Why a stop ends a session: an operator's stop, or (max-prefix) a NOTIFICATION we had to send.
+fn stop_reason(subcode: u8) -> DownReason {
+    if subcode == crate::packet::error::cease_subcode::MAX_PREFIXES {
+        DownReason::NotificationSent { code: 6, subcode }
+    } else {
+        DownReason::Stopped
+    }
+}
+
 /// Inputs to the FSM, named after RFC 4271 §8.1's events.
 // UPDATE is the message that matters; boxing it would add an allocation per message.
 #[allow(clippy::large_enum_variant)]
@@ -377,10 +386,10 @@ impl Fsm {
                     dir,
                     Message::Notification(NotificationError::cease(subcode).into()),
                 ));
-                self.drop_conn(dir, DownReason::Stopped, out);
+                self.drop_conn(dir, stop_reason(subcode), out);
             }
         }
-        self.last_error = Some(DownReason::Stopped);
+        self.last_error = Some(stop_reason(subcode));
     }
 
     /// Removes a connection; returns whether it was the established one.

@@ -22,5 +22,6 @@ pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;
+mod sockopt;
 pub mod speaker;
 pub mod status;

@@ -82,6 +82,9 @@ pub struct PeerStatus {
     /// Families whose routes from this peer are held stale (graceful restart in progress).
     #[serde(default)]
     pub stale_families: Vec<Family>,
+    /// The peer sent more prefixes than its max-prefix limit.
+    #[serde(default)]
+    pub max_prefix_exceeded: bool,
 }
 
 /// Prefix counters of one peer in one family.

@@ -134,7 +134,8 @@ impl Speaker {
     fn import(&mut self, id: PeerId, prefix: IpNet, attrs: &std::sync::Arc<PathAttributes>) {
         let family = Family::of(&prefix);
         let entry = &self.peers[&id];
-        if !entry.has_family(family) {
+        // A session torn down mid-UPDATE (max-prefix) takes nothing more from it.
+        if !entry.has_family(family) || entry.session.is_none() {
             return;
         }
         let verdict = self.policy.import(&entry.policy_peer(), prefix, attrs);
@@ -165,5 +166,51 @@ impl Speaker {
             entry.accepted[family_index(family)] += 1;
             entry.filtered.remove(&prefix);
         }
+        let count = entry.accepted[family_index(family)];
+        if let Some(mp) = entry.cfg.max_prefix.clone()
+            && count > mp.limit as usize
+        {
+            self.max_prefix_exceeded(id, family, &mp, count);
+        }
+    }
+
+    /// RFC 4271 §8 / RFC 4486: warn, or send Cease "Maximum Number of Prefixes Reached" and
+    /// try again after the configured delay.
+    fn max_prefix_exceeded(
+        &mut self,
+        id: PeerId,
+        family: Family,
+        mp: &crate::config::MaxPrefix,
+        count: usize,
+    ) {
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if entry.max_prefix_tripped {
+            return;
+        }
+        entry.max_prefix_tripped = true;
+        if mp.warning_only {
+            entry.span.in_scope(|| {
+                tracing::warn!(%family, count, limit = mp.limit, "max-prefix limit exceeded (warning only)")
+            });
+            return;
+        }
+        entry.span.in_scope(|| {
+            tracing::warn!(%family, count, limit = mp.limit, restart_seconds = mp.restart_seconds,
+                "max-prefix limit exceeded: tearing the session down")
+        });
+        self.fsm_event(
+            id,
+            crate::fsm::Event::Stop(crate::packet::error::cease_subcode::MAX_PREFIXES),
+        );
+        let tx = self.input_tx.clone();
+        let delay = std::time::Duration::from_secs(mp.restart_seconds);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx
+                .send(crate::connection::Input::Restart { peer: id })
+                .await;
+        });
     }
 }

@@ -117,6 +117,8 @@ pub(crate) struct Speaker {
     input_tx: mpsc::Sender<Input>,
     input_rx: Option<mpsc::Receiver<Input>>,
     listener: Option<JoinHandle<()>>,
+    /// The listening socket, for per-peer TCP-MD5 keys (lives as long as `listener`).
+    listener_fd: Option<std::os::fd::RawFd>,
     updates_since_sweep: u64,
 }
 
@@ -126,11 +128,13 @@ impl Speaker {
         policy: Arc<dyn RoutePolicy>,
     ) -> Result<Speaker, SpeakerError> {
         let (input_tx, input_rx) = mpsc::channel(4096);
+        let mut listener_fd = None;
         let listener = match cfg.listen_address {
             Some(ip) => {
                 let addr = SocketAddr::new(ip, cfg.listen_port);
                 let l = connection::bind_listener(addr)
                     .map_err(|source| SpeakerError::Listen { addr, source })?;
+                listener_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&l));
                 Some(connection::spawn_listener(l, input_tx.clone()))
             }
             None => None,
@@ -159,6 +163,7 @@ impl Speaker {
             input_tx,
             input_rx: Some(input_rx),
             listener,
+            listener_fd,
             updates_since_sweep: 0,
         })
     }
@@ -266,6 +271,14 @@ impl Speaker {
         }
         let id = self.next_peer_id;
         self.next_peer_id += 1;
+        if let (Some(fd), Some(pw)) = (self.listener_fd, &cfg.password)
+            && let Err(e) = crate::sockopt::set_md5_key(fd, cfg.address, Some(pw.0.as_bytes()))
+        {
+            return Err(SpeakerError::Config(format!(
+                "peer {}: cannot install the TCP-MD5 key: {e}",
+                cfg.address
+            )));
+        }
         self.by_addr.insert(cfg.address, id);
         let entry = PeerEntry::new(id, cfg, &self.cfg);
         entry
@@ -306,6 +319,9 @@ impl Speaker {
                 conn.close();
             }
             self.by_addr.remove(&entry.cfg.address);
+            if let (Some(fd), Some(_)) = (self.listener_fd, &entry.cfg.password) {
+                let _ = crate::sockopt::set_md5_key(fd, entry.cfg.address, None);
+            }
             entry.span.in_scope(|| tracing::info!("peer removed"));
         }
         self.sources.remove(&id);
@@ -430,7 +446,7 @@ impl Speaker {
                     return;
                 }
                 let ttl = entry.cfg.ttl(self.cfg.as_number);
-                if let Err(e) = connection::set_stream_ttl(&stream, ttl) {
+                if let Err(e) = connection::set_stream_ttl(&stream, ttl, entry.cfg.min_ttl()) {
                     tracing::warn!(error = %e, "cannot set TTL on accepted connection");
                 }
                 self.attach(id, Direction::Incoming, stream);
@@ -481,6 +497,15 @@ impl Speaker {
                 }
             }
             Input::StaleExpired { peer, serial } => self.on_stale_expired(peer, serial),
+            Input::Restart { peer } => {
+                if let Some(entry) = self.peers.get_mut(&peer) {
+                    entry.max_prefix_tripped = false;
+                    entry
+                        .span
+                        .in_scope(|| tracing::info!("restarting after the max-prefix delay"));
+                    self.fsm_event(peer, Event::Start);
+                }
+            }
             Input::TimerFired {
                 peer,
                 timer,
@@ -562,6 +587,8 @@ impl Speaker {
                     source: entry.cfg.source_address,
                     ttl: entry.cfg.ttl(local_as),
                     timeout: entry.cfg.connect_retry().max(Duration::from_secs(1)),
+                    md5: entry.cfg.password.as_ref().map(|p| p.0.as_bytes().to_vec()),
+                    min_ttl: entry.cfg.min_ttl(),
                 };
                 if let Some(t) = entry.connect_task.take() {
                     t.abort();
@@ -753,6 +780,7 @@ impl Speaker {
             established_transitions: p.established_transitions,
             end_of_rib_received: sorted(&p.eor_received),
             stale_families: sorted(&p.stale_families),
+            max_prefix_exceeded: p.max_prefix_tripped,
         }
     }
 

@@ -53,6 +53,8 @@ pub(crate) struct PeerEntry {
     pub stale_families: HashSet<Family>,
     /// Families for which the current session sent End-of-RIB.
     pub eor_received: HashSet<Family>,
+    /// The max-prefix limit was exceeded (warning given, or session torn down and waiting).
+    pub max_prefix_tripped: bool,
 }
 
 impl PeerEntry {
@@ -108,6 +110,7 @@ impl PeerEntry {
             stale_timer: None,
             stale_families: HashSet::new(),
             eor_received: HashSet::new(),
+            max_prefix_tripped: false,
         }
     }
 

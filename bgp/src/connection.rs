@@ -121,6 +121,11 @@ fn set_ttl(sock: SockRef<'_>, v6: bool, ttl: u8) -> io::Result<()> {
 pub(crate) fn set_stream_ttl(stream: &TcpStream, ttl: u8, min_ttl: Option<u8>) -> io::Result<()> {
     let v6 = stream.local_addr()?.is_ipv6();
     set_ttl(SockRef::from(stream), v6, ttl)?;
+    // On the dual-stack listener an IPv4 peer arrives v4-mapped: its packets follow IP_TTL,
+    // not the IPv6 hop limit.
+    if v6 {
+        let _ = SockRef::from(stream).set_ttl_v4(u32::from(ttl));
+    }
     if let Some(min) = min_ttl {
         use std::os::fd::AsRawFd;
         crate::sockopt::set_min_ttl(stream.as_raw_fd(), min)?;
@@ -183,6 +188,13 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         SockRef::from(&socket).set_only_v6(false)?;
     }
     socket.set_reuseaddr(true)?;
+    // The kernel answers a SYN from the listening socket, before any per-peer TTL is set on
+    // the accepted one: send those SYN-ACKs with 255 so GTSM peers (RFC 5082) accept them.
+    // Each accepted session then gets its own peer's TTL.
+    set_ttl(SockRef::from(&socket), addr.is_ipv6(), 255)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        let _ = SockRef::from(&socket).set_ttl_v4(255);
+    }
     socket.bind(addr)?;
     socket.listen(128)
 }

@@ -50,7 +50,7 @@ pub struct DesiredPeer {
     pub config: PeerConfig,
     /// Where it came from.
     pub peer_type: PeerType,
-    /// Settings the speaker cannot honour yet (MD5, TTL security, local AS), for a warning.
+    /// Settings not honoured yet (the MD5 key from its Secret, local AS), for a warning.
     pub unsupported: Vec<String>,
 }
 
@@ -319,10 +319,8 @@ fn session(
     };
     let mut unsupported = Vec::new();
     if spec.password.is_some() {
-        unsupported.push("password (TCP-MD5)".to_string());
-    }
-    if spec.ttl_security.is_some() {
-        unsupported.push("ttlSecurity".to_string());
+        // The speaker does TCP-MD5; reading the key from its Secret is not wired yet.
+        unsupported.push("password (TCP-MD5) from a Secret".to_string());
     }
     if spec.local_as_number.is_some() {
         unsupported.push("localASNumber".to_string());
@@ -341,6 +339,8 @@ fn session(
     };
     pc.graceful_restart_time = seconds(spec.max_restart_time.as_deref());
     pc.keepalive_time = seconds(spec.keepalive_time.as_deref());
+    // Calico's ttlSecurity is the hop count (GTSM).
+    pc.ttl_security = spec.ttl_security.filter(|h| *h > 0);
     // A reflector treats iBGP nodes outside its cluster as clients.
     pc.route_reflector_client = me.cluster_id.is_some()
         && as_number == me.as_number

@@ -101,7 +101,7 @@ fn global_and_node_specific_peers() {
         peers: vec![
             peer("{peerIP: 192.0.2.1, asNumber: 65100, keepOriginalNextHop: true}"),
             peer(
-                "{node: n3, peerIP: '192.0.2.9:1790', asNumber: 65200, password: {secretKeyRef: {name: s, key: k}}}",
+                "{node: n3, peerIP: '192.0.2.9:1790', asNumber: 65200, ttlSecurity: 2, password: {secretKeyRef: {name: s, key: k}}}",
             ),
             peer("{nodeSelector: \"rack == 'b'\", peerIP: 192.0.2.5, asNumber: 65300}"),
         ],
@@ -115,7 +115,8 @@ fn global_and_node_specific_peers() {
     assert_eq!(addrs(&p3), ["192.0.2.1", "192.0.2.9"]);
     assert_eq!(p3[1].peer_type, PeerType::NodeSpecific);
     assert_eq!(p3[1].config.port, 1790);
-    assert_eq!(p3[1].unsupported, ["password (TCP-MD5)"]);
+    assert_eq!(p3[1].unsupported, ["password (TCP-MD5) from a Secret"]);
+    assert_eq!(p3[1].config.ttl_security, Some(2));
 }
 
 #[test]

@@ -96,11 +96,11 @@ fn get(t: &Topology, node: &str, path: &str) -> Result<serde_json::Value, String
     serde_json::from_str(&out).map_err(|e| e.to_string())
 }
 
+/// One learned path: (peer, ORIGINATOR_ID, CLUSTER_LIST).
+type PathSeen = (String, String, Vec<String>);
+
 /// Prefixes learned from peers, each with its (peer, originatorId, clusterList) paths.
-fn learned(
-    t: &Topology,
-    node: &str,
-) -> Result<Vec<(String, Vec<(String, String, Vec<String>)>)>, String> {
+fn learned(t: &Topology, node: &str) -> Result<Vec<(String, Vec<PathSeen>)>, String> {
     let routes = get(t, node, "/routes?family=ipv4-unicast")?;
     Ok(routes
         .as_array()
@@ -108,7 +108,7 @@ fn learned(
         .unwrap_or_default()
         .iter()
         .filter_map(|r| {
-            let paths: Vec<(String, String, Vec<String>)> = r["paths"]
+            let paths: Vec<PathSeen> = r["paths"]
                 .as_array()?
                 .iter()
                 .filter(|p| p["peer"].is_string())

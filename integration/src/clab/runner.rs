@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use super::topology::{NodeSpec, Topology};
 
+static TMP_NAMES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Where labs keep their state.
 pub const STATE_ROOT: &str = "/run/serval-lab";
 
@@ -225,11 +227,11 @@ fn build(topo: &Topology) -> Result<(), LabError> {
             )?;
         }
     }
-    for (i, l) in topo.links.iter().enumerate() {
-        let tmp = [
-            format!("svlab{}a{i}", std::process::id() % 10000),
-            format!("svlab{}b{i}", std::process::id() % 10000),
-        ];
+    for l in &topo.links {
+        // Temporary names in the host namespace must be unique across labs built at once.
+        let n = TMP_NAMES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10000;
+        let pid = std::process::id() % 10000;
+        let tmp = [format!("svl{pid}a{n}"), format!("svl{pid}b{n}")];
         let what = format!(
             "link {}:{} — {}:{}",
             l.ends[0].0, l.ends[0].1, l.ends[1].0, l.ends[1].1

@@ -270,6 +270,34 @@ pub fn endpoint(w: &WorkloadEndpoint) -> Endpoint {
     }
 }
 
+/// Overlays what the Kubernetes Pod says (labels, named container ports) on its endpoint:
+/// in the Kubernetes datastore the Pod is the truth for both.
+pub fn apply_pod(e: &mut Endpoint, pod: &k8s_openapi::api::core::v1::Pod) {
+    e.labels.extend(pod.labels().clone());
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        for p in c.ports.iter().flatten() {
+            let (Some(name), Ok(port)) = (&p.name, u16::try_from(p.container_port)) else {
+                continue;
+            };
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let Some(protocol) = protocol_number(&IntOrString::String(proto)) else {
+                continue;
+            };
+            if !e
+                .ports
+                .iter()
+                .any(|x| x.name == *name && x.protocol == protocol)
+            {
+                e.ports.push(NamedPort {
+                    name: name.clone(),
+                    protocol,
+                    port,
+                });
+            }
+        }
+    }
+}
+
 /// A namespace's labels, with Kubernetes' automatic name label.
 pub fn namespace_labels(ns: &Namespace) -> Labels {
     let mut l = ns.labels().clone();

@@ -284,3 +284,29 @@ fn bad_selectors_are_errors_not_panics() {
     let e = k8s_policy(&serde_json::from_value(bad).unwrap()).unwrap_err();
     assert!(e.contains("Sometimes"), "{e}");
 }
+
+#[test]
+fn pod_labels_and_named_ports_come_from_the_kubernetes_pod() {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "x", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]}
+    }))
+    .unwrap();
+    let mut e = ep("x", "web", "10.0.1.9");
+    apply_pod(&mut e, &pod);
+    assert_eq!(e.labels["app"], "web");
+    assert_eq!(e.labels["pod"], "web", "the endpoint's own labels stay");
+    assert!(e.ports.contains(&NamedPort {
+        name: "http".into(),
+        protocol: TCP,
+        port: 8080
+    }));
+    assert!(e.ports.contains(&NamedPort {
+        name: "dns".into(),
+        protocol: UDP,
+        port: 53
+    }));
+}

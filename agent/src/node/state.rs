@@ -24,7 +24,7 @@ use crate::resources::{
     BGPConfiguration, BGPPeer, BlockAffinity, EncapMode, GlobalNetworkPolicy, IPPool,
     NetworkPolicy, Node, ServalResource, WorkloadEndpoint,
 };
-use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use serval_policy::compile::PolicyInputs;
 
@@ -41,6 +41,7 @@ pub fn watched_kinds() -> Vec<KindInfo> {
         KindInfo::of::<GlobalNetworkPolicy>(),
         KindInfo::of::<K8sNetworkPolicy>(),
         KindInfo::of::<K8sNamespace>(),
+        KindInfo::of::<K8sPod>(),
     ]
 }
 
@@ -57,6 +58,9 @@ pub struct ClusterState {
     global_policies: BTreeMap<String, GlobalNetworkPolicy>,
     k8s_policies: BTreeMap<String, K8sNetworkPolicy>,
     namespaces: BTreeMap<String, K8sNamespace>,
+    /// Kubernetes Pods (Kubernetes datastore): their labels and named ports apply to their
+    /// endpoints, so a `kubectl label pod` reaches policy.
+    pods: BTreeMap<String, K8sPod>,
     /// BGP best paths learned from peers: prefix → next hops.
     remote: BTreeMap<IpNet, Vec<IpAddr>>,
 }
@@ -88,6 +92,7 @@ impl ClusterState {
                     "NetworkPolicy" => upsert(&mut self.policies, o),
                     "GlobalNetworkPolicy" => upsert(&mut self.global_policies, o),
                     "Namespace" => upsert(&mut self.namespaces, o),
+                    "Pod" => upsert(&mut self.pods, o),
                     "BGPConfiguration" => upsert(&mut self.configs, o),
                     "BGPPeer" => upsert(&mut self.peers, o),
                     "Node" => upsert(&mut self.nodes, o),
@@ -114,6 +119,7 @@ impl ClusterState {
                     "NetworkPolicy" => self.policies.remove(&k).is_some(),
                     "GlobalNetworkPolicy" => self.global_policies.remove(&k).is_some(),
                     "Namespace" => self.namespaces.remove(&k).is_some(),
+                    "Pod" => self.pods.remove(&k).is_some(),
                     "BGPConfiguration" => self.configs.remove(&k).is_some(),
                     "BGPPeer" => self.peers.remove(&k).is_some(),
                     "Node" => self.nodes.remove(&k).is_some(),
@@ -193,7 +199,10 @@ impl ClusterState {
         use crate::calc::policy as cp;
         let mut inputs = PolicyInputs::default();
         for w in self.endpoints.values() {
-            let e = cp::endpoint(w);
+            let mut e = cp::endpoint(w);
+            if let Some(pod) = self.pods.get(&format!("{}/{}", e.namespace, e.name)) {
+                cp::apply_pod(&mut e, pod);
+            }
             if w.spec.node == me {
                 inputs.local.push(e);
             } else {
@@ -544,6 +553,24 @@ mod tests {
             ]),
             "the pod in a's own block is covered by the block; the borrowed one is not"
         );
+    }
+
+    #[test]
+    fn a_kubernetes_pod_label_change_reaches_policy_inputs() {
+        let mut s = cluster("Never");
+        assert!(s.apply(&SyncEvent::Upsert {
+            kind: KindInfo::of::<K8sPod>(),
+            object: json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"role":"frontend"}}}),
+        }));
+        let inputs = s.policy_inputs("a");
+        let web = inputs.local.iter().find(|e| e.name == "web").unwrap();
+        assert_eq!(web.labels["role"], "frontend");
+        assert!(s.apply(&SyncEvent::Delete {
+            kind: KindInfo::of::<K8sPod>(),
+            namespace: Some("prod".into()),
+            name: "web".into(),
+        }));
+        assert!(!s.policy_inputs("a").local[0].labels.contains_key("role"));
     }
 
     #[test]

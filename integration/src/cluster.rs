@@ -40,7 +40,8 @@ pub struct Cluster {
     /// The datastore, from the test's side.
     pub ds: Datastore<EtcdBackend>,
     scratch: Scratch,
-    _etcd: EtcdServer,
+    /// The cluster's etcd (tests stop and restart it).
+    pub etcd: EtcdServer,
 }
 
 /// How the cross-subnet path is encapsulated.
@@ -131,9 +132,14 @@ impl Cluster {
 
     /// Every pod pings every other pod and fetches from its TCP server.
     pub fn all_pairs_reach(&self, what: &str) {
+        self.pairs_reach(what, |_, _| true);
+    }
+
+    /// Like [`Cluster::all_pairs_reach`], for the pairs of node indexes `which` accepts.
+    pub fn pairs_reach(&self, what: &str, which: impl Fn(usize, usize) -> bool) {
         for (ni, from_name, from, _) in &self.pods {
             for (nj, to_name, _, to_ip) in &self.pods {
-                if from_name == to_name {
+                if from_name == to_name || !which(*ni, *nj) {
                     continue;
                 }
                 eventually(
@@ -257,7 +263,7 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
         router,
         ds,
         scratch,
-        _etcd: etcd,
+        etcd,
     };
     for i in 0..3 {
         c.start_agent(i);

@@ -278,6 +278,38 @@ async fn scenario(test: &str, encap: Encap) {
         },
         || c.logs(),
     );
+
+    // etcd goes down: existing pod traffic is untouched. When it is back, the agents'
+    // syncers resume and a new pod (CNI needs etcd) is reachable, policy programmed.
+    c.etcd.kill();
+    c.all_pairs_reach("while etcd is down");
+    c.etcd.restart();
+    let new_ip = c.add_pod(2, "c-after-etcd");
+    let from_a = &c.pods.iter().find(|p| p.0 == 0).unwrap().2;
+    eventually(
+        "a pod on node-a reaches the pod created after etcd came back",
+        Duration::from_secs(60),
+        || {
+            from_a
+                .tcp_fetch(SocketAddr::new(new_ip, 8080))
+                .map_err(|e| e.to_string())
+        },
+        || c.logs(),
+    );
+
+    // node-c's link goes down: a↔b traffic keeps working meanwhile; after the link comes
+    // back every pair works again (the sessions ride it out on TCP retransmission).
+    c.nodes[2].ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    c.pairs_reach("a and b while node-c's link is down", |i, j| {
+        i != 2 && j != 2
+    });
+    c.nodes[2].ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    c.nodes[2]
+        .ns
+        .ip(&["route", "replace", "default", "via", "192.168.2.1"])
+        .unwrap();
+    c.all_pairs_reach("after node-c's link came back");
+
     for n in &mut c.nodes {
         if let Some(a) = n.agent.as_mut() {
             assert!(a.running(), "agent {} died:\n{}", n.name, a.log_tail(40));

@@ -168,6 +168,31 @@ protocol bgp v6peer {{
         }
     }
 
+    /// Starts BIRD in graceful-restart recovery (`-R`): it tells its peers it restarted
+    /// with forwarding kept, as a BIRD restarted by its supervisor does.
+    pub fn start_recovering(&mut self) {
+        let conf = self.dir.join("bird.conf");
+        let sock = self.dir.join("bird.ctl");
+        let pid = self.dir.join("bird.pid");
+        let args = [
+            "bird",
+            "-f",
+            "-R",
+            "-c",
+            conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+            "-P",
+            pid.to_str().unwrap(),
+        ];
+        self.daemon = Some(Daemon::start(self.ns, "bird", &args, self.dir).expect("start bird"));
+    }
+
+    /// Runs a `birdc` command.
+    pub fn birdc(&self, cmd: &str) -> String {
+        self.ctl(cmd)
+    }
+
     fn ctl(&self, cmd: &str) -> String {
         let sock = self.dir.join("bird.ctl");
         let mut args = vec!["birdc", "-s", sock.to_str().expect("utf-8 path")];

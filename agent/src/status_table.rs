@@ -1,31 +1,16 @@
 //! `serval-node status`: the peer table Calico users know from `calicoctl node status`,
 //! read from the local status endpoint.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
 
 use serval_bgp::fsm::State;
 use serval_bgp::status::{PeerStatus, Status};
 
 /// Fetches `/status` from a local speaker or agent.
 pub fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-        anyhow::anyhow!("cannot reach the status endpoint at {addr}: {e} (is serval-node running?)")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /status HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{addr}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(serde_json::from_str(body)?)
+    Ok(serde_json::from_value(crate::ctl::bgp::get_json(
+        addr, "/status",
+    )?)?)
 }
 
 fn hms(now_unix: u64, ago: u64) -> String {

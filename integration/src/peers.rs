@@ -171,20 +171,25 @@ protocol bgp v6peer {{
     /// Starts BIRD in graceful-restart recovery (`-R`): it tells its peers it restarted
     /// with forwarding kept, as a BIRD restarted by its supervisor does.
     pub fn start_recovering(&mut self) {
+        self.spawn(true);
+    }
+
+    fn spawn(&mut self, recovering: bool) {
         let conf = self.dir.join("bird.conf");
         let sock = self.dir.join("bird.ctl");
         let pid = self.dir.join("bird.pid");
-        let args = [
-            "bird",
-            "-f",
-            "-R",
+        let mut args = vec!["bird", "-f"];
+        if recovering {
+            args.push("-R");
+        }
+        args.extend([
             "-c",
             conf.to_str().unwrap(),
             "-s",
             sock.to_str().unwrap(),
             "-P",
             pid.to_str().unwrap(),
-        ];
+        ]);
         self.daemon = Some(Daemon::start(self.ns, "bird", &args, self.dir).expect("start bird"));
     }
 
@@ -241,20 +246,7 @@ impl RefRouter for Bird<'_> {
         65002
     }
     fn start(&mut self) {
-        let conf = self.dir.join("bird.conf");
-        let sock = self.dir.join("bird.ctl");
-        let pid = self.dir.join("bird.pid");
-        let args = [
-            "bird",
-            "-f",
-            "-c",
-            conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-            "-P",
-            pid.to_str().unwrap(),
-        ];
-        self.daemon = Some(Daemon::start(self.ns, "bird", &args, self.dir).expect("start bird"));
+        self.spawn(false);
     }
     fn take_daemon(&mut self) -> Option<Daemon> {
         self.daemon.take()

@@ -177,19 +177,7 @@ pub fn render_routes(routes: &Value) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("   ").trim_end());
-    }
-    out
+    super::aligned(&rows)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! of vanished nodes, affinities without blocks), and releasing one address by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -18,23 +17,6 @@ type Ds = Datastore<AnyBackend>;
 
 fn size(net: &IpNet) -> u128 {
     1u128 << (u32::from(net.max_prefix_len() - net.prefix_len())).min(127)
-}
-
-fn table(rows: Vec<Vec<String>>) -> String {
-    let n = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..n)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("   ").trim_end());
-    }
-    out
 }
 
 fn pct(used: u128, total: u128) -> String {
@@ -95,7 +77,7 @@ pub async fn show(ds: &Ds, blocks: bool) -> Result<String, CtlError> {
             rows.extend(pool_rows);
         }
     }
-    Ok(table(rows))
+    Ok(super::aligned(&rows))
 }
 
 /// The problems `check` finds (empty: consistent).

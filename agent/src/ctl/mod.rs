@@ -297,12 +297,20 @@ pub fn table(kind: &Kind, objects: &[Value], wide: bool) -> String {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    aligned(&rows)
+}
+
+/// Rows as left-aligned columns three spaces apart (calicoctl's plain tables), trailing
+/// blanks trimmed.
+pub fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let n = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..n)
+        .map(|c| rows.iter().map(|r| r.as_ref()[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
+            .as_ref()
             .iter()
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))

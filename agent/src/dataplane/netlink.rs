@@ -487,18 +487,7 @@ impl Netlink {
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        Some(IpAddr::V4(*v4))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        Some(IpAddr::V6(*v6))
-                    }
-                    _ => None,
-                })?;
-                Some((ip, mac_of(&m.attributes)?))
-            })
+            .filter_map(|m| Some((destination_of(&m.attributes)?, mac_of(&m.attributes)?)))
             .collect())
     }
 
@@ -529,10 +518,8 @@ impl Netlink {
             AddressFamily::Inet6
         };
         m.header.ifindex = index;
-        m.attributes.push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-        }));
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
         self.handle
             .neighbours()
             .del(m)
@@ -556,21 +543,7 @@ impl Netlink {
             .iter()
             .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                // In the bridge family the library leaves the VTEP address as raw bytes.
-                let dst = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        Some(IpAddr::V4(*v4))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        Some(IpAddr::V6(*v6))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-                        4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                        _ => None,
-                    },
-                    _ => None,
-                })?;
+                let dst = destination_of(&m.attributes)?;
                 Some((mac_of(&m.attributes)?, dst))
             })
             .collect())
@@ -621,6 +594,28 @@ impl Netlink {
             .map_err(nl_err(format!(
                 "delete FDB entry for {vtep} on link {index}"
             )))
+    }
+}
+
+/// A neighbour or FDB entry's address. In the bridge family the library leaves the VTEP
+/// address as raw bytes.
+fn destination_of(attrs: &[NeighbourAttribute]) -> Option<IpAddr> {
+    attrs.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }
 }
 

@@ -155,6 +155,11 @@ pub struct PeerConfig {
     /// A limit on the prefixes the peer may send, per family.
     #[serde(default)]
     pub max_prefix: Option<MaxPrefix>,
+    /// Accept routes whose AS path holds our AS up to this many times (BIRD's `allow local
+    /// as`, Calico's numAllowedLocalASNumbers): lets nodes of one rack AS learn each other's
+    /// routes back from their eBGP ToR. 0 keeps RFC 4271 loop detection.
+    #[serde(default)]
+    pub allow_local_as: u8,
     /// Free text shown in status output.
     #[serde(default)]
     pub description: Option<String>,
@@ -209,6 +214,7 @@ impl PeerConfig {
             password: None,
             ttl_security: None,
             max_prefix: None,
+            allow_local_as: 0,
             description: None,
         }
     }

@@ -286,3 +286,99 @@ async fn malformed_update_gets_notification_and_other_sessions_stay_up() {
     p.a.shutdown().await.unwrap();
     p.b.shutdown().await.unwrap();
 }
+
+/// A speaker on `ip` with its own port.
+async fn speaker_on(ip: &str, router_id: u8, asn: u32) -> (SpeakerHandle, IpAddr, u16) {
+    let addr: IpAddr = ip.parse().unwrap();
+    let port = free_port();
+    let mut c = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, router_id), asn);
+    c.listen_address = Some(addr);
+    c.listen_port = port;
+    (SpeakerHandle::start(c).await.unwrap(), addr, port)
+}
+
+fn to(addr: IpAddr, port: u16, asn: u32, source: IpAddr) -> PeerConfig {
+    let mut p = PeerConfig::new(addr, asn);
+    p.port = port;
+    p.source_address = Some(source);
+    p.connect_retry_time = 1;
+    p
+}
+
+#[tokio::test]
+async fn own_as_in_the_path_is_a_loop_unless_allowed_as_in_a_rack() {
+    // Two nodes of rack AS 65001 behind one eBGP ToR (AS 65100): n2 gets n1's route back
+    // through the ToR as "65100 65001", a loop by RFC 4271 unless allow_local_as permits it.
+    let (n1, n1_ip, n1_port) = speaker_on("127.0.0.1", 1, 65001).await;
+    let (tor, tor_ip, tor_port) = speaker_on("127.0.0.2", 2, 65100).await;
+    let (n2, n2_ip, n2_port) = speaker_on("127.0.0.3", 3, 65001).await;
+    n1.add_peer(to(tor_ip, tor_port, 65100, n1_ip))
+        .await
+        .unwrap();
+    tor.add_peer(to(n1_ip, n1_port, 65001, tor_ip))
+        .await
+        .unwrap();
+    tor.add_peer(to(n2_ip, n2_port, 65001, tor_ip))
+        .await
+        .unwrap();
+    n2.add_peer(to(tor_ip, tor_port, 65100, n2_ip))
+        .await
+        .unwrap();
+    n1.announce(LocalRoute::new("10.244.1.0/26".parse().unwrap()))
+        .await
+        .unwrap();
+    let s = eventually("the ToR has n1's block and both sessions", || async {
+        let s = tor.status().await.unwrap();
+        (s.families[0].prefixes == 1 && s.peers.iter().all(|p| p.state == State::Established))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s.peers.len(), 2);
+    eventually("the ToR has sent n1's block to n2", || async {
+        let s = tor.status().await.unwrap();
+        s.peers
+            .iter()
+            .any(|p| p.address == n2_ip && p.prefixes[0].advertised == 1)
+            .then_some(s)
+    })
+    .await;
+    // A route of the ToR's own, sent after it on the same ordered stream: once n2 has it,
+    // n2 has also judged n1's block, and dropped it as a loop.
+    tor.announce(LocalRoute::new("10.0.100.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+    eventually("n2 has the ToR's own route", || async {
+        let s = n2.status().await.unwrap();
+        (s.families[0].prefixes >= 1).then_some(s)
+    })
+    .await;
+    let routes = n2.routes(Family::Ipv4Unicast, None).await.unwrap();
+    let prefixes: Vec<String> = routes.iter().map(|r| r.prefix.to_string()).collect();
+    assert_eq!(
+        prefixes,
+        ["10.0.100.0/24"],
+        "a path with our AS is a loop by default"
+    );
+
+    // Allowing our AS once (the session restarts with the new setting) lets it in.
+    let mut allow = to(tor_ip, tor_port, 65100, n2_ip);
+    allow.allow_local_as = 1;
+    n2.update_peer(allow).await.unwrap();
+    eventually("n2 learns n1's block through the ToR", || async {
+        let s = n2.status().await.unwrap();
+        (s.families[0].prefixes == 2).then_some(s)
+    })
+    .await;
+    let routes = n2.routes(Family::Ipv4Unicast, None).await.unwrap();
+    let block = routes
+        .iter()
+        .find(|r| r.prefix.to_string() == "10.244.1.0/26")
+        .expect("n1's block");
+    assert_eq!(
+        block.paths[0].attributes.as_path.segments[0].asns,
+        vec![65100, 65001]
+    );
+    for h in [n1, tor, n2] {
+        h.shutdown().await.unwrap();
+    }
+}

@@ -325,6 +325,9 @@ fn session(
     if spec.local_as_number.is_some() {
         unsupported.push("localASNumber".to_string());
     }
+    if spec.reachable_by.is_some() {
+        unsupported.push("reachableBy (static route to the peer)".to_string());
+    }
     let mut pc = PeerConfig::new(addr, as_number);
     pc.port = port;
     pc.families = vec![family_of(&addr)];
@@ -341,6 +344,10 @@ fn session(
     pc.keepalive_time = seconds(spec.keepalive_time.as_deref());
     // Calico's ttlSecurity is the hop count (GTSM).
     pc.ttl_security = spec.ttl_security.filter(|h| *h > 0);
+    // Validation caps it at 255; a count beyond any real path is as good as "any".
+    pc.allow_local_as = spec
+        .num_allowed_local_as_numbers
+        .map_or(0, |n| u8::try_from(n).unwrap_or(u8::MAX));
     // A reflector treats iBGP nodes outside its cluster as clients.
     pc.route_reflector_client = me.cluster_id.is_some()
         && as_number == me.as_number

@@ -117,6 +117,22 @@ fn global_and_node_specific_peers() {
     assert_eq!(p3[1].config.port, 1790);
     assert_eq!(p3[1].unsupported, ["password (TCP-MD5) from a Secret"]);
     assert_eq!(p3[1].config.ttl_security, Some(2));
+    assert_eq!(p3[0].config.allow_local_as, 0, "loop detection by default");
+}
+
+#[test]
+fn rack_as_peers_may_allow_our_as_in_paths() {
+    let res = BgpResources {
+        nodes: three_nodes(),
+        configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
+        peers: vec![peer(
+            "{nodeSelector: \"rack == 'a'\", peerIP: 192.0.2.5, asNumber: 65300, numAllowedLocalASNumbers: 1}",
+        )],
+    };
+    let p = compute_peers("n2", &res).unwrap();
+    assert_eq!(addrs(&p), ["192.0.2.5"]);
+    assert_eq!(p[0].config.allow_local_as, 1);
+    assert!(p[0].unsupported.is_empty(), "{:?}", p[0].unsupported);
 }
 
 #[test]

@@ -196,7 +196,11 @@ pub struct BGPPeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_time: Option<String>,
     /// Accept routes with our AS this many times in the path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "numAllowedLocalASNumbers"
+    )]
     pub num_allowed_local_as_numbers: Option<u32>,
     /// GTSM: maximum hops to the peer (1..=255).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -291,6 +291,12 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
     }
     p.duration("spec.maxRestartTime", s.max_restart_time.as_deref());
     p.duration("spec.keepaliveTime", s.keepalive_time.as_deref());
+    if s.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
+        p.add(
+            "spec.numAllowedLocalASNumbers",
+            "must be at most 255 (it is a count of our AS in one path)",
+        );
+    }
     if let Some(gw) = &s.reachable_by {
         if gw.parse::<IpAddr>().is_err() {
             p.add("spec.reachableBy", format!("{gw:?} is not an IP address"));

@@ -161,6 +161,14 @@ impl AsPath {
         self.segments.iter().any(|s| s.asns.contains(&asn))
     }
 
+    /// How many times `asn` appears, for loop detection that tolerates a few.
+    pub fn count(&self, asn: u32) -> usize {
+        self.segments
+            .iter()
+            .map(|s| s.asns.iter().filter(|a| **a == asn).count())
+            .sum()
+    }
+
     /// The neighbouring AS (first AS of a leading sequence), used to scope MED comparison.
     pub fn first_as(&self) -> Option<u32> {
         match self.segments.first() {

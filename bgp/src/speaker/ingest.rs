@@ -77,7 +77,9 @@ impl Speaker {
     /// Loop and sanity checks that make a path unusable (RFC 4271 §9, RFC 4456 §8).
     fn rejects_path(&self, id: PeerId, attrs: &PathAttributes) -> bool {
         let entry = &self.peers[&id];
-        let why = if entry.ebgp && attrs.as_path.contains(self.cfg.as_number) {
+        let why = if entry.ebgp
+            && attrs.as_path.count(self.cfg.as_number) > usize::from(entry.cfg.allow_local_as)
+        {
             Some("AS path contains our AS (loop)")
         } else if entry.ebgp
             && attrs

@@ -111,6 +111,10 @@ pub struct RouteInputs {
     pub local_blocks: Vec<IpNet>,
     /// Remote prefixes from BGP: destination → best-path next hops (node addresses).
     pub remote: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Other nodes' confirmed blocks → the owner's address (same family), from IPAM. Tunnel
+    /// routes follow these, as Felix's do, so they work whatever BGP's next hop is (a ToR
+    /// between racks) and without BGP at all.
+    pub block_owners: BTreeMap<IpNet, IpAddr>,
 }
 
 fn pool_for<'a>(pools: &'a [PoolRouting], dst: &IpNet) -> Option<&'a PoolRouting> {
@@ -137,8 +141,35 @@ pub fn next_hop(inputs: &RouteInputs, dst: &IpNet, node: IpAddr) -> Option<NextH
 /// The complete desired route table.
 pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
     let mut out = DesiredRoutes::new();
+    for (block, owner) in &inputs.block_owners {
+        if inputs.local_blocks.contains(block) {
+            continue;
+        }
+        let local = if owner.is_ipv4() {
+            inputs.local_v4
+        } else {
+            inputs.local_v6
+        };
+        if encapsulation(pool_for(&inputs.pools, block), local, *owner) == Encap::None {
+            // Routed natively: BGP's next hops carry it (the owner, or a ToR).
+            continue;
+        }
+        if let Some(hop) = next_hop(inputs, block, *owner) {
+            out.insert(*block, RouteTarget::Unicast(vec![hop]));
+        }
+    }
     for (dst, nhs) in &inputs.remote {
-        if inputs.local_blocks.contains(dst) {
+        if inputs.local_blocks.contains(dst) || out.contains_key(dst) {
+            continue;
+        }
+        // A learned route covering our own address (our subnet, a default route) would
+        // replace the host's connected or default route; the host keeps its own.
+        let local = if dst.addr().is_ipv4() {
+            inputs.local_v4
+        } else {
+            inputs.local_v6
+        };
+        if local.is_some_and(|l| dst.contains(&l.addr())) {
             continue;
         }
         let mut hops: Vec<NextHop> = nhs
@@ -291,6 +322,76 @@ mod tests {
                 NextHop::Ipip(ip("192.168.2.7"))
             ])
         );
+    }
+
+    #[test]
+    fn tunnels_follow_the_block_owner_not_the_bgp_next_hop() {
+        // Racks behind eBGP ToRs: every BGP next hop is the local ToR (same subnet), so a
+        // next-hop test alone would never encapsulate; the block's owner decides.
+        let mut inputs = RouteInputs {
+            pools: vec![pool(
+                "10.244.0.0/16",
+                EncapMode::Never,
+                EncapMode::CrossSubnet,
+            )],
+            local_v4: Some("10.97.1.11/24".parse().unwrap()),
+            local_blocks: vec!["10.244.1.0/26".parse().unwrap()],
+            ..Default::default()
+        };
+        let tor = ip("10.97.1.1");
+        let (same_rack, other_rack) = ("10.244.2.0/26", "10.244.3.0/26");
+        for b in [same_rack, other_rack, "10.244.1.0/26"] {
+            inputs.remote.insert(b.parse().unwrap(), vec![tor]);
+        }
+        inputs
+            .block_owners
+            .insert(same_rack.parse().unwrap(), ip("10.97.1.12"));
+        inputs
+            .block_owners
+            .insert(other_rack.parse().unwrap(), ip("10.97.2.11"));
+        inputs
+            .vxlan_tunnels
+            .insert(ip("10.97.2.11"), ip("10.244.3.0"));
+        // Learned routes over our own subnet and a default route are left to the host.
+        inputs
+            .remote
+            .insert("10.97.1.0/24".parse().unwrap(), vec![tor]);
+        inputs
+            .remote
+            .insert("0.0.0.0/0".parse().unwrap(), vec![tor]);
+        inputs
+            .remote
+            .insert("10.97.2.0/24".parse().unwrap(), vec![tor]);
+        let t = desired_routes(&inputs);
+        let at = |s: &str| t.get(&s.parse::<IpNet>().unwrap()).cloned();
+        assert_eq!(
+            at(same_rack),
+            Some(RouteTarget::Unicast(vec![NextHop::Via(tor)])),
+            "same subnet: native, through whatever BGP chose"
+        );
+        assert_eq!(
+            at(other_rack),
+            Some(RouteTarget::Unicast(vec![NextHop::Vxlan(ip("10.244.3.0"))])),
+            "cross-subnet: VXLAN to the owner's VTEP"
+        );
+        assert_eq!(at("10.244.1.0/26"), Some(RouteTarget::Blackhole));
+        assert_eq!(at("10.97.1.0/24"), None);
+        assert_eq!(at("0.0.0.0/0"), None);
+        assert_eq!(
+            at("10.97.2.0/24"),
+            Some(RouteTarget::Unicast(vec![NextHop::Via(tor)])),
+            "the other rack's node subnet, for the tunnel's outer packets"
+        );
+        // Without BGP (a VXLAN-only cluster) the owner alone gives the tunnel route.
+        inputs.remote.clear();
+        let t = desired_routes(&inputs);
+        assert_eq!(
+            t.get(&other_rack.parse::<IpNet>().unwrap()),
+            Some(&RouteTarget::Unicast(vec![NextHop::Vxlan(ip(
+                "10.244.3.0"
+            ))]))
+        );
+        assert_eq!(t.get(&same_rack.parse::<IpNet>().unwrap()), None);
     }
 
     #[test]

@@ -262,6 +262,25 @@ impl ClusterState {
             .collect()
     }
 
+    /// Other nodes' confirmed blocks with the owner's address of the block's family.
+    fn block_owners(&self, me: &str) -> BTreeMap<IpNet, IpAddr> {
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        self.affinities
+            .values()
+            .map(|a| &a.spec.inner)
+            .filter(|a| a.node != me && a.state == AffinityState::Confirmed)
+            .filter_map(|a| {
+                let bgp = self.nodes.get(&a.node)?.spec.bgp.as_ref()?;
+                let owner = if a.cidr.addr().is_ipv4() {
+                    parse(&bgp.ipv4_address)
+                } else {
+                    parse(&bgp.ipv6_address)
+                }?;
+                Some((a.cidr, owner.addr()))
+            })
+            .collect()
+    }
+
     /// What `me` should hold.
     pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
         let peers = compute_peers(me, &self.bgp_resources())?;
@@ -333,6 +352,7 @@ impl ClusterState {
             }
         }
         let pools = self.pool_routing();
+        let block_owners = self.block_owners(me);
         let inputs = RouteInputs {
             pools: pools.clone(),
             local_v4,
@@ -341,6 +361,7 @@ impl ClusterState {
             local_pods,
             local_blocks,
             remote: self.remote.clone(),
+            block_owners,
         };
         let routes = kernel_table(&desired_routes(&inputs));
         let (want_ipip, want_vxlan) = self.encapsulation_wanted();

@@ -78,8 +78,7 @@ async fn lab(test: &str) -> Option<Lab> {
     let node = Netns::new("cni").unwrap();
     node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         .unwrap();
-    // An uplink with a default route, as every node has: proxy ARP answers for 169.254.1.1
-    // only when the host has a route to it.
+    // An uplink with a default route, as most nodes have.
     let uplink = Netns::new("cniup").unwrap();
     serval_integration::link(&node, "eth0", &uplink, "eth0").unwrap();
     node.addr("eth0", "192.168.50.2/24").unwrap();
@@ -170,6 +169,15 @@ async fn cni_add_check_del_and_errors_as_a_runtime_sees_them() {
     assert!(
         proutes.contains("169.254.1.1 dev eth0 scope link"),
         "{proutes}"
+    );
+    // The gateway's MAC is fixed in the pod, so it never depends on proxy ARP (which needs a
+    // host route to 169.254.1.1).
+    let neigh = pod1
+        .output(&["ip", "neigh", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        neigh.contains("169.254.1.1 lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
+        "{neigh}"
     );
     let hroutes = lab.node.output(&["ip", "route"]).unwrap();
     assert!(

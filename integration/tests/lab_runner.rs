@@ -7,6 +7,9 @@ use serval_integration::clab::runner;
 use serval_integration::clab::topology::Topology;
 use serval_integration::require;
 
+/// The tests here look at host-wide state (temporary veth names), so they run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn topo(name: &str) -> Topology {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("topologies")
@@ -32,6 +35,7 @@ fn smoke_topology_up_works_and_down_leaves_nothing() {
     if !require::lab_ready("lab_runner", &["ip", "unshare", "nsenter"]) {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = topo("smoke.clab.yml");
     runner::down(&t.name); // a leftover from an interrupted run
     runner::up(&t).unwrap_or_else(|e| panic!("up: {e}"));
@@ -129,6 +133,7 @@ fn a_failed_up_says_where_and_cleans_up() {
     if !require::lab_ready("lab_runner_failure", &["ip"]) {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = topo("broken.clab.yml");
     runner::down(&t.name);
     let e = runner::up(&t).unwrap_err().to_string();
@@ -146,4 +151,83 @@ fn scopeguard(lab: &str) -> impl Drop {
         }
     }
     Down(lab.to_string())
+}
+
+fn host_links() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(String::from))
+        .filter(|n| n.starts_with("svl"))
+        .collect()
+}
+
+#[test]
+fn every_topology_file_comes_up_and_goes_away_without_a_trace() {
+    if !require::lab_ready(
+        "lab_runner: every topology file",
+        &[
+            "ip",
+            "unshare",
+            "nsenter",
+            "etcd",
+            "bird",
+            "/usr/lib/frr/zebra",
+        ],
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topologies");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".clab.yml") && f != "broken.clab.yml")
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let lab = serval_integration::clab::scenario::Lab::up(&file);
+        let name = lab.topo.name.clone();
+        assert_eq!(
+            namespaces_of(&name).len(),
+            lab.topo.nodes.len(),
+            "{file}: one namespace per node"
+        );
+        let status = runner::status(&lab.topo);
+        for n in lab.topo.nodes.iter().filter(|n| n.cmd.is_some()) {
+            assert!(
+                status
+                    .lines()
+                    .any(|l| l.contains(&format!(" {} ", n.name)) && !l.contains(" 0 process(es)")),
+                "{file}: {}'s cmd is not running:\n{status}",
+                n.name
+            );
+        }
+        let pids: Vec<i32> = std::fs::read_to_string(format!("/run/serval-lab/{name}/pids"))
+            .unwrap()
+            .lines()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        drop(lab);
+        assert!(namespaces_of(&name).is_empty(), "{file}: namespaces left");
+        for pid in pids {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .unwrap_or_default()
+                        .contains(") Z "),
+                "{file}: process {pid} left behind"
+            );
+        }
+        assert!(
+            !std::path::Path::new(&format!("/run/serval-lab/{name}")).exists(),
+            "{file}: state left"
+        );
+        let links = host_links();
+        assert!(links.is_empty(), "{file}: host interfaces left: {links:?}");
+    }
 }

@@ -1,7 +1,9 @@
 //! A pod's network plumbing, Calico's way: a veth whose host end (`sv` + hash, MAC
 //! `ee:ee:ee:ee:ee:ee`, no address, proxy ARP on) answers for the pod's gateway 169.254.1.1;
 //! inside the pod a /32 on `eth0`, a link route to 169.254.1.1 and the default route via it;
-//! on the host a /32 route to the veth.
+//! on the host a /32 route to the veth. The pod also gets a permanent ARP entry for the
+//! gateway: proxy ARP only answers when the host has a route to 169.254.1.1 (a default
+//! route), and a node without one would leave its pods unable to send anything.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -163,6 +165,7 @@ async fn plumb(
         inside
             .add_plain_route("0.0.0.0/0".parse().expect("default"), Some(gw), c.index)
             .await?;
+        inside.set_neighbour(c.index, gw, HOST_VETH_MAC).await?;
     }
     if v6 {
         // Via the host veth's link-local address, as Calico does.

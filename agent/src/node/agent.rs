@@ -110,6 +110,10 @@ pub struct Agent {
     policy_written: Option<serval_policy::compile::PolicyInputs>,
     /// Where the agent records its metrics.
     metrics: crate::node_metrics::NodeMetrics,
+    /// For writes the agent makes itself (tunnel addresses when a pool starts to need them).
+    datastore: Option<crate::datastore::Datastore<AnyBackend>>,
+    /// The tunnel-address allocation in flight, and when the last one started.
+    tunnel_alloc: Option<(tokio::task::JoinHandle<()>, tokio::time::Instant)>,
 }
 
 impl Agent {
@@ -147,7 +151,48 @@ impl Agent {
             nat_written: None,
             policy: None,
             policy_written: None,
+            datastore: None,
+            tunnel_alloc: None,
         }
+    }
+
+    /// Lets the agent allocate tunnel addresses when a pool's IPIP or VXLAN mode is switched
+    /// on while it runs (at start-up they are allocated before the agent exists).
+    pub fn with_datastore(mut self, ds: crate::datastore::Datastore<AnyBackend>) -> Agent {
+        self.datastore = Some(ds);
+        self
+    }
+
+    /// Starts allocating this node's missing tunnel addresses, at most one attempt at a time
+    /// and one per 5 s; the Node update comes back through the syncer like any other.
+    fn ensure_tunnel_addresses(&mut self) {
+        let Some(ds) = self.datastore.clone() else {
+            return;
+        };
+        let Some(node) = self.state.node(&self.name).cloned() else {
+            return;
+        };
+        let (want_ipip, want_vxlan) = self.state.encapsulation_wanted();
+        let has_ipip = node
+            .spec
+            .bgp
+            .as_ref()
+            .is_some_and(|b| b.ipv4_ipip_tunnel_addr.is_some());
+        let has_vxlan = node.spec.ipv4_vxlan_tunnel_addr.is_some();
+        if (!want_ipip || has_ipip) && (!want_vxlan || has_vxlan) {
+            return;
+        }
+        if let Some((task, started)) = &self.tunnel_alloc
+            && (!task.is_finished() || started.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        let task = tokio::spawn(async move {
+            if let Err(e) = super::startup::tunnel_addresses(&ds, node).await {
+                tracing::warn!(error = %e, "could not allocate tunnel addresses; will retry");
+            }
+        });
+        self.tunnel_alloc = Some((task, tokio::time::Instant::now()));
     }
 
     /// Runs until the syncer or the speaker stops.
@@ -257,6 +302,7 @@ impl Agent {
             }
         };
         self.record_ipam(&desired);
+        self.ensure_tunnel_addresses();
         self.apply_peers(&desired).await?;
         self.apply_exports(&desired).await?;
         // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route

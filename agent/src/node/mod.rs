@@ -129,7 +129,8 @@ pub async fn run(
         netlink,
         cfg.var_dir.clone(),
         ready_tx,
-    );
+    )
+    .with_datastore(ds.clone());
     let backend = ds.backend().clone();
     let result = tokio::select! {
         r = agent.run(backend) => r.map_err(NodeError::from),

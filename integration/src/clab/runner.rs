@@ -157,24 +157,132 @@ fn node_prefix(topo: &Topology, node: &str) -> Vec<String> {
     p
 }
 
-/// Runs `argv` inside `node`, with its env; returns its output.
-pub fn exec_in(topo: &Topology, node: &str, argv: &[String]) -> Result<String, LabError> {
-    let spec = topo
-        .nodes
+fn spec<'t>(topo: &'t Topology, node: &str) -> Result<&'t NodeSpec, LabError> {
+    topo.nodes
         .iter()
         .find(|n| n.name == node)
         .ok_or_else(|| LabError::Step {
-            what: format!("exec in {node}"),
+            what: format!("node {node}"),
             detail: "no such node".into(),
-        })?;
-    let mut full = node_prefix(topo, node);
+        })
+}
+
+/// The full argv that runs `argv` inside `node` with its env.
+fn argv_in(topo: &Topology, n: &NodeSpec, argv: &[String]) -> Vec<String> {
+    let mut full = node_prefix(topo, &n.name);
     full.push("env".into());
-    for (k, v) in node_env(spec) {
+    for (k, v) in node_env(n) {
         full.push(format!("{k}={v}"));
     }
     full.extend(argv.iter().cloned());
+    full
+}
+
+/// A command that runs `argv` inside `node` (namespaces and env), for callers that need
+/// stdin or their own output handling.
+pub fn command_in(topo: &Topology, node: &str, argv: &[String]) -> Result<Command, LabError> {
+    let full = argv_in(topo, spec(topo, node)?, argv);
+    let mut cmd = Command::new(&full[0]);
+    cmd.args(&full[1..]);
+    Ok(cmd)
+}
+
+/// Runs `argv` inside `node`, with its env; returns its output.
+pub fn exec_in(topo: &Topology, node: &str, argv: &[String]) -> Result<String, LabError> {
+    let full = argv_in(topo, spec(topo, node)?, argv);
     let refs: Vec<&str> = full.iter().map(String::as_str).collect();
     run(&format!("node {node}: `{}`", argv.join(" ")), &refs)
+}
+
+/// The value of `var` in `node`'s env, as its processes see it.
+pub fn node_var(topo: &Topology, node: &str, var: &str) -> Option<String> {
+    spec(topo, node)
+        .ok()
+        .and_then(|n| node_env(n).get(var).cloned())
+}
+
+/// A namespace that belongs to the lab (a pod's, say): `clab-<lab>-<name>`, removed by
+/// `down` with the rest.
+pub fn add_netns(topo: &Topology, name: &str) -> Result<String, LabError> {
+    let ns = topo.netns(name);
+    if Path::new("/run/netns").join(&ns).exists() {
+        // Made by an earlier attempt of the same caller (a retried pod ADD).
+        return Ok(ns);
+    }
+    record(&topo.name, "netns", &ns)?;
+    run(
+        &format!("create namespace {ns}"),
+        &["ip", "netns", "add", &ns],
+    )?;
+    run("loopback up", &["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+    Ok(ns)
+}
+
+/// Starts `node`'s `cmd` in the background, its output appended to `<node>.log`.
+pub fn start_cmd(topo: &Topology, node: &str) -> Result<(), LabError> {
+    let n = spec(topo, node)?;
+    let Some(cmd) = &n.cmd else {
+        return Err(LabError::Step {
+            what: format!("start cmd of {node}"),
+            detail: "the node has no cmd".into(),
+        });
+    };
+    let full = argv_in(topo, n, &["sh".into(), "-c".into(), cmd.clone()]);
+    let log = state_dir(&topo.name).join(format!("{}.log", n.name));
+    let state_err = |source| LabError::State {
+        path: log.display().to_string(),
+        source,
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(state_err)?;
+    let child = Command::new(&full[0])
+        .args(&full[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(state_err)?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| LabError::Step {
+            what: format!("start cmd of {}", n.name),
+            detail: e.to_string(),
+        })?;
+    record(&topo.name, "pids", &child.id().to_string())?;
+    // Reap it whenever it ends, so a stopped node leaves no zombie behind.
+    let mut child = child;
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+/// Every process inside `node`'s network namespace (its `cmd` and whatever that started).
+fn pids_in(topo: &Topology, node: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", &topo.netns(node)])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops everything running inside `node`, by PID, with `signal` (SIGKILL for a crash,
+/// SIGTERM for a clean stop), and waits until it is gone. Returns how many it signalled.
+pub fn stop_processes(topo: &Topology, node: &str, signal: nix::sys::signal::Signal) -> usize {
+    let pids = pids_in(topo, node);
+    for &pid in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+    for _ in 0..250 {
+        if pids.iter().all(|p| !alive(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pids.len()
 }
 
 /// Brings the lab up; on failure, tears down what was made and returns the error.
@@ -283,34 +391,12 @@ fn build(topo: &Topology) -> Result<(), LabError> {
             exec_in(topo, &n.name, &split_words(cmd))?;
         }
     }
-    for n in topo.nodes.iter().filter(|n| n.kind == "linux") {
-        if let Some(cmd) = &n.cmd {
-            let mut full = node_prefix(topo, &n.name);
-            full.push("env".into());
-            for (k, v) in node_env(n) {
-                full.push(format!("{k}={v}"));
-            }
-            full.extend(["sh".into(), "-c".into(), cmd.clone()]);
-            let log = state_dir(&topo.name).join(format!("{}.log", n.name));
-            let out = std::fs::File::create(&log).map_err(|source| LabError::State {
-                path: log.display().to_string(),
-                source,
-            })?;
-            let child = Command::new(&full[0])
-                .args(&full[1..])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().map_err(|source| LabError::State {
-                    path: log.display().to_string(),
-                    source,
-                })?)
-                .stderr(out)
-                .spawn()
-                .map_err(|e| LabError::Step {
-                    what: format!("start cmd of {}", n.name),
-                    detail: e.to_string(),
-                })?;
-            record(&topo.name, "pids", &child.id().to_string())?;
-        }
+    for n in topo
+        .nodes
+        .iter()
+        .filter(|n| n.kind == "linux" && n.cmd.is_some())
+    {
+        start_cmd(topo, &n.name)?;
     }
     Ok(())
 }

@@ -194,7 +194,11 @@ impl Topology {
                 }
                 Ok(out)
             };
-            let env = merge("env")?;
+            // Env values get the magic names and the process env too (a var dir per lab).
+            let env = merge("env")?
+                .into_iter()
+                .map(|(k, v)| Ok((k, expand(&v, &name, node_name, dir, &BTreeMap::new())?)))
+                .collect::<Result<BTreeMap<_, _>, String>>()?;
             let labels = merge("labels")?;
             let sysctls = merge("sysctls")?;
             let ctx = |s: &str| expand(s, &name, node_name, dir, &env);
@@ -377,7 +381,7 @@ topology:
     env: {ROLE: default, ZONE: z1}
   kinds:
     linux:
-      env: {ROLE: node}
+      env: {ROLE: node, STATE: /run/x/__clabLabName__/__clabNodeName__}
       labels: {tier: kind}
   nodes:
     r1:
@@ -399,6 +403,10 @@ topology:
         let r1 = &t.nodes[0];
         assert_eq!(r1.env["ROLE"], "node", "kind over defaults");
         assert_eq!(r1.env["ZONE"], "z1");
+        assert_eq!(
+            r1.env["STATE"], "/run/x/demo/r1",
+            "magic names in env values"
+        );
         assert_eq!(r1.labels["tier"], "core", "node over kind");
         assert_eq!(r1.exec[0], "ip addr add 10.0.0.1/24 dev eth1");
         assert_eq!(r1.exec[1], "echo r1 in demo as node");

@@ -1,0 +1,103 @@
+//! What scenario tests share: a lab that is torn down even when the test panics, a node's
+//! agent API read from inside the node, its log tail for failure messages, and servalctl
+//! run against the lab's etcd.
+
+use std::path::PathBuf;
+
+use super::runner;
+use super::topology::Topology;
+use crate::require;
+
+/// A running lab; dropping it tears it down (also when the test panics).
+pub struct Lab {
+    /// The topology it was built from.
+    pub topo: Topology,
+    /// The directory of this build's binaries (what `${SERVAL_BIN}` points at).
+    pub bin_dir: String,
+}
+
+impl Lab {
+    /// Brings `integration/topologies/<file>` up with `${SERVAL_BIN}` set to this build.
+    pub fn up(file: &str) -> Lab {
+        let bin = require::serval_bin("serval-node");
+        let bin_dir = bin.parent().unwrap().display().to_string();
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("topologies")
+            .join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .replace("${SERVAL_BIN:=/usr/local/bin}", &bin_dir);
+        let topo = Topology::parse(&text, path.parent().unwrap())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        runner::down(&topo.name);
+        runner::up(&topo).unwrap_or_else(|e| panic!("{file}: up: {e}"));
+        Lab { topo, bin_dir }
+    }
+
+    /// A path under `integration/topologies/`.
+    pub fn file(&self, rel: &str) -> String {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("topologies")
+            .join(rel)
+            .display()
+            .to_string()
+    }
+
+    /// Runs `argv` inside `node`; the error is the command's.
+    pub fn exec(&self, node: &str, argv: &[&str]) -> Result<String, String> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        runner::exec_in(&self.topo, node, &argv).map_err(|e| e.to_string())
+    }
+
+    /// GET `path` from the agent API of `node` (port 9179), as JSON.
+    pub fn get(&self, node: &str, path: &str) -> Result<serde_json::Value, String> {
+        let script = format!(
+            "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9179{path}', timeout=5).read().decode())"
+        );
+        let out = self.exec(node, &["python3", "-c", &script])?;
+        serde_json::from_str(&out).map_err(|e| format!("{node} {path}: {e}: {out}"))
+    }
+
+    /// The addresses of `node`'s Established BGP peers.
+    pub fn established(&self, node: &str) -> Result<Vec<String>, String> {
+        let s = self.get(node, "/status")?;
+        Ok(s["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["state"] == "Established")
+            .filter_map(|p| p["address"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// `servalctl <args>` run from `node` (which has the lab's datastore in its env).
+    pub fn servalctl(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let ctl = format!("{}/servalctl", self.bin_dir);
+        let mut argv = vec![ctl.as_str()];
+        argv.extend(args);
+        self.exec(node, &argv)
+    }
+
+    /// The last 20 lines of `node`'s `cmd` output, for failure messages.
+    pub fn log_tail(&self, node: &str) -> String {
+        let path = format!("{}/{}/{node}.log", runner::STATE_ROOT, self.topo.name);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {path} ---\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
+    }
+
+    /// Destinations of `node`'s kernel routes, `ip -j route` style (`dst` strings).
+    pub fn kernel_routes(&self, node: &str) -> Result<Vec<serde_json::Value>, String> {
+        let out = self.exec(node, &["ip", "-j", "route", "show"])?;
+        serde_json::from_str(&out).map_err(|e| format!("{node}: ip -j route: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        runner::down(&self.topo.name);
+    }
+}

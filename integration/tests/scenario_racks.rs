@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serval_integration::clab::pods::{self, LabPod};
+use serval_integration::clab::pods::LabPod;
 use serval_integration::clab::scenario::Lab;
 use serval_integration::{eventually, require};
 
@@ -50,21 +50,6 @@ fn routes_covering(lab: &Lab, node: &str, ip: &str) -> Result<Vec<String>, Strin
             )
         })
         .collect())
-}
-
-fn all_reach(lab: &Lab, what: &str, pods: &[LabPod], secs: u64) {
-    eventually(
-        what,
-        Duration::from_secs(secs),
-        || {
-            let failing = pods::failing_pairs(pods, |_, _| true);
-            failing
-                .is_empty()
-                .then_some(())
-                .ok_or(format!("no answer: {failing:?}"))
-        },
-        || lab.log_tail("r1n1"),
-    );
 }
 
 #[test]
@@ -111,14 +96,7 @@ fn two_racks_behind_frr_and_bird_tors() {
     // One pod per node, made through serval-cni inside the node.
     let pods: Vec<LabPod> = NODES
         .iter()
-        .map(|(node, _)| {
-            eventually(
-                &format!("{node}: a pod through serval-cni"),
-                Duration::from_secs(30),
-                || pods::add_pod(&lab.topo, node, &format!("p-{node}"), &lab.bin_dir),
-                || lab.log_tail(node),
-            )
-        })
+        .map(|(node, _)| lab.add_pod(node, &format!("p-{node}")))
         .collect();
 
     // Each ToR's kernel has a route to every pod's block (learned over eBGP).
@@ -135,7 +113,13 @@ fn two_racks_behind_frr_and_bird_tors() {
             );
         }
     }
-    all_reach(&lab, "every pod reaches every other pod", &pods, 30);
+    lab.pods_reach(
+        "every pod reaches every other pod",
+        &pods,
+        |_, _| true,
+        30,
+        "r1n1",
+    );
     // Between racks the nodes route natively through their ToRs.
     let remote = pods
         .iter()
@@ -167,7 +151,13 @@ fn two_racks_behind_frr_and_bird_tors() {
             || lab.log_tail(node),
         );
     }
-    all_reach(&lab, "every pod pair through tor1b alone", &pods, 30);
+    lab.pods_reach(
+        "every pod pair through tor1b alone",
+        &pods,
+        |_, _| true,
+        30,
+        "r1n1",
+    );
     lab.exec("tor1f", &["ip", "link", "set", "eth1", "up"])
         .unwrap();
     for node in ["r1n1", "r1n2"] {
@@ -218,20 +208,22 @@ fn two_racks_behind_frr_and_bird_tors() {
         },
         || lab.log_tail("r1n1"),
     );
-    all_reach(
-        &lab,
+    lab.pods_reach(
         "every pod pair with VXLAN between the racks",
         &pods,
+        |_, _| true,
         30,
+        "r1n1",
     );
     // And a pod made after the switch is reachable from the other rack.
-    let late = pods::add_pod(&lab.topo, "r2n2", "late", &lab.bin_dir).unwrap();
+    let late = lab.add_pod("r2n2", "late");
     let mut all = pods.clone();
     all.push(late);
-    all_reach(
-        &lab,
+    lab.pods_reach(
         "the new pod on r2n2 is reachable from both racks",
         &all,
+        |_, _| true,
         30,
+        "r1n1",
     );
 }

@@ -4,39 +4,128 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::json;
+use serval_integration::clab::pods::LabPod;
 use serval_integration::clab::runner;
 use serval_integration::clab::scenario::Lab;
 use serval_integration::poll::json_subset;
 use serval_integration::{eventually, require};
 
+/// Waits until `nodeN` is Established with the other three (addresses `addrs`, its own
+/// is `addrs[N - 1]`).
+fn meshed(t: &Lab, node: &str, addrs: &[&str]) {
+    let own = node
+        .strip_prefix("node")
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("nodeN");
+    let peers: Vec<serde_json::Value> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| j + 1 != own)
+        .map(|(_, a)| json!({"address": a, "state": "Established", "description": "node-to-node mesh"}))
+        .collect();
+    let expected = json!({"asNumber": 64512, "peers": peers});
+    eventually(
+        &format!("{node}: meshed with the three others"),
+        Duration::from_secs(60),
+        || json_subset(&expected, &t.get(node, "/status")?),
+        || t.log_tail(node),
+    );
+}
+
 #[test]
-fn full_mesh_of_four_nodes() {
+fn full_mesh_of_four_nodes_through_node_link_and_etcd_faults() {
     if !require::lab_ready(
         "scenario full mesh",
-        &["ip", "etcd", "python3", "unshare", "nsenter"],
+        &["ip", "etcd", "python3", "unshare", "nsenter", "ping"],
     ) {
         return;
     }
-    {
-        let t = Lab::up("mesh4.clab.yml");
-        let addrs = ["10.99.0.1", "10.99.0.2", "10.99.0.3", "10.99.0.4"];
-        for (i, node) in ["node1", "node2", "node3", "node4"].iter().enumerate() {
-            let peers: Vec<serde_json::Value> = addrs
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, a)| json!({"address": a, "state": "Established", "description": "node-to-node mesh"}))
-                .collect();
-            let expected = json!({"asNumber": 64512, "peers": peers});
-            eventually(
-                &format!("{node}: meshed with the three others"),
-                Duration::from_secs(60),
-                || json_subset(&expected, &t.get(node, "/status")?),
-                || t.log_tail(node),
-            );
-        }
+    let t = Lab::up("mesh4.clab.yml");
+    let nodes = ["node1", "node2", "node3", "node4"];
+    let addrs = ["10.99.0.1", "10.99.0.2", "10.99.0.3", "10.99.0.4"];
+    for node in nodes {
+        meshed(&t, node, &addrs);
     }
+    let mut pods: Vec<LabPod> = nodes
+        .iter()
+        .map(|n| t.add_pod(n, &format!("p-{n}")))
+        .collect();
+    t.pods_reach(
+        "every pod reaches every other pod",
+        &pods,
+        |_, _| true,
+        30,
+        "node1",
+    );
+
+    // A node's agent crashes: its pods keep working (kernel routes stay; the peers keep its
+    // routes, stale, under graceful restart), and after it is back a new pod there works.
+    runner::stop_processes(&t.topo, "node4", Signal::SIGKILL);
+    t.pods_reach(
+        "node4's agent down: every pod pair still works",
+        &pods,
+        |_, _| true,
+        20,
+        "node1",
+    );
+    runner::start_cmd(&t.topo, "node4").unwrap();
+    meshed(&t, "node4", &addrs);
+    pods.push(t.add_pod("node4", "after-node"));
+    t.pods_reach(
+        "node4 back: its new pod is reachable",
+        &pods,
+        |_, _| true,
+        30,
+        "node1",
+    );
+
+    // node3's link goes down: the others keep talking; once it is back, a new pod there
+    // works and node3 is meshed again.
+    t.exec("node3", &["ip", "link", "set", "eth1", "down"])
+        .unwrap();
+    let off = |p: &LabPod| p.node == "node3";
+    t.pods_reach(
+        "node3's link down: pods on the other nodes still reach each other",
+        &pods,
+        |a, b| !off(a) && !off(b),
+        20,
+        "node1",
+    );
+    t.exec("node3", &["ip", "link", "set", "eth1", "up"])
+        .unwrap();
+    meshed(&t, "node3", &addrs);
+    pods.push(t.add_pod("node3", "after-link"));
+    t.pods_reach(
+        "node3's link back: every pod pair works",
+        &pods,
+        |_, _| true,
+        60,
+        "node3",
+    );
+
+    // etcd goes down: traffic and BGP go on; once it is back a new pod works end to end.
+    runner::stop_processes(&t.topo, "etcd", Signal::SIGKILL);
+    t.pods_reach(
+        "etcd down: every pod pair still works",
+        &pods,
+        |_, _| true,
+        20,
+        "node1",
+    );
+    for node in nodes {
+        meshed(&t, node, &addrs);
+    }
+    runner::start_cmd(&t.topo, "etcd").unwrap();
+    pods.push(t.add_pod("node2", "after-etcd"));
+    t.pods_reach(
+        "etcd back: the new pod on node2 is reachable",
+        &pods,
+        |_, _| true,
+        30,
+        "node2",
+    );
 }
 
 /// One learned path: (peer, ORIGINATOR_ID, CLUSTER_LIST).
@@ -156,8 +245,19 @@ fn two_route_reflectors_with_four_clients() {
                 || t.log_tail(c),
             );
         }
+        let mut pods: Vec<LabPod> = clients
+            .iter()
+            .map(|(c, _)| t.add_pod(c, &format!("p-{c}")))
+            .collect();
+        t.pods_reach(
+            "pods on the four clients reach each other",
+            &pods,
+            |_, _| true,
+            30,
+            "c1",
+        );
         // Kill one reflector's agent (by the PIDs in its namespace): nothing is lost.
-        runner::stop_processes(&t.topo, "rr1", nix::sys::signal::Signal::SIGKILL);
+        runner::stop_processes(&t.topo, "rr1", Signal::SIGKILL);
         for (c, _) in clients {
             eventually(
                 &format!("{c}: rr1 gone, every block still known through rr2"),
@@ -179,5 +279,35 @@ fn two_route_reflectors_with_four_clients() {
                 || t.log_tail(c),
             );
         }
+        t.pods_reach(
+            "rr1 down: pod traffic goes on",
+            &pods,
+            |_, _| true,
+            20,
+            "c1",
+        );
+        // rr1 comes back: both reflectors again, and a pod made now is reachable.
+        runner::start_cmd(&t.topo, "rr1").unwrap();
+        for (c, _) in clients {
+            eventually(
+                &format!("{c}: both reflectors again after rr1 is back"),
+                Duration::from_secs(60),
+                || {
+                    let up = t.established(c)?;
+                    (up == [rr1, rr2])
+                        .then_some(())
+                        .ok_or(format!("established with {up:?}"))
+                },
+                || t.log_tail("rr1"),
+            );
+        }
+        pods.push(t.add_pod("c2", "after-rr1"));
+        t.pods_reach(
+            "rr1 back: the new pod on c2 is reachable",
+            &pods,
+            |_, _| true,
+            30,
+            "c2",
+        );
     }
 }

@@ -9,6 +9,7 @@
 //!                            nat, policy ───────► ipset restore + iptables-restore --noflush
 //! ```
 
+pub mod link_watch;
 pub mod nat;
 pub mod netlink;
 pub mod policy;

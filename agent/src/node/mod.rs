@@ -109,6 +109,12 @@ pub async fn run(
         stats_tx,
         move |d| apply_hist.observe(d.as_secs_f64()),
     ));
+    let link_routes = routes_tx.clone();
+    let link_task = tokio::spawn(async move {
+        if let Err(e) = crate::dataplane::link_watch::run(link_routes).await {
+            tracing::warn!(error = %e, "cannot watch links; routes flushed by a link flap wait for the periodic resync");
+        }
+    });
     let route_metrics = metrics.clone();
     let stats_task = tokio::spawn(async move {
         let mut last = RouteStats::default();
@@ -147,6 +153,7 @@ pub async fn run(
     // (graceful restart) and the kernel keeps forwarding until we are back.
     route_task.abort();
     stats_task.abort();
+    link_task.abort();
     drop(speaker);
     result
 }

@@ -96,6 +96,42 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Waits up to `secs` until every pair of `pods` that `which` selects answers a ping;
+    /// the failure lists the pairs that did not, with `context_node`'s log.
+    pub fn pods_reach(
+        &self,
+        what: &str,
+        pods: &[super::pods::LabPod],
+        which: impl Fn(&super::pods::LabPod, &super::pods::LabPod) -> bool,
+        secs: u64,
+        context_node: &str,
+    ) {
+        crate::eventually(
+            what,
+            std::time::Duration::from_secs(secs),
+            || {
+                let failing = super::pods::failing_pairs(pods, &which);
+                failing
+                    .is_empty()
+                    .then_some(())
+                    .ok_or(format!("no answer: {failing:?}"))
+            },
+            || self.log_tail(context_node),
+        );
+    }
+
+    /// Makes pod `name` on `node`, retrying while the node is still starting.
+    pub fn add_pod(&self, node: &str, name: &str) -> super::pods::LabPod {
+        crate::eventually(
+            &format!("{node}: pod {name} through serval-cni"),
+            std::time::Duration::from_secs(30),
+            || super::pods::add_pod(&self.topo, node, name, &self.bin_dir),
+            || self.log_tail(node),
+        )
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         runner::down(&self.topo.name);

@@ -29,6 +29,9 @@ fn row(p: &PeerStatus, now_unix: u64) -> [String; 5] {
     if let Some(e) = &p.last_error {
         info.push_str(&format!(" ({e})"));
     }
+    if let Some(bfd) = p.bfd {
+        info.push_str(&format!(", BFD {bfd:?}"));
+    }
     [
         p.address.to_string(),
         kind,

@@ -160,6 +160,10 @@ pub struct PeerConfig {
     /// routes back from their eBGP ToR. 0 keeps RFC 4271 loop detection.
     #[serde(default)]
     pub allow_local_as: u8,
+    /// Single-hop BFD (RFC 5880/5881) with these timers: when the BFD session goes down the
+    /// BGP session is torn down at once (Cease "BFD Down"), without waiting for the hold time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<crate::bfd::BfdConfig>,
     /// Free text shown in status output.
     #[serde(default)]
     pub description: Option<String>,
@@ -215,6 +219,7 @@ impl PeerConfig {
             ttl_security: None,
             max_prefix: None,
             allow_local_as: 0,
+            bfd: None,
             description: None,
         }
     }
@@ -255,6 +260,14 @@ impl PeerConfig {
             if self.multihop.is_some() {
                 return Err(format!(
                     "peer {who}: ttlSecurity and multihop exclude each other (TTL security always sends 255)"
+                ));
+            }
+        }
+        if let Some(b) = &self.bfd {
+            b.validate().map_err(|e| format!("peer {who}: {e}"))?;
+            if self.multihop.is_some() {
+                return Err(format!(
+                    "peer {who}: bfd is single-hop here and excludes multihop"
                 ));
             }
         }
@@ -310,6 +323,8 @@ impl PeerConfig {
         let strip = |p: &PeerConfig| PeerConfig {
             description: None,
             next_hop: NextHopMode::Auto,
+            // BFD is its own session, started and stopped beside BGP's.
+            bfd: None,
             ..p.clone()
         };
         strip(self) != strip(other)

@@ -55,6 +55,8 @@ pub(crate) enum Input {
     StaleExpired { peer: PeerId, serial: u64 },
     /// Start a peer again (after a max-prefix tear-down's restart delay).
     Restart { peer: PeerId },
+    /// A BFD session changed state.
+    Bfd(crate::bfd::BfdEvent),
     /// A timer ran out.
     TimerFired {
         peer: PeerId,

@@ -199,6 +199,8 @@ pub enum Event {
     Message(Direction, Message),
     /// A message failed to decode; this NOTIFICATION must be sent.
     DecodeError(Direction, NotificationError),
+    /// BFD declared the peer down: the established session ends now (RFC 5882 §10.2).
+    BfdDown,
 }
 
 /// Outputs the driver carries out, in order.
@@ -351,6 +353,17 @@ impl Fsm {
             Event::DecodeError(dir, n) => {
                 if self.conns[dir.index()].is_some() {
                     self.fail(dir, n, &mut out);
+                }
+            }
+            Event::BfdDown => {
+                for dir in [Direction::Outgoing, Direction::Incoming] {
+                    if self.conns[dir.index()]
+                        .as_ref()
+                        .is_some_and(|c| c.state == ConnState::Established)
+                    {
+                        let n = NotificationError::cease(cease_subcode::BFD_DOWN);
+                        self.fail(dir, n, &mut out);
+                    }
                 }
             }
         }

@@ -345,3 +345,25 @@ fn open_advertises_configured_capabilities() {
     c.local_as = 4_200_000_000;
     assert_eq!(c.open().my_as, 23456, "AS_TRANS in the 2-octet field");
 }
+
+#[test]
+fn bfd_down_ends_an_established_session_with_cease_bfd_down() {
+    let mut fsm = Fsm::new(cfg(false));
+    // Before Established, BFD has nothing to end.
+    fsm.handle(Event::Start);
+    assert!(fsm.handle(Event::BfdDown).is_empty());
+    let mut fsm = Fsm::new(cfg(false));
+    established(&mut fsm);
+    assert_eq!(fsm.state(), State::Established);
+    let a = fsm.handle(Event::BfdDown);
+    assert_eq!(notification_of(&a, Outgoing), Some((6, 10)));
+    assert!(a.contains(&Action::Down(DownReason::NotificationSent {
+        code: 6,
+        subcode: 10
+    })));
+    assert!(a.contains(&Action::StartTimer(
+        Timer::ConnectRetry,
+        Duration::from_secs(5)
+    )));
+    assert_ne!(fsm.state(), State::Established);
+}

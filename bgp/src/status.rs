@@ -85,6 +85,9 @@ pub struct PeerStatus {
     /// The peer sent more prefixes than its max-prefix limit.
     #[serde(default)]
     pub max_prefix_exceeded: bool,
+    /// BFD session state, when BFD is on for this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<crate::bfd::BfdState>,
 }
 
 /// Prefix counters of one peer in one family.

@@ -13,7 +13,7 @@ use serval_bgp::af::Family;
 use serval_bgp::config::{NextHopMode, PeerConfig};
 use serval_policy::Selector;
 
-use crate::resources::bgp::{NextHopMode as PeerNextHop, SourceAddress};
+use crate::resources::bgp::{FailureDetectionMode, NextHopMode as PeerNextHop, SourceAddress};
 use crate::resources::validate::{parse_duration, parse_peer_ip};
 use crate::resources::{BGPConfiguration, BGPPeer, Node};
 
@@ -344,6 +344,15 @@ fn session(
     pc.keepalive_time = seconds(spec.keepalive_time.as_deref());
     // Calico's ttlSecurity is the hop count (GTSM).
     pc.ttl_security = spec.ttl_security.filter(|h| *h > 0);
+    // BFD only towards a peer on one of our subnets (single hop), as the mode's name says.
+    let on_link = [me.v4, me.v6]
+        .into_iter()
+        .flatten()
+        .any(|net| net.prefix_len() < net.max_prefix_len() && net.trunc().contains(&addr));
+    if spec.failure_detection_mode == Some(FailureDetectionMode::BFDIfDirectlyConnected) && on_link
+    {
+        pc.bfd = Some(serval_bgp::bfd::BfdConfig::default());
+    }
     // Validation caps it at 255; a count beyond any real path is as good as "any".
     pc.allow_local_as = spec
         .num_allowed_local_as_numbers

@@ -136,6 +136,30 @@ fn rack_as_peers_may_allow_our_as_in_paths() {
 }
 
 #[test]
+fn bfd_only_towards_directly_connected_peers() {
+    let res = BgpResources {
+        nodes: three_nodes(),
+        configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
+        peers: vec![
+            peer(
+                "{peerIP: 10.0.0.254, asNumber: 65300, failureDetectionMode: BFDIfDirectlyConnected}",
+            ),
+            peer(
+                "{peerIP: 192.0.2.7, asNumber: 65300, failureDetectionMode: BFDIfDirectlyConnected}",
+            ),
+        ],
+    };
+    let p = compute_peers("n1", &res).unwrap();
+    assert_eq!(addrs(&p), ["10.0.0.254", "192.0.2.7"]);
+    assert_eq!(
+        p[0].config.bfd,
+        Some(serval_bgp::bfd::BfdConfig::default()),
+        "10.0.0.254 is on n1's 10.0.0.0/24"
+    );
+    assert_eq!(p[1].config.bfd, None, "192.0.2.7 is routed, not on a link");
+}
+
+#[test]
 fn reflectors_leave_the_mesh_and_serve_clients() {
     let mut nodes = three_nodes();
     nodes.push(node(

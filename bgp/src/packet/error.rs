@@ -105,6 +105,8 @@ pub mod cease_subcode {
     pub const CONNECTION_COLLISION_RESOLUTION: u8 = 7;
     /// Out of resources.
     pub const OUT_OF_RESOURCES: u8 = 8;
+    /// BFD declared the peer down (RFC 9384).
+    pub const BFD_DOWN: u8 = 10;
 }
 
 /// A fatal protocol error: the NOTIFICATION to send before closing the session.
@@ -203,6 +205,8 @@ pub fn describe(code: u8, subcode: u8) -> &'static str {
         (6, 6) => "cease: other configuration change",
         (6, 7) => "cease: connection collision resolution",
         (6, 8) => "cease: out of resources",
+        (6, 9) => "cease: hard reset",
+        (6, 10) => "cease: BFD down",
         (6, _) => "cease",
         (7, _) => "route-refresh message error",
         _ => "unknown error",

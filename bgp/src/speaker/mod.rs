@@ -120,6 +120,8 @@ pub(crate) struct Speaker {
     /// The listening socket, for per-peer TCP-MD5 keys (lives as long as `listener`).
     listener_fd: Option<std::os::fd::RawFd>,
     updates_since_sweep: u64,
+    /// The BFD task, started with the first peer that wants BFD.
+    bfd: Option<crate::bfd::BfdHandle>,
 }
 
 impl Speaker {
@@ -165,6 +167,7 @@ impl Speaker {
             listener,
             listener_fd,
             updates_since_sweep: 0,
+            bfd: None,
         })
     }
 
@@ -279,6 +282,9 @@ impl Speaker {
                 cfg.address
             )));
         }
+        if let Some(b) = &cfg.bfd {
+            self.bfd_handle()?.add(cfg.address, b.clone());
+        }
         self.by_addr.insert(cfg.address, id);
         let entry = PeerEntry::new(id, cfg, &self.cfg);
         entry
@@ -300,6 +306,19 @@ impl Speaker {
             self.stop_peer(id, cease_subcode::OTHER_CONFIGURATION_CHANGE);
             return self.add_peer(cfg);
         }
+        let old_bfd = self.peers[&id].cfg.bfd.clone();
+        if old_bfd != cfg.bfd {
+            match &cfg.bfd {
+                Some(b) => self.bfd_handle()?.add(cfg.address, b.clone()),
+                None => {
+                    if let Some(h) = &self.bfd {
+                        h.remove(cfg.address);
+                    }
+                }
+            }
+            self.peers.get_mut(&id).expect("known id").bfd_state =
+                cfg.bfd.as_ref().map(|_| crate::bfd::BfdState::Down);
+        }
         self.peers.get_mut(&id).expect("known id").cfg = cfg;
         self.full_export(id, false);
         Ok(())
@@ -319,6 +338,9 @@ impl Speaker {
                 conn.close();
             }
             self.by_addr.remove(&entry.cfg.address);
+            if let (Some(h), Some(_)) = (&self.bfd, &entry.cfg.bfd) {
+                h.remove(entry.cfg.address);
+            }
             if let (Some(fd), Some(_)) = (self.listener_fd, &entry.cfg.password) {
                 let _ = crate::sockopt::set_md5_key(fd, entry.cfg.address, None);
             }
@@ -497,6 +519,7 @@ impl Speaker {
                 }
             }
             Input::StaleExpired { peer, serial } => self.on_stale_expired(peer, serial),
+            Input::Bfd(ev) => self.on_bfd(ev),
             Input::Restart { peer } => {
                 if let Some(entry) = self.peers.get_mut(&peer) {
                     entry.max_prefix_tripped = false;
@@ -781,6 +804,57 @@ impl Speaker {
             end_of_rib_received: sorted(&p.eor_received),
             stale_families: sorted(&p.stale_families),
             max_prefix_exceeded: p.max_prefix_tripped,
+            bfd: p.bfd_state,
+        }
+    }
+
+    /// The BFD task, started on first use on our listen address.
+    fn bfd_handle(&mut self) -> Result<&crate::bfd::BfdHandle, SpeakerError> {
+        if self.bfd.is_none() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let handle = crate::bfd::BfdHandle::start(
+                self.cfg.listen_address,
+                crate::bfd::socket::BFD_PORT,
+                tx,
+            )
+            .map_err(|e| SpeakerError::Config(format!("cannot start BFD (UDP port 3784): {e}")))?;
+            let inputs = self.input_tx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if inputs.send(Input::Bfd(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            self.bfd = Some(handle);
+        }
+        Ok(self.bfd.as_ref().expect("just set"))
+    }
+
+    /// A BFD session changed: Up is noted; a fall from Up ends the BGP session at once.
+    fn on_bfd(&mut self, ev: crate::bfd::BfdEvent) {
+        let Some(&id) = self.by_addr.get(&ev.peer) else {
+            return;
+        };
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if entry.cfg.bfd.is_none() {
+            return;
+        }
+        let was = entry.bfd_state.replace(ev.state);
+        // RFC 5882 §3.2: a peer that turned BFD off (AdminDown) has not failed.
+        let fell = was == Some(crate::bfd::BfdState::Up)
+            && ev.state != crate::bfd::BfdState::Up
+            && !ev.remote_admin_down;
+        entry
+            .span
+            .in_scope(|| tracing::info!(state = ?ev.state, diag = ev.diag, "BFD session state"));
+        if fell {
+            entry
+                .span
+                .in_scope(|| tracing::warn!("BFD declared the peer down; closing the BGP session"));
+            self.fsm_event(id, Event::BfdDown);
         }
     }
 

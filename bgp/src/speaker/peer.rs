@@ -55,10 +55,13 @@ pub(crate) struct PeerEntry {
     pub eor_received: HashSet<Family>,
     /// The max-prefix limit was exceeded (warning given, or session torn down and waiting).
     pub max_prefix_tripped: bool,
+    /// The BFD session's last state, when BFD is on for this peer.
+    pub bfd_state: Option<crate::bfd::BfdState>,
 }
 
 impl PeerEntry {
     pub fn new(id: PeerId, cfg: PeerConfig, speaker: &SpeakerConfig) -> Self {
+        let bfd_state = cfg.bfd.as_ref().map(|_| crate::bfd::BfdState::Down);
         let ebgp = cfg.is_ebgp(speaker.as_number);
         let fsm = Fsm::new(FsmConfig {
             local_as: speaker.as_number,
@@ -111,6 +114,7 @@ impl PeerEntry {
             stale_families: HashSet::new(),
             eor_received: HashSet::new(),
             max_prefix_tripped: false,
+            bfd_state,
         }
     }
 

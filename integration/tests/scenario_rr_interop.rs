@@ -65,12 +65,11 @@ fn paths(
             let sock = format!("/run/serval-lab/{}/{client}.ctl", lab.topo.name);
             let text = lab.exec(client, &["birdc", "-s", &sock, "show route all"])?;
             let (mut prefix, mut current): (String, Option<Seen>) = (String::new(), None);
-            let mut push =
-                |prefix: &str, s: Option<Seen>, out: &mut BTreeMap<String, Vec<Seen>>| {
-                    if let Some(s) = s {
-                        out.entry(prefix.to_string()).or_default().push(s);
-                    }
-                };
+            let push = |prefix: &str, s: Option<Seen>, out: &mut BTreeMap<String, Vec<Seen>>| {
+                if let Some(s) = s {
+                    out.entry(prefix.to_string()).or_default().push(s);
+                }
+            };
             for line in text.lines() {
                 let t = line.trim();
                 if line.contains(" unicast [") {

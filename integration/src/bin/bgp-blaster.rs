@@ -97,14 +97,22 @@ fn feed(args: &[String]) -> std::io::Result<()> {
     let id: Ipv4Addr = arg(args, "--id").parse().expect("--id");
     let count: u32 = arg(args, "--count").parse().expect("--count");
     let nh: Ipv4Addr = arg(args, "--next-hop").parse().expect("--next-hop");
+    // `--ibgp`: a client of a reflector, so no own AS in the path and a LOCAL_PREF.
+    let ibgp = args.iter().any(|a| a == "--ibgp");
     // Pre-encode everything so the measurement is the receiver's speed, not ours.
     let sets = 1000u32;
     let mut msgs = Vec::new();
     for set in 0..sets {
+        let path: Vec<u32> = if ibgp {
+            vec![3356, 64_000 + set % 1000]
+        } else {
+            vec![asn, 3356, 64_000 + set % 1000]
+        };
         let attrs = PathAttributes {
-            as_path: AsPath::from_sequence([asn, 3356, 64_000 + set % 1000]),
+            as_path: AsPath::from_sequence(path),
             next_hop: Some(IpAddr::V4(nh)),
             med: Some(set),
+            local_pref: ibgp.then_some(100),
             communities: vec![asn << 16 | (set & 0xffff)],
             ..Default::default()
         };
@@ -208,7 +216,7 @@ fn main() -> std::io::Result<()> {
         Some("sink") => sink(&args),
         _ => {
             eprintln!(
-                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N"
+                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP [--ibgp]\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N"
             );
             std::process::exit(2)
         }

@@ -89,7 +89,7 @@ impl SpeakerConfig {
 }
 
 /// How to set NEXT_HOP when advertising to a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum NextHopMode {
     /// Self towards eBGP peers and for local routes; unchanged towards iBGP peers.

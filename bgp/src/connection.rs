@@ -68,8 +68,8 @@ pub(crate) enum Input {
 /// What the speaker asks a writer task to do.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// Write these bytes (one or more encoded messages).
-    Data(Vec<u8>),
+    /// Write these bytes (one or more encoded messages), shared by an update group's members.
+    Data(bytes::Bytes),
     /// Flush, then shut the connection down.
     Close,
 }
@@ -86,7 +86,7 @@ pub(crate) struct ConnIo {
 
 impl ConnIo {
     /// Queues bytes; a closed writer just means the connection is going away.
-    pub fn send(&self, bytes: Vec<u8>) {
+    pub fn send(&self, bytes: bytes::Bytes) {
         let _ = self.writer.send(Outgoing::Data(bytes));
     }
 

@@ -44,10 +44,20 @@ pub trait RoutePolicy: Send + Sync + 'static {
         let _ = (peer, prefix, attrs);
         Verdict::Accept
     }
+
+    /// Whether `export` looks at the peer's address (not just its AS and type): if so, each
+    /// peer gets its own update group.
+    fn export_depends_on_peer_address(&self) -> bool {
+        true
+    }
 }
 
 /// The policy of a speaker with no filters configured.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AcceptAll;
 
-impl RoutePolicy for AcceptAll {}
+impl RoutePolicy for AcceptAll {
+    fn export_depends_on_peer_address(&self) -> bool {
+        false
+    }
+}

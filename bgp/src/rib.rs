@@ -261,7 +261,7 @@ impl<P: Prefix> Table<P> {
 }
 
 /// What we last advertised to one peer in one family.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AdjRibOut<P: Prefix> {
     sent: HashMap<P, Arc<PathAttributes>>,
 }
@@ -313,6 +313,11 @@ impl<P: Prefix> AdjRibOut<P> {
     /// Every prefix advertised.
     pub fn keys(&self) -> impl Iterator<Item = &P> {
         self.sent.keys()
+    }
+
+    /// What is advertised, prefix by prefix.
+    pub fn entries(&self) -> impl Iterator<Item = (&P, &Arc<PathAttributes>)> {
+        self.sent.iter()
     }
 
     /// What was advertised for a prefix.

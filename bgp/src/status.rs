@@ -28,6 +28,19 @@ pub struct Status {
     pub families: Vec<FamilyStatus>,
     /// Distinct attribute sets held (interned).
     pub attribute_sets: usize,
+    /// Update groups: sessions that share one Adj-RIB-Out and UPDATE stream.
+    #[serde(default)]
+    pub update_groups: Vec<UpdateGroupStatus>,
+}
+
+/// One update group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateGroupStatus {
+    /// Member peers' addresses.
+    pub members: Vec<std::net::IpAddr>,
+    /// Prefixes advertised to the group, per family.
+    pub advertised: Vec<(Family, usize)>,
 }
 
 /// Loc-RIB size of one family.

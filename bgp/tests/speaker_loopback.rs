@@ -382,3 +382,82 @@ async fn own_as_in_the_path_is_a_loop_unless_allowed_as_in_a_rack() {
         h.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn reflector_clients_share_one_update_group() {
+    // A reflector and three clients on 127.0.0.1-4.
+    let mut rr_cfg = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 1), 65000);
+    let rr_port = free_port();
+    let rr_ip: IpAddr = "127.0.0.1".parse().unwrap();
+    rr_cfg.listen_address = Some(rr_ip);
+    rr_cfg.listen_port = rr_port;
+    rr_cfg.cluster_id = Some(Ipv4Addr::new(244, 0, 0, 1));
+    let rr = SpeakerHandle::start(rr_cfg).await.unwrap();
+    let mut clients = Vec::new();
+    for i in 2..=4u8 {
+        let (c, ip, port) = speaker_on(&format!("127.0.0.{i}"), i, 65000).await;
+        c.add_peer(to(rr_ip, rr_port, 65000, ip)).await.unwrap();
+        let mut p = to(ip, port, 65000, rr_ip);
+        p.route_reflector_client = true;
+        rr.add_peer(p).await.unwrap();
+        clients.push((c, ip));
+    }
+    let s = eventually("three client sessions", || async {
+        let s = rr.status().await.unwrap();
+        s.peers
+            .iter()
+            .all(|p| p.state == State::Established)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s.update_groups.len(), 1, "{:?}", s.update_groups);
+    assert_eq!(s.update_groups[0].members.len(), 3);
+
+    // One client's route reaches the other two, reflected.
+    let (c0, c0_ip) = clients.remove(0);
+    let c0_ip = &c0_ip;
+    c0.announce(LocalRoute::new("10.9.0.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+    for (c, _) in &clients {
+        eventually("reflected route", || async {
+            let s = c.status().await.unwrap();
+            (s.families[0].prefixes == 1).then_some(s)
+        })
+        .await;
+        let r = c.routes(Family::Ipv4Unicast, None).await.unwrap();
+        let a = &r[0].paths[0].attributes;
+        assert_eq!(a.originator_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(a.cluster_list, vec![Ipv4Addr::new(244, 0, 0, 1)]);
+        assert_eq!(a.next_hop, Some(*c0_ip));
+    }
+    // The group's one stream also reaches the originator, which ignores its own route.
+    let s = rr.status().await.unwrap();
+    assert_eq!(
+        s.update_groups[0].advertised,
+        vec![(Family::Ipv4Unicast, 1), (Family::Ipv6Unicast, 0)]
+    );
+    let own = c0.routes(Family::Ipv4Unicast, None).await.unwrap();
+    assert!(
+        own.iter().all(|r| r.paths.iter().all(|p| p.peer.is_none())),
+        "c0 keeps only its local path: {own:?}"
+    );
+
+    // Two clients leave: the last one is alone, gets exact split horizon again, and its own
+    // route is withdrawn from what it was sent.
+    for (c, ip) in clients {
+        rr.remove_peer(ip).await.unwrap();
+        c.shutdown().await.unwrap();
+    }
+    let s = eventually("a group of one without c0's own route", || async {
+        let s = rr.status().await.unwrap();
+        (s.update_groups.len() == 1
+            && s.update_groups[0].members == vec![*c0_ip]
+            && s.update_groups[0].advertised[0] == (Family::Ipv4Unicast, 0))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s.peers[0].prefixes[0].advertised, 0);
+    rr.shutdown().await.unwrap();
+    c0.shutdown().await.unwrap();
+}

@@ -12,6 +12,7 @@
 //! prefix that changed, tells subscribers, and sends each peer its packed UPDATEs.
 
 mod graceful;
+mod groups;
 mod handle;
 mod ingest;
 mod outbound;
@@ -60,8 +61,8 @@ pub(crate) struct Tables {
 pub(crate) trait FamilyRib: Prefix {
     fn table(t: &Tables) -> &Table<Self>;
     fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>);
-    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self>;
-    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self>;
+    fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self>;
+    fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self>;
 }
 
 impl FamilyRib for Ipv4Net {
@@ -71,11 +72,11 @@ impl FamilyRib for Ipv4Net {
     fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
         (&mut t.v4, &mut t.dirty4)
     }
-    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
-        &mut p.out4
+    fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self> {
+        &mut g.out4
     }
-    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self> {
-        &p.out4
+    fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self> {
+        &g.out4
     }
 }
 
@@ -86,11 +87,11 @@ impl FamilyRib for Ipv6Net {
     fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
         (&mut t.v6, &mut t.dirty6)
     }
-    fn adj_out(p: &mut PeerEntry) -> &mut AdjRibOut<Self> {
-        &mut p.out6
+    fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self> {
+        &mut g.out6
     }
-    fn adj_out_ref(p: &PeerEntry) -> &AdjRibOut<Self> {
-        &p.out6
+    fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self> {
+        &g.out6
     }
 }
 
@@ -122,6 +123,9 @@ pub(crate) struct Speaker {
     updates_since_sweep: u64,
     /// The BFD task, started with the first peer that wants BFD.
     bfd: Option<crate::bfd::BfdHandle>,
+    /// Update groups: sessions that share one Adj-RIB-Out and UPDATE stream.
+    groups: HashMap<groups::GroupId, groups::UpdateGroup>,
+    next_group_id: groups::GroupId,
 }
 
 impl Speaker {
@@ -168,6 +172,8 @@ impl Speaker {
             listener_fd,
             updates_since_sweep: 0,
             bfd: None,
+            groups: HashMap::new(),
+            next_group_id: 1,
         })
     }
 
@@ -637,9 +643,12 @@ impl Speaker {
                         });
                     }
                     entry.counts.messages_sent += 1;
-                    conn.send(msg.encode(EncodeContext {
-                        four_octet_as: true,
-                    }));
+                    conn.send(
+                        msg.encode(EncodeContext {
+                            four_octet_as: true,
+                        })
+                        .into(),
+                    );
                 }
             }
             Action::Close(dir) => {
@@ -694,10 +703,11 @@ impl Speaker {
                     .span
                     .in_scope(|| tracing::warn!(?reason, "session down"));
                 let kept = self.begin_stale(id, &reason);
+                if let Some(gid) = self.peers[&id].group {
+                    self.leave_group(id, gid, false);
+                }
                 let entry = self.peers.get_mut(&id).expect("checked above");
                 entry.session = None;
-                entry.out4.clear();
-                entry.out6.clear();
                 entry.eor_received.clear();
                 if !kept {
                     entry.accepted = [0, 0];
@@ -711,11 +721,7 @@ impl Speaker {
                     entry
                         .span
                         .in_scope(|| tracing::info!(%family, "route refresh requested"));
-                    match family {
-                        Family::Ipv4Unicast => entry.out4.clear(),
-                        Family::Ipv6Unicast => entry.out6.clear(),
-                    }
-                    self.full_export(id, false);
+                    self.resend_table(id, family);
                 }
             }
         }
@@ -759,6 +765,33 @@ impl Speaker {
                 },
             ],
             attribute_sets: self.interner.len(),
+            update_groups: {
+                let mut g: Vec<crate::status::UpdateGroupStatus> = self
+                    .groups
+                    .values()
+                    .map(|g| crate::status::UpdateGroupStatus {
+                        members: g
+                            .members
+                            .iter()
+                            .filter_map(|m| self.peers.get(m).map(|e| e.cfg.address))
+                            .collect(),
+                        advertised: g
+                            .key
+                            .families
+                            .iter()
+                            .map(|f| {
+                                let n = match f {
+                                    Family::Ipv4Unicast => g.out4.len(),
+                                    Family::Ipv6Unicast => g.out6.len(),
+                                };
+                                (*f, n)
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                g.sort_by(|a, b| a.members.cmp(&b.members));
+                g
+            },
         }
     }
 
@@ -793,10 +826,13 @@ impl Speaker {
                     family: f,
                     received: received(f),
                     accepted: p.accepted[family_index(f)],
-                    advertised: match f {
-                        Family::Ipv4Unicast => p.out4.len(),
-                        Family::Ipv6Unicast => p.out6.len(),
-                    },
+                    advertised: p
+                        .group
+                        .and_then(|g| self.groups.get(&g))
+                        .map_or(0, |g| match f {
+                            Family::Ipv4Unicast => g.out4.len(),
+                            Family::Ipv6Unicast => g.out6.len(),
+                        }),
                 })
                 .collect(),
             messages: p.counts.clone(),

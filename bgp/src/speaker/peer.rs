@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 
 use crate::af::Family;
@@ -15,7 +15,6 @@ use crate::decision::PeerId;
 use crate::fsm::{Fsm, FsmConfig, Negotiated, State, Timer};
 use crate::packet::capability::{GracefulRestart, GracefulRestartFamily};
 use crate::policy::PolicyPeer;
-use crate::rib::AdjRibOut;
 use crate::status::MessageCounts;
 
 /// An established session.
@@ -38,8 +37,8 @@ pub(crate) struct PeerEntry {
     pub connect_task: Option<JoinHandle<()>>,
     pub timers: HashMap<Timer, (u64, JoinHandle<()>)>,
     pub session: Option<Session>,
-    pub out4: AdjRibOut<Ipv4Net>,
-    pub out6: AdjRibOut<Ipv6Net>,
+    /// The update group this peer's session is in (its Adj-RIB-Out is the group's).
+    pub group: Option<super::groups::GroupId>,
     pub accepted: [usize; 2],
     pub filtered: HashSet<IpNet>,
     pub counts: MessageCounts,
@@ -101,8 +100,7 @@ impl PeerEntry {
             connect_task: None,
             timers: HashMap::new(),
             session: None,
-            out4: AdjRibOut::default(),
-            out6: AdjRibOut::default(),
+            group: None,
             accepted: [0, 0],
             filtered: HashSet::new(),
             counts: MessageCounts::default(),
@@ -149,21 +147,23 @@ impl PeerEntry {
 
     /// Sends encoded messages on the established connection.
     pub fn send_session(&mut self, msgs: Vec<Vec<u8>>, updates: bool) {
+        let n = msgs.len() as u64;
+        self.send_batch(&join(msgs), n, updates);
+    }
+
+    /// Sends `n` messages already joined into one buffer (shared with other members of the
+    /// update group: cloning `Bytes` copies nothing).
+    pub fn send_batch(&mut self, buf: &bytes::Bytes, n: u64, updates: bool) {
         let Some(dir) = self.session.as_ref().map(|s| s.neg.direction) else {
             return;
         };
         let Some(conn) = &self.conns[dir_index(dir)] else {
             return;
         };
-        let n = msgs.len() as u64;
         if n == 0 {
             return;
         }
-        // One write request for the whole batch keeps the writer's queue short.
-        let total: usize = msgs.iter().map(Vec::len).sum();
-        let mut buf = Vec::with_capacity(total);
-        msgs.iter().for_each(|m| buf.extend_from_slice(m));
-        conn.send(buf);
+        conn.send(buf.clone());
         self.counts.messages_sent += n;
         if updates {
             self.counts.updates_sent += n;
@@ -186,4 +186,12 @@ pub(crate) fn dir_index(dir: crate::fsm::Direction) -> usize {
         crate::fsm::Direction::Outgoing => 0,
         crate::fsm::Direction::Incoming => 1,
     }
+}
+
+/// One write request for a whole batch keeps the writer's queue short.
+pub(crate) fn join(msgs: Vec<Vec<u8>>) -> bytes::Bytes {
+    let total: usize = msgs.iter().map(Vec::len).sum();
+    let mut buf = Vec::with_capacity(total);
+    msgs.iter().for_each(|m| buf.extend_from_slice(m));
+    bytes::Bytes::from(buf)
 }

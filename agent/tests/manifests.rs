@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
@@ -84,6 +84,7 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
     let mut kinds = BTreeMap::new();
     let mut daemonsets = Vec::new();
     let mut configmaps = Vec::new();
+    let mut secret_role = false;
     for (file, docs) in manifests() {
         for doc in docs {
             let kind = doc["kind"]
@@ -103,6 +104,19 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                     drop(round_trip::<ClusterRoleBinding>(&file, &doc))
                 }
+                ("rbac.authorization.k8s.io/v1", "Role") => {
+                    let role = round_trip::<Role>(&file, &doc);
+                    // Secrets only by name, only in serval-node's namespace.
+                    for rule in role.rules.iter().flatten() {
+                        if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                            assert_eq!(rule.verbs, ["get"], "{file}: secrets are only read");
+                            secret_role = true;
+                        }
+                    }
+                }
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                    drop(round_trip::<RoleBinding>(&file, &doc))
+                }
                 ("apps/v1", "DaemonSet") => {
                     daemonsets.push((file.clone(), round_trip::<DaemonSet>(&file, &doc)))
                 }
@@ -118,6 +132,10 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
             }
         }
     }
+    assert!(
+        secret_role,
+        "a Role lets serval-node read BGP password Secrets"
+    );
     for want in [
         "DaemonSet",
         "ClusterRole",

@@ -3,17 +3,19 @@
 //! reflectors left out), global peers, node-specific peers (`node` or `nodeSelector`), and
 //! `peerSelector` peerings to other nodes, with reflector clients by cluster ID.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kube::ResourceExt;
 use serval_bgp::af::Family;
-use serval_bgp::config::{NextHopMode, PeerConfig};
+use serval_bgp::config::{NextHopMode, Password, PeerConfig};
 use serval_policy::Selector;
 
-use crate::resources::bgp::{FailureDetectionMode, NextHopMode as PeerNextHop, SourceAddress};
+use crate::resources::bgp::{
+    BgpPassword, FailureDetectionMode, NextHopMode as PeerNextHop, SourceAddress,
+};
 use crate::resources::validate::{parse_duration, parse_peer_ip};
 use crate::resources::{BGPConfiguration, BGPPeer, Node};
 
@@ -118,6 +120,38 @@ pub struct BgpResources {
     pub peers: Vec<BGPPeer>,
     /// All Node objects.
     pub nodes: Vec<Node>,
+    /// Secrets in serval-node's namespace that BGP passwords name: Secret → key → value.
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl BgpResources {
+    /// The TCP-MD5 password a `secretKeyRef` names, or why there is none.
+    pub fn password(&self, p: &BgpPassword) -> Result<Password, String> {
+        let r = &p.secret_key_ref;
+        match self.secrets.get(&r.name) {
+            None => Err(format!(
+                "password: Secret {:?} not found or not readable (it is read from serval-node's namespace)",
+                r.name
+            )),
+            Some(data) => data.get(&r.key).map(|v| Password(v.clone())).ok_or(format!(
+                "password: Secret {:?} has no key {:?}",
+                r.name, r.key
+            )),
+        }
+    }
+
+    /// The Secret names BGP passwords refer to (peers and the mesh).
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        let mesh = self
+            .configs
+            .iter()
+            .filter(|c| c.name_any() == "default")
+            .filter_map(|c| c.spec.node_mesh_password.as_ref());
+        let peers = self.peers.iter().filter_map(|p| p.spec.password.as_ref());
+        mesh.chain(peers)
+            .map(|p| p.secret_key_ref.name.clone())
+            .collect()
+    }
 }
 
 /// Cluster settings after `default` and `node.<name>` are merged.
@@ -131,6 +165,8 @@ pub struct EffectiveBgpConfig {
     pub listen_port: u16,
     /// Graceful-restart time for mesh peers, seconds.
     pub mesh_restart_time: Option<u16>,
+    /// TCP-MD5 password for mesh peers (only on `default`).
+    pub mesh_password: Option<BgpPassword>,
 }
 
 fn seconds(text: Option<&str>) -> Option<u16> {
@@ -162,6 +198,7 @@ impl BgpResources {
             mesh_restart_time: seconds(
                 global.and_then(|s| s.node_mesh_max_restart_time.as_deref()),
             ),
+            mesh_password: global.and_then(|s| s.node_mesh_password.clone()),
         }
     }
 }
@@ -225,10 +262,17 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                 pc.families = vec![family_of(&addr)];
                 pc.graceful_restart_time = cfg.mesh_restart_time;
                 pc.description = Some(format!("Mesh_{}", other.name));
+                let mut unsupported = Vec::new();
+                if let Some(p) = &cfg.mesh_password {
+                    match res.password(p) {
+                        Ok(pw) => pc.password = Some(pw),
+                        Err(e) => unsupported.push(e),
+                    }
+                }
                 add(DesiredPeer {
                     config: pc,
                     peer_type: PeerType::NodeMesh,
-                    unsupported: Vec::new(),
+                    unsupported,
                 });
             }
         }
@@ -236,8 +280,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
 
     for bp in &res.peers {
         let spec = &bp.spec;
-        // (peer address, port, AS, the peer node if it is one of ours)
-        let mut targets: Vec<(IpAddr, u16, u32, Option<&NodeBgp>)> = Vec::new();
+        let mut targets: Vec<Target<'_>> = Vec::new();
         if applies_to(bp, &me) {
             if let Some(ip) = &spec.peer_ip {
                 if let Some((addr, port)) = parse_peer_ip(ip) {
@@ -282,11 +325,11 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                 }
             }
         }
-        for (addr, port, as_number, node) in targets {
-            let Some(source) = me.address_for(&addr) else {
+        for target in targets {
+            let Some(source) = me.address_for(&target.0) else {
                 continue;
             };
-            add(session(bp, &me, addr, source, port, as_number, node));
+            add(session(bp, &me, target, source, res));
         }
     }
     Ok(out.into_values().collect())
@@ -302,14 +345,15 @@ fn applies_to(bp: &BGPPeer, node: &NodeBgp) -> bool {
 }
 
 /// The session a BGPPeer describes from `me` to `addr`.
+/// (peer address, port, AS, the peer node if it is one of ours).
+type Target<'a> = (IpAddr, u16, u32, Option<&'a NodeBgp>);
+
 fn session(
     bp: &BGPPeer,
     me: &NodeBgp,
-    addr: IpAddr,
+    (addr, port, as_number, node): Target<'_>,
     source: IpAddr,
-    port: u16,
-    as_number: u32,
-    node: Option<&NodeBgp>,
+    res: &BgpResources,
 ) -> DesiredPeer {
     let spec = &bp.spec;
     let peer_type = if spec.node.is_none() && spec.node_selector.is_none() {
@@ -318,10 +362,7 @@ fn session(
         PeerType::NodeSpecific
     };
     let mut unsupported = Vec::new();
-    if spec.password.is_some() {
-        // The speaker does TCP-MD5; reading the key from its Secret is not wired yet.
-        unsupported.push("password (TCP-MD5) from a Secret".to_string());
-    }
+
     if spec.local_as_number.is_some() {
         unsupported.push("localASNumber".to_string());
     }
@@ -340,6 +381,13 @@ fn session(
         Some(SourceAddress::None) => None,
         _ => Some(source),
     };
+    if let Some(p) = &spec.password {
+        // Without its password the session cannot come up against an MD5 peer; say why.
+        match res.password(p) {
+            Ok(pw) => pc.password = Some(pw),
+            Err(e) => unsupported.push(e),
+        }
+    }
     pc.graceful_restart_time = seconds(spec.max_restart_time.as_deref());
     pc.keepalive_time = seconds(spec.keepalive_time.as_deref());
     // Calico's ttlSecurity is the hop count (GTSM).

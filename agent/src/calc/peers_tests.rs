@@ -105,6 +105,7 @@ fn global_and_node_specific_peers() {
             ),
             peer("{nodeSelector: \"rack == 'b'\", peerIP: 192.0.2.5, asNumber: 65300}"),
         ],
+        ..Default::default()
     };
     let p1 = compute_peers("n1", &res).unwrap();
     assert_eq!(addrs(&p1), ["192.0.2.1"]);
@@ -115,7 +116,13 @@ fn global_and_node_specific_peers() {
     assert_eq!(addrs(&p3), ["192.0.2.1", "192.0.2.9"]);
     assert_eq!(p3[1].peer_type, PeerType::NodeSpecific);
     assert_eq!(p3[1].config.port, 1790);
-    assert_eq!(p3[1].unsupported, ["password (TCP-MD5) from a Secret"]);
+    assert_eq!(
+        p3[1].unsupported,
+        [
+            "password: Secret \"s\" not found or not readable (it is read from serval-node's namespace)"
+        ]
+    );
+    assert_eq!(p3[1].config.password, None);
     assert_eq!(p3[1].config.ttl_security, Some(2));
     assert_eq!(p3[0].config.allow_local_as, 0, "loop detection by default");
 }
@@ -128,6 +135,7 @@ fn rack_as_peers_may_allow_our_as_in_paths() {
         peers: vec![peer(
             "{nodeSelector: \"rack == 'a'\", peerIP: 192.0.2.5, asNumber: 65300, numAllowedLocalASNumbers: 1}",
         )],
+        ..Default::default()
     };
     let p = compute_peers("n2", &res).unwrap();
     assert_eq!(addrs(&p), ["192.0.2.5"]);
@@ -148,6 +156,7 @@ fn bfd_only_towards_directly_connected_peers() {
                 "{peerIP: 192.0.2.7, asNumber: 65300, failureDetectionMode: BFDIfDirectlyConnected}",
             ),
         ],
+        ..Default::default()
     };
     let p = compute_peers("n1", &res).unwrap();
     assert_eq!(addrs(&p), ["10.0.0.254", "192.0.2.7"]);
@@ -185,6 +194,7 @@ fn reflectors_leave_the_mesh_and_serve_clients() {
         nodes,
         configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
         peers: vec![peer("{nodeSelector: all(), peerSelector: \"rr == 'yes'\"}")],
+        ..Default::default()
     };
     let client = compute_peers("n1", &res).unwrap();
     assert_eq!(addrs(&client), ["10.0.0.10", "10.0.0.11"]);
@@ -237,4 +247,59 @@ fn missing_node_or_address_is_a_clear_error() {
     );
     let e = compute_peers("bare", &res).unwrap_err();
     assert!(e.to_string().contains("no spec.bgp.ipv4Address"), "{e}");
+}
+
+#[test]
+fn passwords_come_from_secrets_for_peers_and_the_mesh() {
+    let mut res = BgpResources {
+        nodes: three_nodes(),
+        configs: vec![config(
+            "default",
+            "{nodeMeshPassword: {secretKeyRef: {name: bgp-secrets, key: mesh}}}",
+        )],
+        peers: vec![
+            peer(
+                "{peerIP: 192.0.2.1, asNumber: 65100, password: {secretKeyRef: {name: bgp-secrets, key: tor}}}",
+            ),
+            peer(
+                "{peerIP: 192.0.2.2, asNumber: 65100, password: {secretKeyRef: {name: bgp-secrets, key: nope}}}",
+            ),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        res.secret_names().into_iter().collect::<Vec<_>>(),
+        ["bgp-secrets"]
+    );
+    res.secrets.insert(
+        "bgp-secrets".into(),
+        [
+            ("mesh".to_string(), "m3sh".to_string()),
+            ("tor".to_string(), "t0r".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let p = compute_peers("n1", &res).unwrap();
+    let by = |a: &str| {
+        p.iter()
+            .find(|x| x.config.address.to_string() == a)
+            .unwrap()
+    };
+    assert_eq!(
+        by("10.0.0.2").config.password,
+        Some(serval_bgp::config::Password("m3sh".into())),
+        "mesh sessions use nodeMeshPassword"
+    );
+    assert_eq!(
+        by("192.0.2.1").config.password,
+        Some(serval_bgp::config::Password("t0r".into()))
+    );
+    assert!(by("192.0.2.1").unsupported.is_empty());
+    let missing = by("192.0.2.2");
+    assert_eq!(missing.config.password, None);
+    assert_eq!(
+        missing.unsupported,
+        ["password: Secret \"bgp-secrets\" has no key \"nope\""]
+    );
 }

@@ -2,7 +2,7 @@
 //! to the fake API server; recorded core objects read through the kube backend; IPAM over a
 //! datastore.
 
-use k8s_openapi::api::core::v1::{Namespace, Node as CoreNode, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node as CoreNode, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 
 use super::*;
@@ -24,6 +24,7 @@ fn served_kinds() -> Vec<KindInfo> {
         KindInfo::of::<Namespace>(),
         KindInfo::of::<CoreNode>(),
         KindInfo::of::<K8sNetworkPolicy>(),
+        KindInfo::of::<Secret>(),
     ]
 }
 
@@ -95,6 +96,7 @@ async fn load_recorded(store: &MemoryBackend) {
         ("nodes.json", KindInfo::of::<CoreNode>()),
         ("pods.json", KindInfo::of::<Pod>()),
         ("networkpolicies.json", KindInfo::of::<K8sNetworkPolicy>()),
+        ("secrets.json", KindInfo::of::<Secret>()),
     ] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         let list: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -139,6 +141,17 @@ async fn core_kinds_are_read_from_recorded_api_objects() {
         "AND peer kept"
     );
     assert_eq!(rule.ports.as_ref().unwrap()[1].end_port, Some(32768));
+    // BGP passwords: a Secret in serval-node's namespace, data decoded to text.
+    let secret: Secret = ds
+        .get(Some("kube-system"), "bgp-secrets")
+        .await
+        .unwrap()
+        .unwrap();
+    let data = crate::node::state::secret_strings(&secret);
+    assert_eq!(data["tor-password"], "s3cret-tor");
+    assert_eq!(data["mesh"], "m3sh");
+    let elsewhere: Option<Secret> = ds.get(Some("prod"), "bgp-secrets").await.unwrap();
+    assert!(elsewhere.is_none(), "only the named namespace is read");
 }
 
 #[tokio::test]

@@ -114,7 +114,20 @@ pub struct Agent {
     datastore: Option<crate::datastore::Datastore<AnyBackend>>,
     /// The tunnel-address allocation in flight, and when the last one started.
     tunnel_alloc: Option<(tokio::task::JoinHandle<()>, tokio::time::Instant)>,
+    /// serval-node's namespace, where BGP password Secrets live.
+    secret_namespace: String,
+    /// Secret reads come back here: (name, data or None).
+    secrets_tx: mpsc::UnboundedSender<SecretRead>,
+    secrets_rx: Option<mpsc::UnboundedReceiver<SecretRead>>,
+    /// The Secret names last asked for, and when.
+    secrets_asked: Option<(BTreeSet<String>, tokio::time::Instant)>,
 }
+
+/// A Secret as read: its name and its data, or None when it is missing or unreadable.
+type SecretRead = (String, Option<BTreeMap<String, String>>);
+
+/// How often referenced Secrets are read again (password rotation).
+const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 impl Agent {
     /// An agent with nothing applied yet.
@@ -130,6 +143,7 @@ impl Agent {
         var_dir: PathBuf,
         ready: watch::Sender<bool>,
     ) -> Agent {
+        let (secrets_tx, secrets_rx) = mpsc::unbounded_channel();
         Agent {
             metrics,
             name,
@@ -153,7 +167,62 @@ impl Agent {
             policy_written: None,
             datastore: None,
             tunnel_alloc: None,
+            secret_namespace: "kube-system".into(),
+            secrets_tx,
+            secrets_rx: Some(secrets_rx),
+            secrets_asked: None,
         }
+    }
+
+    /// Where BGP password Secrets are read (serval-node's own namespace).
+    pub fn with_secret_namespace(mut self, namespace: String) -> Agent {
+        self.secret_namespace = namespace;
+        self
+    }
+
+    /// Reads the Secrets BGP passwords name when the set changes and every minute; results
+    /// come back as messages. Secrets no longer named are forgotten.
+    fn refresh_secrets(&mut self) {
+        let names = self.state.secret_names();
+        for held in self.state.secrets_held() {
+            if !names.contains(&held) {
+                self.state.set_secret(&held, None);
+            }
+        }
+        if names.is_empty() {
+            self.secrets_asked = None;
+            return;
+        }
+        let due = match &self.secrets_asked {
+            Some((asked, at)) => *asked != names || at.elapsed() >= SECRET_REFRESH,
+            None => true,
+        };
+        let Some(ds) = self.datastore.clone().filter(|_| due) else {
+            return;
+        };
+        self.secrets_asked = Some((names.clone(), tokio::time::Instant::now()));
+        let (ns, tx) = (self.secret_namespace.clone(), self.secrets_tx.clone());
+        tokio::spawn(async move {
+            for name in names {
+                let read = ds
+                    .get::<k8s_openapi::api::core::v1::Secret>(Some(&ns), &name)
+                    .await;
+                let data = match read {
+                    Ok(Some(s)) => Some(super::state::secret_strings(&s)),
+                    Ok(None) => {
+                        tracing::warn!(secret = %name, namespace = %ns, "BGP password Secret not found");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(secret = %name, namespace = %ns, error = %e, "cannot read BGP password Secret");
+                        None
+                    }
+                };
+                if tx.send((name, data)).is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Lets the agent allocate tunnel addresses when a pool's IPIP or VXLAN mode is switched
@@ -204,9 +273,13 @@ impl Agent {
         let started = tokio::time::Instant::now();
         let mut settle = tokio::time::interval(Duration::from_millis(500));
         let _ = self.routes.send(RouteCommand::KeepLearned(true)).await;
+        let mut secrets = self.secrets_rx.take().expect("run is called once");
         loop {
             let mut dirty = false;
             tokio::select! {
+                Some((name, data)) = secrets.recv() => {
+                    dirty |= self.state.set_secret(&name, data);
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(AgentError::SyncerStopped) };
                     dirty |= self.on_event(ev).await;
@@ -303,6 +376,7 @@ impl Agent {
         };
         self.record_ipam(&desired);
         self.ensure_tunnel_addresses();
+        self.refresh_secrets();
         self.apply_peers(&desired).await?;
         self.apply_exports(&desired).await?;
         // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route

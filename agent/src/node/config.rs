@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Whether `/readyz` also requires every BGP session to be established.
     #[arg(long, env = "SERVAL_READINESS_REQUIRES_BGP", default_value_t = true, action = clap::ArgAction::Set)]
     pub readiness_requires_bgp: bool,
+    /// serval-node's own namespace, where BGP password Secrets are read (the DaemonSet sets
+    /// it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
 }
 
 /// How the node's address is chosen.
@@ -107,6 +111,8 @@ pub struct NodeConfig {
     pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
     /// `/readyz` requires established BGP sessions.
     pub readiness_requires_bgp: bool,
+    /// Where BGP password Secrets are read.
+    pub namespace: String,
 }
 
 /// A configuration error naming the variable.
@@ -302,6 +308,7 @@ impl RunArgs {
             })
             .transpose()?;
         Ok(NodeConfig {
+            namespace: self.namespace.clone(),
             readiness_requires_bgp: self.readiness_requires_bgp,
             node_labels,
             route_reflector_cluster_id,

@@ -136,7 +136,8 @@ pub async fn run(
         cfg.var_dir.clone(),
         ready_tx,
     )
-    .with_datastore(ds.clone());
+    .with_datastore(ds.clone())
+    .with_secret_namespace(cfg.namespace.clone());
     let backend = ds.backend().clone();
     let result = tokio::select! {
         r = agent.run(backend) => r.map_err(NodeError::from),

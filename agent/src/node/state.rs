@@ -63,6 +63,8 @@ pub struct ClusterState {
     pods: BTreeMap<String, K8sPod>,
     /// BGP best paths learned from peers: prefix → next hops.
     remote: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Secrets BGP passwords name, as last read: Secret → key → value.
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn key(namespace: Option<&str>, name: &str) -> String {
@@ -158,6 +160,33 @@ impl ClusterState {
             configs: self.configs.values().cloned().collect(),
             peers: self.peers.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    /// The Secrets BGP passwords name (peers and the mesh), to be read.
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        let mesh = self
+            .configs
+            .get("default")
+            .and_then(|c| c.spec.node_mesh_password.as_ref());
+        let peers = self.peers.values().filter_map(|p| p.spec.password.as_ref());
+        mesh.into_iter()
+            .chain(peers)
+            .map(|p| p.secret_key_ref.name.clone())
+            .collect()
+    }
+
+    /// The Secrets read so far.
+    pub fn secrets_held(&self) -> Vec<String> {
+        self.secrets.keys().cloned().collect()
+    }
+
+    /// Records what a Secret holds now (`None`: gone or unreadable); true if it changed.
+    pub fn set_secret(&mut self, name: &str, data: Option<BTreeMap<String, String>>) -> bool {
+        match data {
+            Some(d) => self.secrets.insert(name.to_string(), d.clone()) != Some(d),
+            None => self.secrets.remove(name).is_some(),
         }
     }
 
@@ -428,6 +457,20 @@ pub struct Desired {
     pub policy: PolicyInputs,
 }
 
+/// A Secret's data as text (values that are not UTF-8 are skipped: a password is text).
+pub fn secret_strings(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        out.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,5 +654,39 @@ mod tests {
             s.desired("zz", 1500),
             Err(PeerCalcError::NoNode(_))
         ));
+    }
+
+    #[test]
+    fn bgp_passwords_are_read_from_the_named_secrets() {
+        let mut s = cluster("Never");
+        upsert_json(
+            &mut s,
+            KindInfo::of::<BGPPeer>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"BGPPeer","metadata":{"name":"tor"},
+                   "spec":{"peerIP":"192.168.1.1","asNumber":65100,
+                           "password":{"secretKeyRef":{"name":"bgp-secrets","key":"tor"}}}}),
+        );
+        assert_eq!(
+            s.secret_names().into_iter().collect::<Vec<_>>(),
+            ["bgp-secrets"]
+        );
+        let tor = |s: &ClusterState| {
+            s.desired("a", 1500)
+                .unwrap()
+                .peers
+                .into_iter()
+                .find(|p| p.config.address.to_string() == "192.168.1.1")
+                .unwrap()
+        };
+        assert_eq!(tor(&s).config.password, None, "not read yet");
+        let data: BTreeMap<String, String> = [("tor".to_string(), "pw".to_string())].into();
+        assert!(s.set_secret("bgp-secrets", Some(data.clone())));
+        assert!(!s.set_secret("bgp-secrets", Some(data)), "unchanged");
+        assert_eq!(
+            tor(&s).config.password,
+            Some(serval_bgp::config::Password("pw".into()))
+        );
+        assert!(s.set_secret("bgp-secrets", None));
+        assert_eq!(tor(&s).config.password, None);
     }
 }

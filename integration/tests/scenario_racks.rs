@@ -1,6 +1,7 @@
 //! Two racks behind eBGP ToRs (one FRR, one BIRD per rack; racks.clab.yml): every node peers
 //! with its rack's two ToRs, the ToRs carry the pod routes between racks, pods everywhere
-//! reach each other, a ToR's rack link going down fails traffic over to the other ToR, and
+//! reach each other, a ToR's rack link going down fails traffic over to the other ToR (by
+//! BFD within about a second for the BIRD ToRs), and
 //! switching the pool to VXLAN CrossSubnet live tunnels only the traffic between racks.
 //! Failures name the node, the expectation and what was observed.
 
@@ -163,6 +164,74 @@ fn two_racks_behind_frr_and_bird_tors() {
     for node in ["r1n1", "r1n2"] {
         eventually(
             &format!("{node}: both ToRs again after tor1f's link is back"),
+            Duration::from_secs(60),
+            || {
+                let mut up = lab.established(node)?;
+                up.sort();
+                (up == tors("r1"))
+                    .then_some(())
+                    .ok_or(format!("established with {up:?}"))
+            },
+            || lab.log_tail(node),
+        );
+    }
+
+    // The BIRD ToRs run BFD with the nodes (failureDetectionMode: BFDIfDirectlyConnected):
+    // when tor1b's rack link goes down, the rack-1 nodes drop that session in about a
+    // second (300 ms x 3 on our side), not after the hold time.
+    let peer_of = |node: &str, addr: &str| -> Result<serde_json::Value, String> {
+        let s = lab.get(node, "/status")?;
+        s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["address"] == addr).cloned())
+            .ok_or(format!("{node}: no peer {addr}: {s}"))
+    };
+    for node in ["r1n1", "r1n2"] {
+        eventually(
+            &format!("{node}: BFD Up with tor1b"),
+            Duration::from_secs(30),
+            || {
+                let p = peer_of(node, "10.97.1.2")?;
+                (p["bfd"] == "Up").then_some(()).ok_or(p.to_string())
+            },
+            || lab.log_tail(node),
+        );
+    }
+    let cut = std::time::Instant::now();
+    lab.exec("tor1b", &["ip", "link", "set", "eth1", "down"])
+        .unwrap();
+    let took = eventually(
+        "r1n1: the tor1b session ends through BFD",
+        Duration::from_secs(10),
+        || {
+            let p = peer_of("r1n1", "10.97.1.2")?;
+            if p["state"] == "Established" {
+                return Err(p.to_string());
+            }
+            let why = p["lastError"].as_str().unwrap_or("");
+            why.contains("BFD")
+                .then(|| cut.elapsed())
+                .ok_or(format!("down, but not by BFD: {why}"))
+        },
+        || lab.log_tail("r1n1"),
+    );
+    eprintln!("racks: r1n1 dropped tor1b {took:?} after its link went down (BFD)");
+    assert!(
+        took < Duration::from_millis(1500),
+        "r1n1: BFD took {took:?} to notice tor1b's link"
+    );
+    lab.pods_reach(
+        "tor1b's link down: every pod pair through tor1f",
+        &pods,
+        |_, _| true,
+        30,
+        "r1n1",
+    );
+    lab.exec("tor1b", &["ip", "link", "set", "eth1", "up"])
+        .unwrap();
+    for node in ["r1n1", "r1n2"] {
+        eventually(
+            &format!("{node}: both ToRs again after tor1b's link is back"),
             Duration::from_secs(60),
             || {
                 let mut up = lab.established(node)?;

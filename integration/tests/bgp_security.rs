@@ -148,3 +148,88 @@ fn ttl_security_blocks_a_peer_two_hops_away_and_allows_it_at_two() {
         }
     }
 }
+
+fn bird_five_routes() -> String {
+    let routes: String = (1..=5)
+        .map(|i| format!("route 10.210.{i}.0/24 unreachable; "))
+        .collect();
+    format!(
+        r#"router id 10.80.0.2;
+log stderr all;
+protocol device {{}}
+protocol static s4 {{ ipv4; {routes}}}
+protocol bgp v4peer {{
+  local 10.80.0.2 as 65002; neighbor 10.80.0.1 as 65001; connect retry time 1; error wait time 1, 2;
+  ipv4 {{ import all; export all; }};
+}}
+"#
+    )
+}
+
+#[test]
+fn max_prefix_against_bird_tears_down_with_cease_or_only_warns() {
+    if !require::lab_ready("max_prefix with BIRD", &["bird", "birdc"]) {
+        return;
+    }
+    for warning_only in [false, true] {
+        let a = Netns::new("mpa").unwrap();
+        let b = Netns::new("mpb").unwrap();
+        link(&a, "eth1", &b, "eth1").unwrap();
+        a.addr("eth1", "10.80.0.1/24").unwrap();
+        b.addr("eth1", "10.80.0.2/24").unwrap();
+        let (da, db) = (Scratch::new("mpa"), Scratch::new("mpb"));
+        let mut bird = Bird::with_config(&b, &db.0, &bird_five_routes());
+        bird.start();
+        let yaml = format!(
+            "speaker: {{routerId: 10.80.0.1, asNumber: 65001}}\n\
+             httpAddress: 127.0.0.1:9179\n\
+             peers:\n  - {{address: 10.80.0.2, asNumber: 65002, connectRetryTime: 1, families: [ipv4-unicast],\n      \
+             maxPrefix: {{limit: 3, warningOnly: {warning_only}, restartSeconds: 2}}}}\n"
+        );
+        let mut serval = Serval::new(&a, &da.0, &yaml);
+        serval.start();
+        let ctx = || format!("{}\n{}", serval.log(), bird.log());
+        if warning_only {
+            eventually(
+                "warning only: the session stays up with all five routes, flagged",
+                Duration::from_secs(30),
+                || {
+                    let p = serval.peer("10.80.0.2")?;
+                    (p["state"] == "Established"
+                        && p["maxPrefixExceeded"] == true
+                        && p["prefixes"][0]["accepted"] == 5)
+                        .then_some(())
+                        .ok_or(p.to_string())
+                },
+                ctx,
+            );
+        } else {
+            eventually(
+                "tear-down: BIRD is told Cease / maximum number of prefixes",
+                Duration::from_secs(30),
+                || {
+                    let out = bird.birdc("show protocols all v4peer");
+                    out.contains("Maximum number of prefixes reached")
+                        .then_some(())
+                        .ok_or(out)
+                },
+                ctx,
+            );
+            let p = serval.peer("10.80.0.2").unwrap();
+            assert_eq!(p["maxPrefixExceeded"], true, "{p}");
+            // After the restart delay the session is tried again, and trips again.
+            eventually(
+                "tear-down: the session is retried after restartSeconds and trips again",
+                Duration::from_secs(30),
+                || {
+                    let p = serval.peer("10.80.0.2")?;
+                    (p["establishedTransitions"].as_u64().unwrap_or(0) >= 2
+                        && p["state"] != "Established")
+                        .then_some(())
+                        .ok_or(p.to_string())
+                },
+                ctx,
+            );
+        }
+    }
+}

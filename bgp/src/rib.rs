@@ -179,6 +179,8 @@ impl<P: Prefix> Table<P> {
             return (true, false);
         }
         let old_best = paths.first().cloned();
+        let before = Self::multipath_peers(paths, ctx);
+        let peer = path.peer;
         let replaced = match paths.iter_mut().find(|p| p.peer == path.peer) {
             Some(existing) => {
                 *existing = path;
@@ -189,30 +191,36 @@ impl<P: Prefix> Table<P> {
                 false
             }
         };
-        Self::reselect(paths, ctx);
-        (!same_path(old_best.as_ref(), paths.first()), replaced)
+        let after = Self::reselect(paths, ctx);
+        // The FIB sees every multipath (ECMP) member, not just the best path.
+        let changed = !same_path(old_best.as_ref(), paths.first())
+            || before != after
+            || (replaced && after.contains(&peer));
+        (changed, replaced)
     }
 
-    /// Removes `peer`'s path; returns whether the best path changed.
+    /// Removes `peer`'s path; returns whether the best path or the multipath set changed.
     pub fn remove(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> bool {
         self.take(prefix, peer, ctx).unwrap_or(false)
     }
 
-    /// Removes `peer`'s path; `None` if it had none, else whether the best path changed.
+    /// Removes `peer`'s path; `None` if it had none, else whether the best path or the
+    /// multipath set changed.
     pub fn take(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> Option<bool> {
         let paths = self.dests.get_mut(prefix)?;
         let at = paths.iter().position(|p| p.peer == peer)?;
+        let was_multipath = at == 0 || Self::multipath_peers(paths, ctx).contains(&peer);
         paths.remove(at);
         if paths.is_empty() {
             self.dests.remove(prefix);
             return Some(true);
         }
         Self::reselect(paths, ctx);
-        Some(at == 0)
+        Some(was_multipath)
     }
 
     /// Removes every path from `peer` (or only its stale ones); returns the prefixes
-    /// whose best path changed.
+    /// whose best path or multipath set changed.
     pub fn remove_peer(&mut self, peer: PeerId, only_stale: bool, ctx: &DecideCtx<'_>) -> Vec<P> {
         let mut changed = Vec::new();
         self.dests.retain(|prefix, paths| {
@@ -222,8 +230,9 @@ impl<P: Prefix> Table<P> {
             else {
                 return true;
             };
+            let was_multipath = at == 0 || Self::multipath_peers(paths, ctx).contains(&peer);
             paths.remove(at);
-            if at == 0 {
+            if was_multipath {
                 changed.push(*prefix);
                 Self::reselect(paths, ctx);
             }
@@ -252,11 +261,27 @@ impl<P: Prefix> Table<P> {
             .count()
     }
 
-    fn reselect(paths: &mut [Path], ctx: &DecideCtx<'_>) {
-        if paths.len() > 1 {
-            let d = ctx.decide(paths).expect("non-empty");
-            paths.swap(0, d.best);
+    /// Puts the best path first; returns the multipath (ECMP) members' peers, sorted.
+    fn reselect(paths: &mut [Path], ctx: &DecideCtx<'_>) -> Vec<PeerId> {
+        if paths.len() <= 1 {
+            return paths.iter().map(|p| p.peer).collect();
         }
+        let d = ctx.decide(paths).expect("non-empty");
+        let mut members: Vec<PeerId> = d.multipath.iter().map(|&i| paths[i].peer).collect();
+        members.sort_unstable();
+        paths.swap(0, d.best);
+        members
+    }
+
+    /// The multipath (ECMP) members' peers, sorted, without reordering the paths.
+    fn multipath_peers(paths: &[Path], ctx: &DecideCtx<'_>) -> Vec<PeerId> {
+        if paths.len() <= 1 {
+            return paths.iter().map(|p| p.peer).collect();
+        }
+        let d = ctx.decide(paths).expect("non-empty");
+        let mut members: Vec<PeerId> = d.multipath.iter().map(|&i| paths[i].peer).collect();
+        members.sort_unstable();
+        members
     }
 }
 
@@ -451,6 +476,47 @@ mod tests {
         );
         assert_eq!(t.remove_peer(1, false, &ctx).len(), 10);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn multipath_members_coming_and_going_are_changes_for_the_fib() {
+        let s = sources();
+        let ctx = DecideCtx {
+            cfg: DecisionConfig::default(),
+            sources: &s,
+        };
+        let mut i = Interner::default();
+        let mut t = Table::<Ipv4Net>::default();
+        let p: Ipv4Net = "10.244.8.0/26".parse().unwrap();
+        let path = |peer, i: &mut Interner| Path {
+            peer,
+            attrs: i.intern(attrs(3)),
+            stale: false,
+        };
+        assert!(t.insert(p, path(1, &mut i), &ctx));
+        // An equal path joins the ECMP set without becoming best: still a change.
+        let best_before = t.best(&p).unwrap().peer;
+        assert!(
+            t.insert(p, path(2, &mut i), &ctx),
+            "a second next hop for the FIB"
+        );
+        assert_eq!(t.best(&p).unwrap().peer, best_before);
+        let other = if best_before == 1 { 2 } else { 1 };
+        // And it leaving (its session went down) is one too, as is a whole peer going.
+        assert!(
+            t.remove(&p, other, &ctx),
+            "the ECMP member's next hop must go"
+        );
+        assert!(t.insert(p, path(other, &mut i), &ctx));
+        assert_eq!(t.remove_peer(other, false, &ctx), vec![p]);
+        // A worse path that is not a multipath member stays a non-event.
+        let worse = Path {
+            peer: other,
+            attrs: i.intern(attrs(6)),
+            stale: false,
+        };
+        assert!(!t.insert(p, worse, &ctx));
+        assert!(!t.remove(&p, other, &ctx));
     }
 
     #[test]

@@ -113,13 +113,7 @@ fn smoke_topology_up_works_and_down_leaves_nothing() {
     drop(guard);
     assert!(namespaces_of("svsmoke").is_empty());
     for pid in pids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .unwrap_or_default()
-                    .contains(") Z "),
-            "process {pid} left behind"
-        );
+        assert!(gone(pid), "process {pid} left behind");
     }
     assert!(!std::path::Path::new("/run/serval-lab/svsmoke").exists());
     assert!(
@@ -151,6 +145,14 @@ fn scopeguard(lab: &str) -> impl Drop {
         }
     }
     Down(lab.to_string())
+}
+
+/// The process has exited (a zombie waiting for its parent counts as gone).
+fn gone(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 fn host_links() -> Vec<String> {
@@ -215,13 +217,7 @@ fn every_topology_file_comes_up_and_goes_away_without_a_trace() {
         drop(lab);
         assert!(namespaces_of(&name).is_empty(), "{file}: namespaces left");
         for pid in pids {
-            assert!(
-                !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .unwrap_or_default()
-                        .contains(") Z "),
-                "{file}: process {pid} left behind"
-            );
+            assert!(gone(pid), "{file}: process {pid} left behind");
         }
         assert!(
             !std::path::Path::new(&format!("/run/serval-lab/{name}")).exists(),

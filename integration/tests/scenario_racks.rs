@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serval_integration::clab::pods::LabPod;
+use serval_integration::clab::pods::{self, LabPod};
 use serval_integration::clab::scenario::Lab;
 use serval_integration::{eventually, require};
 
@@ -53,6 +53,29 @@ fn routes_covering(lab: &Lab, node: &str, ip: &str) -> Result<Vec<String>, Strin
         .collect())
 }
 
+/// Every node's and ToR's routes into the pod range and the nodes' sessions, for failure
+/// messages.
+fn pod_routes(lab: &Lab) -> String {
+    let mut out = String::new();
+    for n in [
+        "r1n1", "r1n2", "r2n1", "r2n2", "tor1f", "tor1b", "tor2f", "tor2b",
+    ] {
+        let r = lab
+            .exec(n, &["ip", "route", "show", "root", "10.244.0.0/16"])
+            .unwrap_or_else(|e| e);
+        out.push_str(&format!("--- {n}\n{r}"));
+        if let Ok(st) = lab.get(n, "/status") {
+            for p in st["peers"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  peer {} {} bfd {} ({})\n",
+                    p["address"], p["state"], p["bfd"], p["lastError"]
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn two_racks_behind_frr_and_bird_tors() {
     if !require::lab_ready(
@@ -80,17 +103,11 @@ fn two_racks_behind_frr_and_bird_tors() {
         || lab.log_tail("etcd"),
     );
     for (node, rack) in NODES {
-        eventually(
-            &format!("{node}: Established with exactly its rack's two ToRs"),
-            Duration::from_secs(60),
-            || {
-                let mut up = lab.established(node)?;
-                up.sort();
-                (up == tors(rack))
-                    .then_some(())
-                    .ok_or(format!("established with {up:?}"))
-            },
-            || lab.log_tail(node),
+        lab.wait_established(
+            node,
+            &tors(rack),
+            "Established with exactly its rack's two ToRs",
+            60,
         );
     }
 
@@ -140,16 +157,11 @@ fn two_racks_behind_frr_and_bird_tors() {
     lab.exec("tor1f", &["ip", "link", "set", "eth1", "down"])
         .unwrap();
     for node in ["r1n1", "r1n2"] {
-        eventually(
-            &format!("{node}: only tor1b left while tor1f's link is down"),
-            Duration::from_secs(30),
-            || {
-                let up = lab.established(node)?;
-                (up == ["10.97.1.2"])
-                    .then_some(())
-                    .ok_or(format!("established with {up:?}"))
-            },
-            || lab.log_tail(node),
+        lab.wait_established(
+            node,
+            &["10.97.1.2"],
+            "only tor1b left while tor1f's link is down",
+            30,
         );
     }
     lab.pods_reach(
@@ -162,17 +174,11 @@ fn two_racks_behind_frr_and_bird_tors() {
     lab.exec("tor1f", &["ip", "link", "set", "eth1", "up"])
         .unwrap();
     for node in ["r1n1", "r1n2"] {
-        eventually(
-            &format!("{node}: both ToRs again after tor1f's link is back"),
-            Duration::from_secs(60),
-            || {
-                let mut up = lab.established(node)?;
-                up.sort();
-                (up == tors("r1"))
-                    .then_some(())
-                    .ok_or(format!("established with {up:?}"))
-            },
-            || lab.log_tail(node),
+        lab.wait_established(
+            node,
+            &tors("r1"),
+            "both ToRs again after tor1f's link is back",
+            60,
         );
     }
 
@@ -220,27 +226,26 @@ fn two_racks_behind_frr_and_bird_tors() {
         took < Duration::from_millis(1500),
         "r1n1: BFD took {took:?} to notice tor1b's link"
     );
-    lab.pods_reach(
+    eventually(
         "tor1b's link down: every pod pair through tor1f",
-        &pods,
-        |_, _| true,
-        30,
-        "r1n1",
+        Duration::from_secs(30),
+        || {
+            let failing = pods::failing_pairs(&pods, |_, _| true);
+            failing
+                .is_empty()
+                .then_some(())
+                .ok_or(format!("no answer: {failing:?}"))
+        },
+        || pod_routes(&lab),
     );
     lab.exec("tor1b", &["ip", "link", "set", "eth1", "up"])
         .unwrap();
     for node in ["r1n1", "r1n2"] {
-        eventually(
-            &format!("{node}: both ToRs again after tor1b's link is back"),
-            Duration::from_secs(60),
-            || {
-                let mut up = lab.established(node)?;
-                up.sort();
-                (up == tors("r1"))
-                    .then_some(())
-                    .ok_or(format!("established with {up:?}"))
-            },
-            || lab.log_tail(node),
+        lab.wait_established(
+            node,
+            &tors("r1"),
+            "both ToRs again after tor1b's link is back",
+            60,
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serval_integration::clab::runner;
-use serval_integration::clab::scenario::Lab;
+use serval_integration::clab::scenario::{Lab, PathSeen};
 use serval_integration::{eventually, require};
 
 const CLUSTER: &str = "244.0.0.9";
@@ -17,7 +17,7 @@ const RR: [&str; 2] = ["10.96.0.11", "10.96.0.12"];
 const CLIENTS: [&str; 6] = ["s1", "s2", "b3", "b4", "f5", "f6"];
 
 /// One path a client holds: (from reflector, ORIGINATOR_ID, CLUSTER_LIST).
-type Seen = (String, String, Vec<String>);
+type Seen = PathSeen;
 
 fn client_number(c: &str) -> u8 {
     c[1..].parse().unwrap()
@@ -35,32 +35,7 @@ fn paths(
 ) -> Result<BTreeMap<String, Vec<Seen>>, String> {
     let mut out = BTreeMap::new();
     match &client[..1] {
-        "s" => {
-            let routes = lab.get(client, "/routes?family=ipv4-unicast")?;
-            for r in routes.as_array().into_iter().flatten() {
-                let prefix = r["prefix"].as_str().unwrap_or("").to_string();
-                let seen = r["paths"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| p["peer"].is_string())
-                    .map(|p| {
-                        let a = &p["attributes"];
-                        (
-                            p["peer"].as_str().unwrap_or("").to_string(),
-                            a["originatorId"].as_str().unwrap_or("").to_string(),
-                            a["clusterList"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .filter_map(|c| c.as_str().map(String::from))
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                out.insert(prefix, seen);
-            }
-        }
+        "s" => out = lab.learned_paths(client)?,
         "b" => {
             let sock = format!("/run/serval-lab/{}/{client}.ctl", lab.topo.name);
             let text = lab.exec(client, &["birdc", "-s", &sock, "show route all"])?;

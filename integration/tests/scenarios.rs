@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use serval_integration::clab::pods::LabPod;
 use serval_integration::clab::runner;
-use serval_integration::clab::scenario::Lab;
+use serval_integration::clab::scenario::{Lab, PathSeen};
 use serval_integration::poll::json_subset;
 use serval_integration::{eventually, require};
 
@@ -128,41 +128,9 @@ fn full_mesh_of_four_nodes_through_node_link_and_etcd_faults() {
     );
 }
 
-/// One learned path: (peer, ORIGINATOR_ID, CLUSTER_LIST).
-type PathSeen = (String, String, Vec<String>);
-
 /// Prefixes learned from peers, each with its (peer, originatorId, clusterList) paths.
 fn learned(t: &Lab, node: &str) -> Result<Vec<(String, Vec<PathSeen>)>, String> {
-    let routes = t.get(node, "/routes?family=ipv4-unicast")?;
-    Ok(routes
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| {
-            let paths: Vec<PathSeen> = r["paths"]
-                .as_array()?
-                .iter()
-                .filter(|p| p["peer"].is_string())
-                .map(|p| {
-                    (
-                        p["peer"].as_str().unwrap_or("").to_string(),
-                        p["attributes"]["originatorId"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string(),
-                        p["attributes"]["clusterList"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|c| c.as_str().map(String::from))
-                            .collect(),
-                    )
-                })
-                .collect();
-            (!paths.is_empty()).then(|| (r["prefix"].as_str().unwrap_or("").to_string(), paths))
-        })
-        .collect())
+    Ok(t.learned_paths(node)?.into_iter().collect())
 }
 
 #[test]
@@ -190,16 +158,11 @@ fn two_route_reflectors_with_four_clients() {
             ("c4", "10.98.0.4"),
         ];
         for (c, _) in clients {
-            eventually(
-                &format!("{c}: sessions with exactly the two reflectors"),
-                Duration::from_secs(60),
-                || {
-                    let up = t.established(c)?;
-                    (up == [rr1, rr2])
-                        .then_some(())
-                        .ok_or(format!("established with {up:?}"))
-                },
-                || t.log_tail(c),
+            t.wait_established(
+                c,
+                &[rr1, rr2],
+                "sessions with exactly the two reflectors",
+                60,
             );
         }
         eventually(
@@ -289,16 +252,11 @@ fn two_route_reflectors_with_four_clients() {
         // rr1 comes back: both reflectors again, and a pod made now is reachable.
         runner::start_cmd(&t.topo, "rr1").unwrap();
         for (c, _) in clients {
-            eventually(
-                &format!("{c}: both reflectors again after rr1 is back"),
-                Duration::from_secs(60),
-                || {
-                    let up = t.established(c)?;
-                    (up == [rr1, rr2])
-                        .then_some(())
-                        .ok_or(format!("established with {up:?}"))
-                },
-                || t.log_tail("rr1"),
+            t.wait_established(
+                c,
+                &[rr1, rr2],
+                "both reflectors again after rr1 is back",
+                60,
             );
         }
         pods.push(t.add_pod("c2", "after-rr1"));

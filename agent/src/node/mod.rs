@@ -72,16 +72,20 @@ pub async fn run(
         Some(IpAddr::V4(v4)) => v4,
         _ => Ipv4Addr::new(0, 0, 0, 1),
     };
-    let speaker = SpeakerHandle::start(SpeakerConfig {
-        router_id,
-        as_number: identity.as_number,
-        listen_address: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
-        listen_port: identity.listen_port,
-        cluster_id: identity.cluster_id.as_deref().and_then(|c| c.parse().ok()),
-        next_hop_ipv4: None,
-        next_hop_ipv6: None,
-        default_local_pref: 100,
-    })
+    // A node never passes one external peer's routes to another (no transit between ToRs).
+    let speaker = SpeakerHandle::start_with_policy(
+        SpeakerConfig {
+            router_id,
+            as_number: identity.as_number,
+            listen_address: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            listen_port: identity.listen_port,
+            cluster_id: identity.cluster_id.as_deref().and_then(|c| c.parse().ok()),
+            next_hop_ipv4: None,
+            next_hop_ipv6: None,
+            default_local_pref: 100,
+        },
+        std::sync::Arc::new(crate::calc::bgp_export::NodeExportPolicy),
+    )
     .await?;
 
     let (ready_tx, ready_rx) = watch::channel(false);

@@ -2,11 +2,15 @@
 //! agent API read from inside the node, its log tail for failure messages, and servalctl
 //! run against the lab's etcd.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::runner;
 use super::topology::Topology;
 use crate::require;
+
+/// One learned path: (from peer, ORIGINATOR_ID, CLUSTER_LIST).
+pub type PathSeen = (String, String, Vec<String>);
 
 /// A running lab; dropping it tears it down (also when the test panics).
 pub struct Lab {
@@ -68,6 +72,53 @@ impl Lab {
             .filter(|p| p["state"] == "Established")
             .filter_map(|p| p["address"].as_str().map(String::from))
             .collect())
+    }
+
+    /// The IPv4 paths `node` (a Serval speaker or agent) learned from peers, by prefix:
+    /// (peer, ORIGINATOR_ID, CLUSTER_LIST); prefixes with only a local path are left out.
+    pub fn learned_paths(&self, node: &str) -> Result<BTreeMap<String, Vec<PathSeen>>, String> {
+        let routes = self.get(node, "/routes?family=ipv4-unicast")?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+        Ok(routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let paths: Vec<PathSeen> = r["paths"]
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["peer"].is_string())
+                    .map(|p| {
+                        let a = &p["attributes"];
+                        let clusters = a["clusterList"].as_array().into_iter().flatten();
+                        (
+                            text(&p["peer"]),
+                            text(&a["originatorId"]),
+                            clusters.map(text).collect(),
+                        )
+                    })
+                    .collect();
+                (!paths.is_empty()).then(|| (text(&r["prefix"]), paths))
+            })
+            .collect())
+    }
+
+    /// Waits up to `secs` until `node` is Established with exactly `peers` (any order).
+    pub fn wait_established(&self, node: &str, peers: &[&str], what: &str, secs: u64) {
+        let mut want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        want.sort();
+        crate::eventually(
+            &format!("{node}: {what}"),
+            std::time::Duration::from_secs(secs),
+            || {
+                let mut up = self.established(node)?;
+                up.sort();
+                (up == want)
+                    .then_some(())
+                    .ok_or(format!("established with {up:?}, want {want:?}"))
+            },
+            || self.log_tail(node),
+        );
     }
 
     /// `servalctl <args>` run from `node` (which has the lab's datastore in its env).

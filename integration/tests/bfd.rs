@@ -122,6 +122,49 @@ protocol bgp tor {
 }
 
 #[test]
+fn bfd_over_ipv6_between_two_serval_speakers() {
+    if !require::lab_ready("bfd over IPv6", &["ip"]) {
+        return;
+    }
+    let (ours, _br, theirs) = lab("6");
+    for (ns, a) in [(&ours, "fd00:81::1/64"), (&theirs, "fd00:81::2/64")] {
+        ns.ip(&["-6", "addr", "add", a, "dev", "eth1", "nodad"])
+            .unwrap();
+    }
+    let yaml = |me: &str, id: &str, peer: &str, my_as: u32, peer_as: u32| {
+        format!(
+            "speaker: {{routerId: {id}, asNumber: {my_as}}}\n\
+             httpAddress: 127.0.0.1:9179\n\
+             peers:\n  - {{address: \"{peer}\", asNumber: {peer_as}, connectRetryTime: 1, families: [ipv6-unicast], sourceAddress: \"{me}\", {BFD_YAML}}}\n"
+        )
+    };
+    let (da, db) = (Scratch::new("bfd6a"), Scratch::new("bfd6b"));
+    let mut a = Serval::new(
+        &ours,
+        &da.0,
+        &yaml("fd00:81::1", "10.81.0.1", "fd00:81::2", 65001, 65002),
+    );
+    let mut b = Serval::new(
+        &theirs,
+        &db.0,
+        &yaml("fd00:81::2", "10.81.0.2", "fd00:81::1", 65002, 65001),
+    );
+    a.start();
+    b.start();
+    for (who, s, peer) in [("a", &a, "fd00:81::2"), ("b", &b, "fd00:81::1")] {
+        eventually(
+            &format!("{who}: BGP Established and BFD Up over IPv6"),
+            Duration::from_secs(30),
+            || bfd_up(s, peer),
+            || s.log(),
+        );
+    }
+    let took = time_to_detect(&a, &theirs, "fd00:81::2");
+    eprintln!("BFD (100 ms x 3) over IPv6: session down {took:?} after the peer's link");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
 fn bfd_between_two_serval_speakers() {
     if !require::lab_ready("bfd between serval speakers", &["ip"]) {
         return;

@@ -1,5 +1,6 @@
 //! serval-lab: run containerlab topology files on network namespaces, without Docker.
 //!   serval-lab up FILE | down FILE | status FILE | exec FILE NODE -- CMD...
+//!   serval-lab pod FILE NODE NAME   (a pod through serval-cni inside NODE; prints its address)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use serval_integration::clab::{runner, topology::Topology};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: serval-lab up|down|status FILE\n       serval-lab exec FILE NODE -- COMMAND..."
+        "usage: serval-lab up|down|status FILE\n       serval-lab exec FILE NODE -- COMMAND...\n       serval-lab pod FILE NODE NAME"
     );
     ExitCode::from(2)
 }
@@ -51,6 +52,22 @@ fn main() -> ExitCode {
                 return usage();
             }
             runner::exec_in(&topo, node, &cmd).map(|o| o.trim_end().to_string())
+        }
+        "pod" => {
+            let (Some(node), Some(name)) = (args.get(2), args.get(3)) else {
+                return usage();
+            };
+            // serval-cni sits next to this binary (same build).
+            let bin_dir = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.display().to_string()))
+                .unwrap_or_else(|| ".".into());
+            serval_integration::clab::pods::add_pod(&topo, node, name, &bin_dir)
+                .map(|p| p.ip.to_string())
+                .map_err(|e| runner::LabError::Step {
+                    what: format!("pod {name} on {node}"),
+                    detail: e,
+                })
         }
         _ => return usage(),
     };

@@ -374,6 +374,13 @@ mod tests {
             .collect()
     }
 
+    fn ctx(sources: &HashMap<PeerId, SourceInfo>) -> DecideCtx<'_> {
+        DecideCtx {
+            cfg: DecisionConfig::default(),
+            sources,
+        }
+    }
+
     fn attrs(len: u32) -> PathAttributes {
         PathAttributes {
             as_path: AsPath::from_sequence(0..len),
@@ -396,10 +403,7 @@ mod tests {
     #[test]
     fn best_path_follows_inserts_and_withdrawals() {
         let s = sources();
-        let ctx = DecideCtx {
-            cfg: DecisionConfig::default(),
-            sources: &s,
-        };
+        let ctx = ctx(&s);
         let mut i = Interner::default();
         let mut t = Table::<Ipv4Net>::default();
         let p: Ipv4Net = "10.0.0.0/24".parse().unwrap();
@@ -440,10 +444,7 @@ mod tests {
     #[test]
     fn removing_a_peer_reports_changed_bests() {
         let s = sources();
-        let ctx = DecideCtx {
-            cfg: DecisionConfig::default(),
-            sources: &s,
-        };
+        let ctx = ctx(&s);
         let mut i = Interner::default();
         let mut t = Table::<Ipv4Net>::default();
         for n in 0..10u32 {
@@ -481,10 +482,7 @@ mod tests {
     #[test]
     fn multipath_members_coming_and_going_are_changes_for_the_fib() {
         let s = sources();
-        let ctx = DecideCtx {
-            cfg: DecisionConfig::default(),
-            sources: &s,
-        };
+        let ctx = ctx(&s);
         let mut i = Interner::default();
         let mut t = Table::<Ipv4Net>::default();
         let p: Ipv4Net = "10.244.8.0/26".parse().unwrap();
@@ -522,10 +520,7 @@ mod tests {
     #[test]
     fn stale_paths_are_swept_but_fresh_ones_stay() {
         let s = sources();
-        let ctx = DecideCtx {
-            cfg: DecisionConfig::default(),
-            sources: &s,
-        };
+        let ctx = ctx(&s);
         let mut i = Interner::default();
         let mut t = Table::<Ipv4Net>::default();
         let a: Ipv4Net = "10.0.0.0/24".parse().unwrap();

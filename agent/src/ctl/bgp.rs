@@ -106,6 +106,12 @@ pub fn render_peers(status: &Status) -> String {
             m.notifications_sent,
             m.update_errors
         );
+        if let Some(bfd) = p.bfd {
+            let _ = writeln!(out, "  BFD:          {bfd:?}");
+        }
+        if p.max_prefix_exceeded {
+            let _ = writeln!(out, "  max-prefix:   limit exceeded");
+        }
         if !p.stale_families.is_empty() {
             let f: Vec<String> = p.stale_families.iter().map(ToString::to_string).collect();
             let _ = writeln!(
@@ -118,6 +124,27 @@ pub fn render_peers(status: &Status) -> String {
             && let Some(e) = &p.last_error
         {
             let _ = writeln!(out, "  last error:   {e}");
+        }
+    }
+    if !status.update_groups.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nUpdate groups (one Adj-RIB-Out and UPDATE stream each)"
+        );
+        for (i, g) in status.update_groups.iter().enumerate() {
+            let members: Vec<String> = g.members.iter().map(ToString::to_string).collect();
+            let adv: Vec<String> = g
+                .advertised
+                .iter()
+                .map(|(f, n)| format!("{f} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {}: {} ; advertised {}",
+                i + 1,
+                members.join(", "),
+                adv.join(", ")
+            );
         }
     }
     out
@@ -183,6 +210,31 @@ pub fn render_routes(routes: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_details_show_bfd_max_prefix_and_update_groups() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "routerId": "10.0.0.1", "asNumber": 65000, "clusterId": "244.0.0.1",
+            "peers": [{"address":"10.0.0.2","port":179,"asNumber":65000,"kind":"ibgp",
+                "description":null,"state":"Established","stateAgeSeconds":5,
+                "establishedSinceUnix":null,"localAddress":null,"remoteAddress":null,
+                "negotiated":null,"lastError":null,"prefixes":[],
+                "messages":{"updatesReceived":0,"updatesSent":0,"notificationsReceived":0,
+                    "notificationsSent":0,"messagesReceived":0,"messagesSent":0,"updateErrors":0},
+                "establishedTransitions":1,"endOfRibReceived":[],"staleFamilies":[],
+                "maxPrefixExceeded":true,"bfd":"Up"}],
+            "families": [], "attributeSets": 0,
+            "updateGroups": [{"members":["10.0.0.2","10.0.0.3"],"advertised":[["ipv4-unicast",7]]}]
+        }))
+        .unwrap();
+        let text = render_peers(&status);
+        assert!(text.contains("  BFD:          Up\n"), "{text}");
+        assert!(text.contains("  max-prefix:   limit exceeded\n"), "{text}");
+        assert!(
+            text.contains("  1: 10.0.0.2, 10.0.0.3 ; advertised ipv4-unicast 7\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn routes_table_says_why_a_path_lost() {

@@ -185,19 +185,12 @@ fn two_racks_behind_frr_and_bird_tors() {
     // The BIRD ToRs run BFD with the nodes (failureDetectionMode: BFDIfDirectlyConnected):
     // when tor1b's rack link goes down, the rack-1 nodes drop that session in about a
     // second (300 ms x 3 on our side), not after the hold time.
-    let peer_of = |node: &str, addr: &str| -> Result<serde_json::Value, String> {
-        let s = lab.get(node, "/status")?;
-        s["peers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["address"] == addr).cloned())
-            .ok_or(format!("{node}: no peer {addr}: {s}"))
-    };
     for node in ["r1n1", "r1n2"] {
         eventually(
             &format!("{node}: BFD Up with tor1b"),
             Duration::from_secs(30),
             || {
-                let p = peer_of(node, "10.97.1.2")?;
+                let p = lab.peer(node, "10.97.1.2")?;
                 (p["bfd"] == "Up").then_some(()).ok_or(p.to_string())
             },
             || lab.log_tail(node),
@@ -210,7 +203,7 @@ fn two_racks_behind_frr_and_bird_tors() {
         "r1n1: the tor1b session ends through BFD",
         Duration::from_secs(10),
         || {
-            let p = peer_of("r1n1", "10.97.1.2")?;
+            let p = lab.peer("r1n1", "10.97.1.2")?;
             if p["state"] == "Established" {
                 return Err(p.to_string());
             }

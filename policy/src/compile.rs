@@ -492,6 +492,30 @@ fn alternatives(
     out
 }
 
+/// Allow and Pass: set the verdict mark on every alternative, then return once it is set.
+fn mark_then_return(
+    out: &mut Vec<IptRule>,
+    alts: &[Vec<Match>],
+    mark: u32,
+    comment: &str,
+    done: &str,
+) {
+    for m in alts {
+        out.push(IptRule::new(
+            m.clone(),
+            Target::SetMark(mark, mark),
+            comment,
+        ));
+    }
+    if !alts.is_empty() {
+        out.push(IptRule::new(
+            vec![Match::Mark(mark, mark)],
+            Target::Return,
+            done,
+        ));
+    }
+}
+
 fn policy_rules(
     fam: &mut Family<'_>,
     policy: &PolicyDef,
@@ -504,43 +528,25 @@ fn policy_rules(
         let alts = alternatives(fam, policy, rule, dir);
         let comment = format!("serval:{who} rule {i} {:?}", rule.action);
         match rule.action {
-            Action::Allow => {
-                for m in &alts {
-                    out.push(IptRule::new(
-                        m.clone(),
-                        Target::SetMark(MARK_ACCEPT, MARK_ACCEPT),
-                        &comment,
-                    ));
-                }
-                if !alts.is_empty() {
-                    out.push(IptRule::new(
-                        vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
-                        Target::Return,
-                        format!("serval:{who} accepted"),
-                    ));
-                }
-            }
+            Action::Allow => mark_then_return(
+                &mut out,
+                &alts,
+                MARK_ACCEPT,
+                &comment,
+                &format!("serval:{who} accepted"),
+            ),
             Action::Deny => {
                 for m in alts {
                     out.push(IptRule::new(m, Target::Drop, &comment));
                 }
             }
-            Action::Pass => {
-                for m in &alts {
-                    out.push(IptRule::new(
-                        m.clone(),
-                        Target::SetMark(MARK_PASS, MARK_PASS),
-                        &comment,
-                    ));
-                }
-                if !alts.is_empty() {
-                    out.push(IptRule::new(
-                        vec![Match::Mark(MARK_PASS, MARK_PASS)],
-                        Target::Return,
-                        format!("serval:{who} passed"),
-                    ));
-                }
-            }
+            Action::Pass => mark_then_return(
+                &mut out,
+                &alts,
+                MARK_PASS,
+                &comment,
+                &format!("serval:{who} passed"),
+            ),
             Action::Log => {
                 for m in alts {
                     out.push(IptRule::new(

@@ -177,14 +177,7 @@ enum NodeCommand {
 async fn datastore(cli: &Cli) -> anyhow::Result<Datastore<AnyBackend>> {
     let backend = match cli.datastore_type.as_str() {
         "etcdv3" => {
-            let eps: Vec<String> = cli
-                .etcd_endpoints
-                .as_deref()
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
+            let eps = serval_agent::datastore::etcd::endpoint_list(cli.etcd_endpoints.as_deref());
             if eps.is_empty() {
                 bail!("DATASTORE_TYPE=etcdv3 needs ETCD_ENDPOINTS (or --etcd-endpoints)");
             }

@@ -53,14 +53,8 @@ pub async fn connect(conf: &NetConf) -> Result<Datastore<AnyBackend>, CniError> 
                 KubeBackend::connect().await.map(AnyBackend::Kubernetes)
             }
             _ => {
-                let endpoints: Vec<String> = conf
-                    .etcd_endpoints
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
+                let endpoints =
+                    crate::datastore::etcd::endpoint_list(conf.etcd_endpoints.as_deref());
                 EtcdBackend::connect(&endpoints)
                     .await
                     .map(|b| AnyBackend::Etcd(Box::new(b)))

@@ -217,14 +217,25 @@ pub async fn ensure_vxlan(nl: &Netlink, want: &VxlanDevice) -> Result<u32, Datap
             .await?;
         }
     }
+    finish_device(nl, &want.name, want.mtu, want.address).await
+}
+
+/// The step both tunnel devices end with: the device as it is now, up with `mtu`, holding
+/// exactly `address`; returns its index.
+async fn finish_device(
+    nl: &Netlink,
+    name: &str,
+    mtu: u32,
+    address: Option<Ipv4Addr>,
+) -> Result<u32, DataplaneError> {
     let link = nl
-        .link(&want.name)
+        .link(name)
         .await?
-        .ok_or_else(|| DataplaneError::NoDevice(want.name.clone()))?;
-    if !link.up || link.mtu != want.mtu {
-        nl.set_mtu_up(link.index, want.mtu).await?;
+        .ok_or_else(|| DataplaneError::NoDevice(name.to_string()))?;
+    if !link.up || link.mtu != mtu {
+        nl.set_mtu_up(link.index, mtu).await?;
     }
-    fix_addresses(nl, link.index, want.address).await?;
+    fix_addresses(nl, link.index, address).await?;
     Ok(link.index)
 }
 
@@ -242,15 +253,7 @@ pub async fn ensure_ipip(nl: &Netlink, want: &IpipDevice) -> Result<u32, Datapla
             nl.add_ipip(&want.name, want.mtu).await?;
         }
     }
-    let link = nl
-        .link(&want.name)
-        .await?
-        .ok_or_else(|| DataplaneError::NoDevice(want.name.clone()))?;
-    if !link.up || link.mtu != want.mtu {
-        nl.set_mtu_up(link.index, want.mtu).await?;
-    }
-    fix_addresses(nl, link.index, want.address).await?;
-    Ok(link.index)
+    finish_device(nl, &want.name, want.mtu, want.address).await
 }
 
 /// Writes the VXLAN device's ARP and FDB entries for `vteps` and removes the others.

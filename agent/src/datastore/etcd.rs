@@ -16,6 +16,15 @@ use super::{
 /// Root of every key Serval writes.
 pub const KEY_ROOT: &str = "/serval/v1";
 
+/// `ETCD_ENDPOINTS` as a list: comma-separated, blanks and empty items dropped.
+pub fn endpoint_list(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// The etcd datastore.
 #[derive(Clone)]
 pub struct EtcdBackend {

@@ -211,14 +211,7 @@ impl RunArgs {
         let etcd_endpoints = match self.datastore_type.as_str() {
             "kubernetes" => None,
             "etcdv3" => {
-                let list: Vec<String> = self
-                    .etcd_endpoints
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
+                let list = crate::datastore::etcd::endpoint_list(self.etcd_endpoints.as_deref());
                 if list.is_empty() {
                     return Err(bad(
                         "ETCD_ENDPOINTS",

@@ -62,6 +62,15 @@ impl Lab {
         serde_json::from_str(&out).map_err(|e| format!("{node} {path}: {e}: {out}"))
     }
 
+    /// `node`'s status of its peer `addr`.
+    pub fn peer(&self, node: &str, addr: &str) -> Result<serde_json::Value, String> {
+        let s = self.get(node, "/status")?;
+        s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["address"] == addr).cloned())
+            .ok_or(format!("{node}: no peer {addr}: {s}"))
+    }
+
     /// The addresses of `node`'s Established BGP peers.
     pub fn established(&self, node: &str) -> Result<Vec<String>, String> {
         let s = self.get(node, "/status")?;

@@ -40,6 +40,7 @@ fn table_messages() -> Vec<Vec<u8>> {
             &prefixes,
             EncodeContext {
                 four_octet_as: true,
+                extended_messages: false,
             },
             &mut msgs,
         );
@@ -81,6 +82,7 @@ fn decode_and_ingest_100k(b: divan::Bencher) {
                     DecodeContext {
                         four_octet_as: true,
                         ebgp: true,
+                        extended_messages: false,
                     },
                 ) else {
                     panic!("bad message")
@@ -116,6 +118,7 @@ fn decode_only_100k(b: divan::Bencher) {
                     DecodeContext {
                         four_octet_as: true,
                         ebgp: true,
+                        extended_messages: false,
                     },
                 ) {
                     n += u.nlri.len();

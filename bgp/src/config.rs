@@ -40,6 +40,19 @@ pub struct SpeakerConfig {
     /// LOCAL_PREF for routes that carry none.
     #[serde(default = "default_local_pref")]
     pub default_local_pref: u32,
+    /// Bytes that may wait in one connection's write queue. A peer that reads slower than
+    /// this is paced: it stops receiving incremental UPDATEs, the prefixes it missed are
+    /// remembered (each at most once), and it is caught up from the current table as its
+    /// queue drains, so a stalled reader costs a bounded amount of memory.
+    #[serde(default = "default_write_queue_bytes")]
+    pub write_queue_bytes: usize,
+}
+
+/// Default per-connection write budget: room for several full-size UPDATE batches.
+pub const DEFAULT_WRITE_QUEUE_BYTES: usize = 8 << 20;
+
+fn default_write_queue_bytes() -> usize {
+    DEFAULT_WRITE_QUEUE_BYTES
 }
 
 fn default_listen_address() -> Option<IpAddr> {
@@ -53,6 +66,12 @@ fn default_local_pref() -> u32 {
 }
 fn default_hold_time() -> u16 {
     90
+}
+fn default_min_hold_time() -> u16 {
+    3
+}
+fn default_true() -> bool {
+    true
 }
 fn default_connect_retry() -> u64 {
     5
@@ -73,6 +92,7 @@ impl SpeakerConfig {
             next_hop_ipv4: None,
             next_hop_ipv6: None,
             default_local_pref: 100,
+            write_queue_bytes: DEFAULT_WRITE_QUEUE_BYTES,
         }
     }
 
@@ -83,6 +103,12 @@ impl SpeakerConfig {
         }
         if self.router_id.is_unspecified() {
             return Err("routerId: 0.0.0.0 is not a valid BGP identifier".into());
+        }
+        if self.write_queue_bytes < 64 * 1024 {
+            return Err(format!(
+                "writeQueueBytes: {} is below the 65536 bytes one extended UPDATE may need",
+                self.write_queue_bytes
+            ));
         }
         Ok(())
     }
@@ -125,6 +151,20 @@ pub struct PeerConfig {
     /// Keepalive interval, seconds (defaults to a third of the hold time).
     #[serde(default)]
     pub keepalive_time: Option<u16>,
+    /// The lowest hold time accepted from the peer, seconds (BIRD's `min hold time`, FRR's
+    /// `bgp minimum-holdtime`). An offer below it, 0 included, is refused with "unacceptable
+    /// hold time", so a peer cannot switch liveness checks off; 0 accepts any offer.
+    #[serde(default = "default_min_hold_time")]
+    pub min_hold_time: u16,
+    /// RFC 9687 send hold time, seconds: a session whose queued messages cannot be written
+    /// for this long is closed with NOTIFICATION 8. Defaults to the larger of 8 minutes and
+    /// twice the negotiated hold time, as the RFC suggests; off when the hold time is 0.
+    #[serde(default)]
+    pub send_hold_time: Option<u16>,
+    /// Advertise extended messages (RFC 8654): with a peer that does too, UPDATEs may be
+    /// up to 65,535 bytes, so routes with very long attributes can still be sent.
+    #[serde(default = "default_true")]
+    pub extended_messages: bool,
     /// Seconds between connection attempts, and before retrying after an error.
     #[serde(default = "default_connect_retry")]
     pub connect_retry_time: u64,
@@ -209,6 +249,9 @@ impl PeerConfig {
             passive: false,
             hold_time: 90,
             keepalive_time: None,
+            min_hold_time: default_min_hold_time(),
+            send_hold_time: None,
+            extended_messages: true,
             connect_retry_time: 5,
             multihop: None,
             next_hop: NextHopMode::Auto,
@@ -233,6 +276,11 @@ impl PeerConfig {
         if self.hold_time == 1 || self.hold_time == 2 {
             return Err(format!(
                 "peer {who}: holdTime must be 0 or at least 3 seconds (RFC 4271)"
+            ));
+        }
+        if self.send_hold_time.is_some_and(|t| t < 3) {
+            return Err(format!(
+                "peer {who}: sendHoldTime must be at least 3 seconds"
             ));
         }
         if self.keepalive_time == Some(0) {
@@ -293,6 +341,16 @@ impl PeerConfig {
     /// Connect-retry interval as a duration.
     pub fn connect_retry(&self) -> Duration {
         Duration::from_secs(self.connect_retry_time)
+    }
+
+    /// The RFC 9687 send hold time for a session with this negotiated hold time
+    /// (`None`: no send hold timer, because the hold time is 0 and no explicit value is set).
+    pub fn send_hold(&self, negotiated_hold: u16) -> Option<Duration> {
+        match (self.send_hold_time, negotiated_hold) {
+            (Some(t), _) => Some(Duration::from_secs(u64::from(t))),
+            (None, 0) => None,
+            (None, h) => Some(Duration::from_secs(480.max(2 * u64::from(h)))),
+        }
     }
 
     /// Whether the session with this peer is external.

@@ -5,16 +5,25 @@
 //!  listener ──Accepted──┐
 //!  connect  ──Connected─┤
 //!  reader   ──Received/Closed──► speaker task ──Outgoing──► writer (one per connection)
-//!  timers   ──TimerFired┘
+//!  timers   ──TimerFired┘                ▲                       │
+//!                                        └─Drained/SendHoldExpired┘
 //! ```
+//!
+//! Every connection's write queue is metered in bytes ([`WriteMeter`]): the speaker adds
+//! what it queues, the writer subtracts what reached the socket and says when the queue
+//! has drained below the low-water mark, so the speaker can pace a slow reader instead of
+//! buffering for it without limit. A writer that cannot write a byte for the send hold
+//! time (RFC 9687) gives up and reports it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -51,6 +60,11 @@ pub(crate) enum Input {
     },
     /// A connection closed or failed.
     Closed { peer: PeerId, serial: u64 },
+    /// A connection's write queue fell to its low-water mark (asked for with
+    /// [`WriteMeter::notify_when_drained`]).
+    Drained { peer: PeerId, serial: u64 },
+    /// A connection's writer could not write anything for the send hold time (RFC 9687).
+    SendHoldExpired { peer: PeerId, serial: u64 },
     /// A peer's graceful-restart time ran out (its stale routes go).
     StaleExpired { peer: PeerId, serial: u64 },
     /// Start a peer again (after a max-prefix tear-down's restart delay).
@@ -69,31 +83,120 @@ pub(crate) enum Input {
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     /// Write these bytes (one or more encoded messages), shared by an update group's members.
-    Data(bytes::Bytes),
+    Data(Bytes),
     /// Flush, then shut the connection down.
     Close,
 }
 
-/// The speaker's handle on one live connection.
+/// How long a closing connection may spend flushing (a NOTIFICATION, usually) before its
+/// writer is stopped, so a peer that stopped reading cannot keep a dead connection alive.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Send hold time before the session is up: twice RFC 4271's large hold time (RFC 9687's
+/// 8-minute suggestion).
+const SEND_HOLD_BEFORE_OPEN: Duration = Duration::from_secs(480);
+
+/// The byte count of one connection's write queue, shared by the speaker and the writer.
+#[derive(Debug)]
+pub(crate) struct WriteMeter {
+    queued: AtomicUsize,
+    low_water: usize,
+    want_drain: AtomicBool,
+    /// RFC 9687 send hold time in milliseconds; 0 switches it off.
+    send_hold_ms: AtomicU64,
+}
+
+impl WriteMeter {
+    fn new(low_water: usize) -> Self {
+        WriteMeter {
+            queued: AtomicUsize::new(0),
+            low_water,
+            want_drain: AtomicBool::new(false),
+            send_hold_ms: AtomicU64::new(SEND_HOLD_BEFORE_OPEN.as_millis() as u64),
+        }
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Asks for one [`Input::Drained`] once the queue is at or below the low-water mark.
+    /// Returns true when it already is (no message will come for this request).
+    pub fn notify_when_drained(&self) -> bool {
+        self.want_drain.store(true, Ordering::Release);
+        if self.queued() <= self.low_water {
+            // Whoever clears the flag owns the notification; if the writer got there first
+            // it sends one, and handling a spare one is harmless.
+            return self.want_drain.swap(false, Ordering::AcqRel);
+        }
+        false
+    }
+
+    /// Sets the send hold time once the session's hold time is known.
+    pub fn set_send_hold(&self, hold: Option<Duration>) {
+        let ms = hold.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.send_hold_ms.store(ms, Ordering::Release);
+    }
+
+    fn send_hold(&self) -> Option<Duration> {
+        match self.send_hold_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Counts written bytes; true when the speaker asked to hear about the drain.
+    fn written(&self, n: usize) -> bool {
+        let left = self.queued.fetch_sub(n, Ordering::AcqRel) - n;
+        left <= self.low_water && self.want_drain.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// The speaker's handle on one live connection. Dropping it stops the reader at once and
+/// the writer after at most [`CLOSE_GRACE`].
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     pub serial: u64,
-    pub writer: mpsc::UnboundedSender<Outgoing>,
-    pub reader: JoinHandle<()>,
+    writer: mpsc::UnboundedSender<Outgoing>,
+    writer_task: JoinHandle<()>,
+    reader: JoinHandle<()>,
+    pub meter: Arc<WriteMeter>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
 }
 
 impl ConnIo {
     /// Queues bytes; a closed writer just means the connection is going away.
-    pub fn send(&self, bytes: bytes::Bytes) {
-        let _ = self.writer.send(Outgoing::Data(bytes));
+    pub fn send(&self, bytes: Bytes) {
+        let n = bytes.len();
+        self.meter.queued.fetch_add(n, Ordering::AcqRel);
+        if self.writer.send(Outgoing::Data(bytes)).is_err() {
+            self.meter.queued.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
-    /// Flushes and closes; stops reading at once.
+    /// Flushes what is queued (within [`CLOSE_GRACE`]) and closes; stops reading at once.
     pub fn close(self) {
         let _ = self.writer.send(Outgoing::Close);
+    }
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
         self.reader.abort();
+        let writer = self.writer_task.abort_handle();
+        if writer.is_finished() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                writer.abort();
+            });
+        } else {
+            writer.abort();
+        }
     }
 }
 
@@ -221,24 +324,46 @@ pub(crate) fn spawn_listener(listener: TcpListener, tx: mpsc::Sender<Input>) -> 
     })
 }
 
+/// What a new connection's tasks need to know about the session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnParams {
+    pub ebgp: bool,
+    /// We advertise extended messages (the peer's OPEN says whether it does too).
+    pub extended_messages: bool,
+    /// The write queue's low-water mark, bytes.
+    pub low_water: usize,
+}
+
 /// Starts the reader and writer tasks of a connection.
 pub(crate) fn start_connection(
     peer: PeerId,
     serial: u64,
     stream: TcpStream,
-    ebgp: bool,
+    params: ConnParams,
     tx: mpsc::Sender<Input>,
 ) -> io::Result<ConnIo> {
     let local = canonical(stream.local_addr()?);
     let remote = canonical(stream.peer_addr()?);
     let (read, write) = stream.into_split();
+    // The channel is unbounded in messages but metered in bytes: the speaker stops queuing
+    // for a connection whose meter is over budget (see the module notes).
     let (wtx, wrx) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(write, wrx));
-    let reader = tokio::spawn(read_loop(peer, serial, read, ebgp, tx));
+    let meter = Arc::new(WriteMeter::new(params.low_water));
+    let writer_task = tokio::spawn(write_loop(
+        peer,
+        serial,
+        write,
+        wrx,
+        meter.clone(),
+        tx.clone(),
+    ));
+    let reader = tokio::spawn(read_loop(peer, serial, read, params, tx));
     Ok(ConnIo {
         serial,
         writer: wtx,
+        writer_task,
         reader,
+        meter,
         local,
         remote,
     })
@@ -249,48 +374,147 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut w = BufWriter::with_capacity(64 * 1024, write);
-    while let Some(msg) = rx.recv().await {
-        let mut next = Some(msg);
-        // Write everything already queued before flushing, so bursts go out in few syscalls.
+/// Why a write stopped.
+enum WriteStop {
+    /// The socket failed or closed.
+    Io,
+    /// No byte could be written for the send hold time.
+    SendHold,
+}
+
+/// Writes all of `buf`; each write call must make progress within `hold`.
+async fn write_fully(
+    w: &mut OwnedWriteHalf,
+    mut buf: &[u8],
+    hold: Option<Duration>,
+) -> Result<(), WriteStop> {
+    while !buf.is_empty() {
+        let n = match hold {
+            Some(h) => match tokio::time::timeout(h, w.write(buf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(WriteStop::SendHold),
+            },
+            None => w.write(buf).await,
+        };
+        match n {
+            Ok(0) | Err(_) => return Err(WriteStop::Io),
+            Ok(n) => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Small messages queued together go out in one write; big batches go out as they are.
+const COALESCE: usize = 64 * 1024;
+
+async fn write_loop(
+    peer: PeerId,
+    serial: u64,
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    meter: Arc<WriteMeter>,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut staged = BytesMut::new();
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        // Take what is already queued, coalescing small pieces.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Outgoing::Data(bytes) => {
-                    if w.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
+                Outgoing::Data(b) => pieces.push(b),
                 Outgoing::Close => {
-                    let _ = w.flush().await;
-                    let _ = w.shutdown().await;
-                    return;
+                    closing = true;
+                    break;
                 }
+            }
+            if pieces.iter().map(Bytes::len).sum::<usize>() >= COALESCE {
+                break;
             }
             next = rx.try_recv().ok();
         }
-        if w.flush().await.is_err() {
-            return;
+        let hold = if closing {
+            Some(
+                meter
+                    .send_hold()
+                    .map_or(CLOSE_GRACE, |h| h.min(CLOSE_GRACE)),
+            )
+        } else {
+            meter.send_hold()
+        };
+        for piece in pieces {
+            let r = if piece.len() < COALESCE / 4 {
+                staged.extend_from_slice(&piece);
+                if staged.len() < COALESCE {
+                    Ok(())
+                } else {
+                    let r = write_fully(&mut write, &staged, hold).await;
+                    staged.clear();
+                    r
+                }
+            } else {
+                let mut r = Ok(());
+                if !staged.is_empty() {
+                    r = write_fully(&mut write, &staged, hold).await;
+                    staged.clear();
+                }
+                if r.is_ok() {
+                    r = write_fully(&mut write, &piece, hold).await;
+                }
+                r
+            };
+            match r {
+                Ok(()) => {}
+                Err(WriteStop::Io) => return,
+                Err(WriteStop::SendHold) => {
+                    if !closing {
+                        let _ = tx.send(Input::SendHoldExpired { peer, serial }).await;
+                    }
+                    return;
+                }
+            }
+            // Staged bytes count as written once handed to the socket below; counting them
+            // a little early only brings the drain notice forward by one write.
+            if meter.written(piece.len()) {
+                let _ = tx.send(Input::Drained { peer, serial }).await;
+            }
+        }
+        if !staged.is_empty() {
+            match write_fully(&mut write, &staged, hold).await {
+                Ok(()) => staged.clear(),
+                Err(WriteStop::Io) => return,
+                Err(WriteStop::SendHold) => {
+                    if !closing {
+                        let _ = tx.send(Input::SendHoldExpired { peer, serial }).await;
+                    }
+                    return;
+                }
+            }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
 }
 
 async fn read_loop(
     peer: PeerId,
     serial: u64,
     mut read: OwnedReadHalf,
-    ebgp: bool,
+    params: ConnParams,
     tx: mpsc::Sender<Input>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut ctx = DecodeContext {
         four_octet_as: false,
-        ebgp,
+        ebgp: params.ebgp,
+        extended_messages: false,
     };
     loop {
         while buf.len() >= HEADER_LEN {
-            let len = match decode_header(&buf[..HEADER_LEN]) {
+            let len = match decode_header(&buf[..HEADER_LEN], ctx.extended_messages) {
                 Ok((_, len)) => len,
                 Err(e) => {
                     let _ = tx
@@ -315,6 +539,12 @@ async fn read_loop(
                     .capabilities
                     .iter()
                     .any(|c| matches!(c, Capability::FourOctetAs(_)));
+                // RFC 8654: larger messages only once both sides advertised it.
+                ctx.extended_messages = params.extended_messages
+                    && open
+                        .capabilities
+                        .iter()
+                        .any(|c| matches!(c, Capability::ExtendedMessage));
             }
             if tx
                 .send(Input::Received { peer, serial, msg })

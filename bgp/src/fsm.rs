@@ -92,6 +92,12 @@ pub struct FsmConfig {
     pub families: Vec<Family>,
     /// Graceful-restart capability we advertise, if any.
     pub graceful_restart: Option<GracefulRestart>,
+    /// Advertise extended messages (RFC 8654).
+    pub extended_messages: bool,
+    /// The lowest hold time we accept from the peer, seconds; an offer below it, 0
+    /// included, is refused with Unacceptable Hold Time. 0 accepts anything (even no
+    /// liveness at all), as BIRD's `min hold time` and FRR's `bgp minimum-holdtime` allow.
+    pub min_hold_time: u16,
 }
 
 impl FsmConfig {
@@ -106,6 +112,9 @@ impl FsmConfig {
         capabilities.push(Capability::FourOctetAs(self.local_as));
         if let Some(gr) = &self.graceful_restart {
             capabilities.push(Capability::GracefulRestart(gr.clone()));
+        }
+        if self.extended_messages {
+            capabilities.push(Capability::ExtendedMessage);
         }
         Open {
             my_as: u16::try_from(self.local_as)
@@ -139,6 +148,9 @@ pub struct Negotiated {
     pub route_refresh: bool,
     /// Peer's graceful-restart capability.
     pub graceful_restart: Option<GracefulRestart>,
+    /// Both sides advertised extended messages (RFC 8654).
+    #[serde(default)]
+    pub extended_messages: bool,
     /// All capabilities the peer sent, for status output.
     pub remote_capabilities: Vec<Capability>,
 }
@@ -191,6 +203,9 @@ pub enum Event {
     HoldTimerExpires(Direction),
     /// KeepaliveTimer_Expires.
     KeepaliveTimerExpires(Direction),
+    /// SendHoldTimer_Expires (RFC 9687): the connection's writer made no progress for the
+    /// send hold time.
+    SendHoldTimerExpires(Direction),
     /// Tcp_CR_Acked / TcpConnectionConfirmed.
     TcpConnected(Direction),
     /// TcpConnectionFails (connect failed, or the connection closed).
@@ -322,6 +337,12 @@ impl Fsm {
             Event::HoldTimerExpires(dir) => {
                 if self.conns[dir.index()].is_some() {
                     let n = NotificationError::new(code::HOLD_TIMER_EXPIRED, 0, Vec::new());
+                    self.fail(dir, n, &mut out);
+                }
+            }
+            Event::SendHoldTimerExpires(dir) => {
+                if self.conns[dir.index()].is_some() {
+                    let n = NotificationError::new(code::SEND_HOLD_TIMER_EXPIRED, 0, Vec::new());
                     self.fail(dir, n, &mut out);
                 }
             }
@@ -538,6 +559,15 @@ impl Fsm {
 
     fn open_received(&mut self, dir: Direction, open: Open, out: &mut Vec<Action>) {
         let remote_as = open.asn();
+        if open.hold_time < self.cfg.min_hold_time {
+            // RFC 4271 §6.2: a hold time we cannot accept. Without this a peer offering 0
+            // would switch off every liveness check on our side.
+            return self.fail(
+                dir,
+                NotificationError::open(open_subcode::UNACCEPTABLE_HOLD_TIME),
+                out,
+            );
+        }
         if remote_as != self.cfg.remote_as {
             return self.fail(dir, NotificationError::open(open_subcode::BAD_PEER_AS), out);
         }
@@ -652,6 +682,11 @@ impl Fsm {
                 Capability::GracefulRestart(gr) => Some(gr.clone()),
                 _ => None,
             }),
+            extended_messages: self.cfg.extended_messages
+                && open
+                    .capabilities
+                    .iter()
+                    .any(|c| matches!(c, Capability::ExtendedMessage)),
             remote_capabilities: open.capabilities,
         }
     }

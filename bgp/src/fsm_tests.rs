@@ -12,6 +12,8 @@ fn cfg(passive: bool) -> FsmConfig {
         passive,
         families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
         graceful_restart: None,
+        extended_messages: true,
+        min_hold_time: 3,
     }
 }
 
@@ -310,8 +312,95 @@ fn stop_sends_cease_and_goes_idle() {
 }
 
 #[test]
-fn hold_time_zero_disables_keepalives() {
+fn hold_time_zero_from_the_peer_is_refused_unless_allowed() {
+    // By default a peer cannot switch off liveness by offering 0 (or 1..=2).
+    for offered in [0, 2] {
+        let mut fsm = Fsm::new(cfg(false));
+        fsm.handle(Event::Start);
+        fsm.handle(Event::TcpConnected(Outgoing));
+        let a = fsm.handle(Event::Message(
+            Outgoing,
+            peer_open(65002, "10.0.0.2", offered),
+        ));
+        assert_eq!(
+            notification_of(&a, Outgoing),
+            Some((2, 6)),
+            "offer {offered}"
+        );
+        assert_ne!(fsm.state(), State::OpenConfirm);
+    }
+    // A minimum above the default refuses what is below it.
+    let mut c = cfg(false);
+    c.min_hold_time = 30;
+    let mut fsm = Fsm::new(c);
+    fsm.handle(Event::Start);
+    fsm.handle(Event::TcpConnected(Outgoing));
+    let a = fsm.handle(Event::Message(Outgoing, peer_open(65002, "10.0.0.2", 9)));
+    assert_eq!(notification_of(&a, Outgoing), Some((2, 6)));
+}
+
+#[test]
+fn send_hold_timer_expiry_sends_code_8_and_goes_down() {
     let mut fsm = Fsm::new(cfg(false));
+    established(&mut fsm);
+    let a = fsm.handle(Event::SendHoldTimerExpires(Outgoing));
+    assert_eq!(notification_of(&a, Outgoing), Some((8, 0)));
+    assert!(a.contains(&Action::Down(DownReason::NotificationSent {
+        code: 8,
+        subcode: 0
+    })));
+    assert_ne!(fsm.state(), State::Established);
+}
+
+#[test]
+fn extended_messages_need_both_sides() {
+    let open_with = |ext: bool| {
+        let mut caps = vec![
+            Capability::multiprotocol(Family::Ipv4Unicast),
+            Capability::FourOctetAs(65002),
+        ];
+        if ext {
+            caps.push(Capability::ExtendedMessage);
+        }
+        Message::Open(Open {
+            my_as: 65002,
+            hold_time: 90,
+            router_id: "10.0.0.2".parse().unwrap(),
+            capabilities: caps,
+        })
+    };
+    for (ours, theirs, want) in [
+        (true, true, true),
+        (true, false, false),
+        (false, true, false),
+    ] {
+        let mut c = cfg(false);
+        c.extended_messages = ours;
+        assert_eq!(
+            c.open().capabilities.contains(&Capability::ExtendedMessage),
+            ours
+        );
+        let mut fsm = Fsm::new(c);
+        fsm.handle(Event::Start);
+        fsm.handle(Event::TcpConnected(Outgoing));
+        fsm.handle(Event::Message(Outgoing, open_with(theirs)));
+        let a = fsm.handle(Event::Message(Outgoing, Message::Keepalive));
+        let neg = a
+            .iter()
+            .find_map(|x| match x {
+                Action::Established(n) => Some(n.clone()),
+                _ => None,
+            })
+            .expect("established");
+        assert_eq!(neg.extended_messages, want, "ours {ours} theirs {theirs}");
+    }
+}
+
+#[test]
+fn hold_time_zero_disables_keepalives() {
+    let mut c = cfg(false);
+    c.min_hold_time = 0;
+    let mut fsm = Fsm::new(c);
     fsm.handle(Event::Start);
     fsm.handle(Event::TcpConnected(Outgoing));
     let a = fsm.handle(Event::Message(Outgoing, peer_open(65002, "10.0.0.2", 0)));

@@ -101,6 +101,16 @@ pub struct PeerStatus {
     /// BFD session state, when BFD is on for this peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<crate::bfd::BfdState>,
+    /// Bytes queued for the session's writer and not yet taken by the peer's socket.
+    #[serde(default)]
+    pub write_queue_bytes: usize,
+    /// Prefixes waiting to be sent to a paced (slow-reading or catching-up) peer.
+    #[serde(default)]
+    pub paced_prefixes: usize,
+    /// Routes not sent to this peer because their attributes do not fit in one UPDATE of
+    /// the session (a count of occurrences, not of distinct prefixes).
+    #[serde(default)]
+    pub routes_too_large: u64,
 }
 
 /// Prefix counters of one peer in one family.

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 const ENC: EncodeContext = EncodeContext {
     four_octet_as: true,
+    extended_messages: false,
 };
 
 fn free_port() -> u16 {

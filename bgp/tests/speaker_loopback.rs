@@ -241,6 +241,7 @@ async fn malformed_update_gets_notification_and_other_sessions_stay_up() {
         .unwrap();
     let enc = EncodeContext {
         four_octet_as: true,
+        extended_messages: false,
     };
     let open = Open {
         my_as: 65009,
@@ -260,6 +261,7 @@ async fn malformed_update_gets_notification_and_other_sessions_stay_up() {
     let ctx = DecodeContext {
         four_octet_as: true,
         ebgp: true,
+        extended_messages: false,
     };
     let mut rest = &got[..];
     let mut notification = None;

@@ -83,6 +83,7 @@ pub async fn run(
             next_hop_ipv4: None,
             next_hop_ipv6: None,
             default_local_pref: 100,
+            write_queue_bytes: serval_bgp::config::DEFAULT_WRITE_QUEUE_BYTES,
         },
         std::sync::Arc::new(crate::calc::bgp_export::NodeExportPolicy),
     )

@@ -416,6 +416,8 @@ pub struct DecodeContext {
     pub four_octet_as: bool,
     /// The peer is external (changes LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST handling).
     pub ebgp: bool,
+    /// Both sides advertised extended messages (RFC 8654): UPDATEs may reach 65,535 bytes.
+    pub extended_messages: bool,
 }
 
 /// Everything the attribute section of an UPDATE held.
@@ -902,17 +904,33 @@ fn merge_as4(attrs: &mut PathAttributes, as4: As4Parts) {
 }
 
 /// Session facts the encoder needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EncodeContext {
     /// Both sides advertised 4-octet AS support.
     pub four_octet_as: bool,
+    /// Both sides advertised extended messages (RFC 8654): UPDATEs may reach 65,535 bytes.
+    pub extended_messages: bool,
+}
+
+impl EncodeContext {
+    /// The largest UPDATE this session may carry.
+    pub fn max_update_len(&self) -> usize {
+        if self.extended_messages {
+            super::message::MAX_EXTENDED_MESSAGE_LEN
+        } else {
+            super::message::MAX_MESSAGE_LEN
+        }
+    }
 }
 
 fn put_attr(out: &mut Vec<u8>, flags: u8, tc: u8, value: &[u8]) {
     if value.len() > 255 {
         out.put_u8(flags | flag::EXTENDED_LENGTH);
         out.put_u8(tc);
-        out.put_u16(u16::try_from(value.len()).expect("attribute fits a 4096-byte message"));
+        // A value past 65,535 bytes cannot be sent at all; the length saturates and the
+        // packer, which checks the whole encoded size against the message limit, refuses
+        // the attribute set before anything reaches a peer.
+        out.put_u16(u16::try_from(value.len()).unwrap_or(u16::MAX));
     } else {
         out.put_u8(flags & !flag::EXTENDED_LENGTH);
         out.put_u8(tc);

@@ -4,14 +4,17 @@ use crate::packet::error::UpdateErrorAction::{AttributeDiscard, TreatAsWithdraw}
 const IBGP4: DecodeContext = DecodeContext {
     four_octet_as: true,
     ebgp: false,
+    extended_messages: false,
 };
 const EBGP4: DecodeContext = DecodeContext {
     four_octet_as: true,
     ebgp: true,
+    extended_messages: false,
 };
 const EBGP2: DecodeContext = DecodeContext {
     four_octet_as: false,
     ebgp: true,
+    extended_messages: false,
 };
 
 fn decode_ok(buf: &[u8], ctx: DecodeContext) -> DecodedAttributes {
@@ -58,6 +61,7 @@ fn byte_vector_of_every_attribute_round_trips() {
     attrs.encode(
         EncodeContext {
             four_octet_as: true,
+            extended_messages: false,
         },
         &Reach::Classic,
         &mut buf,
@@ -119,6 +123,7 @@ fn extended_length_attributes_decode_and_are_emitted_over_255_bytes() {
     attrs.encode(
         EncodeContext {
             four_octet_as: true,
+            extended_messages: false,
         },
         &Reach::Classic,
         &mut buf,
@@ -235,6 +240,7 @@ fn mp_reach_ipv6_with_link_local_round_trips() {
     PathAttributes::default().encode(
         EncodeContext {
             four_octet_as: true,
+            extended_messages: false,
         },
         &Reach::Multiprotocol {
             family: Family::Ipv6Unicast,
@@ -323,6 +329,7 @@ fn two_octet_encoding_uses_as_trans_and_adds_as4_attributes() {
     attrs.encode(
         EncodeContext {
             four_octet_as: false,
+            extended_messages: false,
         },
         &Reach::Classic,
         &mut buf,

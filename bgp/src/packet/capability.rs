@@ -26,6 +26,8 @@ pub mod code {
     pub const ROUTE_REFRESH: u8 = 2;
     /// Extended next hop encoding (RFC 8950).
     pub const EXTENDED_NEXT_HOP: u8 = 5;
+    /// BGP extended messages, up to 65,535 bytes (RFC 8654).
+    pub const EXTENDED_MESSAGE: u8 = 6;
     /// Graceful restart (RFC 4724).
     pub const GRACEFUL_RESTART: u8 = 64;
     /// 4-octet AS numbers (RFC 6793).
@@ -77,6 +79,8 @@ pub enum Capability {
     EnhancedRouteRefresh,
     /// Extended next hop: NLRI AFI/SAFI that may carry a next hop of another AFI.
     ExtendedNextHop(Vec<(u16, u16, u16)>),
+    /// Messages other than OPEN and KEEPALIVE may be up to 65,535 bytes (RFC 8654).
+    ExtendedMessage,
     /// Graceful restart.
     GracefulRestart(GracefulRestart),
     /// 4-octet AS number support, carrying our real AS.
@@ -106,6 +110,7 @@ impl Capability {
             Capability::RouteRefresh => code::ROUTE_REFRESH,
             Capability::EnhancedRouteRefresh => code::ENHANCED_ROUTE_REFRESH,
             Capability::ExtendedNextHop(_) => code::EXTENDED_NEXT_HOP,
+            Capability::ExtendedMessage => code::EXTENDED_MESSAGE,
             Capability::GracefulRestart(_) => code::GRACEFUL_RESTART,
             Capability::FourOctetAs(_) => code::FOUR_OCTET_AS,
             Capability::Unknown { code, .. } => *code,
@@ -123,7 +128,9 @@ impl Capability {
                 out.put_u8(0);
                 out.put_u8(*safi);
             }
-            Capability::RouteRefresh | Capability::EnhancedRouteRefresh => {}
+            Capability::RouteRefresh
+            | Capability::EnhancedRouteRefresh
+            | Capability::ExtendedMessage => {}
             Capability::ExtendedNextHop(entries) => {
                 for (afi, safi, nh_afi) in entries {
                     out.put_u16(*afi);
@@ -186,6 +193,8 @@ fn decode_value(code: u8, value: &[u8]) -> Option<Capability> {
         code::ROUTE_REFRESH if value.is_empty() => Capability::RouteRefresh,
         code::ENHANCED_ROUTE_REFRESH if value.is_empty() => Capability::EnhancedRouteRefresh,
         code::ROUTE_REFRESH | code::ENHANCED_ROUTE_REFRESH => return None,
+        code::EXTENDED_MESSAGE if value.is_empty() => Capability::ExtendedMessage,
+        code::EXTENDED_MESSAGE => return None,
         code::EXTENDED_NEXT_HOP => {
             if !value.len().is_multiple_of(6) {
                 return None;
@@ -256,6 +265,7 @@ mod tests {
         );
         round_trip(Capability::RouteRefresh, &[2, 0]);
         round_trip(Capability::EnhancedRouteRefresh, &[70, 0]);
+        round_trip(Capability::ExtendedMessage, &[6, 0]);
         round_trip(
             Capability::FourOctetAs(4_200_000_001),
             &[65, 4, 0xfa, 0x56, 0xea, 0x01],
@@ -291,6 +301,7 @@ mod tests {
         assert!(Capability::decode_all(&[1, 3, 0, 1, 0]).is_none());
         assert!(Capability::decode_all(&[65, 2, 0, 1]).is_none());
         assert!(Capability::decode_all(&[2, 1, 0]).is_none());
+        assert!(Capability::decode_all(&[6, 1, 0]).is_none());
         assert!(Capability::decode_all(&[64, 3, 0, 1, 2]).is_none());
         // Length runs past the end of the parameter.
         assert!(Capability::decode_all(&[1, 9, 0, 1]).is_none());

@@ -23,6 +23,9 @@ pub mod code {
     pub const CEASE: u8 = 6;
     /// ROUTE-REFRESH Message Error (RFC 7313).
     pub const ROUTE_REFRESH: u8 = 7;
+    /// Send Hold Timer Expired (RFC 9687): nothing we queued could be written for the send
+    /// hold time.
+    pub const SEND_HOLD_TIMER_EXPIRED: u8 = 8;
 }
 
 /// Message Header Error subcodes (RFC 4271 §4.5).
@@ -193,6 +196,7 @@ pub fn describe(code: u8, subcode: u8) -> &'static str {
         (3, 11) => "update message error: malformed AS_PATH",
         (3, _) => "update message error",
         (4, _) => "hold timer expired",
+        (8, _) => "send hold timer expired",
         (5, 1) => "FSM error: unexpected message in OpenSent",
         (5, 2) => "FSM error: unexpected message in OpenConfirm",
         (5, 3) => "FSM error: unexpected message in Established",

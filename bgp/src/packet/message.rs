@@ -33,6 +33,9 @@ use crate::af::{Family, Prefix};
 pub const HEADER_LEN: usize = 19;
 /// Largest message without the extended-message capability (RFC 4271).
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Largest message other than OPEN and KEEPALIVE once both sides advertised extended
+/// messages (RFC 8654).
+pub const MAX_EXTENDED_MESSAGE_LEN: usize = 65535;
 /// The only BGP version there is.
 pub const BGP_VERSION: u8 = 4;
 
@@ -215,8 +218,10 @@ pub struct RouteRefresh {
     pub safi: u8,
 }
 
-/// Checks the fixed header and returns (type, total length).
-pub fn decode_header(buf: &[u8]) -> Result<(u8, usize), NotificationError> {
+/// Checks the fixed header and returns (type, total length). `extended` says both sides
+/// advertised extended messages (RFC 8654), which lifts the limit to 65,535 bytes for every
+/// type but OPEN and KEEPALIVE.
+pub fn decode_header(buf: &[u8], extended: bool) -> Result<(u8, usize), NotificationError> {
     debug_assert!(buf.len() >= HEADER_LEN);
     if buf[..16].iter().any(|&b| b != 0xff) {
         return Err(NotificationError::new(
@@ -242,8 +247,13 @@ pub fn decode_header(buf: &[u8]) -> Result<(u8, usize), NotificationError> {
             ));
         }
     };
+    let max = if extended && kind != message_type::OPEN && kind != message_type::KEEPALIVE {
+        MAX_EXTENDED_MESSAGE_LEN
+    } else {
+        MAX_MESSAGE_LEN
+    };
     if len < min.max(HEADER_LEN)
-        || len > MAX_MESSAGE_LEN
+        || len > max
         || (kind == message_type::KEEPALIVE && len != HEADER_LEN)
     {
         return Err(NotificationError::bad_length(length));
@@ -257,7 +267,7 @@ impl Message {
         if buf.len() < HEADER_LEN {
             return Err(NotificationError::bad_length(buf.len() as u16));
         }
-        let (kind, len) = decode_header(buf)?;
+        let (kind, len) = decode_header(buf, ctx.extended_messages)?;
         if len != buf.len() {
             return Err(NotificationError::bad_length(u16::from_be_bytes([
                 buf[16], buf[17],
@@ -306,7 +316,10 @@ impl Message {
                 out.put_u8(message_type::NOTIFICATION);
                 out.put_u8(n.code);
                 out.put_u8(n.subcode);
-                out.put_slice(&n.data);
+                // The data may quote a large received attribute; cut it to what any peer
+                // accepts (the NOTIFICATION may go out before extended messages are agreed).
+                let room = MAX_MESSAGE_LEN - HEADER_LEN - 2;
+                out.put_slice(&n.data[..n.data.len().min(room)]);
             }
             Message::Keepalive => out.put_u8(message_type::KEEPALIVE),
             Message::RouteRefresh(r) => {
@@ -316,7 +329,8 @@ impl Message {
                 out.put_u8(r.safi);
             }
         }
-        let len = u16::try_from(out.len()).expect("messages are built under 4096 bytes");
+        let len = u16::try_from(out.len())
+            .expect("Message::encode builds OPEN, KEEPALIVE, NOTIFICATION, ROUTE-REFRESH and End-of-RIB markers, all under 4096 bytes");
         out[16..18].copy_from_slice(&len.to_be_bytes());
         out
     }
@@ -518,35 +532,63 @@ fn encode_ip_prefixes(prefixes: &[ipnet::IpNet], out: &mut Vec<u8>) {
     }
 }
 
-/// Packs announcements of one attribute set into as few UPDATEs as fit in 4096 bytes.
+/// The longest NLRI encoding a prefix of this family can have (length octet + address).
+fn max_nlri_len<P: Prefix>() -> usize {
+    1 + usize::from(P::MAX_LEN).div_ceil(8)
+}
+
+/// Encodes an attribute set for one family's UPDATEs (with `nlri` inside MP_REACH_NLRI
+/// when the family needs it) and reports whether the NLRI go in the classic field.
+fn encode_for<P: Prefix>(
+    attrs: &PathAttributes,
+    ctx: EncodeContext,
+    nlri: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let family = P::FAMILY;
+    let classic =
+        family == Family::Ipv4Unicast && matches!(attrs.next_hop, Some(std::net::IpAddr::V4(_)));
+    let reach = if classic {
+        Reach::Classic
+    } else {
+        Reach::Multiprotocol {
+            family,
+            next_hop: attrs.next_hop,
+            link_local: attrs.link_local_next_hop,
+            nlri,
+        }
+    };
+    attrs.encode(ctx, &reach, out);
+    classic
+}
+
+/// Bytes left for NLRI in one UPDATE carrying this attribute set, or `None` when not even
+/// the longest single prefix of the family fits (the route cannot be sent on this session).
+pub fn announcement_room<P: Prefix>(attrs: &PathAttributes, ctx: EncodeContext) -> Option<usize> {
+    let mut a = Vec::with_capacity(128);
+    encode_for::<P>(attrs, ctx, &[], &mut a);
+    // Header, both length fields, the attributes, and 2 spare bytes in case MP_REACH_NLRI
+    // switches to an extended length once the prefixes are in.
+    let room = ctx
+        .max_update_len()
+        .checked_sub(HEADER_LEN + 4 + a.len() + 2)?;
+    (room >= max_nlri_len::<P>()).then_some(room)
+}
+
+/// Packs announcements of one attribute set into as few UPDATEs as the session's message
+/// limit allows. Returns how many prefixes could not be packed because the attribute set
+/// alone leaves no room for them (callers check [`announcement_room`] first, so normally 0);
+/// every pass of the loop consumes at least one prefix.
 pub fn pack_announcements<P: Prefix>(
     attrs: &PathAttributes,
     prefixes: &[P],
     ctx: EncodeContext,
     out: &mut Vec<Vec<u8>>,
-) {
-    let family = P::FAMILY;
-    let classic =
-        family == Family::Ipv4Unicast && matches!(attrs.next_hop, Some(std::net::IpAddr::V4(_)));
-    let reach_for = |nlri: &[u8]| -> Vec<u8> {
-        let reach = if classic {
-            Reach::Classic
-        } else {
-            Reach::Multiprotocol {
-                family,
-                next_hop: attrs.next_hop,
-                link_local: attrs.link_local_next_hop,
-                nlri,
-            }
-        };
-        let mut a = Vec::with_capacity(128 + nlri.len());
-        attrs.encode(ctx, &reach, &mut a);
-        a
+) -> usize {
+    let Some(budget) = announcement_room::<P>(attrs, ctx) else {
+        return prefixes.len();
     };
-    // Room left for NLRI once header, lengths and attributes are in; the 2 spare bytes
-    // cover MP_REACH_NLRI switching to an extended length.
-    let base = reach_for(&[]).len();
-    let budget = MAX_MESSAGE_LEN.saturating_sub(HEADER_LEN + 4 + base + 2);
+    let max_len = ctx.max_update_len();
     let mut start = 0;
     while start < prefixes.len() {
         let mut used = 0;
@@ -555,22 +597,23 @@ pub fn pack_announcements<P: Prefix>(
             used += nlri::encoded_len(&prefixes[end]);
             end += 1;
         }
+        // `budget` holds the family's longest prefix, so at least one always fits.
+        debug_assert!(end > start);
+        let end = end.max(start + 1);
         let mut nlri_bytes = Vec::with_capacity(used);
         prefixes[start..end]
             .iter()
             .for_each(|p| nlri::encode_prefix(p, &mut nlri_bytes));
-        let mut msg = Vec::with_capacity(MAX_MESSAGE_LEN);
+        let mut msg = Vec::with_capacity(max_len.min(HEADER_LEN + 4 + 256 + used));
         msg.put_slice(&[0xff; 16]);
         msg.put_u16(0);
         msg.put_u8(message_type::UPDATE);
         msg.put_u16(0);
-        let a = if classic {
-            reach_for(&[])
-        } else {
-            reach_for(&nlri_bytes)
-        };
-        msg.put_u16(a.len() as u16);
-        msg.put_slice(&a);
+        let len_at = msg.len();
+        msg.put_u16(0);
+        let classic = encode_for::<P>(attrs, ctx, &nlri_bytes, &mut msg);
+        let attrs_len = msg.len() - len_at - 2;
+        msg[len_at..len_at + 2].copy_from_slice(&(attrs_len as u16).to_be_bytes());
         if classic {
             msg.put_slice(&nlri_bytes);
         }
@@ -579,15 +622,17 @@ pub fn pack_announcements<P: Prefix>(
         out.push(msg);
         start = end;
     }
+    0
 }
 
-/// Packs withdrawals into as few UPDATEs as fit in 4096 bytes.
-pub fn pack_withdrawals<P: Prefix>(prefixes: &[P], out: &mut Vec<Vec<u8>>) {
-    let budget = MAX_MESSAGE_LEN - HEADER_LEN - 4 - 8;
+/// Packs withdrawals into as few UPDATEs as the session's message limit allows.
+pub fn pack_withdrawals<P: Prefix>(prefixes: &[P], ctx: EncodeContext, out: &mut Vec<Vec<u8>>) {
+    let max_len = ctx.max_update_len();
+    let budget = max_len - HEADER_LEN - 4 - 8;
     for chunk in chunk_by_size(prefixes, budget) {
         let mut w = Vec::with_capacity(budget);
         chunk.iter().for_each(|p| nlri::encode_prefix(p, &mut w));
-        let mut msg = Vec::with_capacity(MAX_MESSAGE_LEN);
+        let mut msg = Vec::with_capacity(HEADER_LEN + 12 + w.len());
         msg.put_slice(&[0xff; 16]);
         msg.put_u16(0);
         msg.put_u8(message_type::UPDATE);

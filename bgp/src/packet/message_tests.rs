@@ -6,9 +6,11 @@ use ipnet::{IpNet, Ipv6Net};
 const CTX: DecodeContext = DecodeContext {
     four_octet_as: true,
     ebgp: true,
+    extended_messages: false,
 };
 const ENC: EncodeContext = EncodeContext {
     four_octet_as: true,
+    extended_messages: false,
 };
 
 fn header(len: u16, kind: u8) -> Vec<u8> {
@@ -131,7 +133,7 @@ fn header_errors_follow_rfc4271_section_6_1() {
     assert_eq!(decode_err(&short_open), (1, 2, vec![0, 28]));
     assert_eq!(decode_err(&header(19, 9)), (1, 3, vec![9]));
     assert_eq!(
-        decode_header(&header(4097, 2)).unwrap_err().data,
+        decode_header(&header(4097, 2), false).unwrap_err().data,
         vec![0x10, 0x01]
     );
 }
@@ -233,6 +235,7 @@ fn missing_well_known_attributes_are_treat_as_withdraw() {
     let ibgp = DecodeContext {
         four_octet_as: true,
         ebgp: false,
+        extended_messages: false,
     };
     let mut buf = Message::Update(Update {
         withdrawn: vec![],
@@ -316,7 +319,7 @@ fn packing_splits_many_prefixes_under_4096_bytes_and_decodes_back() {
     assert_eq!(got, v6.iter().map(|p| IpNet::V6(*p)).collect::<Vec<_>>());
 
     let mut msgs = Vec::new();
-    pack_withdrawals(&v6, &mut msgs);
+    pack_withdrawals(&v6, ENC, &mut msgs);
     let n: usize = msgs
         .iter()
         .map(|m| match Message::decode(m, CTX).unwrap() {
@@ -325,4 +328,106 @@ fn packing_splits_many_prefixes_under_4096_bytes_and_decodes_back() {
         })
         .sum();
     assert_eq!(n, v6.len());
+}
+
+/// About 4,068 bytes of attributes: ~1,000 communities, as a peer may legitimately send.
+fn huge_attrs(communities: u32) -> PathAttributes {
+    PathAttributes {
+        as_path: AsPath::from_sequence([65001, 65002]),
+        next_hop: Some("192.0.2.1".parse().unwrap()),
+        communities: (0..communities).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn attributes_too_large_for_one_update_are_refused_not_looped_on() {
+    // 1,012 communities: 4,048 bytes of value, so with the path, origin and next hop the
+    // set leaves no room for a /24 in 4,096 bytes (the case that stalled the speaker).
+    let attrs = huge_attrs(1012);
+    let p: Vec<Ipv4Net> = vec![
+        "10.1.0.0/24".parse().unwrap(),
+        "10.2.0.0/24".parse().unwrap(),
+    ];
+    assert_eq!(announcement_room::<Ipv4Net>(&attrs, ENC), None);
+    let mut msgs = Vec::new();
+    assert_eq!(pack_announcements(&attrs, &p, ENC, &mut msgs), 2);
+    assert!(msgs.is_empty(), "nothing half-built is sent");
+    // With extended messages the same set fits, in one message well over 4,096 bytes
+    // that decodes back under the extended limit only.
+    let ext = EncodeContext {
+        extended_messages: true,
+        ..ENC
+    };
+    assert!(announcement_room::<Ipv4Net>(&attrs, ext).is_some());
+    assert_eq!(pack_announcements(&attrs, &p, ext, &mut msgs), 0);
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].len() > MAX_MESSAGE_LEN);
+    assert!(
+        Message::decode(&msgs[0], CTX).is_err(),
+        "4,096 limit without the capability"
+    );
+    let ext_ctx = DecodeContext {
+        extended_messages: true,
+        ..CTX
+    };
+    let Message::Update(u) = Message::decode(&msgs[0], ext_ctx).unwrap() else {
+        panic!()
+    };
+    assert_eq!(u.nlri, p);
+    assert_eq!(u.attributes.communities.len(), 1012);
+}
+
+#[test]
+fn a_set_just_under_the_limit_still_packs_one_prefix_per_message() {
+    // Every size from comfortably fitting to not fitting at all: packing terminates, and
+    // every message is within the limit and carries at least one prefix.
+    let prefixes: Vec<Ipv4Net> = (0..50u32)
+        .map(|i| Ipv4Net::new((0x0a00_0000 + (i << 8)).into(), 24).unwrap())
+        .collect();
+    for n in 990..1020 {
+        let attrs = huge_attrs(n);
+        let mut msgs = Vec::new();
+        let unsent = pack_announcements(&attrs, &prefixes, ENC, &mut msgs);
+        match announcement_room::<Ipv4Net>(&attrs, ENC) {
+            Some(_) => {
+                assert_eq!(unsent, 0);
+                let mut got = 0;
+                for m in &msgs {
+                    assert!(m.len() <= MAX_MESSAGE_LEN, "{n}: {} bytes", m.len());
+                    let Message::Update(u) = Message::decode(m, CTX).unwrap() else {
+                        panic!()
+                    };
+                    assert!(!u.nlri.is_empty());
+                    got += u.nlri.len();
+                }
+                assert_eq!(got, prefixes.len());
+            }
+            None => assert_eq!((unsent, msgs.len()), (prefixes.len(), 0)),
+        }
+    }
+}
+
+#[test]
+fn extended_limit_applies_to_updates_but_never_to_open_or_keepalive() {
+    assert_eq!(decode_header(&header(5000, 2), true).unwrap(), (2, 5000));
+    assert_eq!(decode_header(&header(65535, 3), true).unwrap(), (3, 65535));
+    assert!(decode_header(&header(5000, 2), false).is_err());
+    assert!(
+        decode_header(&header(5000, 1), true).is_err(),
+        "OPEN stays 4096"
+    );
+    assert!(decode_header(&header(5000, 4), true).is_err());
+}
+
+#[test]
+fn a_notification_quoting_a_huge_attribute_is_cut_to_4096_bytes() {
+    let n = Message::Notification(Notification {
+        code: 3,
+        subcode: 5,
+        data: vec![7; 60_000],
+    });
+    let wire = n.encode(ENC);
+    assert_eq!(wire.len(), MAX_MESSAGE_LEN);
+    assert!(Message::decode(&wire, CTX).is_ok());
 }

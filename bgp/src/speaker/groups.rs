@@ -25,6 +25,8 @@ pub(crate) type GroupId = u64;
 pub(crate) struct GroupKey {
     pub families: Vec<Family>,
     pub four_octet_as: bool,
+    /// Extended messages (RFC 8654) were negotiated: UPDATEs may reach 65,535 bytes.
+    pub extended_messages: bool,
     pub as_number: u32,
     pub ebgp: bool,
     pub rr_client: bool,
@@ -33,6 +35,16 @@ pub(crate) struct GroupKey {
     pub self_v6: Option<Ipv6Addr>,
     /// Set only when the export policy depends on the peer's address.
     pub policy_address: Option<IpAddr>,
+}
+
+impl GroupKey {
+    /// How the group's UPDATEs are encoded.
+    pub fn encode_context(&self) -> crate::packet::attribute::EncodeContext {
+        crate::packet::attribute::EncodeContext {
+            four_octet_as: self.four_octet_as,
+            extended_messages: self.extended_messages,
+        }
+    }
 }
 
 /// Peers sharing one export.

@@ -63,6 +63,7 @@ pub(crate) trait FamilyRib: Prefix {
     fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>);
     fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self>;
     fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self>;
+    fn batch_touched(b: &mut outbound::Batch) -> &mut Vec<Self>;
 }
 
 impl FamilyRib for Ipv4Net {
@@ -78,6 +79,9 @@ impl FamilyRib for Ipv4Net {
     fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self> {
         &g.out4
     }
+    fn batch_touched(b: &mut outbound::Batch) -> &mut Vec<Self> {
+        b.touched4()
+    }
 }
 
 impl FamilyRib for Ipv6Net {
@@ -92,6 +96,9 @@ impl FamilyRib for Ipv6Net {
     }
     fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self> {
         &g.out6
+    }
+    fn batch_touched(b: &mut outbound::Batch) -> &mut Vec<Self> {
+        b.touched6()
     }
 }
 
@@ -525,6 +532,30 @@ impl Speaker {
                 }
             }
             Input::StaleExpired { peer, serial } => self.on_stale_expired(peer, serial),
+            Input::Drained { peer, serial } => {
+                let current = self
+                    .peers
+                    .get(&peer)
+                    .and_then(PeerEntry::session_conn)
+                    .is_some_and(|c| c.serial == serial);
+                if current {
+                    self.pump(peer);
+                }
+            }
+            Input::SendHoldExpired { peer, serial } => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if let Some(dir) = find_dir(entry, serial) {
+                    entry.span.in_scope(|| {
+                        tracing::warn!(
+                            queued = entry.queued_bytes(),
+                            "nothing could be written for the send hold time (RFC 9687)"
+                        )
+                    });
+                    self.fsm_event(peer, Event::SendHoldTimerExpires(dir));
+                }
+            }
             Input::Bfd(ev) => self.on_bfd(ev),
             Input::Restart { peer } => {
                 if let Some(entry) = self.peers.get_mut(&peer) {
@@ -563,7 +594,12 @@ impl Speaker {
         let serial = self.next_serial;
         self.next_serial += 1;
         let entry = self.peers.get_mut(&id).expect("caller checked");
-        match connection::start_connection(id, serial, stream, entry.ebgp, self.input_tx.clone()) {
+        let params = connection::ConnParams {
+            ebgp: entry.ebgp,
+            extended_messages: entry.cfg.extended_messages,
+            low_water: self.cfg.write_queue_bytes / 2,
+        };
+        match connection::start_connection(id, serial, stream, params, self.input_tx.clone()) {
             Ok(conn) => {
                 entry
                     .span
@@ -646,6 +682,7 @@ impl Speaker {
                     conn.send(
                         msg.encode(EncodeContext {
                             four_octet_as: true,
+                            extended_messages: false,
                         })
                         .into(),
                     );
@@ -675,8 +712,9 @@ impl Speaker {
                     return;
                 };
                 entry.span.in_scope(|| {
-                    tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, families = ?neg.families, "session established")
+                    tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, families = ?neg.families, extended_messages = neg.extended_messages, "session established")
                 });
+                conn.meter.set_send_hold(entry.cfg.send_hold(neg.hold_time));
                 self.sources.insert(
                     id,
                     SourceInfo {
@@ -708,6 +746,7 @@ impl Speaker {
                 }
                 let entry = self.peers.get_mut(&id).expect("checked above");
                 entry.session = None;
+                entry.backlog = None;
                 entry.eor_received.clear();
                 if !kept {
                     entry.accepted = [0, 0];
@@ -841,6 +880,9 @@ impl Speaker {
             stale_families: sorted(&p.stale_families),
             max_prefix_exceeded: p.max_prefix_tripped,
             bfd: p.bfd_state,
+            write_queue_bytes: p.queued_bytes(),
+            paced_prefixes: p.backlog.as_ref().map_or(0, peer::Backlog::len),
+            routes_too_large: p.too_large,
         }
     }
 

@@ -1,6 +1,14 @@
 //! From Loc-RIB changes to the wire: export rules and policy per update group, Adj-RIB-Out
-//! diffing, packing UPDATEs by attribute set (encoded once per group), and best-path
-//! batches for subscribers.
+//! diffing, packing UPDATEs by attribute set (encoded once per group), pacing of members
+//! that cannot keep up, and best-path batches for subscribers.
+//!
+//! Pacing: a member whose write queue is over the speaker's byte budget, that is receiving
+//! its first table, or that asked for a ROUTE-REFRESH is *paced*. It is not sent the group's
+//! incremental UPDATEs; the prefixes they concern go into its backlog (a set, so each is
+//! held once however often it changes), and [`Speaker::pump`] sends it the group's current
+//! state for backlog prefixes in chunks of about half the budget, each time its queue
+//! drains to the low-water mark. Memory per slow peer is therefore the byte budget plus
+//! one entry per distinct prefix, never a copy of every UPDATE it missed.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -9,15 +17,45 @@ use std::sync::Arc;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::groups::{GroupId, GroupKey, UpdateGroup};
-use super::peer::join;
+use super::peer::{Backlog, join};
 use super::{FamilyRib, Speaker};
 use crate::af::Family;
 use crate::decision::{LOCAL_PEER, PeerId};
 use crate::export::{self, RouteSource, SpeakerSide, Target};
 use crate::packet::attribute::{EncodeContext, PathAttributes};
-use crate::packet::message::{Message, Update, pack_announcements, pack_withdrawals};
+use crate::packet::message::{
+    Message, Update, announcement_room, pack_announcements, pack_withdrawals,
+};
 use crate::policy::{PolicyPeer, Verdict};
 use crate::rib::{AdjRibOut, DecideCtx, OutChange};
+
+/// Encoded UPDATEs for a group and the prefixes they concern (what a paced member records
+/// instead of receiving them).
+#[derive(Default)]
+pub(crate) struct Batch {
+    msgs: Vec<Vec<u8>>,
+    touched4: Vec<Ipv4Net>,
+    touched6: Vec<Ipv6Net>,
+}
+
+impl Batch {
+    pub(super) fn touched4(&mut self) -> &mut Vec<Ipv4Net> {
+        &mut self.touched4
+    }
+
+    pub(super) fn touched6(&mut self) -> &mut Vec<Ipv6Net> {
+        &mut self.touched6
+    }
+
+    fn append(&mut self, other: Batch) {
+        self.msgs.extend(other.msgs);
+        self.touched4.extend(other.touched4);
+        self.touched6.extend(other.touched6);
+    }
+}
+
+/// Prefixes per step of a backlog catch-up, before checking the bytes produced.
+const CATCH_UP_STEP: usize = 2048;
 use crate::status::{BestPathChange, BestRoute};
 
 /// Announcements grouped by attribute set, plus withdrawals, for one peer.
@@ -26,18 +64,32 @@ struct PeerOut<P> {
     withdraw: Vec<P>,
 }
 
-impl<P: crate::af::Prefix> PeerOut<P> {
-    /// Withdrawals first, then announcements packed per attribute set.
+impl<P: FamilyRib> PeerOut<P> {
+    /// Withdrawals first, then announcements packed per attribute set. Attribute sets
+    /// reach here only after [`announcement_room`] accepted them for this `ctx`.
     fn encode(self, ctx: EncodeContext) -> Vec<Vec<u8>> {
         let mut msgs = Vec::new();
         if !self.withdraw.is_empty() {
-            pack_withdrawals(&self.withdraw, &mut msgs);
+            pack_withdrawals(&self.withdraw, ctx, &mut msgs);
         }
         for (attrs, mut prefixes) in self.groups.into_values() {
             prefixes.sort_unstable();
-            pack_announcements(&attrs, &prefixes, ctx, &mut msgs);
+            let unsent = pack_announcements(&attrs, &prefixes, ctx, &mut msgs);
+            debug_assert_eq!(unsent, 0, "export checks the size first");
         }
         msgs
+    }
+
+    /// The encoded UPDATEs with the prefixes they concern.
+    fn into_batch(self, ctx: EncodeContext) -> Batch {
+        let mut batch = Batch::default();
+        let touched = P::batch_touched(&mut batch);
+        touched.extend(self.withdraw.iter().copied());
+        for (_, prefixes) in self.groups.values() {
+            touched.extend(prefixes.iter().copied());
+        }
+        batch.msgs = self.encode(ctx);
+        batch
     }
 }
 
@@ -83,8 +135,8 @@ impl Speaker {
             .map(|(id, _)| *id)
             .collect();
         for gid in groups {
-            let msgs = self.export_group::<P>(gid, &dirty, true);
-            self.send_to_members(gid, msgs, None);
+            let batch = self.export_group::<P>(gid, &dirty, true);
+            self.send_to_members(gid, batch, None);
         }
     }
 
@@ -96,6 +148,7 @@ impl Speaker {
         Some(GroupKey {
             families: session.neg.families.clone(),
             four_octet_as: session.neg.four_octet_as,
+            extended_messages: session.neg.extended_messages,
             as_number: entry.cfg.as_number,
             ebgp: entry.ebgp,
             rr_client: entry.cfg.route_reflector_client,
@@ -144,23 +197,33 @@ impl Speaker {
             // New, or was a group of one: its table changes (split horizon applies only to
             // a lone member), so recompute it and tell the existing member the difference.
             let tell = !old_members.is_empty();
-            let m4 = self.rebuild_group::<Ipv4Net>(gid, tell);
-            let m6 = self.rebuild_group::<Ipv6Net>(gid, tell);
-            let mut msgs = m4;
-            msgs.extend(m6);
-            self.send_to_members(gid, msgs, Some(&old_members));
+            let mut batch = self.rebuild_group::<Ipv4Net>(gid, tell);
+            batch.append(self.rebuild_group::<Ipv6Net>(gid, tell));
+            self.send_to_members(gid, batch, Some(&old_members));
         }
-        let (b4, b6) = before.unwrap_or_default();
-        let mut msgs = self.table_difference::<Ipv4Net>(gid, &b4);
-        msgs.extend(self.table_difference::<Ipv6Net>(gid, &b6));
-        let n = msgs.len() as u64;
-        let buf = join(msgs);
-        if let Some(entry) = self.peers.get_mut(&id) {
-            entry.send_batch(&buf, n, true);
+        // The newcomer is caught up from the group's table, paced by its own queue. After a
+        // move, what the old group had sent it is re-sent or withdrawn too.
+        let group = &self.groups[&gid];
+        let mut backlog = Backlog {
+            end_of_rib: initial,
+            ..Backlog::default()
+        };
+        backlog.v4.extend(group.out4.keys().copied());
+        backlog.v6.extend(group.out6.keys().copied());
+        if let Some((b4, b6)) = before {
+            backlog.v4.extend(b4.keys().copied());
+            backlog.v6.extend(b6.keys().copied());
         }
-        if initial {
-            self.send_end_of_rib(id);
+        let entry = self.peers.get_mut(&id).expect("has a session");
+        match &mut entry.backlog {
+            Some(b) => {
+                b.v4.extend(backlog.v4);
+                b.v6.extend(backlog.v6);
+                b.end_of_rib |= initial;
+            }
+            None => entry.backlog = Some(backlog),
         }
+        self.pump(id);
     }
 
     /// Takes a peer out of its update group (session down, or moving); with `held`, returns
@@ -191,9 +254,9 @@ impl Speaker {
                 };
                 if n == 1 {
                     // The one left gets exact split horizon again: withdraw its own routes.
-                    let mut msgs = self.rebuild_group::<Ipv4Net>(gid, true);
-                    msgs.extend(self.rebuild_group::<Ipv6Net>(gid, true));
-                    self.send_to_members(gid, msgs, None);
+                    let mut batch = self.rebuild_group::<Ipv4Net>(gid, true);
+                    batch.append(self.rebuild_group::<Ipv6Net>(gid, true));
+                    self.send_to_members(gid, batch, None);
                 }
                 held
             }
@@ -202,9 +265,9 @@ impl Speaker {
 
     /// Recomputes a group's whole table for one family; returns the UPDATEs for the change
     /// when `encode` (nobody to tell: skip the encoding).
-    fn rebuild_group<P: FamilyRib>(&mut self, gid: GroupId, encode: bool) -> Vec<Vec<u8>> {
+    fn rebuild_group<P: FamilyRib>(&mut self, gid: GroupId, encode: bool) -> Batch {
         if !self.groups[&gid].key.families.contains(&P::FAMILY) {
-            return Vec::new();
+            return Batch::default();
         }
         let mut prefixes: Vec<P> = P::table(&self.tables).iter().map(|(p, _)| *p).collect();
         let out = P::adj_out_ref(&self.groups[&gid]);
@@ -215,40 +278,11 @@ impl Speaker {
         self.export_group(gid, &prefixes, encode)
     }
 
-    /// UPDATEs that take a peer from having been sent `before` to the group's table.
-    fn table_difference<P: FamilyRib>(&self, gid: GroupId, before: &AdjRibOut<P>) -> Vec<Vec<u8>> {
-        let group = &self.groups[&gid];
-        if !group.key.families.contains(&P::FAMILY) {
-            return Vec::new();
-        }
-        let now = P::adj_out_ref(group);
-        let mut out = PeerOut::<P>::default();
-        for (prefix, attrs) in now.entries() {
-            if before
-                .get(prefix)
-                .is_some_and(|b| Arc::ptr_eq(b, attrs) || **b == **attrs)
-            {
-                continue;
-            }
-            out.groups
-                .entry(Arc::as_ptr(attrs) as usize)
-                .or_insert_with(|| (attrs.clone(), Vec::new()))
-                .1
-                .push(*prefix);
-        }
-        out.withdraw = before
-            .keys()
-            .filter(|p| now.get(p).is_none())
-            .copied()
-            .collect();
-        out.encode(EncodeContext {
-            four_octet_as: group.key.four_octet_as,
-        })
-    }
-
-    /// Sends one encoded batch to the members of a group (or to `only` among them).
-    fn send_to_members(&mut self, gid: GroupId, msgs: Vec<Vec<u8>>, only: Option<&[PeerId]>) {
-        if msgs.is_empty() {
+    /// Sends one encoded batch to the members of a group (or to `only` among them). A
+    /// member that is paced, or whose queue is over budget, records the batch's prefixes in
+    /// its backlog instead.
+    fn send_to_members(&mut self, gid: GroupId, batch: Batch, only: Option<&[PeerId]>) {
+        if batch.msgs.is_empty() {
             return;
         }
         let Some(group) = self.groups.get(&gid) else {
@@ -258,13 +292,114 @@ impl Speaker {
             Some(ids) => ids.to_vec(),
             None => group.members.clone(),
         };
-        let n = msgs.len() as u64;
-        let buf = join(msgs);
+        let budget = self.cfg.write_queue_bytes;
+        let n = batch.msgs.len() as u64;
+        let buf = join(batch.msgs);
+        let mut paced = Vec::new();
         for m in members {
-            if let Some(entry) = self.peers.get_mut(&m) {
+            let Some(entry) = self.peers.get_mut(&m) else {
+                continue;
+            };
+            if entry.backlog.is_none() && entry.queued_bytes() <= budget {
                 entry.send_batch(&buf, n, true);
+                continue;
+            }
+            if entry.backlog.is_none() {
+                entry.span.in_scope(|| {
+                    tracing::info!(
+                        queued = entry.queued_bytes(),
+                        budget,
+                        "peer reads slower than we send; pacing it from the table"
+                    )
+                });
+            }
+            let b = entry.backlog.get_or_insert_with(Backlog::default);
+            b.v4.extend(batch.touched4.iter().copied());
+            b.v6.extend(batch.touched6.iter().copied());
+            paced.push(m);
+        }
+        for m in paced {
+            self.pump(m);
+        }
+    }
+
+    /// Sends a paced member the next part of its backlog while its queue has room; asks
+    /// the writer for a `Drained` report when it has not. Rejoins normal sending (and sends
+    /// End-of-RIB when due) once the backlog is empty.
+    pub(super) fn pump(&mut self, id: PeerId) {
+        let low_water = self.cfg.write_queue_bytes / 2;
+        loop {
+            let Some(entry) = self.peers.get_mut(&id) else {
+                return;
+            };
+            let (Some(gid), Some(conn)) = (entry.group, entry.session_conn()) else {
+                return;
+            };
+            if entry.backlog.is_none() {
+                return;
+            }
+            if conn.meter.queued() > low_water && !conn.meter.notify_when_drained() {
+                // A `Drained` input brings us back.
+                return;
+            }
+            let mut backlog = entry.backlog.take().expect("checked above");
+            let mut msgs = self.catch_up::<Ipv4Net>(gid, &mut backlog.v4, low_water);
+            if msgs.iter().map(Vec::len).sum::<usize>() < low_water {
+                msgs.extend(self.catch_up::<Ipv6Net>(gid, &mut backlog.v6, low_water));
+            }
+            let done = backlog.is_empty();
+            let end_of_rib = done && backlog.end_of_rib;
+            let entry = self.peers.get_mut(&id).expect("checked above");
+            if !done {
+                entry.backlog = Some(backlog);
+            }
+            if !msgs.is_empty() {
+                entry.send_session(msgs, true);
+            }
+            if end_of_rib {
+                self.send_end_of_rib(id);
+            }
+            if done {
+                return;
             }
         }
+    }
+
+    /// UPDATEs (about `bytes` of them, at least one step) that bring backlog prefixes up to
+    /// the group's current table; the prefixes sent leave the backlog.
+    fn catch_up<P: FamilyRib>(
+        &self,
+        gid: GroupId,
+        backlog: &mut HashSet<P>,
+        bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        let group = &self.groups[&gid];
+        let ctx = group.key.encode_context();
+        let now = P::adj_out_ref(group);
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        let mut produced = 0;
+        while !backlog.is_empty() && produced < bytes {
+            let step: Vec<P> = backlog.iter().take(CATCH_UP_STEP).copied().collect();
+            let mut out = PeerOut::<P>::default();
+            for prefix in step {
+                backlog.remove(&prefix);
+                match now.get(&prefix) {
+                    Some(attrs) => out
+                        .groups
+                        .entry(Arc::as_ptr(attrs) as usize)
+                        .or_insert_with(|| (attrs.clone(), Vec::new()))
+                        .1
+                        .push(prefix),
+                    // Gone since (or never sent): a withdrawal of an unknown prefix is
+                    // harmless to the peer.
+                    None => out.withdraw.push(prefix),
+                }
+            }
+            let encoded = out.encode(ctx);
+            produced += encoded.iter().map(Vec::len).sum::<usize>();
+            msgs.extend(encoded);
+        }
+        msgs
     }
 
     fn send_end_of_rib(&mut self, id: PeerId) {
@@ -281,26 +416,27 @@ impl Speaker {
             .map(|f| {
                 Message::Update(Update::end_of_rib_marker(f)).encode(EncodeContext {
                     four_octet_as: true,
+                    extended_messages: false,
                 })
             })
             .collect();
         entry.send_session(msgs, true);
     }
 
-    /// Re-sends a member the group's whole table for one family (ROUTE-REFRESH).
+    /// ROUTE-REFRESH: the member is paced through the group's whole table for one family.
+    /// Requests that arrive while one is still being served coalesce into the same backlog.
     pub(super) fn resend_table(&mut self, id: PeerId, family: Family) {
         let Some(gid) = self.peers.get(&id).and_then(|e| e.group) else {
             return;
         };
-        let msgs = match family {
-            Family::Ipv4Unicast => self.table_difference::<Ipv4Net>(gid, &AdjRibOut::default()),
-            Family::Ipv6Unicast => self.table_difference::<Ipv6Net>(gid, &AdjRibOut::default()),
-        };
-        let n = msgs.len() as u64;
-        let buf = join(msgs);
-        if let Some(entry) = self.peers.get_mut(&id) {
-            entry.send_batch(&buf, n, true);
+        let group = &self.groups[&gid];
+        let entry = self.peers.get_mut(&id).expect("checked above");
+        let b = entry.backlog.get_or_insert_with(Backlog::default);
+        match family {
+            Family::Ipv4Unicast => b.v4.extend(group.out4.keys().copied()),
+            Family::Ipv6Unicast => b.v6.extend(group.out6.keys().copied()),
         }
+        self.pump(id);
     }
 
     fn route_sources(&self) -> HashMap<PeerId, RouteSource> {
@@ -339,19 +475,12 @@ impl Speaker {
     /// Exports the current best path of each prefix to one update group, records it in the
     /// group's Adj-RIB-Out and returns the UPDATEs for the difference (encoded once for
     /// every member).
-    fn export_group<P: FamilyRib>(
-        &mut self,
-        gid: GroupId,
-        prefixes: &[P],
-        encode: bool,
-    ) -> Vec<Vec<u8>> {
+    fn export_group<P: FamilyRib>(&mut self, gid: GroupId, prefixes: &[P], encode: bool) -> Batch {
         let Some(group) = self.groups.get(&gid) else {
-            return Vec::new();
+            return Batch::default();
         };
         let key = group.key.clone();
-        let ctx = EncodeContext {
-            four_octet_as: key.four_octet_as,
-        };
+        let ctx = key.encode_context();
         let target = Target {
             // No member is excluded in a shared group (see the module notes in `groups`).
             peer: group.split_horizon_peer().unwrap_or(PeerId::MAX),
@@ -386,6 +515,10 @@ impl Speaker {
         // The RFC transformation depends only on the attribute set and the source peer,
         // so it runs once per distinct pair however many prefixes share it.
         let mut cache: HashMap<(usize, PeerId), Option<Arc<PathAttributes>>> = HashMap::new();
+        // Whether each exported attribute set fits one UPDATE of this group's sessions, and
+        // the prefixes withheld because it does not (for one log line per set).
+        let mut fits: HashMap<usize, bool> = HashMap::new();
+        let mut too_large: HashMap<usize, (usize, P)> = HashMap::new();
         let mut out = PeerOut::<P>::default();
         let table = P::table(&self.tables);
         let group = self.groups.get_mut(&gid).expect("checked above");
@@ -410,6 +543,18 @@ impl Speaker {
                     Verdict::Modify(a) => Some(interner.intern(a)),
                 }
             });
+            // A route whose attributes leave no room for its prefix in one UPDATE cannot go
+            // to this group at all: it is treated as not exported (withdrawn if it was).
+            let desired = desired.filter(|a| {
+                let ptr = Arc::as_ptr(a) as usize;
+                let ok = *fits
+                    .entry(ptr)
+                    .or_insert_with(|| announcement_room::<P>(a, ctx).is_some());
+                if !ok {
+                    too_large.entry(ptr).or_insert((0, *prefix)).0 += 1;
+                }
+                ok
+            });
             match P::adj_out(group).set(*prefix, desired) {
                 Some(_) if !encode => {}
                 Some(OutChange::Announce(a)) => out
@@ -422,7 +567,40 @@ impl Speaker {
                 None => {}
             }
         }
-        out.encode(ctx)
+        if !too_large.is_empty() {
+            self.report_too_large(gid, ctx, &too_large);
+        }
+        out.into_batch(ctx)
+    }
+
+    /// Counts and logs (once per attribute set and batch) routes withheld from a group
+    /// because they do not fit in one UPDATE.
+    fn report_too_large<P: FamilyRib>(
+        &mut self,
+        gid: GroupId,
+        ctx: EncodeContext,
+        too_large: &HashMap<usize, (usize, P)>,
+    ) {
+        let total: usize = too_large.values().map(|(n, _)| n).sum();
+        let members = self.groups[&gid].members.clone();
+        let addresses: Vec<IpAddr> = members
+            .iter()
+            .filter_map(|m| self.peers.get(m).map(|e| e.cfg.address))
+            .collect();
+        for m in &members {
+            if let Some(e) = self.peers.get_mut(m) {
+                e.too_large += total as u64;
+            }
+        }
+        for (count, first) in too_large.values() {
+            tracing::warn!(
+                peers = ?addresses,
+                prefixes = count,
+                first = %first.into_ipnet(),
+                limit = ctx.max_update_len(),
+                "route attributes do not fit in one UPDATE for these peers; not sent (withdrawn where advertised)"
+            );
+        }
     }
 
     fn best_change<P: FamilyRib>(&self, prefix: P) -> BestPathChange {

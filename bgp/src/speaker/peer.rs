@@ -56,6 +56,32 @@ pub(crate) struct PeerEntry {
     pub max_prefix_tripped: bool,
     /// The BFD session's last state, when BFD is on for this peer.
     pub bfd_state: Option<crate::bfd::BfdState>,
+    /// Prefixes this member of an update group still has to be told about: set while it is
+    /// paced (its write queue went over budget, it is receiving its first table, or it asked
+    /// for a ROUTE-REFRESH). Sent from the group's current table as its queue drains.
+    pub backlog: Option<Backlog>,
+    /// Routes withheld from this peer because their attributes cannot fit in one UPDATE.
+    pub too_large: u64,
+}
+
+/// What a paced peer has yet to be sent: each prefix at most once, so repeated changes and
+/// repeated ROUTE-REFRESH requests coalesce and memory stays bounded by the table.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    pub v4: HashSet<ipnet::Ipv4Net>,
+    pub v6: HashSet<ipnet::Ipv6Net>,
+    /// Send End-of-RIB markers once caught up (the session's first table, RFC 4724 §2).
+    pub end_of_rib: bool,
+}
+
+impl Backlog {
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
 }
 
 impl PeerEntry {
@@ -68,6 +94,8 @@ impl PeerEntry {
             router_id: speaker.router_id,
             hold_time: cfg.hold_time,
             keepalive_time: cfg.keepalive_time,
+            extended_messages: cfg.extended_messages,
+            min_hold_time: cfg.min_hold_time,
             connect_retry: cfg.connect_retry(),
             passive: cfg.passive,
             families: cfg.families.clone(),
@@ -113,6 +141,8 @@ impl PeerEntry {
             eor_received: HashSet::new(),
             max_prefix_tripped: false,
             bfd_state,
+            backlog: None,
+            too_large: 0,
         }
     }
 
@@ -145,6 +175,17 @@ impl PeerEntry {
         (v4, v6)
     }
 
+    /// The established connection, if any.
+    pub fn session_conn(&self) -> Option<&ConnIo> {
+        let dir = self.session.as_ref()?.neg.direction;
+        self.conns[dir_index(dir)].as_ref()
+    }
+
+    /// Bytes waiting in the session's write queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.session_conn().map_or(0, |c| c.meter.queued())
+    }
+
     /// Sends encoded messages on the established connection.
     pub fn send_session(&mut self, msgs: Vec<Vec<u8>>, updates: bool) {
         let n = msgs.len() as u64;
@@ -154,10 +195,7 @@ impl PeerEntry {
     /// Sends `n` messages already joined into one buffer (shared with other members of the
     /// update group: cloning `Bytes` copies nothing).
     pub fn send_batch(&mut self, buf: &bytes::Bytes, n: u64, updates: bool) {
-        let Some(dir) = self.session.as_ref().map(|s| s.neg.direction) else {
-            return;
-        };
-        let Some(conn) = &self.conns[dir_index(dir)] else {
+        let Some(conn) = self.session_conn() else {
             return;
         };
         if n == 0 {

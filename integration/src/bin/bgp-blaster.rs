@@ -35,7 +35,7 @@ fn arg(args: &[String], name: &str) -> String {
 fn read_msg(s: &mut TcpStream, ctx: DecodeContext) -> std::io::Result<Message> {
     let mut head = [0u8; HEADER_LEN];
     s.read_exact(&mut head)?;
-    let (_, len) = decode_header(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (_, len) = decode_header(&head, false).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut msg = head.to_vec();
     msg.resize(len, 0);
     s.read_exact(&mut msg[HEADER_LEN..])?;
@@ -54,15 +54,18 @@ fn handshake(s: &mut TcpStream, asn: u32, id: Ipv4Addr) -> std::io::Result<()> {
     };
     s.write_all(&Message::Open(open).encode(EncodeContext {
         four_octet_as: true,
+        extended_messages: false,
     }))?;
     let ctx = DecodeContext {
         four_octet_as: true,
         ebgp: true,
+        extended_messages: false,
     };
     loop {
         match read_msg(s, ctx)? {
             Message::Open(_) => s.write_all(&Message::Keepalive.encode(EncodeContext {
                 four_octet_as: true,
+                extended_messages: false,
             }))?,
             Message::Keepalive => return Ok(()),
             Message::Notification(n) => {
@@ -82,6 +85,7 @@ fn keepalives(mut s: TcpStream) {
             std::thread::sleep(Duration::from_secs(30));
             if s.write_all(&Message::Keepalive.encode(EncodeContext {
                 four_octet_as: true,
+                extended_messages: false,
             }))
             .is_err()
             {
@@ -128,6 +132,7 @@ fn feed(args: &[String]) -> std::io::Result<()> {
             &prefixes,
             EncodeContext {
                 four_octet_as: true,
+                extended_messages: false,
             },
             &mut msgs,
         );
@@ -135,6 +140,7 @@ fn feed(args: &[String]) -> std::io::Result<()> {
     msgs.push(
         Message::Update(Update::end_of_rib_marker(Family::Ipv4Unicast)).encode(EncodeContext {
             four_octet_as: true,
+            extended_messages: false,
         }),
     );
     let mut s = loop {
@@ -153,6 +159,7 @@ fn feed(args: &[String]) -> std::io::Result<()> {
             DecodeContext {
                 four_octet_as: true,
                 ebgp: true,
+                extended_messages: false,
             },
         )
         .is_ok()
@@ -186,7 +193,8 @@ fn sink(args: &[String]) -> std::io::Result<()> {
     loop {
         let mut head = [0u8; HEADER_LEN];
         r.read_exact(&mut head)?;
-        let (_, len) = decode_header(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (_, len) =
+            decode_header(&head, false).map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut msg = head.to_vec();
         msg.resize(len, 0);
         r.read_exact(&mut msg[HEADER_LEN..])?;
@@ -195,6 +203,7 @@ fn sink(args: &[String]) -> std::io::Result<()> {
             DecodeContext {
                 four_octet_as: true,
                 ebgp: true,
+                extended_messages: false,
             },
         ) {
             u.withdrawn.iter().for_each(|p| {

@@ -3,7 +3,9 @@
 //! `bgp-blaster feed ...` connects, exchanges OPENs and sends N IPv4 prefixes (packed by
 //! attribute set) then End-of-RIB; `bgp-blaster sink ...` accepts one session and prints
 //! `COMPLETE <unix-ms>` once it holds N distinct prefixes. Both keep the session alive
-//! until killed.
+//! until killed. `bgp-blaster stall ...` is a peer that stops reading: it connects with a
+//! tiny receive buffer, exchanges OPENs, then only sends KEEPALIVEs and prints
+//! `CLOSED <unix-ms>` when the speaker ends the session.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -103,10 +105,15 @@ fn feed(args: &[String]) -> std::io::Result<()> {
     let nh: Ipv4Addr = arg(args, "--next-hop").parse().expect("--next-hop");
     // `--ibgp`: a client of a reflector, so no own AS in the path and a LOCAL_PREF.
     let ibgp = args.iter().any(|a| a == "--ibgp");
+    // `--rounds N`: send the table N times, each round with other communities (churn).
+    let rounds: u32 = args
+        .windows(2)
+        .find(|w| w[0] == "--rounds")
+        .map_or(1, |w| w[1].parse().expect("--rounds N"));
     // Pre-encode everything so the measurement is the receiver's speed, not ours.
     let sets = 1000u32;
     let mut msgs = Vec::new();
-    for set in 0..sets {
+    for (round, set) in (0..rounds).flat_map(|r| (0..sets).map(move |s| (r, s))) {
         let path: Vec<u32> = if ibgp {
             vec![3356, 64_000 + set % 1000]
         } else {
@@ -117,7 +124,11 @@ fn feed(args: &[String]) -> std::io::Result<()> {
             next_hop: Some(IpAddr::V4(nh)),
             med: Some(set),
             local_pref: ibgp.then_some(100),
-            communities: vec![asn << 16 | (set & 0xffff)],
+            communities: if round == 0 {
+                vec![asn << 16 | (set & 0xffff)]
+            } else {
+                vec![asn << 16 | (set & 0xffff), 0xfff0_0000 | round]
+            },
             ..Default::default()
         };
         let per = count / sets + u32::from(set < count % sets);
@@ -218,14 +229,50 @@ fn sink(args: &[String]) -> std::io::Result<()> {
     }
 }
 
+fn stall(args: &[String]) -> std::io::Result<()> {
+    let peer: SocketAddr = arg(args, "--peer").parse().expect("--peer ADDR:PORT");
+    let asn: u32 = arg(args, "--as").parse().expect("--as");
+    let id: Ipv4Addr = arg(args, "--id").parse().expect("--id");
+    let source: Option<IpAddr> = args
+        .windows(2)
+        .find(|w| w[0] == "--source")
+        .map(|w| w[1].parse().expect("--source IP"));
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(peer),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // A small window so the speaker's data piles up on its side, not in our kernel.
+    sock.set_recv_buffer_size(4096)?;
+    if let Some(ip) = source {
+        sock.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    sock.connect(&peer.into())?;
+    let mut s: TcpStream = sock.into();
+    handshake(&mut s, asn, id)?;
+    println!("ESTABLISHED {}", now_ms());
+    let ka = Message::Keepalive.encode(EncodeContext {
+        four_octet_as: true,
+        extended_messages: false,
+    });
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if s.write_all(&ka).is_err() {
+            println!("CLOSED {}", now_ms());
+            return Ok(());
+        }
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("feed") => feed(&args),
         Some("sink") => sink(&args),
+        Some("stall") => stall(&args),
         _ => {
             eprintln!(
-                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP [--ibgp]\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N"
+                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP [--ibgp] [--rounds N]\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N\n       bgp-blaster stall --peer ADDR:PORT --as N --id IP [--source IP]"
             );
             std::process::exit(2)
         }

@@ -24,11 +24,19 @@ struct AppState {
     require_bgp: bool,
 }
 
+/// `/routes?family=&prefix=&after=&limit=`: one page in prefix order. `limit` defaults to
+/// (and is capped at) 10,000; a full page carries `x-serval-next-after`, the `after` that
+/// fetches the next one.
 #[derive(Deserialize)]
 struct RoutesQuery {
     family: Option<Family>,
     prefix: Option<IpNet>,
+    after: Option<IpNet>,
+    limit: Option<usize>,
 }
+
+/// The response header naming the next page's `after`.
+pub const NEXT_AFTER_HEADER: &str = "x-serval-next-after";
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
@@ -42,12 +50,27 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn routes(State(s): State<AppState>, Query(q): Query<RoutesQuery>) -> Response {
-    match s
-        .speaker
-        .routes(q.family.unwrap_or(Family::Ipv4Unicast), q.prefix)
-        .await
-    {
-        Ok(r) => axum::Json(r).into_response(),
+    let query = serval_bgp::status::RoutesQuery {
+        family: q.family.unwrap_or(Family::Ipv4Unicast),
+        within: q.prefix,
+        after: q.after,
+        limit: q
+            .limit
+            .unwrap_or(serval_bgp::status::RoutesQuery::MAX_LIMIT)
+            .clamp(1, serval_bgp::status::RoutesQuery::MAX_LIMIT),
+    };
+    let limit = query.limit;
+    match s.speaker.routes_page(query).await {
+        Ok(r) => {
+            let next = (r.len() == limit)
+                .then(|| r.last().map(|v| v.prefix.to_string()))
+                .flatten();
+            let mut resp = axum::Json(r).into_response();
+            if let Some(n) = next.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+                resp.headers_mut().insert(NEXT_AFTER_HEADER, n);
+            }
+            resp
+        }
         Err(e) => unavailable(e),
     }
 }

@@ -147,6 +147,35 @@ pub struct MessageCounts {
     pub update_errors: u64,
 }
 
+/// A page of a Loc-RIB query: prefixes in order, after `after` and inside `within`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutesQuery {
+    /// The family to list.
+    pub family: Family,
+    /// Only prefixes inside this one.
+    pub within: Option<IpNet>,
+    /// Only prefixes after this one (the last of the previous page).
+    pub after: Option<IpNet>,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+impl RoutesQuery {
+    /// The largest page the speaker computes in one go; bigger tables are walked in pages
+    /// so other work interleaves.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    /// The first page of a family, optionally inside `within`.
+    pub fn first(family: Family, within: Option<IpNet>) -> Self {
+        RoutesQuery {
+            family,
+            within,
+            after: None,
+            limit: Self::MAX_LIMIT,
+        }
+    }
+}
+
 /// One prefix in the Loc-RIB with every candidate.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -386,3 +386,49 @@ async fn a_peer_offering_hold_time_zero_is_refused_by_default() {
     .await;
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn routes_come_in_ordered_pages_and_status_counts_without_scanning() {
+    let (a, _, _) = speaker_on("127.0.0.1", 1, 65001, |_| {}).await;
+    const N: u32 = 25_000;
+    for i in 0..N {
+        let p = Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap();
+        a.announce(serval_bgp::config::LocalRoute::new(p.into()))
+            .await
+            .unwrap();
+    }
+    // Withdrawing a prefix never announced leaves the local count alone.
+    a.withdraw("192.0.2.0/24".parse().unwrap()).await.unwrap();
+    let s = a.status().await.unwrap();
+    assert_eq!(s.families[0].local_prefixes, N as usize);
+    let mut q = serval_bgp::status::RoutesQuery::first(Family::Ipv4Unicast, None);
+    q.limit = 1000;
+    let first = a.routes_page(q.clone()).await.unwrap();
+    assert_eq!(first.len(), 1000);
+    assert_eq!(first[0].prefix.to_string(), "10.0.0.0/24");
+    assert!(first.windows(2).all(|w| w[0].prefix < w[1].prefix));
+    q.after = Some(first[999].prefix);
+    let second = a.routes_page(q.clone()).await.unwrap();
+    assert_eq!(
+        second[0].prefix.to_string(),
+        "10.3.232.0/24",
+        "the 1,001st prefix"
+    );
+    // Pages never exceed the cap, whatever is asked.
+    q.limit = usize::MAX;
+    q.after = None;
+    assert_eq!(
+        a.routes_page(q).await.unwrap().len(),
+        serval_bgp::status::RoutesQuery::MAX_LIMIT
+    );
+    // The whole table, fetched page by page, in order and complete.
+    let all = a.routes(Family::Ipv4Unicast, None).await.unwrap();
+    assert_eq!(all.len(), N as usize);
+    assert!(all.windows(2).all(|w| w[0].prefix < w[1].prefix));
+    let within = a
+        .routes(Family::Ipv4Unicast, Some("10.1.0.0/16".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(within.len(), 256);
+    a.shutdown().await.unwrap();
+}

@@ -364,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(p) = prefix {
                 path.push_str(&format!("&prefix={p}"));
             }
-            let routes = ctl::bgp::get_json(*address, &path)?;
+            let routes = ctl::bgp::get_all_routes(*address, &path)?;
             print!("{}", ctl::bgp::render_routes(&routes));
             Ok(())
         }

@@ -32,6 +32,30 @@ pub fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(body)?)
 }
 
+/// Every page of a `/routes` query (`path` without `after`/`limit`), as one JSON array.
+pub fn get_all_routes(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    const PAGE: usize = serval_bgp::status::RoutesQuery::MAX_LIMIT;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut page_path = format!("{path}&limit={PAGE}");
+        if let Some(a) = &after {
+            page_path.push_str(&format!("&after={a}"));
+        }
+        let page = get_json(addr, &page_path)?;
+        let items = page.as_array().cloned().unwrap_or_default();
+        let full = items.len() == PAGE;
+        after = items
+            .last()
+            .and_then(|r| r["prefix"].as_str())
+            .map(String::from);
+        all.extend(items);
+        if !full || after.is_none() {
+            return Ok(Value::Array(all));
+        }
+    }
+}
+
 /// One block per peer.
 pub fn render_peers(status: &Status) -> String {
     let mut out = String::new();

@@ -10,7 +10,7 @@ use super::Speaker;
 use crate::af::Family;
 use crate::config::{LocalRoute, PeerConfig, SpeakerConfig};
 use crate::policy::{AcceptAll, RoutePolicy};
-use crate::status::{BestPathChange, RouteView, Status};
+use crate::status::{BestPathChange, RouteView, RoutesQuery, Status};
 
 /// Errors the speaker API returns.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub(crate) enum Command {
     Withdraw(IpNet, oneshot::Sender<Result<(), SpeakerError>>),
     Subscribe(mpsc::UnboundedSender<Vec<BestPathChange>>),
     Status(oneshot::Sender<Status>),
-    Routes(Family, Option<IpNet>, oneshot::Sender<Vec<RouteView>>),
+    Routes(RoutesQuery, oneshot::Sender<Vec<RouteView>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -130,13 +130,30 @@ impl SpeakerHandle {
     }
 
     /// Loc-RIB entries of a family with every candidate and why it lost; optionally only
-    /// prefixes inside `within`.
+    /// prefixes inside `within`. Fetched page by page, so a large table never holds up
+    /// the speaker for long.
     pub async fn routes(
         &self,
         family: Family,
         within: Option<IpNet>,
     ) -> Result<Vec<RouteView>, SpeakerError> {
-        self.call(|r| Command::Routes(family, within, r)).await
+        let mut q = RoutesQuery::first(family, within);
+        let mut out = Vec::new();
+        loop {
+            let page = self.routes_page(q.clone()).await?;
+            let full = page.len() == q.limit;
+            q.after = page.last().map(|r| r.prefix);
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One page of a routes query (prefix order; at most [`RoutesQuery::MAX_LIMIT`]).
+    pub async fn routes_page(&self, mut q: RoutesQuery) -> Result<Vec<RouteView>, SpeakerError> {
+        q.limit = q.limit.clamp(1, RoutesQuery::MAX_LIMIT);
+        self.call(|r| Command::Routes(q, r)).await
     }
 
     /// Sends every peer a Cease (administrative shutdown) and stops the task.

@@ -44,7 +44,8 @@ use crate::packet::message::Message;
 use crate::policy::RoutePolicy;
 use crate::rib::{AdjRibOut, DecideCtx, Interner, Table};
 use crate::status::{
-    BestPathChange, FamilyStatus, PathView, PeerStatus, PrefixCounts, RouteView, Status,
+    BestPathChange, FamilyStatus, PathView, PeerStatus, PrefixCounts, RouteView, RoutesQuery,
+    Status,
 };
 
 /// Per-family tables plus the prefixes whose best path may have changed since the
@@ -121,6 +122,8 @@ pub(crate) struct Speaker {
     interner: Interner,
     tables: Tables,
     local_routes: HashMap<IpNet, LocalRoute>,
+    /// Locally originated prefixes per family (status stays O(peers)).
+    local_counts: [usize; 2],
     subscribers: Vec<mpsc::UnboundedSender<Vec<BestPathChange>>>,
     input_tx: mpsc::Sender<Input>,
     input_rx: Option<mpsc::Receiver<Input>>,
@@ -172,6 +175,7 @@ impl Speaker {
             interner: Interner::default(),
             tables: Tables::default(),
             local_routes: HashMap::new(),
+            local_counts: [0, 0],
             subscribers: Vec::new(),
             input_tx,
             input_rx: Some(input_rx),
@@ -257,7 +261,9 @@ impl Speaker {
                 let _ = reply.send(self.announce(route));
             }
             Command::Withdraw(prefix, reply) => {
-                self.local_routes.remove(&prefix);
+                if self.local_routes.remove(&prefix.trunc()).is_some() {
+                    self.local_counts[family_index(Family::of(&prefix))] -= 1;
+                }
                 self.withdraw_local(prefix);
                 let _ = reply.send(Ok(()));
             }
@@ -270,10 +276,10 @@ impl Speaker {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Routes(family, within, reply) => {
-                let _ = reply.send(match family {
-                    Family::Ipv4Unicast => self.routes::<Ipv4Net>(within),
-                    Family::Ipv6Unicast => self.routes::<Ipv6Net>(within),
+            Command::Routes(q, reply) => {
+                let _ = reply.send(match q.family {
+                    Family::Ipv4Unicast => self.routes::<Ipv4Net>(&q),
+                    Family::Ipv6Unicast => self.routes::<Ipv6Net>(&q),
                 });
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
@@ -397,7 +403,9 @@ impl Speaker {
         let attrs = self.local_attrs(&route)?;
         let attrs = self.interner.intern(attrs);
         let prefix = route.prefix.trunc();
-        self.local_routes.insert(prefix, route);
+        if self.local_routes.insert(prefix, route).is_none() {
+            self.local_counts[family_index(Family::of(&prefix))] += 1;
+        }
         let path = Path {
             peer: LOCAL_PEER,
             attrs,
@@ -780,12 +788,7 @@ impl Speaker {
     fn status(&self) -> Status {
         let mut peers: Vec<PeerStatus> = self.peers.values().map(|p| self.peer_status(p)).collect();
         peers.sort_by_key(|p| p.address);
-        let local = |f: Family| {
-            self.local_routes
-                .keys()
-                .filter(|p| Family::of(p) == f)
-                .count()
-        };
+        let local = |f: Family| self.local_counts[family_index(f)];
         Status {
             router_id: self.cfg.router_id,
             as_number: self.cfg.as_number,
@@ -835,9 +838,7 @@ impl Speaker {
     }
 
     fn peer_status(&self, p: &PeerEntry) -> PeerStatus {
-        let received = |f: Family| {
-            p.accepted[family_index(f)] + p.filtered.iter().filter(|x| Family::of(x) == f).count()
-        };
+        let received = |f: Family| p.accepted[family_index(f)] + p.filtered.count(f);
         PeerStatus {
             address: p.cfg.address,
             port: p.cfg.port,
@@ -936,15 +937,29 @@ impl Speaker {
         }
     }
 
-    fn routes<P: FamilyRib>(&self, within: Option<IpNet>) -> Vec<RouteView> {
+    /// One page of the Loc-RIB in prefix order: a scan of the keys and a partial selection
+    /// (no sort of the whole table), then the decision explained for the page only.
+    fn routes<P: FamilyRib>(&self, q: &RoutesQuery) -> Vec<RouteView> {
         let ctx = DecideCtx {
             cfg: self.decision_config(),
             sources: &self.sources,
         };
         let table = P::table(&self.tables);
-        let mut out: Vec<RouteView> = table
+        let after = q.after.and_then(P::from_ipnet);
+        let mut keys: Vec<P> = table
             .iter()
-            .filter(|(p, _)| within.is_none_or(|w| w.contains(&p.into_ipnet())))
+            .map(|(p, _)| *p)
+            .filter(|p| q.within.is_none_or(|w| w.contains(&p.into_ipnet())))
+            .filter(|p| after.is_none_or(|a| *p > a))
+            .collect();
+        let limit = q.limit.clamp(1, RoutesQuery::MAX_LIMIT);
+        if keys.len() > limit {
+            keys.select_nth_unstable(limit);
+            keys.truncate(limit);
+        }
+        keys.sort_unstable();
+        keys.iter()
+            .map(|p| (p, table.paths(p)))
             .map(|(prefix, paths)| {
                 let decision = table.explain(prefix, &ctx);
                 let lost: HashMap<usize, crate::decision::Step> = decision
@@ -968,9 +983,7 @@ impl Speaker {
                         .collect(),
                 }
             })
-            .collect();
-        out.sort_by_key(|r| r.prefix);
-        out
+            .collect()
     }
 }
 

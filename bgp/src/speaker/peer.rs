@@ -40,7 +40,7 @@ pub(crate) struct PeerEntry {
     /// The update group this peer's session is in (its Adj-RIB-Out is the group's).
     pub group: Option<super::groups::GroupId>,
     pub accepted: [usize; 2],
-    pub filtered: HashSet<IpNet>,
+    pub filtered: Filtered,
     pub counts: MessageCounts,
     pub established_transitions: u64,
     pub last_state: State,
@@ -62,6 +62,37 @@ pub(crate) struct PeerEntry {
     pub backlog: Option<Backlog>,
     /// Routes withheld from this peer because their attributes cannot fit in one UPDATE.
     pub too_large: u64,
+}
+
+/// Prefixes the peer sent that import policy rejected, with a count per family so status
+/// stays O(peers) however many there are.
+#[derive(Debug, Default)]
+pub(crate) struct Filtered {
+    set: HashSet<IpNet>,
+    counts: [usize; 2],
+}
+
+impl Filtered {
+    pub fn insert(&mut self, prefix: IpNet) {
+        if self.set.insert(prefix) {
+            self.counts[super::family_index(Family::of(&prefix))] += 1;
+        }
+    }
+
+    pub fn remove(&mut self, prefix: &IpNet) {
+        if self.set.remove(prefix) {
+            self.counts[super::family_index(Family::of(prefix))] -= 1;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.set.clear();
+        self.counts = [0, 0];
+    }
+
+    pub fn count(&self, family: Family) -> usize {
+        self.counts[super::family_index(family)]
+    }
 }
 
 /// What a paced peer has yet to be sent: each prefix at most once, so repeated changes and
@@ -130,7 +161,7 @@ impl PeerEntry {
             session: None,
             group: None,
             accepted: [0, 0],
-            filtered: HashSet::new(),
+            filtered: Filtered::default(),
             counts: MessageCounts::default(),
             established_transitions: 0,
             last_state: State::Idle,

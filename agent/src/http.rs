@@ -44,7 +44,16 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 
 async fn status(State(s): State<AppState>) -> Response {
     match s.speaker.status().await {
-        Ok(st) => axum::Json(st).into_response(),
+        Ok(bgp) => axum::Json(crate::status_table::NodeStatus {
+            bgp,
+            dataplane: s
+                .node
+                .as_ref()
+                .map(|n| crate::status_table::DataplaneStatus {
+                    route_conflicts: n.route_conflict_list.borrow().clone(),
+                }),
+        })
+        .into_response(),
         Err(e) => unavailable(e),
     }
 }

@@ -27,6 +27,10 @@ pub struct NodeMetrics {
     pub route_writes: Counter,
     /// Route writes that failed.
     pub route_write_failures: Counter,
+    /// Desired routes held back because another owner's route holds the destination.
+    pub route_conflicts: Gauge,
+    /// Which destinations those are, for `/status` (the route task publishes them).
+    pub route_conflict_list: std::sync::Arc<tokio::sync::watch::Sender<Vec<ipnet::IpNet>>>,
     /// Serval's iptables rules (IPv4 + IPv6).
     pub policy_rules: Gauge,
     /// Serval's ipsets.
@@ -53,6 +57,8 @@ impl Default for NodeMetrics {
             route_drift_repaired: Counter::default(),
             route_writes: Counter::default(),
             route_write_failures: Counter::default(),
+            route_conflicts: Gauge::default(),
+            route_conflict_list: std::sync::Arc::new(tokio::sync::watch::channel(Vec::new()).0),
             policy_rules: Gauge::default(),
             policy_ipsets: Gauge::default(),
             ipam_blocks: Gauge::default(),
@@ -102,6 +108,11 @@ impl NodeMetrics {
             self.route_write_failures.clone(),
         );
         reg.register(
+            "serval_route_conflicts",
+            "Routes not installed because another owner's route holds the destination and metric",
+            self.route_conflicts.clone(),
+        );
+        reg.register(
             "serval_policy_rules",
             "iptables rules Serval owns (IPv4 and IPv6)",
             self.policy_rules.clone(),
@@ -143,6 +154,8 @@ impl NodeMetrics {
             .inc_by((now.written + now.deleted).saturating_sub(before.written + before.deleted));
         self.route_write_failures
             .inc_by(now.failed.saturating_sub(before.failed));
+        self.route_conflicts
+            .set(i64::try_from(now.conflicts).unwrap_or(i64::MAX));
     }
 }
 
@@ -162,6 +175,7 @@ mod tests {
                 failed: 1,
                 resyncs: 2,
                 drift: 1,
+                conflicts: 1,
             },
         );
         m.datastore_in_sync.set(1);

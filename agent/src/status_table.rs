@@ -3,14 +3,56 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use serval_bgp::fsm::State;
 use serval_bgp::status::{PeerStatus, Status};
 
+/// `/status` as a node serves it: the speaker's snapshot, plus (on serval-node) what the
+/// dataplane reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The speaker's peers and tables.
+    #[serde(flatten)]
+    pub bgp: Status,
+    /// The dataplane's report (absent on the standalone speaker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataplaneStatus>,
+}
+
+/// What the node's dataplane wants an operator to know.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneStatus {
+    /// Destinations whose learned route is not installed because another owner's route
+    /// (another protocol, same destination and metric) holds them.
+    pub route_conflicts: Vec<IpNet>,
+}
+
 /// Fetches `/status` from a local speaker or agent.
-pub fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
+pub fn fetch(addr: SocketAddr) -> anyhow::Result<NodeStatus> {
     Ok(serde_json::from_value(crate::ctl::bgp::get_json(
         addr, "/status",
     )?)?)
+}
+
+/// The peer tables, then anything the dataplane reports.
+pub fn render_node(status: &NodeStatus, now_unix: u64) -> String {
+    let mut out = render(&status.bgp, now_unix);
+    if let Some(d) = status
+        .dataplane
+        .as_ref()
+        .filter(|d| !d.route_conflicts.is_empty())
+    {
+        out.push_str(
+            "Routes left to another owner (same destination and metric; not installed):\n",
+        );
+        for dst in &d.route_conflicts {
+            out.push_str(&format!("  {dst}\n"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn hms(now_unix: u64, ago: u64) -> String {
@@ -133,5 +175,27 @@ No IPv6 peers found.
 
 ";
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn node_status_lists_routes_left_to_other_owners() {
+        let node: NodeStatus = serde_json::from_str(
+            r#"{"routerId":"10.0.0.1","asNumber":64512,"clusterId":null,"attributeSets":0,
+            "families":[],"peers":[],"dataplane":{"routeConflicts":["10.97.0.0/24"]}}"#,
+        )
+        .unwrap();
+        let got = render_node(&node, 0);
+        assert!(
+            got.ends_with(
+                "Routes left to another owner (same destination and metric; not installed):\n  10.97.0.0/24\n\n"
+            ),
+            "{got}"
+        );
+        // The standalone speaker has no dataplane section, and nothing is printed for it.
+        let bare: NodeStatus = serde_json::from_str(
+            r#"{"routerId":"10.0.0.1","asNumber":64512,"clusterId":null,"attributeSets":0,"families":[],"peers":[]}"#,
+        )
+        .unwrap();
+        assert!(!render_node(&bare, 0).contains("another owner"));
     }
 }

@@ -166,6 +166,82 @@ async fn route_manager_creates_updates_sweeps_and_repairs_routes() {
 }
 
 #[tokio::test]
+async fn a_learned_route_never_replaces_another_owners_route() {
+    let Some((n, _peer)) = node() else { return };
+    n.addr("eth0", "fd00:1::5/64").unwrap();
+    // An operator's static routes, same destination and metric as what BGP teaches us.
+    n.ip(&[
+        "route",
+        "add",
+        "10.97.0.0/24",
+        "via",
+        "192.168.1.6",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    n.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd97::/64",
+        "via",
+        "fd00:1::6",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    let nl = Netlink::connect_in(&ns_path(&n)).unwrap();
+    let mut m = RouteManager::new(nl.clone());
+    let mut desired = BTreeMap::new();
+    for (dst, gw) in [
+        ("10.97.0.0/24", "192.168.1.9"),
+        ("10.96.0.0/24", "192.168.1.9"),
+        ("fd97::/64", "fd00:1::9"),
+    ] {
+        desired.insert(net(dst), RouteTarget::Unicast(vec![NextHop::Via(ip(gw))]));
+    }
+    m.set_desired(kernel_table(&desired));
+    m.datastore_in_sync();
+    let r = m.apply().await.unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(r.written, 1, "only the free destination is written");
+    let mut held = r.new_conflicts.clone();
+    held.sort();
+    assert_eq!(held, vec![net("10.97.0.0/24"), net("fd97::/64")]);
+    assert_eq!(m.stats().conflicts, 2);
+    let all = n.output(&["ip", "route"]).unwrap();
+    assert!(
+        all.contains("10.97.0.0/24 via 192.168.1.6 dev eth0 proto static"),
+        "{all}"
+    );
+    assert!(
+        all.contains("10.96.0.0/24 via 192.168.1.9 dev eth0 proto 81"),
+        "{all}"
+    );
+    let all6 = n.output(&["ip", "-6", "route"]).unwrap();
+    assert!(
+        all6.contains("fd97::/64 via fd00:1::6 dev eth0 proto static"),
+        "{all6}"
+    );
+    // A resync tries again and still leaves them alone; withdrawing removes only ours.
+    m.request_resync();
+    let r = m.apply().await.unwrap();
+    assert_eq!((r.written, r.deleted), (0, 0));
+    m.set_desired(Default::default());
+    m.apply().await.unwrap();
+    assert_eq!(m.stats().conflicts, 0);
+    let all = n.output(&["ip", "route"]).unwrap();
+    assert!(all.contains("10.97.0.0/24 via 192.168.1.6"), "{all}");
+    assert!(!all.contains("10.96.0.0/24"), "{all}");
+    assert!(
+        n.output(&["ip", "-6", "route"])
+            .unwrap()
+            .contains("fd97::/64 via fd00:1::6")
+    );
+}
+
+#[tokio::test]
 async fn vxlan_device_neighbours_and_routes_are_kept_right() {
     let Some((n, _peer)) = node() else { return };
     let nl = Netlink::connect_in(&ns_path(&n)).unwrap();

@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
-            print!("{}", serval_agent::status_table::render(&status, now));
+            print!("{}", serval_agent::status_table::render_node(&status, now));
             Ok(())
         }
         Command::CheckConfig { config } => {

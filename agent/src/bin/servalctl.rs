@@ -349,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
             command: BgpCommand::Peers { address },
         } => {
             let status = serval_agent::status_table::fetch(*address)?;
-            print!("{}", ctl::bgp::render_peers(&status));
+            print!("{}", ctl::bgp::render_peers(&status.bgp));
             Ok(())
         }
         Command::Bgp {
@@ -411,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
-            print!("{}", serval_agent::status_table::render(&status, now));
+            print!("{}", serval_agent::status_table::render_node(&status, now));
             Ok(())
         }
     }

@@ -401,6 +401,14 @@ fn session(
     {
         pc.bfd = Some(serval_bgp::bfd::BfdConfig::default());
     }
+    pc.max_prefix = spec
+        .max_prefix
+        .as_ref()
+        .map(|m| serval_bgp::config::MaxPrefix {
+            limit: m.limit,
+            warning_only: m.warning_only.unwrap_or(false),
+            restart_seconds: m.restart_seconds.unwrap_or(30),
+        });
     // Validation caps it at 255; a count beyond any real path is as good as "any".
     pc.allow_local_as = spec
         .num_allowed_local_as_numbers

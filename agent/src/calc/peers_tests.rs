@@ -128,6 +128,29 @@ fn global_and_node_specific_peers() {
 }
 
 #[test]
+fn max_prefix_is_an_import_guard_on_the_session() {
+    let res = BgpResources {
+        nodes: three_nodes(),
+        configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
+        peers: vec![
+            peer("{peerIP: 192.0.2.1, asNumber: 65100, maxPrefix: {limit: 5000}}"),
+            peer(
+                "{peerIP: 192.0.2.2, asNumber: 65100, maxPrefix: {limit: 10, warningOnly: true, restartSeconds: 60}}",
+            ),
+        ],
+        ..Default::default()
+    };
+    let p = compute_peers("n1", &res).unwrap();
+    let m = p[0].config.max_prefix.as_ref().unwrap();
+    assert_eq!(
+        (m.limit, m.warning_only, m.restart_seconds),
+        (5000, false, 30)
+    );
+    let m = p[1].config.max_prefix.as_ref().unwrap();
+    assert_eq!((m.limit, m.warning_only, m.restart_seconds), (10, true, 60));
+}
+
+#[test]
 fn rack_as_peers_may_allow_our_as_in_paths() {
     let res = BgpResources {
         nodes: three_nodes(),

@@ -43,3 +43,11 @@ pub enum DataplaneError {
     #[error("invalid request: {0}")]
     Invalid(String),
 }
+
+impl DataplaneError {
+    /// A create refused because a route of another owner holds the destination and
+    /// metric: Serval leaves it alone and reports it.
+    pub fn is_foreign_route(&self) -> bool {
+        matches!(self, DataplaneError::Netlink { code, .. } if *code == libc::EEXIST)
+    }
+}

@@ -29,6 +29,17 @@ use crate::calc::routes::ROUTE_PROTOCOL;
 /// How many netlink requests are in flight at once during a batch.
 const IN_FLIGHT: usize = 256;
 
+/// How a batch of route requests writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Add, refusing an occupied destination and metric.
+    Create,
+    /// Replace the route at the destination and metric (ours).
+    Replace,
+    /// Delete (scoped to our protocol).
+    Delete,
+}
+
 /// `EOPNOTSUPP`, which the kernel returns for a link type it was built without (ipip here).
 const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
 
@@ -144,10 +155,15 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Writes routes (replace) and deletes routes, many requests in flight; returns the
-    /// routes that failed with why, so the caller retries only those.
+    /// Creates, replaces and deletes routes, many requests in flight; returns the routes
+    /// that failed with why, so the caller retries only those. `create` never replaces: a
+    /// route another protocol holds at the same destination and metric makes it fail with
+    /// EEXIST (see [`DataplaneError::is_foreign_route`]) and is left alone. `replace` is
+    /// only for destinations our own route already holds; deletes name our protocol, so the
+    /// kernel never removes another owner's route for them.
     pub async fn apply_routes(
         &self,
+        create: &[KernelRoute],
         replace: &[KernelRoute],
         delete: &[KernelRoute],
     ) -> Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError> {
@@ -162,7 +178,7 @@ impl Netlink {
             .iter()
             .map(|r| (r.clone(), route_message(r, &index)))
             .collect();
-        for (r, res) in self.batch(dels, false).await {
+        for (r, res) in self.batch(dels, Write::Delete).await {
             match res {
                 // Already gone (the device went away and took the route with it).
                 Err(DataplaneError::Netlink { code, .. }) if code == libc::ESRCH => {}
@@ -170,36 +186,45 @@ impl Netlink {
                 Ok(()) => {}
             }
         }
-        let adds: Vec<_> = replace
-            .iter()
-            .map(|r| (r.clone(), route_message(r, &index)))
-            .collect();
-        for (r, res) in self.batch(adds, true).await {
-            if let Err(e) = res {
-                failed.push((r, e));
+        for (routes, how) in [(create, Write::Create), (replace, Write::Replace)] {
+            let msgs: Vec<_> = routes
+                .iter()
+                .map(|r| (r.clone(), route_message(r, &index)))
+                .collect();
+            for (r, res) in self.batch(msgs, how).await {
+                if let Err(e) = res {
+                    failed.push((r, e));
+                }
             }
         }
         Ok(failed)
     }
 
-    /// Sends route writes (`replace`) or deletes with up to [`IN_FLIGHT`] requests outstanding.
+    /// Sends route writes or deletes with up to [`IN_FLIGHT`] requests outstanding.
     async fn batch(
         &self,
         routes: Vec<(KernelRoute, Result<RouteMessage, DataplaneError>)>,
-        replace: bool,
+        how: Write,
     ) -> Vec<(KernelRoute, Result<(), DataplaneError>)> {
         let handle = self.handle.clone();
         stream::iter(routes.into_iter().map(move |(r, msg)| {
             let h = handle.clone();
             async move {
                 let res = match msg {
-                    Ok(m) if replace => h
+                    Ok(m) if how == Write::Replace => h
                         .route()
                         .add(m)
                         .replace()
                         .execute()
                         .await
                         .map_err(nl_err(format!("replace {r}"))),
+                    // NLM_F_CREATE | NLM_F_EXCL: fails if any route holds the slot.
+                    Ok(m) if how == Write::Create => h
+                        .route()
+                        .add(m)
+                        .execute()
+                        .await
+                        .map_err(nl_err(format!("create {r}"))),
                     Ok(m) => h
                         .route()
                         .del(m)

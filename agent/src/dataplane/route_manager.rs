@@ -4,6 +4,12 @@
 //! comes back), and does nothing until the datastore is in sync: the first apply after that
 //! is the start-up sweep that removes routes a previous run left behind.
 //!
+//! It never overwrites or deletes a route it does not own: a destination new to our table
+//! is *created* (the kernel refuses if another protocol's route holds the same destination
+//! and metric), only our own routes are replaced, and deletes name our protocol. A refused
+//! destination is held back (not retried until the next resync), counted and listed for
+//! `/status`, and logged once.
+//!
 //! ```text
 //!  RouteCommand (Desired / InSync / Resync) ─► run() ─► RouteManager::apply ─► RouteKernel
 //!                     resync timer (jitter) ──┘     retry timer on failures ──┘
@@ -22,9 +28,11 @@ use super::route_table::{KernelRoute, KernelTable, plan};
 pub trait RouteKernel: Send + Sync {
     /// Serval's routes as the kernel has them.
     fn dump(&self) -> impl Future<Output = Result<KernelTable, DataplaneError>> + Send;
-    /// Writes (replace) and deletes; returns the routes that failed.
+    /// Creates (never over another owner's route), replaces (our routes) and deletes (ours);
+    /// returns the routes that failed.
     fn write(
         &self,
+        create: &[KernelRoute],
         replace: &[KernelRoute],
         delete: &[KernelRoute],
     ) -> impl Future<Output = Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError>> + Send;
@@ -36,10 +44,11 @@ impl RouteKernel for Netlink {
     }
     async fn write(
         &self,
+        create: &[KernelRoute],
         replace: &[KernelRoute],
         delete: &[KernelRoute],
     ) -> Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError> {
-        self.apply_routes(replace, delete).await
+        self.apply_routes(create, replace, delete).await
     }
 }
 
@@ -56,6 +65,8 @@ pub struct RouteStats {
     pub resyncs: u64,
     /// Differences found by a resync that the cache did not expect (drift repaired).
     pub drift: u64,
+    /// Desired routes held back now because another owner's route holds the destination.
+    pub conflicts: u64,
 }
 
 /// What one apply did.
@@ -71,6 +82,8 @@ pub struct ApplyReport {
     pub deleted: usize,
     /// Routes that failed, with why (they are retried).
     pub failed: Vec<(KernelRoute, String)>,
+    /// Destinations newly found held by another owner (left alone, reported).
+    pub new_conflicts: Vec<ipnet::IpNet>,
 }
 
 /// Desired vs. actual for Serval's routes.
@@ -84,6 +97,8 @@ pub struct RouteManager<K> {
     /// While set, learned (`via`) routes are not deleted: after a restart the kernel keeps
     /// forwarding on the old routes until BGP has relearned the table.
     keep_learned: bool,
+    /// Destinations another owner's route holds: not written until the next resync.
+    conflicts: std::collections::BTreeSet<ipnet::IpNet>,
     stats: RouteStats,
 }
 
@@ -97,6 +112,7 @@ impl<K: RouteKernel> RouteManager<K> {
             in_sync: false,
             applied_once: false,
             keep_learned: false,
+            conflicts: std::collections::BTreeSet::new(),
             stats: RouteStats::default(),
         }
     }
@@ -131,6 +147,11 @@ impl<K: RouteKernel> RouteManager<K> {
         self.stats
     }
 
+    /// Desired destinations left to another owner's route.
+    pub fn conflicts(&self) -> &std::collections::BTreeSet<ipnet::IpNet> {
+        &self.conflicts
+    }
+
     /// Makes the kernel match the desired table.
     pub async fn apply(&mut self) -> Result<ApplyReport, DataplaneError> {
         if !self.in_sync {
@@ -150,6 +171,12 @@ impl<K: RouteKernel> RouteManager<K> {
             }
         };
         let mut todo = plan(&self.desired, &actual);
+        // Held-back destinations are tried again only when the kernel was re-read (the
+        // other owner may have gone); and forgotten once we no longer want them.
+        self.conflicts.retain(|d| self.desired.contains_key(d));
+        if !report.resynced {
+            todo.replace.retain(|r| !self.conflicts.contains(&r.dst));
+        }
         if self.keep_learned {
             todo.delete
                 .retain(|r| !matches!(r.kind, super::route_table::RouteKind::Via(_)));
@@ -159,7 +186,14 @@ impl<K: RouteKernel> RouteManager<K> {
         }
         let mut actual = actual;
         if !todo.is_empty() {
-            let failed = match self.kernel.write(&todo.replace, &todo.delete).await {
+            // A destination our table does not hold is created, never replaced over
+            // another owner's route.
+            let (replace, create): (Vec<KernelRoute>, Vec<KernelRoute>) = todo
+                .replace
+                .iter()
+                .cloned()
+                .partition(|r| actual.contains_key(&r.dst));
+            let failed = match self.kernel.write(&create, &replace, &todo.delete).await {
                 Ok(f) => f,
                 Err(e) => {
                     // The cache no longer says what the kernel holds: re-read next time.
@@ -180,11 +214,24 @@ impl<K: RouteKernel> RouteManager<K> {
                     report.deleted += 1;
                 }
             }
+            for r in &create {
+                if !failed_dsts.contains(&r.dst) {
+                    self.conflicts.remove(&r.dst);
+                }
+            }
+            let (foreign, failed): (Vec<_>, Vec<_>) =
+                failed.into_iter().partition(|(_, e)| e.is_foreign_route());
+            for (r, _) in foreign {
+                if self.conflicts.insert(r.dst) {
+                    report.new_conflicts.push(r.dst);
+                }
+            }
             report.failed = failed
                 .into_iter()
                 .map(|(r, e)| (r, e.to_string()))
                 .collect();
         }
+        self.stats.conflicts = self.conflicts.len() as u64;
         self.stats.written += report.written as u64;
         self.stats.deleted += report.deleted as u64;
         self.stats.failed += report.failed.len() as u64;
@@ -243,6 +290,7 @@ pub async fn run<K: RouteKernel>(
     mut commands: mpsc::Receiver<RouteCommand>,
     timing: RouteTiming,
     stats: watch::Sender<RouteStats>,
+    conflicts: std::sync::Arc<watch::Sender<Vec<ipnet::IpNet>>>,
     observe: impl Fn(Duration) + Send,
 ) {
     let mut next_resync = tokio::time::Instant::now() + jittered(timing.resync);
@@ -271,6 +319,12 @@ pub async fn run<K: RouteKernel>(
         observe(started.elapsed());
         match result {
             Ok(report) => {
+                for dst in &report.new_conflicts {
+                    tracing::warn!(
+                        %dst,
+                        "another owner's route holds this destination and metric; leaving it alone (ours is not installed)"
+                    );
+                }
                 if !report.failed.is_empty() {
                     for (route, why) in report.failed.iter().take(5) {
                         tracing::warn!(%route, %why, "route write failed; will retry");
@@ -293,6 +347,12 @@ pub async fn run<K: RouteKernel>(
             }
         }
         let _ = stats.send(manager.stats());
+        conflicts.send_if_modified(|list| {
+            let now: Vec<ipnet::IpNet> = manager.conflicts().iter().copied().collect();
+            let changed = *list != now;
+            *list = now;
+            changed
+        });
     }
 }
 
@@ -316,6 +376,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeKernel {
         table: Arc<Mutex<KernelTable>>,
+        /// Destinations another protocol's route holds (invisible to `dump`).
+        foreign: Arc<Mutex<Vec<ipnet::IpNet>>>,
         fail: Arc<Mutex<Vec<ipnet::IpNet>>>,
         writes: Arc<Mutex<usize>>,
     }
@@ -326,14 +388,32 @@ mod tests {
         }
         async fn write(
             &self,
+            create: &[KernelRoute],
             replace: &[KernelRoute],
             delete: &[KernelRoute],
         ) -> Result<Vec<(KernelRoute, DataplaneError)>, DataplaneError> {
             let mut t = self.table.lock().unwrap();
             let fail = self.fail.lock().unwrap();
+            let foreign = self.foreign.lock().unwrap();
             let mut failed = Vec::new();
             for r in delete {
                 t.remove(&r.dst);
+            }
+            for r in create {
+                if foreign.contains(&r.dst) {
+                    failed.push((
+                        r.clone(),
+                        DataplaneError::Netlink {
+                            what: format!("create {r}"),
+                            code: libc::EEXIST,
+                            message: "File exists".into(),
+                        },
+                    ));
+                } else if fail.contains(&r.dst) {
+                    failed.push((r.clone(), DataplaneError::NoDevice("sv-missing".into())));
+                } else {
+                    t.insert(r.dst, r.kind.clone());
+                }
             }
             for r in replace {
                 if fail.contains(&r.dst) {
@@ -342,7 +422,7 @@ mod tests {
                     t.insert(r.dst, r.kind.clone());
                 }
             }
-            *self.writes.lock().unwrap() += replace.len() + delete.len();
+            *self.writes.lock().unwrap() += create.len() + replace.len() + delete.len();
             Ok(failed)
         }
     }
@@ -441,6 +521,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_route_another_owner_holds_is_left_alone_and_reported() {
+        let k = FakeKernel::default();
+        // An operator's static route for a destination BGP also teaches us.
+        k.foreign.lock().unwrap().push(net("10.0.2.0/26"));
+        let mut m = RouteManager::new(k.clone());
+        m.datastore_in_sync();
+        m.set_desired(table(&[
+            ("10.0.1.0/26", RouteKind::Blackhole),
+            ("10.0.2.0/26", via("192.168.1.2")),
+        ]));
+        let r = m.apply().await.unwrap();
+        assert_eq!(r.written, 1);
+        assert!(r.failed.is_empty(), "a conflict is not a failure to retry");
+        assert_eq!(r.new_conflicts, vec![net("10.0.2.0/26")]);
+        assert_eq!(m.stats().conflicts, 1);
+        assert!(!k.table.lock().unwrap().contains_key(&net("10.0.2.0/26")));
+        // Not retried (nor reported again) until the kernel is re-read.
+        *k.writes.lock().unwrap() = 0;
+        let r = m.apply().await.unwrap();
+        assert!(r.new_conflicts.is_empty());
+        assert_eq!(*k.writes.lock().unwrap(), 0);
+        // The other owner removes its route: the next resync installs ours.
+        k.foreign.lock().unwrap().clear();
+        m.request_resync();
+        let r = m.apply().await.unwrap();
+        assert_eq!(r.written, 1);
+        assert_eq!(m.stats().conflicts, 0);
+        assert_eq!(*k.table.lock().unwrap(), *m.desired());
+        // A route we own is replaced in place, not created.
+        m.set_desired(table(&[
+            ("10.0.1.0/26", RouteKind::Blackhole),
+            ("10.0.2.0/26", via("192.168.1.9")),
+        ]));
+        k.foreign.lock().unwrap().push(net("10.0.2.0/26"));
+        let r = m.apply().await.unwrap();
+        assert_eq!((r.written, r.new_conflicts.len()), (1, 0));
+    }
+
+    #[tokio::test]
     async fn failed_routes_are_retried_until_they_succeed() {
         let k = FakeKernel::default();
         k.fail.lock().unwrap().push(net("10.0.1.5/32"));
@@ -472,11 +591,13 @@ mod tests {
             resync: Duration::from_millis(300),
             retry: Duration::from_millis(100),
         };
+        let conflicts_tx = Arc::new(watch::channel(Vec::new()).0);
         tokio::spawn(run(
             RouteManager::new(k.clone()),
             rx,
             timing,
             stats_tx,
+            conflicts_tx,
             |_| {},
         ));
         tx.send(RouteCommand::Desired(table(&[(

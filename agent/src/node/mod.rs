@@ -112,6 +112,7 @@ pub async fn run(
             ..RouteTiming::default()
         },
         stats_tx,
+        metrics.route_conflict_list.clone(),
         move |d| apply_hist.observe(d.as_secs_f64()),
     ));
     let link_routes = routes_tx.clone();

@@ -34,6 +34,21 @@ pub struct PrefixAdvertisement {
     pub communities: Vec<String>,
 }
 
+/// Serval extension (Calico has no equivalent): how many prefixes a peer may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPeerMaxPrefix {
+    /// Prefixes per address family (at least 1).
+    pub limit: u32,
+    /// Only log and flag the peer in status, keeping the session (default false: the
+    /// session is closed with Cease "maximum number of prefixes reached").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning_only: Option<bool>,
+    /// Seconds before a closed session is tried again (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_seconds: Option<u64>,
+}
+
 /// A password kept in a Kubernetes Secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -211,4 +226,7 @@ pub struct BGPPeerSpec {
     /// Dead-peer detection besides the hold timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_detection_mode: Option<FailureDetectionMode>,
+    /// Serval extension: an import guard, the most prefixes this peer may send per family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefix: Option<BgpPeerMaxPrefix>,
 }

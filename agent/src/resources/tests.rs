@@ -96,6 +96,13 @@ fn bgp_peer_rules() {
     let missing =
         "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: m}\nspec: {peerIP: 10.0.0.1}\n";
     assert_eq!(problems::<BGPPeer>(missing), ["spec.asNumber"]);
+    let guard = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: g}\nspec: {peerIP: 10.0.0.1, asNumber: 65001, maxPrefix: {limit: 0}}\n";
+    assert_eq!(problems::<BGPPeer>(guard), ["spec.maxPrefix.limit"]);
+    let typo = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: g}\nspec: {peerIP: 10.0.0.1, asNumber: 65001, maxPrefix: {limit: 5, warnOnly: true}}\n";
+    assert!(
+        serde_saphyr::from_str::<BGPPeer>(typo).is_err(),
+        "unknown fields refused"
+    );
 }
 
 #[test]

@@ -291,6 +291,9 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
     }
     p.duration("spec.maxRestartTime", s.max_restart_time.as_deref());
     p.duration("spec.keepaliveTime", s.keepalive_time.as_deref());
+    if s.max_prefix.as_ref().is_some_and(|m| m.limit == 0) {
+        p.add("spec.maxPrefix.limit", "must be at least 1");
+    }
     if s.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
         p.add(
             "spec.numAllowedLocalASNumbers",

@@ -35,6 +35,8 @@ pub struct NodeMetrics {
     pub policy_rules: Gauge,
     /// Serval's ipsets.
     pub policy_ipsets: Gauge,
+    /// Policies that did not translate and are enforced as deny-all stand-ins.
+    pub policy_failed_closed: Gauge,
     /// IPAM blocks affine to this node.
     pub ipam_blocks: Gauge,
     /// Pod addresses in use on this node.
@@ -61,6 +63,7 @@ impl Default for NodeMetrics {
             route_conflict_list: std::sync::Arc::new(tokio::sync::watch::channel(Vec::new()).0),
             policy_rules: Gauge::default(),
             policy_ipsets: Gauge::default(),
+            policy_failed_closed: Gauge::default(),
             ipam_blocks: Gauge::default(),
             ipam_addresses_in_use: Gauge::default(),
             ipam_addresses_capacity: Gauge::default(),
@@ -121,6 +124,11 @@ impl NodeMetrics {
             "serval_policy_ipsets",
             "ipsets Serval owns",
             self.policy_ipsets.clone(),
+        );
+        reg.register(
+            "serval_policy_failed_closed",
+            "Policies that could not be translated and deny everything they govern until fixed",
+            self.policy_failed_closed.clone(),
         );
         reg.register(
             "serval_ipam_blocks",

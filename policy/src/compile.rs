@@ -378,6 +378,11 @@ fn alternatives(
     if rule.ip_version.is_some_and(|v| (v == 6) != v6) {
         return Vec::new();
     }
+    // A rule with a part that does not parse (callers fail the whole policy closed before
+    // it gets here) never matches: dropping the unreadable part would match more.
+    if !crate::model::validate_rule(rule).is_empty() {
+        return Vec::new();
+    }
     let mut base = Vec::new();
     let proto = rule.protocol.as_ref().and_then(protocol_number);
     if let Some(p) = proto {

@@ -436,3 +436,27 @@ fn a_label_change_touches_only_the_sets_that_select_the_pod() {
         "only the frontend selector's set: {changed:?}"
     );
 }
+
+#[test]
+fn a_rule_part_that_does_not_parse_never_widens_the_rule() {
+    // Before: an unparseable selector or net was dropped from the rule, which then matched
+    // every source. Now the rule matches nothing.
+    for bad in [
+        allow_from(Some("app == "), None),
+        allow_from(Some("all()"), Some("((((")),
+        Rule {
+            source: EntityRule {
+                nets: vec!["10.0.0.0/33".into()],
+                ..EntityRule::default()
+            },
+            ..allow_from(None, None)
+        },
+    ] {
+        let mut p = np("x", "p", "app == 'a'", &[PolicyType::Ingress]);
+        p.ingress = vec![bad.clone()];
+        let w = world(vec![p]);
+        let rs = compile(&w, false);
+        assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 80), "{bad:?}");
+        assert!(!allowed(&rs, &w, "ip:192.168.9.9", "x/a", 6, 80), "{bad:?}");
+    }
+}

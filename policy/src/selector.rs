@@ -15,12 +15,22 @@
 //!
 //! `k != "v"` and `k not in {...}` are true when the label is absent, as in Calico. An empty
 //! selector means `all()`.
+//!
+//! Selectors come from policy authors, so size is bounded: `&&` and `||` chains are flat
+//! lists (thousands of `matchLabels` make one `AllOf`, not a thousand-deep tree), nesting of
+//! `(` and `!` is limited to [`MAX_DEPTH`], and the text to [`MAX_SELECTOR_LEN`] bytes. Every
+//! recursive walk (matching, printing, dropping) is therefore shallow.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Labels of the object a selector is matched against.
 pub type Labels = BTreeMap<String, String>;
+
+/// The deepest nesting of parentheses and `!` a selector may have.
+pub const MAX_DEPTH: usize = 64;
+/// The longest selector text accepted, in bytes (room for thousands of label terms).
+pub const MAX_SELECTOR_LEN: usize = 256 * 1024;
 
 /// A parsed selector; `Display` prints the canonical form (used for hashing into set names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,10 +55,10 @@ pub enum Selector {
     EndsWith(String, String),
     /// `!expr`.
     Not(Box<Selector>),
-    /// `a && b`.
-    And(Box<Selector>, Box<Selector>),
-    /// `a || b`.
-    Or(Box<Selector>, Box<Selector>),
+    /// `a && b && ...` (two or more, none itself an `AllOf`).
+    AllOf(Vec<Selector>),
+    /// `a || b || ...` (two or more, none itself an `AnyOf`).
+    AnyOf(Vec<Selector>),
 }
 
 /// Why a selector did not parse: where, and what was expected there.
@@ -64,9 +74,43 @@ pub struct SelectorError {
 }
 
 impl Selector {
+    /// `a && b`, flattened (and `all()` dropped) so chains never nest.
+    pub fn and(a: Selector, b: Selector) -> Selector {
+        match (a, b) {
+            (Selector::All, x) | (x, Selector::All) => x,
+            (Selector::AllOf(mut xs), Selector::AllOf(ys)) => {
+                xs.extend(ys);
+                Selector::AllOf(xs)
+            }
+            (Selector::AllOf(mut xs), y) => {
+                xs.push(y);
+                Selector::AllOf(xs)
+            }
+            (x, Selector::AllOf(mut ys)) => {
+                ys.insert(0, x);
+                Selector::AllOf(ys)
+            }
+            (x, y) => Selector::AllOf(vec![x, y]),
+        }
+    }
+
     /// Parses selector text; the empty string means `all()`.
     pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-        let mut parser = Parser { input, pos: 0 };
+        if input.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError {
+                input: input.chars().take(80).collect::<String>() + "...",
+                position: 0,
+                message: format!(
+                    "the selector is {} bytes; at most {MAX_SELECTOR_LEN} are accepted",
+                    input.len()
+                ),
+            });
+        }
+        let mut parser = Parser {
+            input,
+            pos: 0,
+            depth: 0,
+        };
         parser.skip_ws();
         if parser.at_end() {
             return Ok(Selector::All);
@@ -93,8 +137,8 @@ impl Selector {
             Selector::StartsWith(k, s) => get(k).is_some_and(|x| x.starts_with(s.as_str())),
             Selector::EndsWith(k, s) => get(k).is_some_and(|x| x.ends_with(s.as_str())),
             Selector::Not(inner) => !inner.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+            Selector::AllOf(xs) => xs.iter().all(|x| x.matches(labels)),
+            Selector::AnyOf(xs) => xs.iter().any(|x| x.matches(labels)),
         }
     }
 }
@@ -128,9 +172,24 @@ impl fmt::Display for Selector {
             Selector::Contains(k, s) => write!(f, "{k} contains {s:?}"),
             Selector::StartsWith(k, s) => write!(f, "{k} starts with {s:?}"),
             Selector::EndsWith(k, s) => write!(f, "{k} ends with {s:?}"),
-            Selector::Not(inner) => write!(f, "!({inner})"),
-            Selector::And(a, b) => write!(f, "({a} && {b})"),
-            Selector::Or(a, b) => write!(f, "({a} || {b})"),
+            // Lists print their own parentheses and a term binds tighter than `!`, so no
+            // extra parentheses: the printed form nests exactly as deep as the parsed one.
+            Selector::Not(inner) => write!(f, "!{inner}"),
+            Selector::AllOf(xs) | Selector::AnyOf(xs) => {
+                let op = if matches!(self, Selector::AllOf(_)) {
+                    " && "
+                } else {
+                    " || "
+                };
+                f.write_str("(")?;
+                for (i, x) in xs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(op)?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }
@@ -138,6 +197,8 @@ impl fmt::Display for Selector {
 struct Parser<'a> {
     input: &'a str,
     pos: usize,
+    /// Current nesting of `(` and `!`.
+    depth: usize,
 }
 
 fn is_key_char(c: char) -> bool {
@@ -198,21 +259,59 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.and()?;
+        let mut any = vec![self.and()?];
         while self.eat("||") {
-            let right = self.and()?;
-            left = Selector::Or(Box::new(left), Box::new(right));
+            any.push(self.and()?);
         }
-        Ok(left)
+        Ok(if any.len() == 1 {
+            any.pop().expect("one element")
+        } else {
+            // `(a || b) || c` is one list, so the canonical form reparses to the same value.
+            Selector::AnyOf(
+                any.into_iter()
+                    .flat_map(|x| match x {
+                        Selector::AnyOf(xs) => xs,
+                        x => vec![x],
+                    })
+                    .collect(),
+            )
+        })
     }
 
     fn and(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.unary()?;
+        let mut all = self.unary()?;
         while self.eat("&&") {
-            let right = self.unary()?;
-            left = Selector::And(Box::new(left), Box::new(right));
+            let next = self.unary()?;
+            all = match all {
+                // Keep `all()` terms as written, so printing and parsing agree.
+                Selector::AllOf(mut xs) => {
+                    match next {
+                        Selector::AllOf(ys) => xs.extend(ys),
+                        y => xs.push(y),
+                    }
+                    Selector::AllOf(xs)
+                }
+                x => match next {
+                    Selector::AllOf(mut ys) => {
+                        ys.insert(0, x);
+                        Selector::AllOf(ys)
+                    }
+                    y => Selector::AllOf(vec![x, y]),
+                },
+            };
         }
-        Ok(left)
+        Ok(all)
+    }
+
+    /// Enters one level of `(` or `!`, refusing to go deeper than [`MAX_DEPTH`].
+    fn deeper(&mut self) -> Result<(), SelectorError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(&format!(
+                "nesting of parentheses and '!' is deeper than {MAX_DEPTH}"
+            )));
+        }
+        Ok(())
     }
 
     fn unary(&mut self) -> Result<Selector, SelectorError> {
@@ -221,11 +320,16 @@ impl Parser<'_> {
             return Err(self.error("expected a label name before \"!=\""));
         }
         if self.eat("!") {
-            return Ok(Selector::Not(Box::new(self.unary()?)));
+            self.deeper()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Selector::Not(Box::new(inner)));
         }
         if self.eat("(") {
+            self.deeper()?;
             let inner = self.expr()?;
             self.expect(")")?;
+            self.depth -= 1;
             return Ok(inner);
         }
         self.term()
@@ -396,6 +500,51 @@ mod tests {
         );
         assert!(Selector::parse("app not 'x'").is_err());
         assert!(Selector::parse("&& a == 'b'").is_err());
+    }
+
+    #[test]
+    fn hostile_selectors_are_refused_with_a_clear_error_not_a_stack_overflow() {
+        for text in [
+            "(".repeat(100_000) + "all()" + &")".repeat(100_000),
+            "!".repeat(100_000) + "has(a)",
+            "(((((".repeat(20_000),
+        ] {
+            let e = Selector::parse(&text).unwrap_err();
+            assert!(e.message.contains("deeper than 64"), "{e}");
+        }
+        let e = Selector::parse(&"a == 'b' && ".repeat(30_000)).unwrap_err();
+        assert!(e.message.contains("at most"), "{}", e.message);
+        // Nesting up to the limit is fine, and its canonical form reparses.
+        for ok in [
+            "(".repeat(MAX_DEPTH) + "has(a)" + &")".repeat(MAX_DEPTH),
+            "!(a == 'x' || ".repeat(MAX_DEPTH / 2) + "has(b)" + &")".repeat(MAX_DEPTH / 2),
+            "!".repeat(MAX_DEPTH) + "k in {'v'}",
+        ] {
+            let sel = Selector::parse(&ok).unwrap();
+            assert_eq!(Selector::parse(&sel.to_string()).unwrap(), sel, "{sel}");
+        }
+    }
+
+    #[test]
+    fn thousands_of_terms_are_one_flat_list() {
+        let text = (0..5000)
+            .map(|i| format!("k{i} == 'v'"))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        let sel = Selector::parse(&text).unwrap();
+        let Selector::AllOf(terms) = &sel else {
+            panic!("{sel:?}")
+        };
+        assert_eq!(terms.len(), 5000);
+        let labels: Labels = (0..5000).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(sel.matches(&labels));
+        // Built term by term (as from matchLabels) it is the same flat list, and it prints
+        // and reparses without nesting.
+        let built = (0..5000).fold(Selector::All, |acc, i| {
+            Selector::and(acc, Selector::Equal(format!("k{i}"), "v".into()))
+        });
+        assert_eq!(built, sel);
+        assert_eq!(Selector::parse(&built.to_string()).unwrap(), sel);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
 use kube::ResourceExt;
 use serval_policy::compile::{Endpoint, NamedPort, PolicyDef, protocol_number};
-use serval_policy::model::{Action, EntityRule, IntOrString, PolicyType, Rule};
+use serval_policy::model::{Action, EntityRule, IntOrString, PolicyType, Rule, validate_rule};
 use serval_policy::{Labels, Selector};
 
 use crate::resources::{GlobalNetworkPolicy, NetworkPolicy, WorkloadEndpoint};
@@ -24,18 +24,11 @@ pub const K8S_POLICY_ORDER: f64 = 1000.0;
 /// The label Kubernetes puts on every namespace with its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-fn and(a: Selector, b: Selector) -> Selector {
-    match (a, b) {
-        (Selector::All, x) | (x, Selector::All) => x,
-        (a, b) => Selector::And(Box::new(a), Box::new(b)),
-    }
-}
-
 /// A Kubernetes label selector as a Calico selector (empty: all()).
 pub fn label_selector(ls: &LabelSelector) -> Result<Selector, String> {
     let mut sel = Selector::All;
     for (k, v) in ls.match_labels.iter().flatten() {
-        sel = and(sel, Selector::Equal(k.clone(), v.clone()));
+        sel = Selector::and(sel, Selector::Equal(k.clone(), v.clone()));
     }
     for e in ls.match_expressions.iter().flatten() {
         let values = e.values.clone().unwrap_or_default();
@@ -50,7 +43,7 @@ pub fn label_selector(ls: &LabelSelector) -> Result<Selector, String> {
                 ));
             }
         };
-        sel = and(sel, term);
+        sel = Selector::and(sel, term);
     }
     Ok(sel)
 }
@@ -181,7 +174,7 @@ pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
             t
         }
     };
-    Ok(PolicyDef {
+    checked(PolicyDef {
         name: format!("knp.default.{}", np.name_any()),
         namespace: Some(ns),
         order: Some(K8S_POLICY_ORDER),
@@ -191,6 +184,132 @@ pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
         ingress: ingress_rules,
         egress: egress_rules,
     })
+}
+
+/// Refuses a policy with any rule the compiler could only guess at (a selector, net, port or
+/// protocol that does not parse), naming the first problem.
+fn checked(def: PolicyDef) -> Result<PolicyDef, String> {
+    for (dir, rules) in [("ingress", &def.ingress), ("egress", &def.egress)] {
+        for (i, r) in rules.iter().enumerate() {
+            if let Some((field, msg)) = validate_rule(r).into_iter().next() {
+                return Err(format!("{dir}[{i}].{field}: {msg}"));
+            }
+        }
+    }
+    Ok(def)
+}
+
+/// What stands in for a policy that cannot be translated, so it fails closed: it applies
+/// where the original would (every endpoint of its namespace, or of the node for a global
+/// policy, when even its selector is unreadable) and denies everything in its directions
+/// (both when unknown) at its order.
+pub fn fail_closed(
+    name: String,
+    namespace: Option<String>,
+    order: Option<f64>,
+    selector: Option<&str>,
+    namespace_selector: Option<&str>,
+    types: &[PolicyType],
+) -> PolicyDef {
+    let parse = |s: Option<&str>| s.and_then(|t| Selector::parse(t).ok());
+    let types = if types.is_empty() {
+        vec![PolicyType::Ingress, PolicyType::Egress]
+    } else {
+        types.to_vec()
+    };
+    let deny = || {
+        vec![Rule {
+            action: Action::Deny,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityRule::default(),
+            destination: EntityRule::default(),
+        }]
+    };
+    PolicyDef {
+        name,
+        namespace,
+        order,
+        selector: parse(selector).unwrap_or(Selector::All),
+        namespace_selector: parse(namespace_selector),
+        ingress: if types.contains(&PolicyType::Ingress) {
+            deny()
+        } else {
+            Vec::new()
+        },
+        egress: if types.contains(&PolicyType::Egress) {
+            deny()
+        } else {
+            Vec::new()
+        },
+        types,
+    }
+}
+
+/// [`fail_closed`] for a Kubernetes NetworkPolicy.
+pub fn k8s_fail_closed(np: &K8sNetworkPolicy) -> PolicyDef {
+    let spec = np.spec.clone().unwrap_or_default();
+    // The directions it governs are known without parsing its rules: the declared types,
+    // or Kubernetes' inference (Ingress, plus Egress with an egress section). An unknown
+    // type name leaves the list empty: both.
+    let mut types: Vec<PolicyType> = spec
+        .policy_types
+        .iter()
+        .flatten()
+        .filter_map(|t| match t.as_str() {
+            "Ingress" => Some(PolicyType::Ingress),
+            "Egress" => Some(PolicyType::Egress),
+            _ => None,
+        })
+        .collect();
+    if spec.policy_types.as_ref().is_none_or(Vec::is_empty) {
+        types.push(PolicyType::Ingress);
+        if spec.egress.is_some() {
+            types.push(PolicyType::Egress);
+        }
+    } else if types.len() != spec.policy_types.as_ref().map_or(0, Vec::len) {
+        types.clear();
+    }
+    let selector = spec
+        .pod_selector
+        .as_ref()
+        .and_then(|ls| label_selector(ls).ok())
+        .map(|s| s.to_string());
+    fail_closed(
+        format!("knp.default.{}", np.name_any()),
+        Some(np.namespace().unwrap_or_else(|| "default".into())),
+        Some(K8S_POLICY_ORDER),
+        Some(selector.as_deref().unwrap_or("all()")),
+        None,
+        &types,
+    )
+}
+
+/// [`fail_closed`] for a Serval NetworkPolicy.
+pub fn serval_fail_closed(p: &NetworkPolicy) -> PolicyDef {
+    fail_closed(
+        p.name_any(),
+        Some(p.namespace().unwrap_or_else(|| "default".into())),
+        p.spec.order,
+        Some(&p.spec.selector),
+        None,
+        &types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
+    )
+}
+
+/// [`fail_closed`] for a Serval GlobalNetworkPolicy.
+pub fn global_fail_closed(p: &GlobalNetworkPolicy) -> PolicyDef {
+    fail_closed(
+        p.name_any(),
+        None,
+        p.spec.order,
+        Some(&p.spec.selector),
+        p.spec.namespace_selector.as_deref(),
+        &types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
+    )
 }
 
 fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) -> Vec<PolicyType> {
@@ -210,7 +329,7 @@ fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) ->
 
 /// A Serval NetworkPolicy.
 pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
-    Ok(PolicyDef {
+    checked(PolicyDef {
         name: p.name_any(),
         namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
         order: p.spec.order,
@@ -224,7 +343,7 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
 
 /// A Serval GlobalNetworkPolicy.
 pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, String> {
-    Ok(PolicyDef {
+    checked(PolicyDef {
         name: p.name_any(),
         namespace: None,
         order: p.spec.order,

@@ -50,9 +50,14 @@ fn model(policies: &[serde_json::Value]) -> (PolicyInputs, Ruleset) {
             local.push(ep(ns, pod, &format!("10.0.{}.{}", i + 1, j + 1)));
         }
     }
+    // As the agent does: a policy that does not translate is replaced by its fail-closed
+    // stand-in.
     let policies = policies
         .iter()
-        .map(|p| k8s_policy(&serde_json::from_value(p.clone()).unwrap()).unwrap())
+        .map(|p| {
+            let np = serde_json::from_value(p.clone()).unwrap();
+            k8s_policy(&np).unwrap_or_else(|_| k8s_fail_closed(&np))
+        })
         .collect();
     let inputs = PolicyInputs {
         local,
@@ -309,4 +314,42 @@ fn pod_labels_and_named_ports_come_from_the_kubernetes_pod() {
         protocol: UDP,
         port: 53
     }));
+}
+
+#[test]
+fn an_untranslatable_policy_fails_closed_for_the_pods_it_selects() {
+    // Before: skipped with a warning, leaving x/a open to everyone.
+    let bad = policy(
+        "x",
+        "bad",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Sometimes"}]}}]}]}),
+    );
+    let m = model(&[bad]);
+    assert!(!probe(&m, "x/b", "x/a", TCP, 80), "selected pod denies");
+    assert!(!probe(&m, "ip:192.168.1.1", "x/a", TCP, 80));
+    assert!(probe(&m, "x/a", "x/b", TCP, 80), "only what it governs");
+    assert!(probe(&m, "y/b", "x/c", TCP, 80), "other pods untouched");
+}
+
+#[test]
+fn thousands_of_match_labels_translate_and_compile() {
+    let many: serde_json::Map<String, serde_json::Value> = (0..5000)
+        .map(|i| (format!("label-{i}"), json!("v")))
+        .collect();
+    let big = policy(
+        "x",
+        "big",
+        json!({"podSelector": {"matchLabels": many.clone()},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": many}}]}]}),
+    );
+    let np = serde_json::from_value(big).unwrap();
+    let def = k8s_policy(&np).unwrap();
+    let Selector::AllOf(terms) = &def.selector else {
+        panic!("a flat list")
+    };
+    assert_eq!(terms.len(), 5000);
+    let m = model(&[serde_json::to_value(&np).unwrap()]);
+    // It selects no pod (none has those labels), so nothing changes.
+    assert!(probe(&m, "x/b", "x/a", TCP, 80));
 }

@@ -108,6 +108,8 @@ pub struct Agent {
     policy: Option<crate::dataplane::policy::PolicyManager>,
     /// The policy inputs last applied.
     policy_written: Option<serval_policy::compile::PolicyInputs>,
+    /// Policies last reported as failed closed (key → why), to log each change once.
+    policy_failures_reported: BTreeMap<String, String>,
     /// Where the agent records its metrics.
     metrics: crate::node_metrics::NodeMetrics,
     /// For writes the agent makes itself (tunnel addresses when a pool starts to need them).
@@ -165,6 +167,7 @@ impl Agent {
             nat_written: None,
             policy: None,
             policy_written: None,
+            policy_failures_reported: BTreeMap::new(),
             datastore: None,
             tunnel_alloc: None,
             secret_namespace: "kube-system".into(),
@@ -509,6 +512,21 @@ impl Agent {
     }
 
     async fn apply_policy(&mut self, d: &Desired) {
+        if self.policy_failures_reported != d.policy_failures {
+            for (key, why) in &d.policy_failures {
+                if self.policy_failures_reported.get(key) != Some(why) {
+                    tracing::error!(
+                        policy = %key,
+                        error = %why,
+                        "policy cannot be enforced as written; its endpoints deny everything it governs until it is fixed"
+                    );
+                }
+            }
+            self.metrics
+                .policy_failed_closed
+                .set(d.policy_failures.len() as i64);
+            self.policy_failures_reported = d.policy_failures.clone();
+        }
         if self.policy_written.as_ref() == Some(&d.policy) {
             return;
         }

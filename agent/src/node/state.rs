@@ -223,8 +223,10 @@ impl ClusterState {
 
     /// What the policy compiler needs for node `me`: its endpoints (chains are built for
     /// them), everyone else's (addresses for selector sets), namespaces and policies. A
-    /// policy that does not translate is skipped with a warning (it never blocks the rest).
-    pub fn policy_inputs(&self, me: &str) -> PolicyInputs {
+    /// policy that does not translate fails closed: a deny-everything stand-in takes its
+    /// place (see [`crate::calc::policy::fail_closed`]) and it is listed in the second value
+    /// (policy key → why), never skipped.
+    pub fn policy_inputs(&self, me: &str) -> (PolicyInputs, BTreeMap<String, String>) {
         use crate::calc::policy as cp;
         let mut inputs = PolicyInputs::default();
         for w in self.endpoints.values() {
@@ -252,20 +254,37 @@ impl ClusterState {
                     [(cp::NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())].into()
                 });
         }
-        let mut add = |key: &str, r: Result<serval_policy::compile::PolicyDef, String>| match r {
-            Ok(p) => inputs.policies.push(p),
-            Err(e) => tracing::warn!(policy = key, error = %e, "policy skipped"),
-        };
+        let mut failed = BTreeMap::new();
+        let mut add =
+            |key: String,
+             r: Result<serval_policy::compile::PolicyDef, String>,
+             closed: &dyn Fn() -> serval_policy::compile::PolicyDef| match r {
+                Ok(p) => inputs.policies.push(p),
+                Err(e) => {
+                    inputs.policies.push(closed());
+                    failed.insert(key, e);
+                }
+            };
         for (k, p) in &self.policies {
-            add(k, cp::serval_policy(p));
+            add(format!("NetworkPolicy {k}"), cp::serval_policy(p), &|| {
+                cp::serval_fail_closed(p)
+            });
         }
         for (k, p) in &self.global_policies {
-            add(k, cp::global_policy(p));
+            add(
+                format!("GlobalNetworkPolicy {k}"),
+                cp::global_policy(p),
+                &|| cp::global_fail_closed(p),
+            );
         }
         for (k, p) in &self.k8s_policies {
-            add(k, cp::k8s_policy(p));
+            add(
+                format!("networking.k8s.io NetworkPolicy {k}"),
+                cp::k8s_policy(p),
+                &|| cp::k8s_fail_closed(p),
+            );
         }
-        inputs
+        (inputs, failed)
     }
 
     /// The pools as natOutgoing needs them (IPv4).
@@ -420,8 +439,10 @@ impl ClusterState {
             },
             _ => None,
         };
+        let (policy, policy_failures) = self.policy_inputs(me);
         Ok(Desired {
-            policy: self.policy_inputs(me),
+            policy,
+            policy_failures,
             nat: self.nat_spec(),
             peers,
             exports,
@@ -455,6 +476,8 @@ pub struct Desired {
     pub nat: crate::dataplane::nat::NatSpec,
     /// Network policy inputs.
     pub policy: PolicyInputs,
+    /// Policies that did not translate and are enforced as deny-all stand-ins (key → why).
+    pub policy_failures: BTreeMap<String, String>,
 }
 
 /// A Secret's data as text (values that are not UTF-8 are skipped: a password is text).
@@ -626,7 +649,7 @@ mod tests {
             kind: KindInfo::of::<K8sPod>(),
             object: json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"role":"frontend"}}}),
         }));
-        let inputs = s.policy_inputs("a");
+        let (inputs, _) = s.policy_inputs("a");
         let web = inputs.local.iter().find(|e| e.name == "web").unwrap();
         assert_eq!(web.labels["role"], "frontend");
         assert!(s.apply(&SyncEvent::Delete {
@@ -634,7 +657,7 @@ mod tests {
             namespace: Some("prod".into()),
             name: "web".into(),
         }));
-        assert!(!s.policy_inputs("a").local[0].labels.contains_key("role"));
+        assert!(!s.policy_inputs("a").0.local[0].labels.contains_key("role"));
     }
 
     #[test]

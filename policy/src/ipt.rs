@@ -142,14 +142,38 @@ fn ports(list: &[PortRange]) -> String {
         .join(",")
 }
 
+/// The longest comment iptables keeps (its limit is 256 bytes with the terminating NUL).
+pub const MAX_COMMENT_LEN: usize = 255;
+
+/// A rule comment as `iptables-restore` accepts it whatever an object's name holds: printable
+/// ASCII only (quotes, backslashes and anything else become `_`), cut to [`MAX_COMMENT_LEN`].
+pub fn comment_text(comment: &str) -> String {
+    comment
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_COMMENT_LEN)
+        .collect()
+}
+
+/// Whether an interface name is one the kernel and iptables both accept (1..=15 characters
+/// of letters, digits, `.`, `_`, `-`), so it can go into rule text unquoted.
+pub fn valid_iface(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Renders one rule's arguments (after `-A CHAIN`).
 pub fn render_rule(r: &IptRule, v6: bool) -> String {
     let mut out = String::new();
-    let _ = write!(
-        out,
-        "-m comment --comment \"{}\"",
-        r.comment.replace('"', "'")
-    );
+    let _ = write!(out, "-m comment --comment \"{}\"", comment_text(&r.comment));
     for m in &r.matches {
         out.push(' ');
         match m {
@@ -242,6 +266,16 @@ pub fn render_restore(
     out
 }
 
+/// The scratch set a full rewrite is built in (one per type and family; destroyed after
+/// each swap, so one name serves every set).
+fn temp_set_name(kind: SetKind, v6: bool) -> String {
+    let k = match kind {
+        SetKind::Net => 'n',
+        SetKind::IpPort => 'p',
+    };
+    format!("serval-tmp-{k}{}", if v6 { 6 } else { 4 })
+}
+
 fn set_type(kind: SetKind) -> &'static str {
     match kind {
         SetKind::Net => "hash:net",
@@ -249,9 +283,11 @@ fn set_type(kind: SetKind) -> &'static str {
     }
 }
 
-/// `ipset restore` input: creates new sets, applies membership changes (`add`/`del`) to
-/// existing ones, and (in a second text, applied after iptables no longer refers to them)
-/// destroys removed ones.
+/// `ipset restore` input: applies membership changes (`add`/`del`) to sets we know, builds
+/// the others (new, or unknown after a restart or a refresh) in a temporary set and `swap`s
+/// it in, so a live set is never empty or partial in between (a Deny or a negated match
+/// would fail open for that moment), and (in a second text, applied after iptables no longer
+/// refers to them) destroys removed ones.
 pub fn render_ipsets(
     old: &BTreeMap<String, IpSet>,
     new: &BTreeMap<String, IpSet>,
@@ -271,15 +307,16 @@ pub fn render_ipsets(
                 }
             }
             _ => {
-                let _ = writeln!(
-                    before,
-                    "create {name} {} family {family} -exist",
-                    set_type(set.kind)
-                );
-                let _ = writeln!(before, "flush {name}");
+                let kind = set_type(set.kind);
+                let tmp = temp_set_name(set.kind, v6);
+                let _ = writeln!(before, "create {tmp} {kind} family {family} -exist");
+                let _ = writeln!(before, "flush {tmp}");
                 for m in &set.members {
-                    let _ = writeln!(before, "add {name} {m} -exist");
+                    let _ = writeln!(before, "add {tmp} {m} -exist");
                 }
+                let _ = writeln!(before, "create {name} {kind} family {family} -exist");
+                let _ = writeln!(before, "swap {tmp} {name}");
+                let _ = writeln!(before, "destroy {tmp}");
             }
         }
     }
@@ -343,8 +380,43 @@ mod tests {
         let (before, after) = render_ipsets(&old, &new, false);
         assert_eq!(
             before,
-            "add a 10.0.0.3 -exist\ndel a 10.0.0.1 -exist\ncreate b hash:net family inet -exist\nflush b\nadd b 10.0.1.0/24 -exist\n"
+            "add a 10.0.0.3 -exist\ndel a 10.0.0.1 -exist\n\
+             create serval-tmp-n4 hash:net family inet -exist\nflush serval-tmp-n4\n\
+             add serval-tmp-n4 10.0.1.0/24 -exist\ncreate b hash:net family inet -exist\n\
+             swap serval-tmp-n4 b\ndestroy serval-tmp-n4\n"
         );
         assert_eq!(after, "destroy gone\n");
+        // A full rewrite (nothing known: after a restart or refresh) never flushes a live set.
+        let (before, _) = render_ipsets(&BTreeMap::new(), &new, true);
+        assert!(
+            !before.contains("flush a\n") && !before.contains("flush b\n"),
+            "{before}"
+        );
+        assert!(before.contains("swap serval-tmp-n6 a\n"), "{before}");
+    }
+
+    #[test]
+    fn comments_and_interface_names_cannot_break_the_restore_text() {
+        let evil = format!(
+            "serval:ns/\"x\"\nCOMMIT\n-A INPUT -j ACCEPT \\ {}",
+            "é".repeat(300)
+        );
+        let c = comment_text(&evil);
+        assert!(c.len() <= MAX_COMMENT_LEN);
+        assert!(
+            c.chars().all(|ch| ch.is_ascii_graphic() || ch == ' '),
+            "{c}"
+        );
+        assert!(
+            !c.contains('"') && !c.contains('\\') && !c.contains('\n'),
+            "{c}"
+        );
+        let r = IptRule::new(vec![], Target::Drop, &evil);
+        let line = render_rule(&r, false);
+        assert_eq!(line.matches('"').count(), 2, "{line}");
+        assert!(valid_iface("sv1a2b3c4d5e6f7"));
+        for bad in ["", "sv1a2b3c4d5e6f78", "sv x", "sv\"", "sv;drop", "sv\n"] {
+            assert!(!valid_iface(bad), "{bad:?}");
+        }
     }
 }

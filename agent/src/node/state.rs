@@ -229,7 +229,20 @@ impl ClusterState {
     pub fn policy_inputs(&self, me: &str) -> (PolicyInputs, BTreeMap<String, String>) {
         use crate::calc::policy as cp;
         let mut inputs = PolicyInputs::default();
-        for w in self.endpoints.values() {
+        let mut failed = BTreeMap::new();
+        for (key, w) in &self.endpoints {
+            // An interface name iptables cannot take never reaches the rule text; the
+            // endpoint gets no chain, so the dispatch drops its traffic (fail closed).
+            if !serval_policy::ipt::valid_iface(&w.spec.interface_name) {
+                failed.insert(
+                    format!("WorkloadEndpoint {key}"),
+                    format!(
+                        "interfaceName {:?} is not a valid interface name (1-15 of A-Z a-z 0-9 . _ -)",
+                        w.spec.interface_name
+                    ),
+                );
+                continue;
+            }
             let mut e = cp::endpoint(w);
             if let Some(pod) = self.pods.get(&format!("{}/{}", e.namespace, e.name)) {
                 cp::apply_pod(&mut e, pod);
@@ -254,7 +267,6 @@ impl ClusterState {
                     [(cp::NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())].into()
                 });
         }
-        let mut failed = BTreeMap::new();
         let mut add =
             |key: String,
              r: Result<serval_policy::compile::PolicyDef, String>,
@@ -640,6 +652,41 @@ mod tests {
             ]),
             "the pod in a's own block is covered by the block; the borrowed one is not"
         );
+    }
+
+    #[test]
+    fn objects_from_the_watch_that_cannot_be_enforced_fail_closed_and_are_listed() {
+        let mut s = cluster("Never");
+        // A WorkloadEndpoint written straight into the datastore, with an interface name
+        // that would break iptables-restore for the whole node.
+        upsert_json(
+            &mut s,
+            KindInfo::of::<WorkloadEndpoint>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"WorkloadEndpoint",
+                   "metadata":{"name":"evil","namespace":"prod"},
+                   "spec":{"node":"a","pod":"evil","interfaceName":"sv\"\nCOMMIT","ipNetworks":["10.244.1.9/32"]}}),
+        );
+        // A policy whose rule selector does not parse.
+        upsert_json(
+            &mut s,
+            KindInfo::of::<NetworkPolicy>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"NetworkPolicy",
+                   "metadata":{"name":"broken","namespace":"prod"},
+                   "spec":{"selector":"app == 'web'","ingress":[{"action":"Allow","source":{"selector":"app =="}}]}}),
+        );
+        let (inputs, failed) = s.policy_inputs("a");
+        assert!(inputs.local.iter().all(|e| e.name != "evil"));
+        let keys: Vec<&String> = failed.keys().collect();
+        assert_eq!(
+            keys,
+            ["NetworkPolicy prod/broken", "WorkloadEndpoint prod/evil"],
+            "{failed:?}"
+        );
+        // The broken policy is enforced as a deny-all stand-in over what it selects.
+        let p = inputs.policies.iter().find(|p| p.name == "broken").unwrap();
+        assert_eq!(p.ingress.len(), 1);
+        assert_eq!(p.ingress[0].action, serval_policy::model::Action::Deny);
+        assert!(p.egress.is_empty(), "only the direction it governs");
     }
 
     #[test]

@@ -110,6 +110,11 @@ fn family_index(f: Family) -> usize {
     }
 }
 
+/// Most prefixes one batch of inputs may touch before it is flushed.
+const BATCH_PREFIXES: usize = 16_384;
+/// Longest one batch of inputs is drained before it is flushed.
+const BATCH_TIME: Duration = Duration::from_millis(5);
+
 /// The owner task's state.
 pub(crate) struct Speaker {
     cfg: SpeakerConfig,
@@ -201,6 +206,9 @@ impl Speaker {
         tracing::info!("speaker started");
         loop {
             tokio::select! {
+                // Commands first: a status or routes query never waits behind more than one
+                // bounded batch of inputs.
+                biased;
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown();
@@ -215,8 +223,16 @@ impl Speaker {
                 },
                 Some(input) = inputs.recv() => {
                     self.input(input);
-                    // Drain what is already queued so one flush covers many UPDATEs.
+                    // Drain what is already queued so one flush covers many UPDATEs, but
+                    // keep each batch small enough (prefixes touched, time) that commands
+                    // and timers are served within milliseconds during a full-table load.
+                    let started = Instant::now();
                     for _ in 0..512 {
+                        if self.tables.dirty4.len() + self.tables.dirty6.len() >= BATCH_PREFIXES
+                            || started.elapsed() >= BATCH_TIME
+                        {
+                            break;
+                        }
                         match inputs.try_recv() {
                             Ok(input) => self.input(input),
                             Err(_) => break,

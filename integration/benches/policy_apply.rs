@@ -103,6 +103,7 @@ fn inputs() -> PolicyInputs {
         remote: vec![],
         namespaces,
         policies,
+        hosts: vec![],
     }
 }
 

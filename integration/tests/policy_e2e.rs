@@ -430,3 +430,139 @@ async fn kubernetes_network_policy_conformance_model() {
         lab.agent.log_tail(50)
     );
 }
+
+/// Runs a Python snippet inside a namespace; its stdout.
+fn py(ns: &Netns, code: &str) -> String {
+    let out = ns.exec(&["python3", "-c", code]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The kernel's count of packets dropped by reverse-path filtering in a namespace.
+fn rp_filter_drops(ns: &Netns) -> u64 {
+    let out = ns.output(&["cat", "/proc/net/netstat"]).unwrap();
+    let mut lines = out.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "IPReversePathFilter")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_cannot_spoof_reach_node_loopback_or_inject_tunnel_traffic() {
+    let Some(lab) = lab("policy_e2e_anti_spoofing").await else {
+        return;
+    };
+    let pod = |ns: &str, name: &str| {
+        lab.pods
+            .iter()
+            .find(|p| p.ns == ns && p.name == name)
+            .unwrap()
+    };
+    let (xb, yc, ya) = (pod("x", "b"), pod("y", "c"), pod("y", "a"));
+    // Policy is programmed (the anti-spoofing rule is in x/b's chain).
+    eventually(
+        "x/b's from-chain with anti-spoofing",
+        Duration::from_secs(30),
+        || {
+            let chains = lab.node.output(&["iptables", "-S"]).unwrap_or_default();
+            if chains.contains("source is not the workload") {
+                Ok(())
+            } else {
+                Err(chains)
+            }
+        },
+        || lab.agent.log_tail(20),
+    );
+
+    // 1. x/b sends UDP to y/a from its own address and from y/c's: only its own arrives.
+    xb.netns
+        .ip(&["addr", "add", &format!("{}/32", yc.ip), "dev", "eth0"])
+        .unwrap();
+    let before = rp_filter_drops(&lab.node);
+    let sink = format!(
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{ya}', 5555))\ns.settimeout(4)\nseen=set()\ntry:\n  while True:\n    seen.add(s.recvfrom(100)[1][0])\nexcept Exception:\n  pass\nprint(' '.join(sorted(seen)))",
+        ya = ya.ip
+    );
+    let ya_ns = ya.netns.name().to_string();
+    let sink_task = std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ya_ns, "python3", "-c", &sink])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for src in [xb.ip, yc.ip] {
+        py(
+            &xb.netns,
+            &format!(
+                "import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{src}', 0))\nfor _ in range(3):\n  s.sendto(b'x', ('{}', 5555)); time.sleep(0.05)",
+                ya.ip
+            ),
+        );
+    }
+    let seen = sink_task.join().unwrap();
+    assert_eq!(seen, xb.ip.to_string(), "only the genuine source arrives");
+    assert!(rp_filter_drops(&lab.node) >= before + 3);
+
+    // 2. Spoofed towards the node itself (a BGP or BFD peer's address): dropped the same way.
+    let before = rp_filter_drops(&lab.node);
+    xb.netns
+        .ip(&["addr", "add", "192.168.60.1/32", "dev", "eth0"])
+        .unwrap();
+    py(
+        &xb.netns,
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('192.168.60.1', 49152))\ns.sendto(b'\\x20\\x40\\x03\\x18' + bytes(20), ('192.168.60.2', 3784))",
+    );
+    assert!(rp_filter_drops(&lab.node) > before);
+
+    // 3. The node's loopback-bound status API is out of a pod's reach, even for a pod that
+    //    routes 127.0.0.1 to its gateway.
+    let xa = pod("x", "a");
+    xa.netns.ip(&["addr", "flush", "dev", "lo"]).unwrap();
+    xa.netns
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])
+        .unwrap();
+    xa.netns
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"])
+        .unwrap();
+    xa.netns
+        .ip(&[
+            "route",
+            "add",
+            "127.0.0.1/32",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ])
+        .unwrap();
+    let got = py(
+        &xa.netns,
+        &format!(
+            "import socket\ns=socket.socket(); s.settimeout(3)\ntry:\n  s.bind(('{}', 0)); s.connect(('127.0.0.1', 9179)); s.send(b'GET /status HTTP/1.0\\r\\n\\r\\n'); print('REACHED', s.recv(20))\nexcept Exception as e:\n  print('BLOCKED', e)",
+            xa.ip
+        ),
+    );
+    assert!(got.starts_with("BLOCKED"), "{got}");
+
+    // 4. VXLAN from an address that is not a node is dropped before decapsulation.
+    py(
+        &lab._uplink,
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(3):\n  s.sendto(bytes(50), ('192.168.60.2', 4789))",
+    );
+    let input = lab
+        .node
+        .output(&["iptables", "-L", "serval-INPUT", "-v", "-x", "-n"])
+        .unwrap();
+    let dropped: u64 = input
+        .lines()
+        .find(|l| l.contains("VXLAN from an address that is not a node"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 3, "{input}");
+}

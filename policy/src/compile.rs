@@ -99,6 +99,8 @@ pub struct PolicyInputs {
     pub namespaces: BTreeMap<String, Labels>,
     /// All policies.
     pub policies: Vec<PolicyDef>,
+    /// Every node's address: only these may send the node tunnel traffic (VXLAN, IPIP).
+    pub hosts: Vec<IpAddr>,
 }
 
 fn hash20(text: &str) -> String {
@@ -588,6 +590,83 @@ fn sorted_policies(inputs: &PolicyInputs) -> Vec<&PolicyDef> {
     ps
 }
 
+/// Felix-style anti-spoofing, first in a workload's from-chain: it may send only from its
+/// own addresses (plus, in IPv6, link-local ones, which neighbour discovery needs and which
+/// are never forwarded); anything else is dropped before policy sees it.
+fn anti_spoof(fam: &mut Family<'_>, ep: &Endpoint) -> IptRule {
+    let mut own: Vec<IpNet> = ep
+        .addrs
+        .iter()
+        .filter(|a| a.is_ipv6() == fam.v6)
+        .map(|a| IpNet::from(*a))
+        .collect();
+    if fam.v6 {
+        own.push(IpNet::V6(
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)
+                .expect("fe80::/10"),
+        ));
+    }
+    let matches = match own.as_slice() {
+        // No address of this family: nothing it sends in it is genuine.
+        [] => Vec::new(),
+        [one] => vec![Match::SrcNet(*one, true)],
+        _ => vec![Match::SrcSet(fam.net_set(&own), true)],
+    };
+    IptRule::new(
+        matches,
+        Target::Drop,
+        format!(
+            "serval:from {}/{}: source is not the workload's address",
+            ep.namespace, ep.name
+        ),
+    )
+}
+
+/// Tunnel traffic (VXLAN on UDP 4789, IPIP) is taken only from known nodes, so nobody else
+/// can inject packets that come out decapsulated as if from a pod.
+fn tunnel_guard(fam: &mut Family<'_>) -> Vec<IptRule> {
+    let hosts: Vec<IpNet> = fam
+        .inputs
+        .hosts
+        .iter()
+        .filter(|a| a.is_ipv6() == fam.v6)
+        .map(|a| IpNet::from(*a))
+        .collect();
+    let not_a_node = match hosts.as_slice() {
+        [] => Vec::new(),
+        _ => vec![Match::SrcSet(fam.net_set(&hosts), true)],
+    };
+    let mut vxlan = vec![
+        Match::Protocol(17, false),
+        Match::DstPorts(
+            vec![PortRange {
+                first: VXLAN_UDP_PORT,
+                last: VXLAN_UDP_PORT,
+            }],
+            false,
+        ),
+    ];
+    vxlan.extend(not_a_node.clone());
+    let mut rules = vec![IptRule::new(
+        vxlan,
+        Target::Drop,
+        "serval:VXLAN from an address that is not a node",
+    )];
+    if !fam.v6 {
+        let mut ipip = vec![Match::Protocol(4, false)];
+        ipip.extend(not_a_node);
+        rules.push(IptRule::new(
+            ipip,
+            Target::Drop,
+            "serval:IPIP from an address that is not a node",
+        ));
+    }
+    rules
+}
+
+/// The VXLAN port nodes use (IANA's).
+pub const VXLAN_UDP_PORT: u16 = 4789;
+
 fn endpoint_chain(
     ep: &Endpoint,
     policies: &[(&PolicyDef, String)],
@@ -687,14 +766,13 @@ pub fn compile(inputs: &PolicyInputs, v6: bool) -> Ruleset {
                 PolicyType::Ingress,
             ),
         );
-        chains.insert(
-            fw.clone(),
-            endpoint_chain(
-                ep,
-                applied.get(&(ei, PolicyType::Egress)).unwrap_or(&none),
-                PolicyType::Egress,
-            ),
-        );
+        let mut from_rules = vec![anti_spoof(&mut fam, ep)];
+        from_rules.extend(endpoint_chain(
+            ep,
+            applied.get(&(ei, PolicyType::Egress)).unwrap_or(&none),
+            PolicyType::Egress,
+        ));
+        chains.insert(fw.clone(), from_rules);
         to_dispatch.push(IptRule::new(
             vec![Match::OutIface(ep.iface.clone())],
             Target::Goto(tw),
@@ -766,31 +844,30 @@ pub fn compile(inputs: &PolicyInputs, v6: bool) -> Ruleset {
             ),
         ],
     );
-    chains.insert(
-        "serval-INPUT".into(),
-        vec![
-            IptRule::new(
-                vec![Match::InIface(pods.clone()), Match::Established],
-                Target::Accept,
-                "serval:pod connection already allowed",
-            ),
-            IptRule::new(
-                vec![Match::InIface(pods.clone())],
-                Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
-                "serval:clear marks",
-            ),
-            IptRule::new(
-                vec![Match::InIface(pods.clone())],
-                Target::Jump("serval-from-wl-dispatch".into()),
-                "serval:from pods to the host",
-            ),
-            IptRule::new(
-                vec![Match::InIface(pods), Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
-                Target::Accept,
-                "serval:policy accepted the packet",
-            ),
-        ],
-    );
+    let mut input = tunnel_guard(&mut fam);
+    input.extend([
+        IptRule::new(
+            vec![Match::InIface(pods.clone()), Match::Established],
+            Target::Accept,
+            "serval:pod connection already allowed",
+        ),
+        IptRule::new(
+            vec![Match::InIface(pods.clone())],
+            Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
+            "serval:clear marks",
+        ),
+        IptRule::new(
+            vec![Match::InIface(pods.clone())],
+            Target::Jump("serval-from-wl-dispatch".into()),
+            "serval:from pods to the host",
+        ),
+        IptRule::new(
+            vec![Match::InIface(pods), Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+            Target::Accept,
+            "serval:policy accepted the packet",
+        ),
+    ]);
+    chains.insert("serval-INPUT".into(), input);
     Ruleset {
         chains,
         sets: fam.sets,

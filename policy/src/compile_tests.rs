@@ -45,6 +45,7 @@ fn world(policies: Vec<PolicyDef>) -> PolicyInputs {
         remote: vec![ep("z", "c", "10.0.3.1")],
         namespaces,
         policies,
+        hosts: vec![],
     }
 }
 
@@ -459,4 +460,83 @@ fn a_rule_part_that_does_not_parse_never_widens_the_rule() {
         assert!(!allowed(&rs, &w, "x/b", "x/a", 6, 80), "{bad:?}");
         assert!(!allowed(&rs, &w, "ip:192.168.9.9", "x/a", 6, 80), "{bad:?}");
     }
+}
+
+#[test]
+fn a_workload_may_send_only_from_its_own_address() {
+    // No policy at all: anti-spoofing holds anyway.
+    let w = world(vec![]);
+    let rs = compile(&w, false);
+    let spoof = Packet {
+        src: "10.0.1.2".parse().unwrap(), // x/b's address, sent from x/a's interface
+        dst: "10.0.2.1".parse().unwrap(),
+        protocol: 6,
+        sport: 1,
+        dport: 80,
+        icmp: None,
+        in_iface: Some("svxa".into()),
+        out_iface: Some("svya".into()),
+    };
+    assert_eq!(evaluate(&rs, "serval-FORWARD", &spoof), Verdict::Drop);
+    // To the node itself too (BGP, BFD or the status port cannot be spoofed from a pod).
+    let to_host = Packet {
+        dst: "192.168.1.5".parse().unwrap(),
+        out_iface: None,
+        ..spoof.clone()
+    };
+    assert_eq!(evaluate(&rs, "serval-INPUT", &to_host), Verdict::Drop);
+    let genuine = Packet {
+        src: "10.0.1.1".parse().unwrap(),
+        ..spoof.clone()
+    };
+    assert_ne!(evaluate(&rs, "serval-FORWARD", &genuine), Verdict::Drop);
+    // IPv6: a workload without an IPv6 address sends nothing in IPv6.
+    let rs6 = compile(&w, true);
+    let v6 = Packet {
+        src: "fd00::9".parse().unwrap(),
+        dst: "fd00::1".parse().unwrap(),
+        ..spoof
+    };
+    assert_eq!(evaluate(&rs6, "serval-FORWARD", &v6), Verdict::Drop);
+}
+
+#[test]
+fn tunnel_packets_are_taken_only_from_nodes() {
+    let mut w = world(vec![]);
+    w.hosts = vec![
+        "192.168.1.5".parse().unwrap(),
+        "192.168.1.6".parse().unwrap(),
+    ];
+    let rs = compile(&w, false);
+    let vxlan = |src: &str| Packet {
+        src: src.parse().unwrap(),
+        dst: "192.168.1.5".parse().unwrap(),
+        protocol: 17,
+        sport: 40000,
+        dport: 4789,
+        icmp: None,
+        in_iface: Some("eth0".into()),
+        out_iface: None,
+    };
+    assert_eq!(
+        evaluate(&rs, "serval-INPUT", &vxlan("203.0.113.9")),
+        Verdict::Drop
+    );
+    assert_ne!(
+        evaluate(&rs, "serval-INPUT", &vxlan("192.168.1.6")),
+        Verdict::Drop
+    );
+    let ipip = Packet {
+        protocol: 4,
+        dport: 0,
+        ..vxlan("203.0.113.9")
+    };
+    assert_eq!(evaluate(&rs, "serval-INPUT", &ipip), Verdict::Drop);
+    // Other traffic to the node is not Serval's business.
+    let ssh = Packet {
+        protocol: 6,
+        dport: 22,
+        ..vxlan("203.0.113.9")
+    };
+    assert_ne!(evaluate(&rs, "serval-INPUT", &ssh), Verdict::Drop);
 }

@@ -64,6 +64,7 @@ fn model(policies: &[serde_json::Value]) -> (PolicyInputs, Ruleset) {
         remote: vec![],
         namespaces,
         policies,
+        hosts: vec![],
     };
     let rs = compile(&inputs, false);
     (inputs, rs)

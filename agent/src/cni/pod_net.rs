@@ -133,7 +133,12 @@ async fn plumb(
     let conf = format!("/proc/sys/net/ipv4/conf/{}", pod.host_ifname);
     sysctl(&format!("{conf}/proxy_arp"), "1")?;
     sysctl(&format!("{conf}/forwarding"), "1")?;
-    sysctl(&format!("{conf}/route_localnet"), "1")?;
+    // Anti-spoofing: strict reverse-path filtering (the pod's /32 is routed back through
+    // this veth, so only its own source passes) and no routing to 127.0.0.0/8 from the pod,
+    // so node services bound to loopback stay out of its reach (no Serval feature needs
+    // route_localnet; set explicitly in case the host's default says otherwise).
+    sysctl(&format!("{conf}/rp_filter"), "1")?;
+    sysctl(&format!("{conf}/route_localnet"), "0")?;
     sysctl(
         &format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", pod.host_ifname),
         "0",

@@ -267,6 +267,18 @@ impl ClusterState {
                     [(cp::NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())].into()
                 });
         }
+        // Every node's underlay addresses: the only sources of tunnel traffic.
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        inputs.hosts = self
+            .nodes
+            .values()
+            .filter_map(|n| n.spec.bgp.as_ref())
+            .flat_map(|b| [parse(&b.ipv4_address), parse(&b.ipv6_address)])
+            .flatten()
+            .map(|n| n.addr())
+            .collect();
+        inputs.hosts.sort();
+        inputs.hosts.dedup();
         let mut add =
             |key: String,
              r: Result<serval_policy::compile::PolicyDef, String>,

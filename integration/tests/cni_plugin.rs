@@ -47,13 +47,25 @@ impl Lab {
     }
 
     fn call(&self, command: &str, id: &str, pod: &Netns, conf: &str) -> CniCall {
+        self.call_as(command, id, id, pod, conf)
+    }
+
+    /// A call for sandbox `container` of pod `name` (a recreated pod keeps its name).
+    fn call_as(
+        &self,
+        command: &str,
+        container: &str,
+        name: &str,
+        pod: &Netns,
+        conf: &str,
+    ) -> CniCall {
         let netns = format!("/run/netns/{}", pod.name());
-        let args = format!("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME={id};IgnoreUnknown=1");
+        let args = format!("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME={name};IgnoreUnknown=1");
         cni(
             &self.node,
             &[
                 ("CNI_COMMAND", command),
-                ("CNI_CONTAINERID", id),
+                ("CNI_CONTAINERID", container),
                 ("CNI_NETNS", &netns),
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_ARGS", &args),
@@ -394,4 +406,75 @@ async fn dual_stack_pods_get_both_families_and_reach_each_other() {
     // DEL releases both families.
     assert_eq!(lab.call("DEL", "ds1", &p1, &conf).code, 0);
     assert!(lab.handle_ips("ds1").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_pods_old_sandbox_del_never_touches_the_new_one() {
+    let Some(lab) = lab("cni_sandbox_scoping").await else {
+        return;
+    };
+    let conf = lab.conf(json!({}));
+    let wep_name = serval_agent::cni::plugin::endpoint_name("node-a", "web", "eth0");
+    let wep_owner = || async {
+        lab.ds
+            .get::<WorkloadEndpoint>(Some("ns1"), &wep_name)
+            .await
+            .unwrap()
+            .map(|w| w.spec.container_id)
+    };
+    let usual = host_interface_name("ns1", "web");
+
+    // Order 1: the new sandbox's ADD comes before the old one's DEL.
+    let old = Netns::new("sbold").unwrap();
+    let new = Netns::new("sbnew").unwrap();
+    let a = lab.call_as("ADD", "c-old", "web", &old, &conf);
+    assert_eq!(a.code, 0, "{}", a.stdout);
+    assert_eq!(a.json()["interfaces"][0]["name"], usual);
+    let b = lab.call_as("ADD", "c-new", "web", &new, &conf);
+    assert_eq!(b.code, 0, "{}", b.stdout);
+    let new_if = b.json()["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_if, usual, "the old sandbox still holds the usual name");
+    assert!(
+        links(&lab.node).contains(&format!("{usual}@")),
+        "ADD did not delete the other container's veth"
+    );
+    assert_eq!(wep_owner().await.as_deref(), Some("c-new"));
+    let new_ips = lab.handle_ips("c-new").await;
+    let d = lab.call_as("DEL", "c-old", "web", &old, &conf);
+    assert_eq!(d.code, 0, "{}", d.stdout);
+    let l = links(&lab.node);
+    assert!(!l.contains(&format!("{usual}@")), "old veth gone: {l}");
+    assert!(l.contains(&format!("{new_if}@")), "new veth kept: {l}");
+    assert!(lab.handle_ips("c-old").await.is_empty());
+    assert_eq!(lab.handle_ips("c-new").await, new_ips, "new address kept");
+    assert_eq!(
+        wep_owner().await.as_deref(),
+        Some("c-new"),
+        "new endpoint kept"
+    );
+    // The new sandbox still passes CHECK.
+    let mut prev: Value = serde_json::from_str(&conf).unwrap();
+    prev["prevResult"] = b.json();
+    let c = lab.call_as("CHECK", "c-new", "web", &new, &prev.to_string());
+    assert_eq!(c.code, 0, "{}", c.stdout);
+    let d = lab.call_as("DEL", "c-new", "web", &new, &conf);
+    assert_eq!(d.code, 0, "{}", d.stdout);
+    assert!(wep_owner().await.is_none());
+
+    // Order 2: DEL of the old sandbox first, then ADD of the new one: the usual name.
+    let old2 = Netns::new("sbold2").unwrap();
+    let new2 = Netns::new("sbnew2").unwrap();
+    assert_eq!(lab.call_as("ADD", "c-1", "web", &old2, &conf).code, 0);
+    assert_eq!(lab.call_as("DEL", "c-1", "web", &old2, &conf).code, 0);
+    let e = lab.call_as("ADD", "c-2", "web", &new2, &conf);
+    assert_eq!(e.code, 0, "{}", e.stdout);
+    assert_eq!(e.json()["interfaces"][0]["name"], usual);
+    // A late, repeated DEL of the old sandbox changes nothing.
+    assert_eq!(lab.call_as("DEL", "c-1", "web", &old2, &conf).code, 0);
+    assert!(links(&lab.node).contains(&format!("{usual}@")));
+    assert_eq!(wep_owner().await.as_deref(), Some("c-2"));
+    assert_eq!(lab.call_as("DEL", "c-2", "web", &new2, &conf).code, 0);
 }

@@ -214,12 +214,19 @@ pub fn pod_mtu(host_mtu: u32, pools: &[PoolRouting]) -> u32 {
 }
 
 /// The host-side interface of a pod: `sv` + 11 hex characters of SHA-1 of "namespace.pod"
-/// (Calico's scheme with our prefix), so a restarted agent finds the same names.
+/// (Calico's scheme with our prefix).
 pub fn host_interface_name(namespace: &str, pod: &str) -> String {
     let digest = sha1_smol::Sha1::from(format!("{namespace}.{pod}"))
         .digest()
         .to_string();
     format!("sv{}", &digest[..11])
+}
+
+/// The host-side interface for a sandbox whose pod's usual name
+/// ([`host_interface_name`]) is still held by another container (the pod was recreated
+/// before the old sandbox's DEL): the same scheme over "namespace.pod.containerID".
+pub fn sandbox_interface_name(namespace: &str, pod: &str, container_id: &str) -> String {
+    host_interface_name(namespace, &format!("{pod}.{container_id}"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::spec::{
     AddResult, CniEnv, CniError, ErrorCode, NODENAME_FILE, NetConf, ResultInterface, ResultIp,
     ResultRoute,
 };
-use crate::calc::routes::host_interface_name;
+use crate::calc::routes::{host_interface_name, sandbox_interface_name};
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::tunnel::format_mac;
 use crate::datastore::{
@@ -237,10 +237,10 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
         }
         e
     };
-    let host_ifname = host_interface_name(&namespace, &pod);
     let mtu = pod_mtu(conf);
     let spec = PodNetwork {
-        host_ifname: host_ifname.clone(),
+        host_ifnames: host_ifnames(env),
+        owner: env.container_id.clone(),
         container_ifname: env.ifname.clone(),
         netns: netns.clone(),
         addresses: addresses.clone(),
@@ -259,6 +259,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
         Ok(a) => a,
         Err(e) => return Err(undo_ipam(pod_net_error(e)).await),
     };
+    let host_ifname = attached.host_ifname.clone();
     let wep = WorkloadEndpoint {
         metadata: ObjectMeta {
             name: Some(endpoint_name(&node, &pod, &env.ifname)),
@@ -282,7 +283,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
         },
     };
     if let Err(e) = write_endpoint(&ds, wep).await {
-        let _ = pod_net::teardown(&host, &host_ifname).await;
+        let _ = pod_net::teardown(&host, &spec.host_ifnames, &spec.owner).await;
         return Err(undo_ipam(
             CniError::new(
                 ErrorCode::TryAgainLater,
@@ -359,15 +360,24 @@ async fn write_endpoint(
     }
 }
 
-/// DEL: removes the plumbing, releases the addresses, deletes the endpoint. Parts already
-/// gone are fine.
+/// The host interface names a sandbox may use (see [`sandbox_interface_name`]).
+fn host_ifnames(env: &CniEnv) -> Vec<String> {
+    let (namespace, pod) = env.pod();
+    vec![
+        host_interface_name(&namespace, &pod),
+        sandbox_interface_name(&namespace, &pod, &env.container_id),
+    ]
+}
+
+/// DEL: removes this container's plumbing, releases its addresses, deletes the endpoint if
+/// it is still this container's. Parts already gone are fine; nothing of a newer sandbox of
+/// the same pod (another container ID) is touched, as Calico checks.
 pub async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let (namespace, pod) = env.pod();
-    let host_ifname = host_interface_name(&namespace, &pod);
     // The plumbing first: the pod loses its network even when the datastore is down.
     let host = Netlink::connect()
         .map_err(|e| CniError::new(ErrorCode::Io, "cannot open netlink").with_details(e))?;
-    pod_net::teardown(&host, &host_ifname)
+    pod_net::teardown(&host, &host_ifnames(env), &env.container_id)
         .await
         .map_err(pod_net_error)?;
     let node = node_name(conf)?;
@@ -377,11 +387,38 @@ pub async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .await
         .map_err(ipam_error)?;
     let name = endpoint_name(&node, &pod, &env.ifname);
+    let current = ds
+        .get::<WorkloadEndpoint>(Some(&namespace), &name)
+        .await
+        .map_err(datastore_unreachable)?;
+    let Some(current) = current else {
+        return Ok(());
+    };
+    if current.spec.container_id != env.container_id {
+        // The pod was recreated: the endpoint is the new sandbox's.
+        return Ok(());
+    }
+    // Delete exactly the version we looked at: if the new sandbox's ADD rewrote it in
+    // between, the delete fails and is checked again.
     match ds
-        .delete::<WorkloadEndpoint>(Some(&namespace), &name, None)
+        .delete::<WorkloadEndpoint>(
+            Some(&namespace),
+            &name,
+            current.metadata.resource_version.as_deref(),
+        )
         .await
     {
         Ok(()) | Err(DatastoreError::NotFound { .. }) => Ok(()),
+        Err(DatastoreError::Conflict { .. }) => {
+            match ds.get::<WorkloadEndpoint>(Some(&namespace), &name).await {
+                Ok(Some(w)) if w.spec.container_id == env.container_id => Err(CniError::new(
+                    ErrorCode::TryAgainLater,
+                    "the WorkloadEndpoint changed while being deleted",
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(datastore_unreachable(e)),
+            }
+        }
         Err(e) => Err(datastore_unreachable(e)),
     }
 }
@@ -413,9 +450,9 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 })
         })
         .collect::<Result<_, _>>()?;
-    let (namespace, pod) = env.pod();
     let spec = PodNetwork {
-        host_ifname: host_interface_name(&namespace, &pod),
+        host_ifnames: host_ifnames(env),
+        owner: env.container_id.clone(),
         container_ifname: env.ifname.clone(),
         netns: env.netns.clone().expect("validated: CHECK has CNI_NETNS"),
         addresses: addresses.clone(),

@@ -26,8 +26,12 @@ pub const HOST_VETH_LINK_LOCAL: std::net::Ipv6Addr =
 /// What to build for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodNetwork {
-    /// Host-side interface name.
-    pub host_ifname: String,
+    /// Host-side interface names to use, in order of preference: the pod's usual name,
+    /// then one unique to the sandbox for when another container still holds the first.
+    pub host_ifnames: Vec<String>,
+    /// The container ID, recorded as the host veth's alias: only its own container's
+    /// ADD or DEL may remove it.
+    pub owner: String,
     /// Interface inside the pod (`CNI_IFNAME`).
     pub container_ifname: String,
     /// The pod's network namespace path (`CNI_NETNS`).
@@ -41,6 +45,8 @@ pub struct PodNetwork {
 /// What was built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodAttachment {
+    /// The host-side interface name used.
+    pub host_ifname: String,
     /// The container interface's MAC.
     pub container_mac: String,
 }
@@ -75,6 +81,9 @@ pub enum PodNetError {
     /// CHECK found a difference.
     #[error("{0}")]
     Mismatch(String),
+    /// Every host interface name this sandbox may use belongs to other containers.
+    #[error("host interfaces {0:?} belong to other containers")]
+    NamesTaken(Vec<String>),
 }
 
 fn host_prefix(ip: IpAddr) -> IpNet {
@@ -95,6 +104,22 @@ fn open_netns(path: &str) -> Result<std::fs::File, PodNetError> {
     })
 }
 
+/// The first host interface name that is free or already this container's (a leftover of
+/// its own failed attempt, removed here). Another container's veth is never touched.
+async fn claim_name(host: &Netlink, pod: &PodNetwork) -> Result<String, PodNetError> {
+    for name in &pod.host_ifnames {
+        match host.link(name).await? {
+            None => return Ok(name.clone()),
+            Some(l) if l.alias.as_deref() == Some(pod.owner.as_str()) => {
+                host.del_link(l.index).await?;
+                return Ok(name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    Err(PodNetError::NamesTaken(pod.host_ifnames.clone()))
+}
+
 /// Builds the pod's network. On failure everything it made is removed again.
 pub async fn setup(host: &Netlink, pod: &PodNetwork) -> Result<PodAttachment, PodNetError> {
     let ns_file = open_netns(&pod.netns)?;
@@ -102,17 +127,14 @@ pub async fn setup(host: &Netlink, pod: &PodNetwork) -> Result<PodAttachment, Po
     if inside.link(&pod.container_ifname).await?.is_some() {
         return Err(PodNetError::Exists(pod.container_ifname.clone()));
     }
-    // A host veth of the same name is a leftover of a failed earlier attempt: replace it.
-    if let Some(stale) = host.link(&pod.host_ifname).await? {
-        host.del_link(stale.index).await?;
-    }
-    host.add_veth_into(&pod.host_ifname, &pod.container_ifname, &ns_file, pod.mtu)
+    let host_ifname = claim_name(host, pod).await?;
+    host.add_veth_into(&host_ifname, &pod.container_ifname, &ns_file, pod.mtu)
         .await?;
-    match plumb(host, &inside, pod).await {
+    match plumb(host, &inside, pod, &host_ifname).await {
         Ok(a) => Ok(a),
         Err(e) => {
             // Deleting the host end removes the pod end too.
-            if let Ok(Some(l)) = host.link(&pod.host_ifname).await {
+            if let Ok(Some(l)) = host.link(&host_ifname).await {
                 let _ = host.del_link(l.index).await;
             }
             Err(e)
@@ -124,13 +146,15 @@ async fn plumb(
     host: &Netlink,
     inside: &Netlink,
     pod: &PodNetwork,
+    host_ifname: &str,
 ) -> Result<PodAttachment, PodNetError> {
     let h = host
-        .link(&pod.host_ifname)
+        .link(host_ifname)
         .await?
-        .ok_or_else(|| DataplaneError::NoDevice(pod.host_ifname.clone()))?;
+        .ok_or_else(|| DataplaneError::NoDevice(host_ifname.to_string()))?;
+    host.set_alias(h.index, &pod.owner).await?;
     host.set_mac(h.index, HOST_VETH_MAC).await?;
-    let conf = format!("/proc/sys/net/ipv4/conf/{}", pod.host_ifname);
+    let conf = format!("/proc/sys/net/ipv4/conf/{host_ifname}");
     sysctl(&format!("{conf}/proxy_arp"), "1")?;
     sysctl(&format!("{conf}/forwarding"), "1")?;
     // Anti-spoofing: strict reverse-path filtering (the pod's /32 is routed back through
@@ -140,12 +164,12 @@ async fn plumb(
     sysctl(&format!("{conf}/rp_filter"), "1")?;
     sysctl(&format!("{conf}/route_localnet"), "0")?;
     sysctl(
-        &format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", pod.host_ifname),
+        &format!("/proc/sys/net/ipv4/neigh/{host_ifname}/proxy_delay"),
         "0",
     )?;
     let v6 = pod.addresses.iter().any(IpAddr::is_ipv6);
     if v6 {
-        let conf6 = format!("/proc/sys/net/ipv6/conf/{}", pod.host_ifname);
+        let conf6 = format!("/proc/sys/net/ipv6/conf/{host_ifname}");
         sysctl(&format!("{conf6}/disable_ipv6"), "0")?;
         sysctl(&format!("{conf6}/accept_dad"), "0")?;
         sysctl(&format!("{conf6}/accept_ra"), "0")?;
@@ -187,31 +211,49 @@ async fn plumb(
             .await?;
     }
     Ok(PodAttachment {
+        host_ifname: host_ifname.to_string(),
         container_mac: c.mac.as_ref().map(format_mac).unwrap_or_default(),
     })
 }
 
-/// Removes the host veth (and with it the pod end and the host routes). Returns whether it
-/// existed; a missing one is success (DEL is idempotent).
-pub async fn teardown(host: &Netlink, host_ifname: &str) -> Result<bool, PodNetError> {
-    match host.link(host_ifname).await? {
-        Some(l) => {
+/// Removes the container's host veth (and with it the pod end and the host routes) under
+/// whichever of `names` it has. A veth of another container (its alias says so) is left
+/// alone: DEL for an old sandbox never touches the pod's new one. Returns whether one was
+/// removed; none is success (DEL is idempotent).
+pub async fn teardown(host: &Netlink, names: &[String], owner: &str) -> Result<bool, PodNetError> {
+    let mut removed = false;
+    for name in names {
+        if let Some(l) = host.link(name).await?
+            && l.alias.as_deref() == Some(owner)
+        {
             host.del_link(l.index).await?;
-            Ok(true)
+            removed = true;
         }
-        None => Ok(false),
     }
+    Ok(removed)
 }
 
 /// Verifies the plumbing is still as ADD left it.
 pub async fn check(host: &Netlink, pod: &PodNetwork) -> Result<(), PodNetError> {
-    let h = host.link(&pod.host_ifname).await?.ok_or_else(|| {
-        PodNetError::Mismatch(format!("host interface {} is missing", pod.host_ifname))
+    let mut mine = None;
+    for name in &pod.host_ifnames {
+        if let Some(l) = host.link(name).await?
+            && l.alias.as_deref() == Some(pod.owner.as_str())
+        {
+            mine = Some(l);
+            break;
+        }
+    }
+    let h = mine.ok_or_else(|| {
+        PodNetError::Mismatch(format!(
+            "no host interface of this container ({:?})",
+            pod.host_ifnames
+        ))
     })?;
     if !h.up {
         return Err(PodNetError::Mismatch(format!(
             "host interface {} is down",
-            pod.host_ifname
+            h.name
         )));
     }
     let inside = Netlink::connect_in(Path::new(&pod.netns))?;
@@ -235,7 +277,7 @@ pub async fn check(host: &Netlink, pod: &PodNetwork) -> Result<(), PodNetError> 
             return Err(PodNetError::Mismatch(format!(
                 "the host has no route {} dev {}",
                 host_prefix(*ip),
-                pod.host_ifname
+                h.name
             )));
         }
     }

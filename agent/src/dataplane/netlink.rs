@@ -60,6 +60,9 @@ pub struct LinkState {
     pub mac: Option<[u8; 6]>,
     /// VXLAN parameters (VNI, UDP port, local address), for VXLAN links.
     pub vxlan: Option<(u32, u16, Option<Ipv4Addr>)>,
+    /// The interface alias (`ip link set DEV alias ...`); on pod veths, the owning
+    /// container's ID.
+    pub alias: Option<String>,
 }
 
 /// A rtnetlink connection (to the namespace it was opened in) with its driver task.
@@ -320,6 +323,19 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err(format!("set MAC on link {index}")))
+    }
+
+    /// Sets a link's alias (what owns it).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), DataplaneError> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .alias(alias)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl_err(format!("set alias on link {index}")))
     }
 
     /// Brings a link up.
@@ -660,10 +676,12 @@ fn link_state(m: &LinkMessage) -> LinkState {
         up: m.header.flags.contains(LinkFlags::Up),
         mac: None,
         vxlan: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => out.name = n.clone(),
+            LinkAttribute::IfAlias(a) => out.alias = Some(a.clone()),
             LinkAttribute::Mtu(mtu) => out.mtu = *mtu,
             LinkAttribute::Address(b) => out.mac = b.as_slice().try_into().ok(),
             LinkAttribute::LinkInfo(infos) => {

@@ -305,6 +305,7 @@ mod tests {
             up,
             mac: None,
             vxlan: None,
+            alias: None,
         }
     }
 

@@ -164,6 +164,30 @@ pub async fn serve_node(
     .await
 }
 
+/// The metrics-only listener (SERVAL_METRICS_ADDRESS): `/metrics` and nothing else, so it
+/// can face the network while `/status` and `/routes` stay on loopback.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    speaker: SpeakerHandle,
+    node: crate::node_metrics::NodeMetrics,
+) -> std::io::Result<()> {
+    let app = metrics_router(AppState {
+        speaker,
+        ready: None,
+        node: Some(node),
+        require_bgp: false,
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics listening");
+    axum::serve(listener, app).await
+}
+
+fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 async fn serve_state(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let app = Router::new()
         .route("/status", get(status))
@@ -175,4 +199,45 @@ async fn serve_state(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP status and metrics listening");
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn get_status(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.lines().next().unwrap_or("").to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_metrics_listener_serves_metrics_and_nothing_else() {
+        let mut cfg = serval_bgp::config::SpeakerConfig::new("10.0.0.1".parse().unwrap(), 65001);
+        cfg.listen_address = None;
+        let speaker = SpeakerHandle::start(cfg).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = metrics_router(AppState {
+            speaker: speaker.clone(),
+            ready: None,
+            node: Some(crate::node_metrics::NodeMetrics::default()),
+            require_bgp: false,
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let lines = tokio::task::spawn_blocking(move || {
+            ["/metrics", "/status", "/routes", "/readyz"].map(|p| get_status(addr, p))
+        })
+        .await
+        .unwrap();
+        assert!(lines[0].contains("200"), "{lines:?}");
+        for l in &lines[1..] {
+            assert!(l.contains("404"), "{lines:?}");
+        }
+        speaker.shutdown().await.unwrap();
+    }
 }

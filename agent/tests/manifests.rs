@@ -99,7 +99,17 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
                     configmaps.push((file.clone(), round_trip::<ConfigMap>(&file, &doc)))
                 }
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-                    drop(round_trip::<ClusterRole>(&file, &doc))
+                    let role = round_trip::<ClusterRole>(&file, &doc);
+                    for rule in role.rules.iter().flatten() {
+                        assert!(
+                            !rule
+                                .resources
+                                .iter()
+                                .flatten()
+                                .any(|r| r == "secrets" || r == "*"),
+                            "{file}: no cluster-wide access to Secrets"
+                        );
+                    }
                 }
                 ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                     drop(round_trip::<ClusterRoleBinding>(&file, &doc))
@@ -110,6 +120,10 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
                     for rule in role.rules.iter().flatten() {
                         if rule.resources.iter().flatten().any(|r| r == "secrets") {
                             assert_eq!(rule.verbs, ["get"], "{file}: secrets are only read");
+                            assert!(
+                                rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
+                                "{file}: Secrets only by name (resourceNames), never all of them"
+                            );
                             secret_role = true;
                         }
                     }
@@ -211,6 +225,36 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
             sc.privileged,
             Some(false),
             "{file}: the agent runs unprivileged"
+        );
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{file}");
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{file}"
+        );
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(
+            caps.drop.as_deref(),
+            Some(&["ALL".to_string()][..]),
+            "{file}"
+        );
+        let mut added = caps.add.clone().unwrap_or_default();
+        added.sort();
+        assert_eq!(
+            added,
+            ["NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"],
+            "{file}"
+        );
+        let status_env = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SERVAL_HTTP_ADDRESS")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
+        assert!(
+            status_env.starts_with("127.0.0.1:"),
+            "{file}: the status API stays on loopback"
         );
         assert!(
             agent.liveness_probe.is_some() && agent.readiness_probe.is_some(),

@@ -32,9 +32,14 @@ pub struct RunArgs {
     /// This node's AS (default: the cluster's, from BGPConfiguration, else 64512).
     #[arg(long = "as", env = "AS")]
     pub as_number: Option<u32>,
-    /// Where `/status`, `/metrics`, `/livez` and `/readyz` are served.
+    /// Where `/status`, `/routes`, `/metrics`, `/livez` and `/readyz` are served: a loopback
+    /// address only (the status API has no authentication).
     #[arg(long, env = "SERVAL_HTTP_ADDRESS", default_value = "127.0.0.1:9179")]
     pub http_address: SocketAddr,
+    /// A separate listener serving only `/metrics` for Prometheus (Felix's
+    /// prometheusMetricsEnabled + port 9091), e.g. `0.0.0.0:9091`; empty (the default) is off.
+    #[arg(long, env = "SERVAL_METRICS_ADDRESS", default_value = "")]
+    pub metrics_address: String,
     /// Where the node name and pod MTU are written for serval-cni.
     #[arg(long, env = "SERVAL_VAR_DIR", default_value = "/var/lib/serval")]
     pub var_dir: PathBuf,
@@ -73,6 +78,21 @@ pub struct RunArgs {
     /// it from the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub namespace: String,
+    /// The host's CNI configuration directory as mounted here: with the Kubernetes datastore
+    /// the agent keeps serval-cni's kubeconfig token fresh in it (skipped when absent).
+    #[arg(
+        long,
+        env = "SERVAL_CNI_CONF_DIR",
+        default_value = "/host/etc/cni/net.d"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// Where the service-account token and CA are mounted.
+    #[arg(
+        long,
+        env = "SERVAL_SERVICE_ACCOUNT_DIR",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
+    )]
+    pub service_account_dir: PathBuf,
 }
 
 /// How the node's address is chosen.
@@ -97,8 +117,15 @@ pub struct NodeConfig {
     pub address: AddressSource,
     /// The AS to record on the Node.
     pub as_number: Option<u32>,
-    /// HTTP endpoint.
+    /// HTTP endpoint (loopback).
     pub http_address: SocketAddr,
+    /// serval-cni's configuration directory and the service-account directory, for the
+    /// plugin's kubeconfig refresh.
+    pub cni_conf_dir: PathBuf,
+    /// See [`RunArgs::service_account_dir`].
+    pub service_account_dir: PathBuf,
+    /// The metrics-only listener, when on.
+    pub metrics_address: Option<SocketAddr>,
     /// The directory shared with serval-cni.
     pub var_dir: PathBuf,
     /// Full resync period.
@@ -195,6 +222,24 @@ impl RunArgs {
 
     /// Validates; `hostname` is the fallback node name.
     pub fn validate(&self, hostname: &str) -> Result<NodeConfig, ConfigError> {
+        if !self.http_address.ip().is_loopback() {
+            return Err(bad(
+                "SERVAL_HTTP_ADDRESS",
+                format!(
+                    "{}: the status API (/status, /routes) has no authentication and stays on a loopback address; to expose metrics use SERVAL_METRICS_ADDRESS",
+                    self.http_address
+                ),
+            ));
+        }
+        let metrics_address = match self.metrics_address.trim() {
+            "" | "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|e| {
+                bad(
+                    "SERVAL_METRICS_ADDRESS",
+                    format!("{text:?}: {e} (expected ADDRESS:PORT such as 0.0.0.0:9091, or empty for off)"),
+                )
+            })?),
+        };
         let node_name = self
             .node_name
             .clone()
@@ -311,6 +356,9 @@ impl RunArgs {
             address,
             as_number: self.as_number,
             http_address: self.http_address,
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            service_account_dir: self.service_account_dir.clone(),
+            metrics_address,
             var_dir: self.var_dir.clone(),
             route_refresh: Duration::from_secs(self.route_refresh_interval),
         })
@@ -418,5 +466,27 @@ mod tests {
             e(&["--ipv4pool-vxlan", "sometimes"]).variable,
             "SERVAL_IPV4POOL_VXLAN"
         );
+        // The status API never leaves loopback; metrics have their own listener.
+        let m = e(&["--http-address", "0.0.0.0:9179"]);
+        assert_eq!(m.variable, "SERVAL_HTTP_ADDRESS");
+        assert!(m.message.contains("SERVAL_METRICS_ADDRESS"), "{m}");
+        assert_eq!(
+            e(&["--metrics-address", "everywhere"]).variable,
+            "SERVAL_METRICS_ADDRESS"
+        );
+    }
+
+    #[test]
+    fn metrics_listener_is_off_unless_asked_for() {
+        let c = args(&[]).validate("h").unwrap();
+        assert_eq!(c.metrics_address, None);
+        let c = args(&["--metrics-address", "0.0.0.0:9091"])
+            .validate("h")
+            .unwrap();
+        assert_eq!(c.metrics_address, Some("0.0.0.0:9091".parse().unwrap()));
+        let c = args(&["--http-address", "[::1]:9179"])
+            .validate("h")
+            .unwrap();
+        assert!(c.http_address.ip().is_loopback());
     }
 }

@@ -89,15 +89,80 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes via a temporary file and a rename, so the runtime never reads half a file.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("serval-tmp");
-    std::fs::write(&tmp, contents).map_err(io("write", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+/// Writes via a temporary file and a rename, so the runtime never reads half a file. The
+/// temporary file is created with `mode` (no window in which a token is world-readable),
+/// and synced before it replaces the old one.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension(format!("serval-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    // The umask may have narrowed the mode; make it exact (never wider than asked).
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("chmod", &tmp))?;
+    f.write_all(contents).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(io("rename into", path))
 }
+
+/// Seconds since the epoch at which a service-account token (a JWT) expires, if it says.
+pub fn token_expiry(token: &str) -> Option<u64> {
+    let payload = token.trim().split('.').nth(1)?;
+    let json = base64url_decode(payload)?;
+    serde_json::from_slice::<serde_json::Value>(&json).ok()?["exp"].as_u64()
+}
+
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Rewrites the plugin's kubeconfig (mode 0600) when the service-account token or CA has
+/// changed, as calico-node keeps its CNI plugin's token fresh: the kubelet rotates the
+/// projected token well before it expires, and a copy made once at install would expire
+/// with it. Returns whether the file was rewritten.
+pub fn refresh_kubeconfig(
+    sa_dir: &Path,
+    conf_dir: &Path,
+    host: &str,
+    port: &str,
+) -> Result<bool, InstallError> {
+    let want = render_kubeconfig(sa_dir, host, port)?;
+    let path = conf_dir.join(KUBECONFIG_NAME);
+    if std::fs::read_to_string(&path).is_ok_and(|have| have == want) {
+        return Ok(false);
+    }
+    write_atomic(&path, want.as_bytes(), 0o600)?;
+    Ok(true)
+}
+
+/// The plugin's kubeconfig file name in the CNI configuration directory.
+pub const KUBECONFIG_NAME: &str = "serval-kubeconfig";
 
 /// Fills in the template.
 pub fn render_network_config(args: &InstallArgs) -> Result<String, InstallError> {
@@ -166,10 +231,8 @@ pub fn install(args: &InstallArgs) -> Result<Vec<PathBuf>, InstallError> {
         let host = std::env::var("KUBERNETES_SERVICE_HOST")
             .map_err(|_| InstallError::Kubeconfig("KUBERNETES_SERVICE_HOST is not set".into()))?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let kc = render_kubeconfig(&args.service_account_dir, &host, &port)?;
-        let path = args.conf_dir.join("serval-kubeconfig");
-        write_atomic(&path, kc.as_bytes(), 0o600)?;
-        written.push(path);
+        refresh_kubeconfig(&args.service_account_dir, &args.conf_dir, &host, &port)?;
+        written.push(args.conf_dir.join(KUBECONFIG_NAME));
     }
     let conf = render_network_config(args)?;
     let path = args.conf_dir.join(&args.conf_name);
@@ -226,6 +289,48 @@ mod tests {
         };
         assert!(matches!(install(&bad), Err(InstallError::Template(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_plugin_kubeconfig_follows_token_rotation_and_is_never_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("serval-kc-{}", std::process::id()));
+        let (sa, conf) = (dir.join("sa"), dir.join("net.d"));
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(sa.join("ca.crt"), b"CA").unwrap();
+        std::fs::write(sa.join("token"), "first").unwrap();
+        assert!(refresh_kubeconfig(&sa, &conf, "10.96.0.1", "443").unwrap());
+        assert!(
+            !refresh_kubeconfig(&sa, &conf, "10.96.0.1", "443").unwrap(),
+            "unchanged"
+        );
+        // The kubelet rotated the token: the copy follows.
+        std::fs::write(sa.join("token"), "second").unwrap();
+        assert!(refresh_kubeconfig(&sa, &conf, "10.96.0.1", "443").unwrap());
+        let path = conf.join(KUBECONFIG_NAME);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("token: second")
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(&conf)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("serval-tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_expiry_is_read_from_the_jwt() {
+        // {"alg":"none"} . {"exp":1767225600,"sub":"x"} . (no signature)
+        let token = "eyJhbGciOiJub25lIn0.eyJleHAiOjE3NjcyMjU2MDAsInN1YiI6IngifQ.";
+        assert_eq!(token_expiry(token), Some(1_767_225_600));
+        assert_eq!(token_expiry("not a jwt"), None);
     }
 
     #[test]

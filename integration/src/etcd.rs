@@ -16,6 +16,100 @@ pub struct EtcdServer {
     data: std::path::PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the files, and a plain metrics port for the health check.
+    tls: Option<(EtcdTls, u16)>,
+}
+
+/// Certificates made for one test with openssl: a CA, etcd's server certificate for
+/// 127.0.0.1, and a client certificate.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// etcd's certificate and key.
+    pub server_cert: std::path::PathBuf,
+    /// etcd's key.
+    pub server_key: std::path::PathBuf,
+    /// A client certificate the CA signed.
+    pub client_cert: std::path::PathBuf,
+    /// Its key.
+    pub client_key: std::path::PathBuf,
+}
+
+impl EtcdTls {
+    /// Makes a CA and two certificates in `dir` (P-256 keys, valid one day).
+    pub fn generate(dir: &std::path::Path, ca_name: &str) -> EtcdTls {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req", "-x509", "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
+        ];
+        ca.extend(ec);
+        let subj = format!("/CN={ca_name}");
+        ca.extend(["-subj", &subj]);
+        run(&ca);
+        for (name, cn, ext) in [
+            (
+                "server",
+                "etcd",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "serval-node", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, crt, extf) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.join(&extf), ext).expect("write ext");
+            let subj = format!("/CN={cn}");
+            let mut req = vec!["req", "-keyout", &key, "-out", &csr, "-subj", &subj];
+            req.extend(ec);
+            run(&req);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &crt,
+                "-extfile",
+                &extf,
+            ]);
+        }
+        EtcdTls {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -54,16 +148,57 @@ impl EtcdServer {
             data,
             client_port: free_port(),
             peer_port: free_port(),
+            tls: None,
         };
         server.spawn();
         Some(server)
     }
 
+    /// Starts etcd serving clients over TLS only and requiring a client certificate signed
+    /// by the generated CA (`--client-cert-auth`), as a hardened cluster runs it.
+    pub fn start_tls(test: &str) -> Option<(EtcdServer, EtcdTls)> {
+        if !require::have("etcd") || !require::have("openssl") {
+            if require::in_ci() {
+                panic!("{test}: `etcd` or `openssl` is missing but CI installs them");
+            }
+            eprintln!("SKIP {test}: `etcd` or `openssl` is not installed (run scripts/setup)");
+            return None;
+        }
+        let dir = Scratch::new("etcd-tls");
+        let tls = EtcdTls::generate(&dir.0, "serval-test-ca");
+        let data = dir.path("data");
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            data,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: Some((tls.clone(), free_port())),
+        };
+        server.spawn();
+        Some((server, tls))
+    }
+
     fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path("etcd.log")).expect("etcd log file");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some((tls, metrics)) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .args([
+                    "--listen-metrics-urls",
+                    &format!("http://127.0.0.1:{metrics}"),
+                ]);
+        }
+        let child = cmd
             .args(["--name", "serval-test"])
             .arg("--data-dir")
             .arg(&self.data)
@@ -93,7 +228,9 @@ impl EtcdServer {
     /// Whether etcd's `/health` endpoint says it has a leader and serves requests.
     fn healthy(&self) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        // Over TLS the health check goes to the plain metrics listener.
+        let port = self.tls.as_ref().map_or(self.client_port, |(_, m)| *m);
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
@@ -118,7 +255,8 @@ impl EtcdServer {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client address (for a [`crate::LoopbackForward`] into a namespace).

@@ -18,7 +18,7 @@ pub mod probe;
 pub mod require;
 
 pub use daemon::Daemon;
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTls};
 pub use forward::LoopbackForward;
 pub use netns::{Netns, link};
 pub use poll::eventually;

@@ -24,9 +24,9 @@ struct Cli {
         global = true
     )]
     datastore_type: String,
-    /// Comma-separated etcd endpoints.
-    #[arg(long, env = "ETCD_ENDPOINTS", global = true)]
-    etcd_endpoints: Option<String>,
+    /// etcd endpoints and TLS files (Calico's ETCD_* variables).
+    #[command(flatten)]
+    etcd: serval_agent::datastore::etcd::EtcdArgs,
     /// Kubeconfig for the Kubernetes datastore (default: in-cluster, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG", global = true)]
     kubeconfig: Option<String>,
@@ -177,14 +177,15 @@ enum NodeCommand {
 async fn datastore(cli: &Cli) -> anyhow::Result<Datastore<AnyBackend>> {
     let backend = match cli.datastore_type.as_str() {
         "etcdv3" => {
-            let eps = serval_agent::datastore::etcd::endpoint_list(cli.etcd_endpoints.as_deref());
-            if eps.is_empty() {
+            let etcd = cli.etcd.config();
+            if etcd.endpoints.is_empty() {
                 bail!("DATASTORE_TYPE=etcdv3 needs ETCD_ENDPOINTS (or --etcd-endpoints)");
             }
+            etcd.validate().map_err(anyhow::Error::msg)?;
             AnyBackend::Etcd(Box::new(
-                EtcdBackend::connect(&eps)
-                    .await
-                    .with_context(|| format!("connecting to etcd at {}", eps.join(",")))?,
+                EtcdBackend::connect_with(&etcd).await.with_context(|| {
+                    format!("connecting to etcd at {}", etcd.endpoints.join(","))
+                })?,
             ))
         }
         "kubernetes" => AnyBackend::Kubernetes(match &cli.kubeconfig {

@@ -52,13 +52,9 @@ pub async fn connect(conf: &NetConf) -> Result<Datastore<AnyBackend>, CniError> 
                 }
                 KubeBackend::connect().await.map(AnyBackend::Kubernetes)
             }
-            _ => {
-                let endpoints =
-                    crate::datastore::etcd::endpoint_list(conf.etcd_endpoints.as_deref());
-                EtcdBackend::connect(&endpoints)
-                    .await
-                    .map(|b| AnyBackend::Etcd(Box::new(b)))
-            }
+            _ => EtcdBackend::connect_with(&conf.etcd_config())
+                .await
+                .map(|b| AnyBackend::Etcd(Box::new(b))),
         }
     };
     match tokio::time::timeout(DATASTORE_TIMEOUT, backend).await {

@@ -279,6 +279,15 @@ pub struct NetConf {
     /// Comma-separated etcd endpoints.
     #[serde(default)]
     pub etcd_endpoints: Option<String>,
+    /// CA certificate (PEM) for `https://` etcd endpoints (Calico's key).
+    #[serde(default)]
+    pub etcd_ca_cert_file: Option<String>,
+    /// Client certificate (PEM) for etcd (Calico's key).
+    #[serde(default)]
+    pub etcd_cert_file: Option<String>,
+    /// The client certificate's key (PEM) (Calico's key).
+    #[serde(default)]
+    pub etcd_key_file: Option<String>,
     /// Pod MTU; 0 reads the file the agent writes.
     #[serde(default)]
     pub mtu: u32,
@@ -293,6 +302,18 @@ pub struct NetConf {
     /// Everything else (runtimeConfig, kubernetes, policy...), accepted and ignored.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+impl NetConf {
+    /// How to reach etcd, from Calico's keys.
+    pub fn etcd_config(&self) -> crate::datastore::etcd::EtcdConfig {
+        crate::datastore::etcd::EtcdConfig::new(
+            self.etcd_endpoints.as_deref(),
+            self.etcd_ca_cert_file.as_deref(),
+            self.etcd_cert_file.as_deref(),
+            self.etcd_key_file.as_deref(),
+        )
+    }
 }
 
 fn default_datastore() -> String {
@@ -353,7 +374,17 @@ impl NetConf {
                     "datastore_type etcdv3 needs etcd_endpoints (e.g. \"http://10.0.0.1:2379\")",
                 ));
             }
-            "etcdv3" | "kubernetes" => {}
+            "etcdv3" => {
+                if let Err(e) = conf.etcd_config().validate() {
+                    return Err(CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "etcd settings: {e} (keys etcd_endpoints, etcd_ca_cert_file, etcd_cert_file, etcd_key_file)"
+                        ),
+                    ));
+                }
+            }
+            "kubernetes" => {}
             other => {
                 return Err(CniError::new(
                     ErrorCode::InvalidConfig,

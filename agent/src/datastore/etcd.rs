@@ -25,6 +25,148 @@ pub fn endpoint_list(text: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// How long one etcd request may take before it fails (and the caller retries or reports).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long connecting to an endpoint may take.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where etcd is and how to reach it securely: Calico's `ETCD_ENDPOINTS`,
+/// `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE` and `ETCD_KEY_FILE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://` or `https://` endpoints.
+    pub endpoints: Vec<String>,
+    /// CA bundle (PEM) that signed the servers' certificates; needed for `https://`.
+    pub ca_cert_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that require client-certificate auth.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// The etcd flags and variables every binary takes (Calico's names).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdArgs {
+    /// Comma-separated etcd endpoints (`https://` with the files below).
+    #[arg(long, env = "ETCD_ENDPOINTS", global = true)]
+    pub etcd_endpoints: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificates.
+    #[arg(long, env = "ETCD_CA_CERT_FILE", global = true)]
+    pub etcd_ca_cert_file: Option<String>,
+    /// Client certificate (PEM), when etcd requires client-certificate auth.
+    #[arg(long, env = "ETCD_CERT_FILE", global = true)]
+    pub etcd_cert_file: Option<String>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE", global = true)]
+    pub etcd_key_file: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The connection settings these flags describe (not yet validated).
+    pub fn config(&self) -> EtcdConfig {
+        EtcdConfig::new(
+            self.etcd_endpoints.as_deref(),
+            self.etcd_ca_cert_file.as_deref(),
+            self.etcd_cert_file.as_deref(),
+            self.etcd_key_file.as_deref(),
+        )
+    }
+}
+
+impl EtcdConfig {
+    /// From `ETCD_ENDPOINTS`-style text and optional file paths (empty strings are unset).
+    pub fn new(
+        endpoints: Option<&str>,
+        ca_cert_file: Option<&str>,
+        cert_file: Option<&str>,
+        key_file: Option<&str>,
+    ) -> Self {
+        let path = |p: Option<&str>| {
+            p.map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        EtcdConfig {
+            endpoints: endpoint_list(endpoints),
+            ca_cert_file: path(ca_cert_file),
+            cert_file: path(cert_file),
+            key_file: path(key_file),
+        }
+    }
+
+    /// Checks the combination; the message names Calico's variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err(
+                "ETCD_ENDPOINTS: at least one endpoint is needed, e.g. https://10.0.0.1:2379"
+                    .into(),
+            );
+        }
+        if let Some(e) = self
+            .endpoints
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err(format!(
+                "ETCD_ENDPOINTS: {e:?} must start with http:// or https://"
+            ));
+        }
+        let https = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != self.endpoints.len() {
+            return Err("ETCD_ENDPOINTS: mix of http:// and https:// endpoints".into());
+        }
+        let tls_files =
+            self.ca_cert_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if https == 0 && tls_files {
+            return Err("ETCD_CA_CERT_FILE/ETCD_CERT_FILE/ETCD_KEY_FILE are set but ETCD_ENDPOINTS are http:// (use https://)".into());
+        }
+        if https != 0 && self.ca_cert_file.is_none() {
+            return Err(
+                "ETCD_CA_CERT_FILE: https:// endpoints need the CA that signed etcd's certificate"
+                    .into(),
+            );
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                return Err(
+                    "ETCD_KEY_FILE: the client certificate (ETCD_CERT_FILE) needs its key".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "ETCD_CERT_FILE: the key (ETCD_KEY_FILE) needs its client certificate".into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn options(&self) -> Result<etcd_client::ConnectOptions, DatastoreError> {
+        let mut opts = etcd_client::ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(DIAL_TIMEOUT);
+        if let Some(ca) = &self.ca_cert_file {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| {
+                    DatastoreError::backend(format!("cannot read {}: {e}", p.display()))
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        Ok(opts)
+    }
+}
+
 /// The etcd datastore.
 #[derive(Clone)]
 pub struct EtcdBackend {
@@ -78,9 +220,22 @@ fn revision_of(kind: &KindInfo, name: &str, revision: &str) -> Result<i64, Datas
 }
 
 impl EtcdBackend {
-    /// Connects to the given endpoints (`http://127.0.0.1:2379`).
+    /// Connects to the given plain endpoints (`http://127.0.0.1:2379`), with the request and
+    /// dial timeouts.
     pub async fn connect(endpoints: &[String]) -> Result<Self, DatastoreError> {
-        let client = Client::connect(endpoints, None).await.map_err(err)?;
+        Self::connect_with(&EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            ..EtcdConfig::default()
+        })
+        .await
+    }
+
+    /// Connects as `config` says (TLS with an optional client certificate, timeouts).
+    pub async fn connect_with(config: &EtcdConfig) -> Result<Self, DatastoreError> {
+        config.validate().map_err(DatastoreError::backend)?;
+        let client = Client::connect(&config.endpoints, Some(config.options()?))
+            .await
+            .map_err(err)?;
         Ok(Self { client })
     }
 

@@ -19,9 +19,9 @@ pub struct RunArgs {
     /// `etcdv3` or `kubernetes`.
     #[arg(long, env = "DATASTORE_TYPE", default_value = "kubernetes")]
     pub datastore_type: String,
-    /// Comma-separated etcd endpoints (etcdv3 only).
-    #[arg(long, env = "ETCD_ENDPOINTS")]
-    pub etcd_endpoints: Option<String>,
+    /// etcd endpoints and TLS files (etcdv3 only).
+    #[command(flatten)]
+    pub etcd: crate::datastore::etcd::EtcdArgs,
     /// `autodetect` (default), `none`, or the node's IPv4 address with its prefix length.
     #[arg(long, env = "IP", default_value = "autodetect")]
     pub ip: String,
@@ -111,8 +111,8 @@ pub enum AddressSource {
 pub struct NodeConfig {
     /// Node name.
     pub node_name: String,
-    /// Datastore: etcd endpoints, or `None` for Kubernetes.
-    pub etcd_endpoints: Option<Vec<String>>,
+    /// Datastore: how to reach etcd, or `None` for Kubernetes.
+    pub etcd: Option<crate::datastore::etcd::EtcdConfig>,
     /// The address source.
     pub address: AddressSource,
     /// The AS to record on the Node.
@@ -253,26 +253,27 @@ impl RunArgs {
                 ),
             ));
         }
-        let etcd_endpoints = match self.datastore_type.as_str() {
+        let etcd = match self.datastore_type.as_str() {
             "kubernetes" => None,
             "etcdv3" => {
-                let list = crate::datastore::etcd::endpoint_list(self.etcd_endpoints.as_deref());
-                if list.is_empty() {
-                    return Err(bad(
+                let c = self.etcd.config();
+                c.validate().map_err(|e| {
+                    let var = [
+                        "ETCD_CA_CERT_FILE",
+                        "ETCD_CERT_FILE",
+                        "ETCD_KEY_FILE",
                         "ETCD_ENDPOINTS",
-                        "DATASTORE_TYPE=etcdv3 needs at least one endpoint, e.g. http://10.0.0.1:2379",
-                    ));
-                }
-                if let Some(e) = list
-                    .iter()
-                    .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-                {
-                    return Err(bad(
-                        "ETCD_ENDPOINTS",
-                        format!("{e:?} must start with http:// or https://"),
-                    ));
-                }
-                Some(list)
+                    ]
+                    .into_iter()
+                    .find(|v| e.starts_with(&format!("{v}:")))
+                    .unwrap_or("ETCD_ENDPOINTS");
+                    let msg = e
+                        .split_once(": ")
+                        .map_or(e.as_str(), |(_, m)| m)
+                        .to_string();
+                    bad(var, msg)
+                })?;
+                Some(c)
             }
             other => {
                 return Err(bad(
@@ -352,7 +353,7 @@ impl RunArgs {
             route_reflector_cluster_id,
             default_pool,
             node_name,
-            etcd_endpoints,
+            etcd,
             address,
             as_number: self.as_number,
             http_address: self.http_address,
@@ -395,7 +396,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.node_name, "node-a", "hostname fallback, lower-cased");
         assert_eq!(
-            c.etcd_endpoints,
+            c.etcd.map(|e| e.endpoints),
             Some(vec!["http://a:2379".into(), "http://b:2379".into()])
         );
         assert!(matches!(
@@ -407,7 +408,7 @@ mod tests {
             .validate("h")
             .unwrap();
         assert!(matches!(c.address, AddressSource::Fixed(n) if n.prefix_len() == 24));
-        assert!(c.etcd_endpoints.is_none(), "kubernetes by default");
+        assert!(c.etcd.is_none(), "kubernetes by default");
         let pool = c.default_pool.expect("a default pool");
         assert_eq!(pool.spec.cidr, "192.168.0.0/16");
         assert_eq!(
@@ -466,6 +467,30 @@ mod tests {
             e(&["--ipv4pool-vxlan", "sometimes"]).variable,
             "SERVAL_IPV4POOL_VXLAN"
         );
+        // etcd over TLS, with Calico's variables.
+        let tls = [
+            "--datastore-type",
+            "etcdv3",
+            "--etcd-endpoints",
+            "https://a:2379",
+        ];
+        assert_eq!(e(&tls).variable, "ETCD_CA_CERT_FILE");
+        let mut with_cert = tls.to_vec();
+        with_cert.extend([
+            "--etcd-ca-cert-file",
+            "/ca.pem",
+            "--etcd-cert-file",
+            "/c.pem",
+        ]);
+        assert_eq!(e(&with_cert).variable, "ETCD_KEY_FILE");
+        let mut plain = vec![
+            "--datastore-type",
+            "etcdv3",
+            "--etcd-endpoints",
+            "http://a:2379",
+        ];
+        plain.extend(["--etcd-ca-cert-file", "/ca.pem"]);
+        assert!(e(&plain).message.contains("https://"));
         // The status API never leaves loopback; metrics have their own listener.
         let m = e(&["--http-address", "0.0.0.0:9179"]);
         assert_eq!(m.variable, "SERVAL_HTTP_ADDRESS");

@@ -100,7 +100,7 @@ pub async fn run(
         cfg.readiness_requires_bgp,
     ));
 
-    if cfg.etcd_endpoints.is_none() {
+    if cfg.etcd.is_none() {
         tokio::spawn(refresh_cni_kubeconfig(
             cfg.service_account_dir.clone(),
             cfg.cni_conf_dir.clone(),

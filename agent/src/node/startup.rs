@@ -50,8 +50,8 @@ pub enum StartupError {
 pub async fn connect(cfg: &NodeConfig) -> Datastore<AnyBackend> {
     let mut delay = Duration::from_millis(500);
     loop {
-        let attempt = match &cfg.etcd_endpoints {
-            Some(eps) => EtcdBackend::connect(eps)
+        let attempt = match &cfg.etcd {
+            Some(etcd) => EtcdBackend::connect_with(etcd)
                 .await
                 .map(|b| AnyBackend::Etcd(Box::new(b))),
             None => KubeBackend::connect().await.map(AnyBackend::Kubernetes),

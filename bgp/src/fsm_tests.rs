@@ -47,6 +47,15 @@ fn notification_of(actions: &[Action], dir: Direction) -> Option<(u8, u8)> {
     })
 }
 
+/// An active FSM that connected and got `open` from the peer; the actions of that OPEN.
+fn open_from_peer(c: FsmConfig, open: Message) -> (Fsm, Vec<Action>) {
+    let mut fsm = Fsm::new(c);
+    fsm.handle(Event::Start);
+    fsm.handle(Event::TcpConnected(Outgoing));
+    let a = fsm.handle(Event::Message(Outgoing, open));
+    (fsm, a)
+}
+
 /// Drives an active FSM to Established over the outgoing connection.
 fn established(fsm: &mut Fsm) -> Vec<Action> {
     fsm.handle(Event::Start);
@@ -315,13 +324,7 @@ fn stop_sends_cease_and_goes_idle() {
 fn hold_time_zero_from_the_peer_is_refused_unless_allowed() {
     // By default a peer cannot switch off liveness by offering 0 (or 1..=2).
     for offered in [0, 2] {
-        let mut fsm = Fsm::new(cfg(false));
-        fsm.handle(Event::Start);
-        fsm.handle(Event::TcpConnected(Outgoing));
-        let a = fsm.handle(Event::Message(
-            Outgoing,
-            peer_open(65002, "10.0.0.2", offered),
-        ));
+        let (fsm, a) = open_from_peer(cfg(false), peer_open(65002, "10.0.0.2", offered));
         assert_eq!(
             notification_of(&a, Outgoing),
             Some((2, 6)),
@@ -332,10 +335,7 @@ fn hold_time_zero_from_the_peer_is_refused_unless_allowed() {
     // A minimum above the default refuses what is below it.
     let mut c = cfg(false);
     c.min_hold_time = 30;
-    let mut fsm = Fsm::new(c);
-    fsm.handle(Event::Start);
-    fsm.handle(Event::TcpConnected(Outgoing));
-    let a = fsm.handle(Event::Message(Outgoing, peer_open(65002, "10.0.0.2", 9)));
+    let (_, a) = open_from_peer(c, peer_open(65002, "10.0.0.2", 9));
     assert_eq!(notification_of(&a, Outgoing), Some((2, 6)));
 }
 
@@ -380,10 +380,7 @@ fn extended_messages_need_both_sides() {
             c.open().capabilities.contains(&Capability::ExtendedMessage),
             ours
         );
-        let mut fsm = Fsm::new(c);
-        fsm.handle(Event::Start);
-        fsm.handle(Event::TcpConnected(Outgoing));
-        fsm.handle(Event::Message(Outgoing, open_with(theirs)));
+        let (mut fsm, _) = open_from_peer(c, open_with(theirs));
         let a = fsm.handle(Event::Message(Outgoing, Message::Keepalive));
         let neg = a
             .iter()
@@ -400,10 +397,7 @@ fn extended_messages_need_both_sides() {
 fn hold_time_zero_disables_keepalives() {
     let mut c = cfg(false);
     c.min_hold_time = 0;
-    let mut fsm = Fsm::new(c);
-    fsm.handle(Event::Start);
-    fsm.handle(Event::TcpConnected(Outgoing));
-    let a = fsm.handle(Event::Message(Outgoing, peer_open(65002, "10.0.0.2", 0)));
+    let (_, a) = open_from_peer(c, peer_open(65002, "10.0.0.2", 0));
     assert!(a.contains(&Action::StopTimer(Timer::Hold(Outgoing))));
     assert!(
         !a.iter()

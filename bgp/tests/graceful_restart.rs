@@ -3,31 +3,21 @@
 //! restarting BGP process does.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serval_bgp::af::Family;
 use serval_bgp::config::{PeerConfig, SpeakerConfig};
 use serval_bgp::fsm::State;
-use serval_bgp::packet::attribute::{AsPath, EncodeContext, PathAttributes};
+use serval_bgp::packet::attribute::{AsPath, PathAttributes};
 use serval_bgp::packet::capability::{Capability, GracefulRestart, GracefulRestartFamily};
 use serval_bgp::packet::message::{Message, Notification, Open, Update};
 use serval_bgp::speaker::SpeakerHandle;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const ENC: EncodeContext = EncodeContext {
-    four_octet_as: true,
-    extended_messages: false,
-};
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{ENC, free_port, until};
 
 /// A raw iBGP peer at `ip`: OPEN with the graceful-restart capability, then UPDATEs.
 async fn connect(
@@ -104,20 +94,6 @@ async fn held(a: &SpeakerHandle) -> Vec<(String, bool)> {
         .collect();
     out.sort();
     out
-}
-
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn speaker(peer_ip: IpAddr) -> (SpeakerHandle, SocketAddr) {

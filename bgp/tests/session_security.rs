@@ -10,13 +10,9 @@ use serval_bgp::fsm::State;
 use serval_bgp::speaker::SpeakerHandle;
 use serval_bgp::status::PeerStatus;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::free_port;
 
 struct Pair {
     a: SpeakerHandle,

@@ -10,30 +10,16 @@ use serval_bgp::fsm::State;
 use serval_bgp::speaker::SpeakerHandle;
 use serval_bgp::status::Status;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::free_port;
 
 async fn eventually<F, Fut>(what: &str, mut check: F) -> Status
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<Status>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = check().await {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(what, async || check().await).await
 }
 
 struct Pair {

@@ -45,29 +45,36 @@ impl CniCall {
     }
 }
 
-/// Runs serval-cni inside `node` with exactly `env` (plus PATH and CNI_PATH) and `stdin`.
-pub fn call(node: &Netns, env: &[(&str, &str)], stdin: &str) -> CniCall {
+/// Runs `cmd` with `stdin` fed to it and stdout and stderr captured.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> std::process::Output {
     use std::io::Write;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node.name()])
-        .arg(require::serval_bin("serval-cni"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_PATH", "/opt/cni/bin")
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start serval-cni");
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .expect("write stdin");
-    let out = child.wait_with_output().expect("serval-cni output");
+    child.wait_with_output().expect("command output")
+}
+
+/// Runs serval-cni inside `node` with exactly `env` (plus PATH and CNI_PATH) and `stdin`.
+pub fn call(node: &Netns, env: &[(&str, &str)], stdin: &str) -> CniCall {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.name()])
+        .arg(require::serval_bin("serval-cni"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_PATH", "/opt/cni/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_with_stdin(&mut cmd, stdin);
     CniCall {
         stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
         code: out.status.code().unwrap_or(-1),

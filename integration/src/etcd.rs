@@ -112,6 +112,23 @@ impl EtcdTls {
     }
 }
 
+/// Whether the tools the set-up installs are here; outside CI a missing one skips (saying
+/// so), under `CI=true` it is a failure.
+fn tools_present(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if !require::have(tool) {
+            if require::in_ci() {
+                panic!(
+                    "{test}: `{tool}` is missing but CI installs it (.ci/run); this is a set-up bug"
+                );
+            }
+            eprintln!("SKIP {test}: `{tool}` is not installed (run scripts/setup)");
+            return false;
+        }
+    }
+    true
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -123,15 +140,7 @@ impl EtcdServer {
     /// Starts etcd, or returns `None` (after printing why) when it is not installed outside CI.
     /// Under `CI=true` a missing etcd is a failure: CI installs it.
     pub fn start(test: &str) -> Option<EtcdServer> {
-        if !require::have("etcd") {
-            if require::in_ci() {
-                panic!(
-                    "{test}: `etcd` is missing but CI installs it (.ci/run); this is a set-up bug"
-                );
-            }
-            eprintln!(
-                "SKIP {test}: `etcd` is not installed (run scripts/setup to install etcd-server)"
-            );
+        if !tools_present(test, &["etcd"]) {
             return None;
         }
         let dir = Scratch::new("etcd");
@@ -142,41 +151,32 @@ impl EtcdServer {
         } else {
             dir.path("data")
         };
+        Some(EtcdServer::launch(dir, data, None))
+    }
+
+    fn launch(dir: Scratch, data: std::path::PathBuf, tls: Option<EtcdTls>) -> EtcdServer {
         let mut server = EtcdServer {
             child: None,
             dir,
             data,
             client_port: free_port(),
             peer_port: free_port(),
-            tls: None,
+            tls: tls.map(|t| (t, free_port())),
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     /// Starts etcd serving clients over TLS only and requiring a client certificate signed
     /// by the generated CA (`--client-cert-auth`), as a hardened cluster runs it.
     pub fn start_tls(test: &str) -> Option<(EtcdServer, EtcdTls)> {
-        if !require::have("etcd") || !require::have("openssl") {
-            if require::in_ci() {
-                panic!("{test}: `etcd` or `openssl` is missing but CI installs them");
-            }
-            eprintln!("SKIP {test}: `etcd` or `openssl` is not installed (run scripts/setup)");
+        if !tools_present(test, &["etcd", "openssl"]) {
             return None;
         }
         let dir = Scratch::new("etcd-tls");
         let tls = EtcdTls::generate(&dir.0, "serval-test-ca");
         let data = dir.path("data");
-        let mut server = EtcdServer {
-            child: None,
-            dir,
-            data,
-            client_port: free_port(),
-            peer_port: free_port(),
-            tls: Some((tls.clone(), free_port())),
-        };
-        server.spawn();
-        Some((server, tls))
+        Some((EtcdServer::launch(dir, data, Some(tls.clone())), tls))
     }
 
     fn spawn(&mut self) {

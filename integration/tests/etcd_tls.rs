@@ -104,20 +104,10 @@ async fn etcd_with_client_certificates_for_the_datastore_servalctl_and_serval_cn
         c.to_string()
     };
     let status = |stdin: String| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(&cni)
-            .env("CNI_COMMAND", "STATUS")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        serval_integration::cni::run_with_stdin(
+            std::process::Command::new(&cni).env("CNI_COMMAND", "STATUS"),
+            &stdin,
+        )
     };
     let ok = status(conf(true));
     assert!(

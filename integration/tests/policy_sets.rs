@@ -15,20 +15,10 @@ fn set(members: &[&str]) -> IpSet {
 }
 
 fn restore(ns: &Netns, text: &str) {
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name(), "ipset", "restore"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = serval_integration::cni::run_with_stdin(
+        std::process::Command::new("ip").args(["netns", "exec", ns.name(), "ipset", "restore"]),
+        text,
+    );
     assert!(
         out.status.success(),
         "ipset restore failed: {}\n{text}",

@@ -312,17 +312,22 @@ impl Netlink {
             .map_err(nl_err(format!("create veth {host} (peer {peer})")))
     }
 
-    /// Sets a link's MAC address.
-    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
-        let msg = rtnetlink::LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .build();
+    /// Sends one `ip link set`-style change.
+    async fn set_link(&self, msg: LinkMessage, what: String) -> Result<(), DataplaneError> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
-            .map_err(nl_err(format!("set MAC on link {index}")))
+            .map_err(nl_err(what))
+    }
+
+    /// Sets a link's MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.set_link(msg, format!("set MAC on link {index}")).await
     }
 
     /// Sets a link's alias (what owns it).
@@ -330,12 +335,8 @@ impl Netlink {
         let msg = rtnetlink::LinkUnspec::new_with_index(index)
             .alias(alias)
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format!("set alias on link {index}"))
             .await
-            .map_err(nl_err(format!("set alias on link {index}")))
     }
 
     /// Brings a link up.

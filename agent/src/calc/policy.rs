@@ -249,6 +249,22 @@ pub fn fail_closed(
     }
 }
 
+/// [`fail_closed`] for a policy that translated but whose rules the kernel refused: the
+/// same scope, order and directions, denying everything.
+pub fn fail_closed_def(p: &PolicyDef) -> PolicyDef {
+    let mut def = fail_closed(
+        p.name.clone(),
+        p.namespace.clone(),
+        p.order,
+        None,
+        None,
+        &p.types,
+    );
+    def.selector = p.selector.clone();
+    def.namespace_selector = p.namespace_selector.clone();
+    def
+}
+
 /// [`fail_closed`] for a Kubernetes NetworkPolicy.
 pub fn k8s_fail_closed(np: &K8sNetworkPolicy) -> PolicyDef {
     let spec = np.spec.clone().unwrap_or_default();

@@ -110,6 +110,8 @@ pub struct Agent {
     policy_written: Option<serval_policy::compile::PolicyInputs>,
     /// Policies last reported as failed closed (key → why), to log each change once.
     policy_failures_reported: BTreeMap<String, String>,
+    /// Objects whose rules the kernel refused at the last apply (enforced as fail-closed).
+    policy_refused: BTreeMap<String, String>,
     /// Where the agent records its metrics.
     metrics: crate::node_metrics::NodeMetrics,
     /// For writes the agent makes itself (tunnel addresses when a pool starts to need them).
@@ -168,6 +170,7 @@ impl Agent {
             policy: None,
             policy_written: None,
             policy_failures_reported: BTreeMap::new(),
+            policy_refused: BTreeMap::new(),
             datastore: None,
             tunnel_alloc: None,
             secret_namespace: "kube-system".into(),
@@ -511,23 +514,29 @@ impl Agent {
         }
     }
 
-    async fn apply_policy(&mut self, d: &Desired) {
-        if self.policy_failures_reported != d.policy_failures {
-            for (key, why) in &d.policy_failures {
-                if self.policy_failures_reported.get(key) != Some(why) {
-                    tracing::error!(
-                        policy = %key,
-                        error = %why,
-                        "policy cannot be enforced as written; its endpoints deny everything it governs until it is fixed"
-                    );
-                }
-            }
-            self.metrics
-                .policy_failed_closed
-                .set(d.policy_failures.len() as i64);
-            self.policy_failures_reported = d.policy_failures.clone();
+    /// Logs each newly failed-closed object once and keeps the gauge current.
+    fn report_policy_failures(&mut self, failures: BTreeMap<String, String>) {
+        if self.policy_failures_reported == failures {
+            return;
         }
+        for (key, why) in &failures {
+            if self.policy_failures_reported.get(key) != Some(why) {
+                tracing::error!(
+                    object = %key,
+                    error = %why,
+                    "cannot be enforced as written; what it governs is denied until it is fixed"
+                );
+            }
+        }
+        self.metrics.policy_failed_closed.set(failures.len() as i64);
+        self.policy_failures_reported = failures;
+    }
+
+    async fn apply_policy(&mut self, d: &Desired) {
         if self.policy_written.as_ref() == Some(&d.policy) {
+            let mut all = d.policy_failures.clone();
+            all.extend(self.policy_refused.clone());
+            self.report_policy_failures(all);
             return;
         }
         let backend = self.backend().await;
@@ -551,8 +560,18 @@ impl Agent {
         self.metrics
             .policy_ipsets
             .set((v4.sets.len() + v6.sets.len()) as i64);
-        match manager.apply(&v4, &v6).await {
-            Ok(r) => {
+        let result = crate::dataplane::policy::apply_failing_closed(
+            manager,
+            &d.policy,
+            (v4, v6),
+            crate::calc::policy::fail_closed_def,
+        )
+        .await;
+        let mut all = d.policy_failures.clone();
+        match result {
+            Ok((r, refused)) => {
+                all.extend(refused.clone());
+                self.policy_refused = refused;
                 self.metrics
                     .policy_apply_seconds
                     .observe(r.took.as_secs_f64());
@@ -570,6 +589,7 @@ impl Agent {
                 tracing::warn!(error = %e, "policy not applied; will rewrite everything and retry")
             }
         }
+        self.report_policy_failures(all);
     }
 
     async fn apply_nat(&mut self, d: &Desired) {

@@ -37,99 +37,34 @@ pub struct EtcdTls {
 }
 
 impl EtcdTls {
-    /// Makes a CA and two certificates in `dir` (P-256 keys, valid one day).
+    /// Makes a CA and two certificates in `dir`.
     pub fn generate(dir: &std::path::Path, ca_name: &str) -> EtcdTls {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec![
-            "req", "-x509", "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
-        ];
-        ca.extend(ec);
-        let subj = format!("/CN={ca_name}");
-        ca.extend(["-subj", &subj]);
-        run(&ca);
-        for (name, cn, ext) in [
-            (
-                "server",
-                "etcd",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-            ),
-            ("client", "serval-node", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            let (key, csr, crt, extf) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(dir.join(&extf), ext).expect("write ext");
-            let subj = format!("/CN={cn}");
-            let mut req = vec!["req", "-keyout", &key, "-out", &csr, "-subj", &subj];
-            req.extend(ec);
-            run(&req);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-out",
-                &crt,
-                "-extfile",
-                &extf,
-            ]);
-        }
+        let ca = crate::pki::Ca::new(dir, ca_name);
+        let server = ca.issue(
+            "server",
+            "/CN=etcd",
+            &[
+                "subjectAltName=IP:127.0.0.1",
+                "extendedKeyUsage=serverAuth,clientAuth",
+            ],
+        );
+        let client = ca.issue(
+            "client",
+            "/CN=serval-node",
+            &["extendedKeyUsage=clientAuth"],
+        );
         EtcdTls {
-            ca: dir.join("ca.crt"),
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.crt"),
-            client_key: dir.join("client.key"),
+            ca: ca.cert,
+            server_cert: server.cert,
+            server_key: server.key,
+            client_cert: client.cert,
+            client_key: client.key,
         }
     }
 }
 
-/// Whether the tools the set-up installs are here; outside CI a missing one skips (saying
-/// so), under `CI=true` it is a failure.
-fn tools_present(test: &str, tools: &[&str]) -> bool {
-    for tool in tools {
-        if !require::have(tool) {
-            if require::in_ci() {
-                panic!(
-                    "{test}: `{tool}` is missing but CI installs it (.ci/run); this is a set-up bug"
-                );
-            }
-            eprintln!("SKIP {test}: `{tool}` is not installed (run scripts/setup)");
-            return false;
-        }
-    }
-    true
-}
-
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -140,7 +75,7 @@ impl EtcdServer {
     /// Starts etcd, or returns `None` (after printing why) when it is not installed outside CI.
     /// Under `CI=true` a missing etcd is a failure: CI installs it.
     pub fn start(test: &str) -> Option<EtcdServer> {
-        if !tools_present(test, &["etcd"]) {
+        if !require::tools_present(test, &["etcd"]) {
             return None;
         }
         let dir = Scratch::new("etcd");
@@ -170,7 +105,7 @@ impl EtcdServer {
     /// Starts etcd serving clients over TLS only and requiring a client certificate signed
     /// by the generated CA (`--client-cert-auth`), as a hardened cluster runs it.
     pub fn start_tls(test: &str) -> Option<(EtcdServer, EtcdTls)> {
-        if !tools_present(test, &["etcd", "openssl"]) {
+        if !require::tools_present(test, &["etcd", "openssl"]) {
             return None;
         }
         let dir = Scratch::new("etcd-tls");

@@ -20,13 +20,9 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Returns `false` (after printing why) when the test must be skipped: not root, or
-/// no network namespaces. Missing `tools` skip locally and panic under `CI=true`.
-pub fn lab_ready(test: &str, tools: &[&str]) -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP {test}: needs root for network namespaces");
-        return false;
-    }
+/// Whether the tools the set-up installs are here: outside CI a missing one skips (saying
+/// so), under `CI=true` it is a failure.
+pub fn tools_present(test: &str, tools: &[&str]) -> bool {
     for tool in tools {
         if !have(tool) {
             if in_ci() {
@@ -39,6 +35,19 @@ pub fn lab_ready(test: &str, tools: &[&str]) -> bool {
             );
             return false;
         }
+    }
+    true
+}
+
+/// Returns `false` (after printing why) when the test must be skipped: not root, or
+/// no network namespaces. Missing `tools` skip locally and panic under `CI=true`.
+pub fn lab_ready(test: &str, tools: &[&str]) -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP {test}: needs root for network namespaces");
+        return false;
+    }
+    if !tools_present(test, tools) {
+        return false;
     }
     let probe = crate::netns::Netns::new("probe");
     if let Err(e) = probe {

@@ -126,7 +126,8 @@ pub async fn validation_guards_writes<B: Backend>(ds: &Datastore<B>, tag: &str) 
     assert!(ds.get::<IPPool>(None, &name).await.expect("get").is_none());
 }
 
-/// Namespaced kinds list per namespace or across all.
+/// Namespaced kinds list per namespace or across all (a real API server needs namespaces
+/// `ns-a-<tag>` and `ns-b-<tag>` to exist).
 pub async fn namespaced_lists<B: Backend>(ds: &Datastore<B>, tag: &str) {
     let (a, b) = (format!("ns-a-{tag}"), format!("ns-b-{tag}"));
     ds.create(&endpoint(&a, "web")).await.expect("create in a");

@@ -1,0 +1,208 @@
+//! A real Kubernetes control plane for tests: its own etcd, the kube-apiserver that
+//! `scripts/setup` builds from the pinned Kubernetes module (`integration/kube`, into
+//! `target/kube/bin`), RBAC authorization, a serving certificate and a service-account signing
+//! key of the test's own, an admin identity (a client certificate in `system:masters`) for
+//! set-up, bound to loopback, stopped by PID, state in a scratch directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::etcd::EtcdServer;
+use crate::peers::Scratch;
+use crate::pki::{Ca, rsa_key_pair};
+use crate::require;
+
+/// Where `scripts/setup` puts kube-apiserver and kubectl.
+pub fn kube_bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/kube/bin")
+        .join(name)
+}
+
+/// A running API server owned by the test.
+pub struct KubeApi {
+    child: Option<Child>,
+    dir: Scratch,
+    port: u16,
+    ca: PathBuf,
+    /// A kubeconfig with the admin identity.
+    pub admin: PathBuf,
+    _etcd: EtcdServer,
+}
+
+impl KubeApi {
+    /// Starts etcd and kube-apiserver, or returns `None` (after printing why) when the set-up
+    /// has not built them outside CI; under `CI=true` a missing binary is a failure.
+    pub fn start(test: &str) -> Option<KubeApi> {
+        for tool in ["kube-apiserver", "kubectl"] {
+            if !kube_bin(tool).exists() {
+                if require::in_ci() {
+                    panic!("{test}: {tool} is missing but .ci/run builds it (scripts/setup)");
+                }
+                eprintln!("SKIP {test}: {tool} is not built (run scripts/setup)");
+                return None;
+            }
+        }
+        if !require::tools_present(test, &["openssl"]) {
+            return None;
+        }
+        let etcd = EtcdServer::start(test)?;
+        let dir = Scratch::new("kube");
+        let ca = Ca::new(&dir.0, "kube-ca");
+        let serving = ca.issue(
+            "apiserver",
+            "/CN=kube-apiserver",
+            &[
+                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+                "extendedKeyUsage=serverAuth",
+            ],
+        );
+        let admin = ca.issue(
+            "admin",
+            "/O=system:masters/CN=serval-test-admin",
+            &["extendedKeyUsage=clientAuth"],
+        );
+        let (sa_key, sa_pub) = rsa_key_pair(&dir.0, "service-accounts");
+        let port = crate::etcd::free_port();
+        let s = |p: &Path| p.display().to_string();
+        let args = [
+            format!("--etcd-servers={}", etcd.endpoint()),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", s(&serving.cert)),
+            format!("--tls-private-key-file={}", s(&serving.key)),
+            format!("--client-ca-file={}", s(&ca.cert)),
+            format!("--service-account-key-file={}", s(&sa_pub)),
+            format!("--service-account-signing-key-file={}", s(&sa_key)),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            // As every real cluster that runs a CNI DaemonSet: its init step is privileged.
+            "--allow-privileged=true".into(),
+            // A loopback address cannot be the kubernetes Service's endpoint.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", s(&dir.path("certs"))),
+        ];
+        let log = std::fs::File::create(dir.path("kube-apiserver.log")).expect("log file");
+        let child = Command::new(kube_bin("kube-apiserver"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        let admin_kc = dir.path("admin.kubeconfig");
+        let api = KubeApi {
+            child: Some(child),
+            port,
+            ca: ca.cert.clone(),
+            admin: admin_kc.clone(),
+            dir,
+            _etcd: etcd,
+        };
+        std::fs::write(
+            &admin_kc,
+            api.kubeconfig_text(&format!(
+                "client-certificate: {}\n    client-key: {}",
+                s(&admin.cert),
+                s(&admin.key)
+            )),
+        )
+        .expect("write kubeconfig");
+        api.wait_ready();
+        Some(api)
+    }
+
+    fn kubeconfig_text(&self, user: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    \
+             certificate-authority: {}\nusers:\n- name: user\n  user:\n    {user}\ncontexts:\n\
+             - name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n",
+            self.url(),
+            self.ca.display()
+        )
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("kube-apiserver not ready in 90 s:\n{}", self.log());
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The tail of its log.
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path("kube-apiserver.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Runs kubectl as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_as(&self.admin, args)
+    }
+
+    /// Runs kubectl with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new(kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl as the admin and returns its stdout; panics with stderr on failure.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A token for a ServiceAccount through the TokenRequest API, as the kubelet gets one.
+    pub fn token(&self, namespace: &str, service_account: &str) -> String {
+        self.kubectl_ok(&[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--duration=1h",
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// A kubeconfig (in the scratch directory) that authenticates with `token`.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path(&format!("{name}.kubeconfig"));
+        std::fs::write(&path, self.kubeconfig_text(&format!("token: {token}")))
+            .expect("write kubeconfig");
+        path
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

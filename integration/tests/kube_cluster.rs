@@ -1,0 +1,173 @@
+//! Serval against a real kube-apiserver (built from the pinned Kubernetes module by
+//! scripts/setup): the manifests pass the server's own validation, and the agent's
+//! ServiceAccount, with a token from the TokenRequest API, can do what the datastore needs and
+//! nothing it should not.
+
+use std::path::{Path, PathBuf};
+
+use serval_agent::datastore::{Datastore, KubeBackend, conformance};
+use serval_integration::kube::KubeApi;
+
+fn manifest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(name)
+}
+
+fn apply(api: &KubeApi, file: &Path, extra: &[&str]) -> std::process::Output {
+    let path = file.display().to_string();
+    let mut args = vec!["apply", "--server-side", "-f", &path];
+    args.extend(extra);
+    api.kubectl(&args)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The CRDs, then everything else of the Kubernetes-datastore install.
+fn install(api: &KubeApi) {
+    let out = apply(api, &manifest("crds.yaml"), &[]);
+    assert!(out.status.success(), "crds.yaml: {}", text(&out));
+    api.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=60s",
+        "crd",
+        "--all",
+    ]);
+    for file in [
+        "rbac.yaml",
+        "serval-config.yaml",
+        "serval-node.yaml",
+        "route-reflector.yaml",
+        "default-resources.yaml",
+    ] {
+        let out = apply(api, &manifest(file), &["--force-conflicts"]);
+        assert!(out.status.success(), "{file}: {}", text(&out));
+    }
+}
+
+#[test]
+fn the_manifests_pass_a_real_api_servers_validation() {
+    let Some(api) = KubeApi::start("the_manifests_pass_a_real_api_servers_validation") else {
+        return;
+    };
+    install(&api);
+    // The etcd variant shares names with the Kubernetes one: the server checks it without
+    // storing it.
+    let out = apply(
+        &api,
+        &manifest("serval-node-etcd.yaml"),
+        &["--dry-run=server"],
+    );
+    assert!(
+        out.status.success(),
+        "serval-node-etcd.yaml: {}",
+        text(&out)
+    );
+    let pools = api.kubectl_ok(&["get", "ippools.serval.dev", "-o", "name"]);
+    assert!(pools.contains("default-ipv4-ippool"), "{pools}");
+    let ds = api.kubectl_ok(&["get", "daemonsets", "-n", "kube-system", "-o", "name"]);
+    assert!(
+        ds.contains("serval-node") && ds.contains("serval-route-reflector"),
+        "{ds}"
+    );
+
+    // The CRDs' structural schemas make the server refuse what Serval would: an unknown field
+    // (kubectl asks for strict field validation) and a value of the wrong type.
+    let scratch = serval_integration::peers::Scratch::new("kube-bad");
+    for (name, spec, want) in [
+        (
+            "typo",
+            "{cidr: 10.9.0.0/16, natOutgoin: true}",
+            "natOutgoin",
+        ),
+        (
+            "badtype",
+            "{cidr: 10.9.0.0/16, blockSize: big}",
+            "blockSize",
+        ),
+    ] {
+        let file = scratch.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {spec}\n"),
+        )
+        .unwrap();
+        let out = apply(&api, &file, &[]);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(text(&out).contains(want), "{name}: {}", text(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_service_account_can_do_its_job_and_nothing_more() {
+    let Some(api) = KubeApi::start("the_agents_service_account_can_do_its_job_and_nothing_more")
+    else {
+        return;
+    };
+    install(&api);
+    let token = api.token("kube-system", "serval-node");
+    let agent = api.kubeconfig_with_token("serval-node", &token);
+    let as_agent = |args: &[&str]| {
+        let out = api.kubectl_as(&agent, args);
+        (out.status.success(), text(&out))
+    };
+
+    // The suite's IPAM checks assume its own pool alone.
+    api.kubectl_ok(&["delete", "ippool.serval.dev", "default-ipv4-ippool"]);
+    // Pods' namespaces exist before their endpoints (the fake API server never checked).
+    for ns in ["ns-a-k", "ns-b-k"] {
+        api.kubectl_ok(&["create", "namespace", ns]);
+    }
+    // The datastore, as the agent and serval-cni use it, with the agent's identity: any
+    // 403 fails the suite.
+    let ds = Datastore::new(
+        KubeBackend::connect_with(&agent.display().to_string())
+            .await
+            .expect("connect as serval-node"),
+    );
+    conformance::namespaced_lists(&ds, "k").await;
+    conformance::ipam_basics(ds).await;
+
+    // What it reads: pods, namespaces, policies, nodes, its configuration.
+    for what in [
+        "pods",
+        "namespaces",
+        "networkpolicies.networking.k8s.io",
+        "nodes",
+        "bgppeers.serval.dev",
+    ] {
+        let (ok, out) = as_agent(&["get", what, "-A"]);
+        assert!(ok, "serval-node cannot list {what}: {out}");
+    }
+    // The one Secret it may read is reachable (absent: NotFound, not Forbidden)...
+    let (_, out) = as_agent(&["get", "secret", "serval-bgp-passwords", "-n", "kube-system"]);
+    assert!(out.contains("NotFound"), "{out}");
+    // A Kubernetes Node, as a kubelet registers it: readable, never written by the agent.
+    let scratch = serval_integration::peers::Scratch::new("kube-node");
+    let node = scratch.path("node.yaml");
+    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n").unwrap();
+    api.kubectl_ok(&["create", "-f", &node.display().to_string()]);
+    let (ok, out) = as_agent(&["get", "node", "n1"]);
+    assert!(ok, "{out}");
+    // ...and nothing else of the kind.
+    for args in [
+        vec!["get", "secrets", "-A"],
+        vec!["get", "secrets", "-n", "kube-system"],
+        vec!["get", "secret", "other", "-n", "kube-system"],
+        vec!["delete", "ippool.serval.dev", "default-ipv4-ippool"],
+        vec!["delete", "node", "n1"],
+        vec!["label", "node", "n1", "rack=a"],
+        vec!["create", "namespace", "intruder"],
+    ] {
+        let (ok, out) = as_agent(&args);
+        assert!(!ok && out.contains("Forbidden"), "{args:?}: {out}");
+    }
+}

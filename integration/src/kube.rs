@@ -22,13 +22,14 @@ pub fn kube_bin(name: &str) -> PathBuf {
 
 /// A running API server owned by the test.
 pub struct KubeApi {
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
+    args: Vec<String>,
     dir: Scratch,
     port: u16,
     ca: PathBuf,
     /// A kubeconfig with the admin identity.
     pub admin: PathBuf,
-    _etcd: EtcdServer,
+    etcd: EtcdServer,
 }
 
 impl KubeApi {
@@ -85,23 +86,17 @@ impl KubeApi {
             "--endpoint-reconciler-type=none".into(),
             format!("--cert-dir={}", s(&dir.path("certs"))),
         ];
-        let log = std::fs::File::create(dir.path("kube-apiserver.log")).expect("log file");
-        let child = Command::new(kube_bin("kube-apiserver"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start kube-apiserver");
         let admin_kc = dir.path("admin.kubeconfig");
         let api = KubeApi {
-            child: Some(child),
+            child: std::sync::Mutex::new(None),
+            args: args.to_vec(),
             port,
             ca: ca.cert.clone(),
             admin: admin_kc.clone(),
             dir,
-            _etcd: etcd,
+            etcd,
         };
+        api.spawn();
         std::fs::write(
             &admin_kc,
             api.kubeconfig_text(&format!(
@@ -113,6 +108,42 @@ impl KubeApi {
         .expect("write kubeconfig");
         api.wait_ready();
         Some(api)
+    }
+
+    fn spawn(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path("kube-apiserver.log"))
+            .expect("log file");
+        let child = Command::new(kube_bin("kube-apiserver"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        *self.child.lock().expect("child lock") = Some(child);
+    }
+
+    fn stop(&self) {
+        if let Some(mut c) = self.child.lock().expect("child lock").take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the API server by PID and starts it again on the same etcd (clients see their
+    /// watches end and must resume or relist).
+    pub fn restart(&self) {
+        self.stop();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// The API server's etcd (to compact it, as a long-running cluster does).
+    pub fn etcd_endpoint(&self) -> String {
+        self.etcd.endpoint()
     }
 
     fn kubeconfig_text(&self, user: &str) -> String {
@@ -200,9 +231,6 @@ impl KubeApi {
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }

@@ -122,19 +122,104 @@ async fn the_agents_service_account_can_do_its_job_and_nothing_more() {
 
     // The suite's IPAM checks assume its own pool alone.
     api.kubectl_ok(&["delete", "ippool.serval.dev", "default-ipv4-ippool"]);
-    // Pods' namespaces exist before their endpoints (the fake API server never checked).
-    for ns in ["ns-a-k", "ns-b-k"] {
-        api.kubectl_ok(&["create", "namespace", ns]);
-    }
-    // The datastore, as the agent and serval-cni use it, with the agent's identity: any
-    // 403 fails the suite.
-    let ds = Datastore::new(
+    let agent_ds = Datastore::new(
         KubeBackend::connect_with(&agent.display().to_string())
             .await
             .expect("connect as serval-node"),
     );
-    conformance::namespaced_lists(&ds, "k").await;
-    conformance::ipam_basics(ds).await;
+    // The agent's start: list and watch every kind it syncs until in sync, no 403.
+    let (syncer, mut events) = serval_agent::datastore::Syncer::start(
+        agent_ds.backend().clone(),
+        serval_agent::node::state::watched_kinds(),
+    );
+    loop {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+            .await
+            .expect("the agent's syncer reaches in-sync")
+            .expect("syncer running");
+        if e == serval_agent::datastore::SyncEvent::Status(
+            serval_agent::datastore::SyncStatus::InSync,
+        ) {
+            break;
+        }
+    }
+    drop(syncer);
+    // Its IPAM (tunnel addresses), creating the pool and Node it may create.
+    conformance::ipam_basics(agent_ds.clone()).await;
+
+    // serval-cni's own identity, with a token the agent mints as it does at run time.
+    let cni_token = serval_agent::node::cni_token::mint(
+        &agent_ds.backend().client(),
+        "kube-system",
+        "serval-cni",
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .expect("the agent mints serval-cni's token");
+    // ...but nobody else's.
+    assert!(
+        serval_agent::node::cni_token::mint(
+            &agent_ds.backend().client(),
+            "kube-system",
+            "serval-node",
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .is_err()
+    );
+    let cni = api.kubeconfig_with_token("serval-cni", &cni_token);
+    let cni_ds = Datastore::new(
+        KubeBackend::connect_with(&cni.display().to_string())
+            .await
+            .expect("connect as serval-cni"),
+    );
+    // A pod's ADD and DEL as serval-cni makes them: address by handle, endpoint, release.
+    api.kubectl_ok(&["create", "namespace", "prod"]);
+    let ipam = serval_ipam::Ipam::new(cni_ds.clone());
+    let req = serval_ipam::AssignRequest {
+        handle: "k8s-pod-network.c-1".into(),
+        node: "node-1".into(),
+        num_v4: 1,
+        ..serval_ipam::AssignRequest::default()
+    };
+    let got = ipam
+        .auto_assign(&req)
+        .await
+        .expect("allocate as serval-cni");
+    let wep: serval_agent::resources::WorkloadEndpoint =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "serval.dev/v1", "kind": "WorkloadEndpoint",
+            "metadata": {"name": "node--1-k8s-web-eth0", "namespace": "prod"},
+            "spec": {"node": "node-1", "pod": "web", "containerID": "c-1", "endpoint": "eth0",
+                     "interfaceName": "sv0123456789a", "ipNetworks": [format!("{}/32", got.v4[0])]}
+        }))
+        .unwrap();
+    cni_ds.create(&wep).await.expect("record the endpoint");
+    cni_ds
+        .delete::<serval_agent::resources::WorkloadEndpoint>(
+            Some("prod"),
+            "node--1-k8s-web-eth0",
+            None,
+        )
+        .await
+        .expect("remove the endpoint");
+    assert_eq!(ipam.release_by_handle(&req.handle).await.unwrap(), got.v4);
+    let as_cni = |args: &[&str]| {
+        let out = api.kubectl_as(&cni, args);
+        (out.status.success(), text(&out))
+    };
+    for args in [
+        vec!["get", "secrets", "-A"],
+        vec!["get", "pods", "-A"],
+        vec!["create", "namespace", "x"],
+        vec!["delete", "ippool.serval.dev", "pods"],
+    ] {
+        let (ok, out) = as_cni(&args);
+        assert!(
+            !ok && out.contains("Forbidden"),
+            "serval-cni {args:?}: {out}"
+        );
+    }
 
     // What it reads: pods, namespaces, policies, nodes, its configuration.
     for what in [
@@ -166,6 +251,13 @@ async fn the_agents_service_account_can_do_its_job_and_nothing_more() {
         vec!["delete", "node", "n1"],
         vec!["label", "node", "n1", "rack=a"],
         vec!["create", "namespace", "intruder"],
+        vec![
+            "delete",
+            "workloadendpoints.serval.dev",
+            "-n",
+            "prod",
+            "some-pod",
+        ],
     ] {
         let (ok, out) = as_agent(&args);
         assert!(!ok && out.contains("Forbidden"), "{args:?}: {out}");

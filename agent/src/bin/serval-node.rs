@@ -121,6 +121,14 @@ async fn main() -> anyhow::Result<()> {
             for f in serval_agent::node::install_cni::install(&args)? {
                 println!("installed {}", f.display());
             }
+            // With the Kubernetes datastore the plugin gets its own identity from the start
+            // (the agent keeps it fresh); the copied token above stays if that is refused.
+            if args.datastore_type == "kubernetes" {
+                match serval_agent::node::cni_token::install_minted(&args).await {
+                    Ok(()) => println!("serval-cni kubeconfig: its own ServiceAccount's token"),
+                    Err(e) => eprintln!("serval-cni kubeconfig: kept the copied token ({e})"),
+                }
+            }
             Ok(())
         }
         Command::Speaker { config } => run_speaker(config).await,

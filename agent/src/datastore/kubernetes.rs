@@ -74,6 +74,11 @@ impl KubeBackend {
         Self { client }
     }
 
+    /// The client (for calls beyond the datastore, such as TokenRequest).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// Connects with an explicit kubeconfig file.
     pub async fn connect_with(kubeconfig: &str) -> Result<Self, DatastoreError> {
         let kc =

@@ -86,6 +86,10 @@ pub struct RunArgs {
         default_value = "/host/etc/cni/net.d"
     )]
     pub cni_conf_dir: PathBuf,
+    /// serval-cni's own ServiceAccount, for which the agent mints tokens (Kubernetes
+    /// datastore).
+    #[arg(long, env = "SERVAL_CNI_SERVICE_ACCOUNT", default_value = "serval-cni")]
+    pub cni_service_account: String,
     /// Where the service-account token and CA are mounted.
     #[arg(
         long,
@@ -124,6 +128,8 @@ pub struct NodeConfig {
     pub cni_conf_dir: PathBuf,
     /// See [`RunArgs::service_account_dir`].
     pub service_account_dir: PathBuf,
+    /// See [`RunArgs::cni_service_account`].
+    pub cni_service_account: String,
     /// The metrics-only listener, when on.
     pub metrics_address: Option<SocketAddr>,
     /// The directory shared with serval-cni.
@@ -359,6 +365,7 @@ impl RunArgs {
             http_address: self.http_address,
             cni_conf_dir: self.cni_conf_dir.clone(),
             service_account_dir: self.service_account_dir.clone(),
+            cni_service_account: self.cni_service_account.clone(),
             metrics_address,
             var_dir: self.var_dir.clone(),
             route_refresh: Duration::from_secs(self.route_refresh_interval),

@@ -143,16 +143,19 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Rewrites the plugin's kubeconfig (mode 0600) when the service-account token or CA has
-/// changed, as calico-node keeps its CNI plugin's token fresh: the kubelet rotates the
-/// projected token well before it expires, and a copy made once at install would expire
-/// with it. Returns whether the file was rewritten.
+/// changed: the kubelet rotates the projected token well before it expires, and a copy made
+/// once at install would expire with it. Returns whether the file was rewritten.
 pub fn refresh_kubeconfig(
     sa_dir: &Path,
     conf_dir: &Path,
     host: &str,
     port: &str,
 ) -> Result<bool, InstallError> {
-    let want = render_kubeconfig(sa_dir, host, port)?;
+    write_kubeconfig_if_changed(conf_dir, &render_kubeconfig(sa_dir, host, port)?)
+}
+
+/// Writes the plugin's kubeconfig (0600, atomically) unless it already says `want`.
+pub fn write_kubeconfig_if_changed(conf_dir: &Path, want: &str) -> Result<bool, InstallError> {
     let path = conf_dir.join(KUBECONFIG_NAME);
     if std::fs::read_to_string(&path).is_ok_and(|have| have == want) {
         return Ok(false);
@@ -180,6 +183,16 @@ pub fn render_network_config(args: &InstallArgs) -> Result<String, InstallError>
 pub fn render_kubeconfig(sa_dir: &Path, host: &str, port: &str) -> Result<String, InstallError> {
     let token = std::fs::read_to_string(sa_dir.join("token"))
         .map_err(|e| InstallError::Kubeconfig(format!("service account token: {e}")))?;
+    render_kubeconfig_with(sa_dir, token.trim(), host, port)
+}
+
+/// A kubeconfig for the plugin with `token` (the CA still from the service account).
+pub fn render_kubeconfig_with(
+    sa_dir: &Path,
+    token: &str,
+    host: &str,
+    port: &str,
+) -> Result<String, InstallError> {
     let ca = std::fs::read(sa_dir.join("ca.crt"))
         .map_err(|e| InstallError::Kubeconfig(format!("service account CA: {e}")))?;
     let ca_b64 = base64_encode(&ca);

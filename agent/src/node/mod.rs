@@ -3,6 +3,7 @@
 //! the agent loop, until a signal or a fatal error.
 
 pub mod agent;
+pub mod cni_token;
 pub mod config;
 pub mod install_cni;
 pub mod startup;
@@ -100,11 +101,24 @@ pub async fn run(
         cfg.readiness_requires_bgp,
     ));
 
-    if cfg.etcd.is_none() {
-        tokio::spawn(refresh_cni_kubeconfig(
-            cfg.service_account_dir.clone(),
-            cfg.cni_conf_dir.clone(),
-        ));
+    if let (crate::datastore::AnyBackend::Kubernetes(kb), Ok(host)) =
+        (ds.backend(), std::env::var("KUBERNETES_SERVICE_HOST"))
+    {
+        if cfg.cni_conf_dir.is_dir() {
+            tokio::spawn(cni_token::run(
+                kb.client(),
+                cni_token::CniCredentials {
+                    namespace: cfg.namespace.clone(),
+                    service_account: cfg.cni_service_account.clone(),
+                    sa_dir: cfg.service_account_dir.clone(),
+                    conf_dir: cfg.cni_conf_dir.clone(),
+                    host,
+                    port: std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into()),
+                },
+            ));
+        } else {
+            tracing::info!(dir = %cfg.cni_conf_dir.display(), "CNI configuration directory not mounted; serval-cni's credentials are not kept by the agent");
+        }
     }
     if let Some(addr) = cfg.metrics_address {
         let (sp, m) = (speaker.clone(), metrics.clone());
@@ -197,41 +211,4 @@ async fn initial_identity<B: Backend>(
         object: serde_json::to_value(node).expect("resources serialise"),
     });
     Ok(agent::identity(&state, me))
-}
-
-/// Keeps serval-cni's kubeconfig token current (Kubernetes datastore): every minute the
-/// service-account token is compared with the plugin's copy and rewritten (atomically, 0600)
-/// when the kubelet has rotated it; a token close to expiry that is not being rotated is
-/// reported. Skipped when the CNI directory is not mounted or the API server is not known.
-async fn refresh_cni_kubeconfig(sa_dir: std::path::PathBuf, conf_dir: std::path::PathBuf) {
-    use crate::node::install_cni::{refresh_kubeconfig, token_expiry};
-    let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") else {
-        return;
-    };
-    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-    if !conf_dir.is_dir() {
-        tracing::info!(dir = %conf_dir.display(), "CNI configuration directory not mounted; serval-cni's token is not refreshed by the agent");
-        return;
-    }
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        match refresh_kubeconfig(&sa_dir, &conf_dir, &host, &port) {
-            Ok(true) => tracing::info!("serval-cni kubeconfig rewritten with the current token"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot refresh serval-cni's kubeconfig"),
-        }
-        let exp = std::fs::read_to_string(sa_dir.join("token"))
-            .ok()
-            .and_then(|t| token_expiry(&t));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if let Some(exp) = exp.filter(|e| e.saturating_sub(now) < 600) {
-            tracing::warn!(
-                expires_in_s = exp.saturating_sub(now),
-                "the service-account token expires within 10 minutes and has not been rotated"
-            );
-        }
-    }
 }

@@ -46,13 +46,16 @@ pub enum Method {
     Cidr(Vec<IpNet>),
     /// The source address the kernel would use towards this destination.
     CanReach(IpAddr),
+    /// The InternalIP the Kubernetes Node object lists (Calico's kubernetes-internal-ip),
+    /// with the prefix length of the local interface that holds it.
+    KubernetesInternalIp,
 }
 
 /// A bad method string; the message lists what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid IP autodetection method {given:?}: {why} (expected first-found, interface=REGEX, \
-     skip-interface=REGEX, cidr=CIDR or can-reach=ADDRESS)"
+     skip-interface=REGEX, cidr=CIDR, can-reach=ADDRESS or kubernetes-internal-ip)"
 )]
 pub struct MethodError {
     /// The text given.
@@ -83,6 +86,9 @@ impl FromStr for Method {
         let s_trim = s.trim();
         if s_trim.is_empty() || s_trim == "first-found" {
             return Ok(Method::FirstFound);
+        }
+        if s_trim == "kubernetes-internal-ip" {
+            return Ok(Method::KubernetesInternalIp);
         }
         let Some((key, value)) = s_trim.split_once('=') else {
             return Err(err("unknown method".into()));
@@ -158,13 +164,32 @@ pub fn choose(method: &Method, interfaces: &[Interface], v6: bool) -> Option<IpN
         Method::Cidr(nets) => first(&|_| true, &|a| nets.iter().any(|n| n.contains(&a.addr()))),
         Method::CanReach(dest) => {
             let source = source_towards(*dest).ok()?;
-            interfaces
-                .iter()
-                .flat_map(|i| i.addrs.iter())
-                .find(|a| a.addr() == source)
-                .copied()
+            with_prefix(interfaces, source)
         }
+        // Needs the Node object: see [`with_prefix`], called with its InternalIP.
+        Method::KubernetesInternalIp => None,
     }
+}
+
+/// `addr` with the prefix length of the local interface address that equals it.
+pub fn with_prefix(interfaces: &[Interface], addr: IpAddr) -> Option<IpNet> {
+    interfaces
+        .iter()
+        .flat_map(|i| i.addrs.iter())
+        .find(|a| a.addr() == addr)
+        .copied()
+}
+
+/// The first InternalIP of the wanted family a Kubernetes Node lists.
+pub fn node_internal_ip(node: &k8s_openapi::api::core::v1::Node, v6: bool) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv6() == v6)
 }
 
 /// The source address the kernel picks towards `dest` (a UDP connect sends nothing).
@@ -210,6 +235,35 @@ pub fn local_interfaces() -> std::io::Result<Vec<Interface>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kubernetes_internal_ip_comes_from_the_node_with_the_local_prefix() {
+        assert!(matches!(
+            "kubernetes-internal-ip".parse::<Method>().unwrap(),
+            Method::KubernetesInternalIp
+        ));
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n1"},
+                {"type": "ExternalIP", "address": "203.0.113.5"},
+                {"type": "InternalIP", "address": "fd00::5"},
+                {"type": "InternalIP", "address": "192.168.7.5"}
+            ]}
+        }))
+        .unwrap();
+        let ip = node_internal_ip(&node, false).unwrap();
+        assert_eq!(ip, "192.168.7.5".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            node_internal_ip(&node, true).unwrap().to_string(),
+            "fd00::5"
+        );
+        let ifaces = vec![Interface {
+            name: "eth0".into(),
+            addrs: vec!["192.168.7.5/24".parse().unwrap()],
+        }];
+        assert_eq!(with_prefix(&ifaces, ip).unwrap().prefix_len(), 24);
+    }
     use super::*;
 
     fn iface(name: &str, addrs: &[&str]) -> Interface {

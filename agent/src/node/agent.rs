@@ -20,7 +20,7 @@ use serval_bgp::config::{LocalRoute, PeerConfig};
 use serval_bgp::speaker::{SpeakerError, SpeakerHandle};
 use tokio::sync::{mpsc, watch};
 
-use super::state::{ClusterState, Desired, watched_kinds};
+use super::state::{ClusterState, Desired};
 use crate::dataplane::DataplaneError;
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::route_manager::RouteCommand;
@@ -112,6 +112,10 @@ pub struct Agent {
     policy_failures_reported: BTreeMap<String, String>,
     /// Objects whose rules the kernel refused at the last apply (enforced as fail-closed).
     policy_refused: BTreeMap<String, String>,
+    /// SERVAL_NODE_LABELS, kept on top of the Kubernetes Node's labels.
+    extra_node_labels: BTreeMap<String, String>,
+    /// The write of this node's labels in flight.
+    label_write: Option<tokio::task::JoinHandle<()>>,
     /// Where the agent records its metrics.
     metrics: crate::node_metrics::NodeMetrics,
     /// For writes the agent makes itself (tunnel addresses when a pool starts to need them).
@@ -171,6 +175,8 @@ impl Agent {
             policy_written: None,
             policy_failures_reported: BTreeMap::new(),
             policy_refused: BTreeMap::new(),
+            extra_node_labels: BTreeMap::new(),
+            label_write: None,
             datastore: None,
             tunnel_alloc: None,
             secret_namespace: "kube-system".into(),
@@ -270,9 +276,47 @@ impl Agent {
         self.tunnel_alloc = Some((task, tokio::time::Instant::now()));
     }
 
+    /// Sets SERVAL_NODE_LABELS that also apply on top of the Kubernetes Node's labels.
+    pub fn with_node_labels(mut self, labels: BTreeMap<String, String>) -> Agent {
+        self.extra_node_labels = labels;
+        self
+    }
+
+    /// Kubernetes datastore: keeps this node's Serval Node labels equal to its Kubernetes
+    /// Node's (plus SERVAL_NODE_LABELS), so nodeSelector and peerSelector follow
+    /// `kubectl label node` without a restart. One write at a time; a conflict is retried on
+    /// the next change.
+    fn sync_node_labels(&mut self) {
+        if self.label_write.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Some(want) = self
+            .state
+            .node_labels_to_write(&self.name, &self.extra_node_labels)
+        else {
+            return;
+        };
+        let Some(ds) = self.datastore.clone() else {
+            return;
+        };
+        let name = self.name.clone();
+        self.label_write = Some(tokio::spawn(async move {
+            let Ok(Some(mut node)) = ds.get::<crate::resources::Node>(None, &name).await else {
+                return;
+            };
+            node.metadata.labels = Some(want);
+            match ds.update(&node).await {
+                Ok(_) => tracing::info!(node = %name, "node labels follow the Kubernetes Node"),
+                Err(e) => tracing::warn!(error = %e, "cannot update the node's labels; will retry"),
+            }
+        }));
+    }
+
     /// Runs until the syncer or the speaker stops.
     pub async fn run(mut self, backend: AnyBackend) -> Result<(), AgentError> {
-        let (_syncer, mut events) = Syncer::start(backend, watched_kinds());
+        let kubernetes = matches!(backend, AnyBackend::Kubernetes(_));
+        let (_syncer, mut events) =
+            Syncer::start(backend, super::state::watched_kinds_for(kubernetes));
         let mut best = self.speaker.subscribe().await?;
         let mut tick = tokio::time::interval(TUNNEL_RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,6 +358,9 @@ impl Agent {
                 _ = settle.tick(), if !self.settled && self.in_sync => {
                     self.check_settled(started.elapsed() >= SETTLE_DEADLINE).await?;
                 }
+            }
+            if dirty {
+                self.sync_node_labels();
             }
             if dirty && self.in_sync {
                 let now = identity(&self.state, &self.name);

@@ -55,7 +55,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let ds = startup::connect(&cfg).await;
-    let detected = startup::node_address(&cfg)?;
+    let detected = startup::node_address(&cfg, &ds).await?;
     let (address, host_mtu) = match detected {
         Some((a, m)) => (Some(a), m),
         None => (None, 1500),
@@ -171,6 +171,7 @@ pub async fn run(
         ready_tx,
     )
     .with_datastore(ds.clone())
+    .with_node_labels(cfg.node_labels.clone())
     .with_secret_namespace(cfg.namespace.clone());
     let backend = ds.backend().clone();
     let result = tokio::select! {

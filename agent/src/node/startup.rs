@@ -94,11 +94,37 @@ pub async fn ensure_default_pool(
 }
 
 /// The node's IPv4 address with its prefix length, and the MTU of its interface.
-pub fn node_address(cfg: &NodeConfig) -> Result<Option<(IpNet, u32)>, StartupError> {
+/// `kubernetes-internal-ip` reads the Kubernetes Node's InternalIP from the datastore.
+pub async fn node_address(
+    cfg: &NodeConfig,
+    ds: &Datastore<AnyBackend>,
+) -> Result<Option<(IpNet, u32)>, StartupError> {
     let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
     let chosen = match &cfg.address {
         AddressSource::None => return Ok(None),
         AddressSource::Fixed(n) => *n,
+        AddressSource::Detect(autodetect::Method::KubernetesInternalIp) => {
+            let node = ds
+                .get::<k8s_openapi::api::core::v1::Node>(None, &cfg.node_name)
+                .await?
+                .ok_or_else(|| {
+                    StartupError::NoAddress(format!(
+                        "kubernetes-internal-ip: no Kubernetes Node named {:?}",
+                        cfg.node_name
+                    ))
+                })?;
+            let ip = autodetect::node_internal_ip(&node, false).ok_or_else(|| {
+                StartupError::NoAddress(format!(
+                    "kubernetes-internal-ip: Node {:?} lists no IPv4 InternalIP",
+                    cfg.node_name
+                ))
+            })?;
+            autodetect::with_prefix(&interfaces, ip).ok_or_else(|| {
+                StartupError::NoAddress(format!(
+                    "kubernetes-internal-ip: {ip} (the Node's InternalIP) is on no local interface"
+                ))
+            })?
+        }
         AddressSource::Detect(method) => autodetect::choose(method, &interfaces, false)
             .ok_or_else(|| StartupError::NoAddress(format!("{method:?}")))?,
     };

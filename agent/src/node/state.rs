@@ -28,7 +28,19 @@ use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use serval_policy::compile::PolicyInputs;
 
-/// The kinds the agent watches.
+type K8sNode = k8s_openapi::api::core::v1::Node;
+
+/// The kinds the agent watches; with the Kubernetes datastore also Kubernetes Nodes,
+/// whose labels are the nodes' labels (in etcd, Kubernetes Nodes are not stored).
+pub fn watched_kinds_for(kubernetes: bool) -> Vec<KindInfo> {
+    let mut kinds = watched_kinds();
+    if kubernetes {
+        kinds.push(KindInfo::of::<K8sNode>());
+    }
+    kinds
+}
+
+/// The kinds the agent watches in any datastore.
 pub fn watched_kinds() -> Vec<KindInfo> {
     vec![
         KindInfo::of::<BGPConfiguration>(),
@@ -54,6 +66,8 @@ pub struct ClusterState {
     pools: BTreeMap<String, IPPool>,
     affinities: BTreeMap<String, BlockAffinity>,
     endpoints: BTreeMap<String, WorkloadEndpoint>,
+    /// Kubernetes Nodes (Kubernetes datastore): the source of node labels.
+    k8s_nodes: BTreeMap<String, K8sNode>,
     policies: BTreeMap<String, NetworkPolicy>,
     global_policies: BTreeMap<String, GlobalNetworkPolicy>,
     k8s_policies: BTreeMap<String, K8sNetworkPolicy>,
@@ -97,6 +111,7 @@ impl ClusterState {
                     "Pod" => upsert(&mut self.pods, o),
                     "BGPConfiguration" => upsert(&mut self.configs, o),
                     "BGPPeer" => upsert(&mut self.peers, o),
+                    "Node" if k8s => upsert(&mut self.k8s_nodes, o),
                     "Node" => upsert(&mut self.nodes, o),
                     "IPPool" => upsert(&mut self.pools, o),
                     "BlockAffinity" => upsert(&mut self.affinities, o),
@@ -124,6 +139,7 @@ impl ClusterState {
                     "Pod" => self.pods.remove(&k).is_some(),
                     "BGPConfiguration" => self.configs.remove(&k).is_some(),
                     "BGPPeer" => self.peers.remove(&k).is_some(),
+                    "Node" if k8s => self.k8s_nodes.remove(&k).is_some(),
                     "Node" => self.nodes.remove(&k).is_some(),
                     "IPPool" => self.pools.remove(&k).is_some(),
                     "BlockAffinity" => self.affinities.remove(&k).is_some(),
@@ -152,6 +168,25 @@ impl ClusterState {
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
+    }
+
+    /// The labels node `name`'s Serval Node should carry when its Kubernetes Node is known
+    /// (Kubernetes datastore): the Kubernetes Node's labels, with `extra` (SERVAL_NODE_LABELS)
+    /// on top; `None` when they already match or there is no Kubernetes Node.
+    pub fn node_labels_to_write(
+        &self,
+        name: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<String, String>> {
+        let k8s = self.k8s_nodes.get(name)?;
+        let mut want = k8s.metadata.labels.clone().unwrap_or_default();
+        want.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let have = self
+            .nodes
+            .get(name)
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        (want != have && self.nodes.contains_key(name)).then_some(want)
     }
 
     /// The BGP resources, for the peer calculation.
@@ -664,6 +699,43 @@ mod tests {
             ]),
             "the pod in a's own block is covered by the block; the borrowed one is not"
         );
+    }
+
+    #[test]
+    fn kubernetes_node_labels_are_the_nodes_labels() {
+        let mut s = cluster("Never");
+        let extra: BTreeMap<String, String> =
+            [("serval.dev/role".to_string(), "edge".to_string())].into();
+        // No Kubernetes Node (etcd mode): nothing to write.
+        assert_eq!(s.node_labels_to_write("a", &extra), None);
+        assert!(s.apply(&SyncEvent::Upsert {
+            kind: KindInfo::of::<K8sNode>(),
+            object: json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"a","labels":{"rack":"r1"}}}),
+        }));
+        // The core Node did not replace the Serval Node of the same name.
+        assert!(s.node("a").is_some_and(|n| n.spec.bgp.is_some()));
+        let want = s
+            .node_labels_to_write("a", &extra)
+            .expect("labels to write");
+        assert_eq!(want["rack"], "r1");
+        assert_eq!(want["serval.dev/role"], "edge");
+        // Once the Serval Node carries them, nothing more to write.
+        let mut node = s.node("a").unwrap().clone();
+        node.metadata.labels = Some(want);
+        upsert_json(
+            &mut s,
+            KindInfo::of::<Node>(),
+            serde_json::to_value(&node).unwrap(),
+        );
+        assert_eq!(s.node_labels_to_write("a", &extra), None);
+        // Deleting the Kubernetes Node touches only it.
+        assert!(s.apply(&SyncEvent::Delete {
+            kind: KindInfo::of::<K8sNode>(),
+            namespace: None,
+            name: "a".into(),
+        }));
+        assert!(s.node("a").is_some());
+        assert_eq!(s.node_labels_to_write("a", &extra), None);
     }
 
     #[test]

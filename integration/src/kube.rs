@@ -173,6 +173,17 @@ impl KubeApi {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// Its address (for a [`crate::LoopbackForward`] into a node's namespace, which then
+    /// reaches it at the same URL).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The tail of its log.
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path("kube-apiserver.log")).unwrap_or_default();

@@ -300,3 +300,170 @@ async fn a_real_servers_watches_resume_relist_after_compaction_and_survive_resta
     })
     .await;
 }
+
+/// Runs `kubectl` as the admin with a JSON merge patch on a Node's status (the kubelet's
+/// part: its addresses).
+fn node_with_address(api: &KubeApi, name: &str, ip: &str, labels: &str) {
+    let scratch = serval_integration::peers::Scratch::new("kube-node");
+    let file = scratch.path("node.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"),
+    )
+    .unwrap();
+    api.kubectl_ok(&["create", "-f", &file.display().to_string()]);
+    let patch = format!(
+        r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{ip}"}},{{"type":"Hostname","address":"{name}"}}]}}}}"#
+    );
+    api.kubectl_ok(&[
+        "patch",
+        "node",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_node_labels_drive_peering_without_a_restart() {
+    use serval_integration::{Daemon, LoopbackForward, Netns, eventually, link, require};
+    if !require::lab_ready("kubernetes_node_labels_drive_peering", &["ip"]) {
+        return;
+    }
+    let Some(api) = KubeApi::start("kubernetes_node_labels_drive_peering") else {
+        return;
+    };
+    install(&api);
+    // No mesh: nodes peer only where a selector BGPPeer says so.
+    let scratch = serval_integration::peers::Scratch::new("kube-peering");
+    let cfg = scratch.path("bgp.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+         spec: {nodeToNodeMeshEnabled: false, asNumber: 64512}\n---\n\
+         apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: rack-a}\n\
+         spec: {nodeSelector: \"rack == 'a'\", peerSelector: \"rack == 'a'\"}\n",
+    )
+    .unwrap();
+    let out = apply(&api, &cfg, &["--force-conflicts"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Two nodes as a kubelet registers them: n1 in rack a, n2 in no rack yet.
+    node_with_address(&api, "n1", "192.168.77.1", "rack: a");
+    node_with_address(&api, "n2", "192.168.77.2", "");
+    let token = api.token("kube-system", "serval-node");
+    let kubeconfig = api.kubeconfig_with_token("agent", &token);
+    let n1 = Netns::new("k8sn1").unwrap();
+    let n2 = Netns::new("k8sn2").unwrap();
+    link(&n1, "eth0", &n2, "eth0").unwrap();
+    n1.addr("eth0", "192.168.77.1/24").unwrap();
+    n2.addr("eth0", "192.168.77.2/24").unwrap();
+    let bin = require::serval_bin("serval-node");
+    let mut agents = Vec::new();
+    let mut forwards = Vec::new();
+    for (name, ns) in [("n1", &n1), ("n2", &n2)] {
+        forwards.push(LoopbackForward::start(ns, api.port(), api.addr()).unwrap());
+        let var = scratch.path(&format!("var-{name}"));
+        let env = [
+            format!("NODENAME={name}"),
+            "DATASTORE_TYPE=kubernetes".into(),
+            format!("KUBECONFIG={}", kubeconfig.display()),
+            "IP_AUTODETECTION_METHOD=kubernetes-internal-ip".into(),
+            format!("SERVAL_VAR_DIR={}", var.display()),
+            "SERVAL_READINESS_REQUIRES_BGP=false".into(),
+            "NO_DEFAULT_POOLS=true".into(),
+            "SERVAL_LOG=info".into(),
+        ];
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(env);
+        args.push(bin.display().to_string());
+        args.push("run".into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        agents.push(Daemon::start(ns, &format!("agent-{name}"), &argv, &scratch.0).unwrap());
+    }
+    let logs = || {
+        agents
+            .iter()
+            .map(|a| a.log_tail(20))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let peers_of = |ns: &Netns| -> Result<Vec<(String, String)>, String> {
+        let body = ns
+            .http_get("127.0.0.1:9179", "/status")
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok(v["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["address"].as_str().unwrap_or("").to_string(),
+                    p["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect())
+    };
+    // The address came from the Node's InternalIP, with the interface's prefix.
+    eventually(
+        "n1's Serval Node has the InternalIP and the Kubernetes labels",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = api.kubectl(&["get", "nodes.serval.dev", "n1", "-o", "json"]);
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            if v["spec"]["bgp"]["ipv4Address"] == "192.168.77.1/24"
+                && v["metadata"]["labels"]["rack"] == "a"
+            {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+        logs,
+    );
+    // n2 is in no rack: no session anywhere.
+    eventually(
+        "both agents answer, without peers",
+        std::time::Duration::from_secs(60),
+        || match (peers_of(&n1)?, peers_of(&n2)?) {
+            (a, b) if a.is_empty() && b.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+        logs,
+    );
+    // Label n2 into rack a through the API: the agents peer, no restart.
+    api.kubectl_ok(&["label", "node", "n2", "rack=a"]);
+    eventually(
+        "n1 and n2 peer once n2 is labelled rack=a",
+        std::time::Duration::from_secs(60),
+        || match (peers_of(&n1)?, peers_of(&n2)?) {
+            (a, b)
+                if a == [("192.168.77.2".to_string(), "Established".to_string())]
+                    && b == [("192.168.77.1".to_string(), "Established".to_string())] =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        },
+        logs,
+    );
+    // And the label going away ends the session.
+    api.kubectl_ok(&["label", "node", "n2", "rack-"]);
+    eventually(
+        "the session goes with the label",
+        std::time::Duration::from_secs(60),
+        || match peers_of(&n1)? {
+            a if a.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+        logs,
+    );
+    for a in agents.iter_mut() {
+        a.stop();
+    }
+    drop(forwards);
+}

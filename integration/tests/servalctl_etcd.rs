@@ -238,3 +238,42 @@ async fn ipam_show_check_and_release() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 problem(s) found"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_and_serval_network_policies_of_one_name_live_side_by_side() {
+    let Some(etcd) = EtcdServer::start("servalctl_policy_keyspaces") else {
+        return;
+    };
+    // A Kubernetes NetworkPolicy copied into etcd (as the controllers do in etcd mode)...
+    let ds = serval_agent::datastore::Datastore::new(
+        serval_agent::datastore::EtcdBackend::connect(&[etcd.endpoint()])
+            .await
+            .unwrap(),
+    );
+    let knp: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "namespace": "prod"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+        }))
+        .unwrap();
+    ds.create(&knp).await.unwrap();
+    // ...does not stop a Serval policy of the same name, nor listing them (before, both
+    // shared one keyspace: "does not decode: unknown field podSelector").
+    let dir = serval_integration::peers::Scratch::new("ctl-np");
+    let file = dir.path("np.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: serval.dev/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: prod}\n\
+         spec: {selector: all(), types: [Ingress]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = servalctl(&etcd, &["apply", "-f", &file.display().to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = servalctl(&etcd, &["get", "networkpolicies", "-n", "prod"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("web"), "{out}");
+    let back: Option<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        ds.get(Some("prod"), "web").await.unwrap();
+    assert!(back.is_some(), "the Kubernetes policy is still there");
+}

@@ -1,4 +1,5 @@
-//! etcd v3 backend: one key per object under `/serval/v1/<plural>/[<namespace>/]<name>`, the
+//! etcd v3 backend: one key per object under `/serval/v1/<plural>/[<namespace>/]<name>`
+//! (Kubernetes kinds under `/serval/v1/k8s/<group or core>/<plural>/...`), the
 //! object as JSON, its `mod_revision` as `metadata.resourceVersion`, and every conditional
 //! write as a transaction comparing that revision.
 
@@ -173,17 +174,30 @@ pub struct EtcdBackend {
     client: Client,
 }
 
+/// The keyspace of a kind: Serval's kinds by plural; Kubernetes' kinds (copied into etcd) in
+/// a space of their own per API group, so `networking.k8s.io` NetworkPolicies and Serval
+/// NetworkPolicies, or Kubernetes and Serval Nodes, never share keys.
+fn kind_space(kind: &KindInfo) -> String {
+    match kind.group.as_str() {
+        "serval.dev" => kind.plural.clone(),
+        "" => format!("k8s/core/{}", kind.plural),
+        group => format!("k8s/{group}/{}", kind.plural),
+    }
+}
+
 fn key(kind: &KindInfo, namespace: Option<&str>, name: &str) -> String {
+    let space = kind_space(kind);
     match namespace {
-        Some(ns) if kind.namespaced => format!("{KEY_ROOT}/{}/{ns}/{name}", kind.plural),
-        _ => format!("{KEY_ROOT}/{}/{name}", kind.plural),
+        Some(ns) if kind.namespaced => format!("{KEY_ROOT}/{space}/{ns}/{name}"),
+        _ => format!("{KEY_ROOT}/{space}/{name}"),
     }
 }
 
 fn prefix(kind: &KindInfo, namespace: Option<&str>) -> String {
+    let space = kind_space(kind);
     match namespace {
-        Some(ns) if kind.namespaced => format!("{KEY_ROOT}/{}/{ns}/", kind.plural),
-        _ => format!("{KEY_ROOT}/{}/", kind.plural),
+        Some(ns) if kind.namespaced => format!("{KEY_ROOT}/{space}/{ns}/"),
+        _ => format!("{KEY_ROOT}/{space}/"),
     }
 }
 
@@ -460,5 +474,33 @@ impl Backend for EtcdBackend {
             events,
             futures::stream::iter,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_kinds_never_share_keys_with_servals() {
+        use crate::resources::{NetworkPolicy, Node};
+        type K8sPolicy = k8s_openapi::api::networking::v1::NetworkPolicy;
+        type K8sNode = k8s_openapi::api::core::v1::Node;
+        let serval = key(&KindInfo::of::<NetworkPolicy>(), Some("prod"), "web");
+        let k8s = key(&KindInfo::of::<K8sPolicy>(), Some("prod"), "web");
+        assert_eq!(serval, "/serval/v1/networkpolicies/prod/web");
+        assert_eq!(
+            k8s,
+            "/serval/v1/k8s/networking.k8s.io/networkpolicies/prod/web"
+        );
+        assert!(!k8s.starts_with(&prefix(&KindInfo::of::<NetworkPolicy>(), Some("prod"))));
+        assert_eq!(
+            key(&KindInfo::of::<Node>(), None, "n1"),
+            "/serval/v1/nodes/n1"
+        );
+        assert_eq!(
+            key(&KindInfo::of::<K8sNode>(), None, "n1"),
+            "/serval/v1/k8s/core/nodes/n1"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  Datastore<B> (typed, validates) ──► B: Backend (raw JSON objects, resourceVersion)
-//!                                        ├─ EtcdBackend   /serval/v1/<plural>/[<ns>/]<name>
+//!                                        ├─ EtcdBackend   /serval/v1/[k8s/<group>/]<plural>/[<ns>/]<name>
 //!                                        ├─ KubeBackend   CRDs + core kinds via kube
 //!                                        └─ MemoryBackend tests only
 //!  Syncer ── list, then watch from the list's revision; relist on expiry ──► SyncEvent

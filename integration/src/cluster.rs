@@ -1,16 +1,20 @@
-//! A three-node Serval cluster in namespaces with a real etcd, shared by the end-to-end test
-//! and the benchmarks: nodes a and b on 192.168.1.0/24 (a bridge in the router namespace),
-//! node c on 192.168.2.0/24 behind the router, one pool 10.244.0.0/16 with CrossSubnet
-//! encapsulation and natOutgoing, agents started by PID with their logs kept for failures.
+//! A three-node Serval cluster in namespaces, shared by the end-to-end tests and the
+//! benchmarks: nodes a and b on 192.168.1.0/24 (a bridge in the router namespace), node c on
+//! 192.168.2.0/24 behind the router, one pool 10.244.0.0/16 with CrossSubnet encapsulation and
+//! natOutgoing, agents started by PID with their logs kept for failures. The datastore is a
+//! real etcd ([`three_nodes`]) or a real Kubernetes API server ([`three_nodes_kubernetes`]:
+//! agents with their ServiceAccount's token, serval-cni with the kubeconfig `install-cni`
+//! writes, Pods created through the API).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use serval_agent::datastore::{Datastore, EtcdBackend};
+use serval_agent::datastore::{AnyBackend, Datastore, EtcdBackend, KubeBackend};
 use serval_agent::resources::IPPool;
 
+use crate::kube::KubeApi;
 use crate::peers::Scratch;
 use crate::{Daemon, EtcdServer, LoopbackForward, Netns, cni, eventually, link, require};
 
@@ -29,7 +33,20 @@ pub struct NodeNs {
     pub var_dir: PathBuf,
 }
 
-/// The running cluster. Fields drop in order: agents (in nodes) before etcd.
+/// Where the cluster keeps its state.
+pub enum Store {
+    /// A real etcd (tests stop and restart it).
+    Etcd(EtcdServer),
+    /// A real Kubernetes API server, with the agents' kubeconfig (serval-node's token).
+    Kubernetes {
+        /// The API server.
+        api: KubeApi,
+        /// serval-node's kubeconfig.
+        agent_kubeconfig: PathBuf,
+    },
+}
+
+/// The running cluster. Fields drop in order: agents (in nodes) before the datastore.
 pub struct Cluster {
     /// The nodes.
     pub nodes: Vec<NodeNs>,
@@ -37,11 +54,11 @@ pub struct Cluster {
     pub pods: Vec<(usize, String, Netns, IpAddr)>,
     /// The router between the subnets.
     pub router: Netns,
-    /// The datastore, from the test's side.
-    pub ds: Datastore<EtcdBackend>,
+    /// The datastore, from the test's side (the admin's, in Kubernetes mode).
+    pub ds: Datastore<AnyBackend>,
     scratch: Scratch,
-    /// The cluster's etcd (tests stop and restart it).
-    pub etcd: EtcdServer,
+    /// The cluster's etcd or API server.
+    pub store: Store,
 }
 
 /// How the cross-subnet path is encapsulated.
@@ -63,19 +80,113 @@ impl Cluster {
             .join("\n")
     }
 
-    /// Starts node `i`'s agent.
-    pub fn start_agent(&mut self, i: usize) {
+    /// The cluster's etcd (etcd mode; panics otherwise).
+    pub fn etcd(&mut self) -> &mut EtcdServer {
+        match &mut self.store {
+            Store::Etcd(e) => e,
+            Store::Kubernetes { .. } => panic!("this cluster runs on the Kubernetes API"),
+        }
+    }
+
+    /// The API server (Kubernetes mode; panics otherwise).
+    pub fn api(&self) -> &KubeApi {
+        match &self.store {
+            Store::Kubernetes { api, .. } => api,
+            Store::Etcd(_) => panic!("this cluster runs on etcd"),
+        }
+    }
+
+    /// Node `i`'s CNI configuration directory (Kubernetes mode: where install-cni and the
+    /// agent keep serval-cni's kubeconfig).
+    fn cni_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].var_dir.join("cni-net.d")
+    }
+
+    /// The environment a node's serval-node runs with, as the DaemonSet sets it.
+    fn node_env(&self, i: usize) -> Vec<String> {
         let n = &self.nodes[i];
-        let bin = require::serval_bin("serval-node");
-        let env = [
+        let mut env = vec![
             format!("NODENAME={}", n.name),
-            "DATASTORE_TYPE=etcdv3".into(),
-            "ETCD_ENDPOINTS=http://127.0.0.1:2379".into(),
-            "IP_AUTODETECTION_METHOD=interface=eth0".into(),
             format!("SERVAL_VAR_DIR={}", n.var_dir.display()),
             "SERVAL_HTTP_ADDRESS=127.0.0.1:9179".into(),
             "SERVAL_LOG=info,serval_bgp=info".into(),
         ];
+        match &self.store {
+            Store::Etcd(_) => env.extend([
+                "DATASTORE_TYPE=etcdv3".into(),
+                "ETCD_ENDPOINTS=http://127.0.0.1:2379".into(),
+                "IP_AUTODETECTION_METHOD=interface=eth0".into(),
+            ]),
+            Store::Kubernetes {
+                api,
+                agent_kubeconfig,
+            } => env.extend([
+                // serval-config.yaml's values; the pool is created by the first agent.
+                "DATASTORE_TYPE=kubernetes".into(),
+                "IP=autodetect".into(),
+                "IP_AUTODETECTION_METHOD=first-found".into(),
+                "SERVAL_IPV4POOL_CIDR=10.244.0.0/16".into(),
+                "SERVAL_IPV4POOL_VXLAN=CrossSubnet".into(),
+                "SERVAL_IPV4POOL_IPIP=Never".into(),
+                "POD_NAMESPACE=kube-system".into(),
+                // What a pod gets: the API server's address and its account's files.
+                "KUBERNETES_SERVICE_HOST=127.0.0.1".into(),
+                format!("KUBERNETES_SERVICE_PORT={}", api.port()),
+                format!("KUBECONFIG={}", agent_kubeconfig.display()),
+                format!(
+                    "SERVAL_SERVICE_ACCOUNT_DIR={}",
+                    self.scratch.path("serviceaccount").display()
+                ),
+                format!("SERVAL_CNI_CONF_DIR={}", self.cni_dir(i).display()),
+            ]),
+        }
+        env
+    }
+
+    /// Runs `serval-node install-cni` for node `i` (Kubernetes mode) as the DaemonSet's init
+    /// container does: the plugin, its conflist and its kubeconfig with its own token.
+    fn install_cni(&self, i: usize) {
+        let n = &self.nodes[i];
+        let bin = require::serval_bin("serval-node");
+        let cni_bin = require::serval_bin("serval-cni");
+        let dir = self.cni_dir(i);
+        std::fs::create_dir_all(&dir).expect("cni dir");
+        let tpl = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"serval-cni","datastore_type":"__DATASTORE_TYPE__","etcd_endpoints":"__ETCD_ENDPOINTS__","nodename":"__NODENAME__","mtu":0,"ipam":{"type":"serval-ipam"}}]}"#;
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(self.node_env(i));
+        args.extend([
+            bin.display().to_string(),
+            "install-cni".into(),
+            "--bin-dir".into(),
+            self.nodes[i].var_dir.join("cni-bin").display().to_string(),
+            "--conf-dir".into(),
+            dir.display().to_string(),
+            "--source".into(),
+            cni_bin.display().to_string(),
+            "--network-config".into(),
+            tpl.into(),
+            "--node-name".into(),
+            n.name.into(),
+            "--datastore-type".into(),
+            "kubernetes".into(),
+            "--no-sysctl".into(),
+        ]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = n.ns.exec(&argv).expect("run install-cni");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("its own ServiceAccount's token"),
+            "install-cni on {}: {text}{}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let bin = require::serval_bin("serval-node");
+        let env = self.node_env(i);
         let mut args: Vec<String> = vec!["env".into()];
         args.extend(env);
         args.push(bin.display().to_string());
@@ -103,13 +214,23 @@ impl Cluster {
     /// The CNI network configuration for node `i`.
     pub fn cni_conf(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        json!({
-            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
-            "nodename": n.name, "datastore_type": "etcdv3",
-            "etcd_endpoints": "http://127.0.0.1:2379",
-            "mtu_file": n.var_dir.join("mtu").display().to_string(),
-            "ipam": {"type": "serval-ipam"}
-        })
+        match &self.store {
+            Store::Etcd(_) => json!({
+                "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
+                "nodename": n.name, "datastore_type": "etcdv3",
+                "etcd_endpoints": "http://127.0.0.1:2379",
+                "mtu_file": n.var_dir.join("mtu").display().to_string(),
+                "ipam": {"type": "serval-ipam"}
+            }),
+            Store::Kubernetes { .. } => json!({
+                "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
+                "nodename": n.name, "datastore_type": "kubernetes",
+                "mtu_file": n.var_dir.join("mtu").display().to_string(),
+                "ipam": {"type": "serval-ipam"},
+                "kubernetes": {"kubeconfig": self.cni_dir(i).join(
+                    serval_agent::node::install_cni::KUBECONFIG_NAME).display().to_string()}
+            }),
+        }
         .to_string()
     }
 
@@ -180,42 +301,28 @@ pub fn kernel_has(kind: &[&str]) -> Result<(), String> {
     ns.ip(&args).map(drop).map_err(|e| e.to_string())
 }
 
-/// Builds the three-node cluster with running agents and no pods yet; `None` (after saying
-/// why) when the kernel or the machine cannot.
-pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
-    if !require::lab_ready(test, &["ip", "etcd", "ping"]) {
-        return None;
-    }
-    let kind = if encap == Encap::Vxlan {
-        "vxlan"
+/// Whether the kernel can create the tunnel `encap` needs (says why not).
+fn encap_ready(test: &str, encap: Encap) -> bool {
+    let (kind, probe) = if encap == Encap::Vxlan {
+        (
+            "vxlan",
+            kernel_has(&["vxlan", "id", "1", "dstport", "4789"]),
+        )
     } else {
-        "ipip"
+        ("ipip", kernel_has(&["ipip"]))
     };
-    let probe_kind = if kind == "vxlan" {
-        kernel_has(&["vxlan", "id", "1", "dstport", "4789"])
-    } else {
-        kernel_has(&["ipip"])
-    };
-    if let Err(why) = probe_kind {
+    if let Err(why) = probe {
         eprintln!(
             "SKIP {test}: this kernel cannot create `{kind}` links ({why}); the same scenario runs with VXLAN"
         );
-        return None;
+        return false;
     }
-    let etcd = EtcdServer::start(test)?;
-    let ds = Datastore::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
-    let mode_field = if encap == Encap::Vxlan {
-        "vxlanMode"
-    } else {
-        "ipipMode"
-    };
-    let pool: IPPool = serde_json::from_value(json!({
-        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
-        "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, mode_field: "CrossSubnet", "natOutgoing": true}
-    }))
-    .unwrap();
-    ds.create(&pool).await.unwrap();
+    true
+}
 
+/// The router and the three node namespaces, each with a loopback forwarder to `store_addr`
+/// at `store_port` (etcd, or the API server).
+fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netns, Vec<NodeNs>) {
     let router = Netns::new("rt").unwrap();
     router
         .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -229,7 +336,6 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
     // (natOutgoing) traffic gets answers.
     router.addr("lo", "203.0.113.1/32").unwrap();
     router.serve_tcp_echo_peer(8081).unwrap();
-    let scratch = Scratch::new("e2e");
     let mut nodes = Vec::new();
     for (name, ip, gw) in [
         ("node-a", "192.168.1.2/24", "192.168.1.1"),
@@ -246,7 +352,7 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
         }
         ns.addr("eth0", ip).unwrap();
         ns.ip(&["route", "add", "default", "via", gw]).unwrap();
-        let forward = LoopbackForward::start(&ns, 2379, etcd.addr()).unwrap();
+        let forward = LoopbackForward::start(&ns, store_port, store_addr).unwrap();
         let var_dir = scratch.path(name);
         nodes.push(NodeNs {
             name,
@@ -257,15 +363,101 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
             var_dir,
         });
     }
+    (router, nodes)
+}
+
+/// Builds the three-node cluster on etcd with running agents and no pods yet; `None`
+/// (after saying why) when the kernel or the machine cannot.
+pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
+    if !require::lab_ready(test, &["ip", "etcd", "ping"]) || !encap_ready(test, encap) {
+        return None;
+    }
+    let etcd = EtcdServer::start(test)?;
+    let ds = Datastore::new(AnyBackend::Etcd(Box::new(
+        EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap(),
+    )));
+    let mode_field = if encap == Encap::Vxlan {
+        "vxlanMode"
+    } else {
+        "ipipMode"
+    };
+    let pool: IPPool = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+        "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, mode_field: "CrossSubnet", "natOutgoing": true}
+    }))
+    .unwrap();
+    ds.create(&pool).await.unwrap();
+    let scratch = Scratch::new("e2e");
+    let (router, nodes) = topology(&scratch, 2379, etcd.addr());
     let mut c = Cluster {
         nodes,
         pods: Vec::new(),
         router,
         ds,
         scratch,
-        etcd,
+        store: Store::Etcd(etcd),
     };
     for i in 0..3 {
+        c.start_agent(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    Some(c)
+}
+
+/// The three-node cluster on a real Kubernetes API server (VXLAN CrossSubnet), with Serval
+/// installed from its manifests: agents with serval-node's token and the DaemonSet's
+/// settings, serval-cni installed per node by `install-cni`; no pods yet.
+pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
+    if !require::lab_ready(test, &["ip", "ping"]) || !encap_ready(test, Encap::Vxlan) {
+        return None;
+    }
+    let api = KubeApi::start(test)?;
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    for file in ["crds.yaml", "rbac.yaml"] {
+        api.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &manifests.join(file).display().to_string(),
+        ]);
+    }
+    api.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=60s",
+        "crd",
+        "--all",
+    ]);
+    let scratch = Scratch::new("e2e-k8s");
+    // What the kubelet mounts into serval-node's pods: its account's token and the CA.
+    let sa = scratch.path("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    let token = api.token("kube-system", "serval-node");
+    std::fs::write(sa.join("token"), &token).unwrap();
+    std::fs::copy(api.ca(), sa.join("ca.crt")).unwrap();
+    let agent_kubeconfig = api.kubeconfig_with_token("serval-node", &token);
+    let ds = Datastore::new(AnyBackend::Kubernetes(
+        KubeBackend::connect_with(&api.admin.display().to_string())
+            .await
+            .expect("admin connection"),
+    ));
+    let (router, nodes) = topology(&scratch, api.port(), api.addr());
+    let mut c = Cluster {
+        nodes,
+        pods: Vec::new(),
+        router,
+        ds,
+        scratch,
+        store: Store::Kubernetes {
+            api,
+            agent_kubeconfig,
+        },
+    };
+    for i in 0..3 {
+        c.install_cni(i);
         c.start_agent(i);
     }
     for i in 0..3 {

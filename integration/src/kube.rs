@@ -184,6 +184,11 @@ impl KubeApi {
         self.port
     }
 
+    /// The cluster CA (what pods find as `ca.crt` in their service-account mount).
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
     /// The tail of its log.
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path("kube-apiserver.log")).unwrap_or_default();

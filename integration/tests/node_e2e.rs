@@ -281,9 +281,9 @@ async fn scenario(test: &str, encap: Encap) {
 
     // etcd goes down: existing pod traffic is untouched. When it is back, the agents'
     // syncers resume and a new pod (CNI needs etcd) is reachable, policy programmed.
-    c.etcd.kill();
+    c.etcd().kill();
     c.all_pairs_reach("while etcd is down");
-    c.etcd.restart();
+    c.etcd().restart();
     let new_ip = c.add_pod(2, "c-after-etcd");
     let from_a = &c.pods.iter().find(|p| p.0 == 0).unwrap().2;
     eventually(

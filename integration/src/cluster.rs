@@ -389,21 +389,13 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
     ds.create(&pool).await.unwrap();
     let scratch = Scratch::new("e2e");
     let (router, nodes) = topology(&scratch, 2379, etcd.addr());
-    let mut c = Cluster {
+    Some(Cluster::running(
         nodes,
-        pods: Vec::new(),
         router,
         ds,
         scratch,
-        store: Store::Etcd(etcd),
-    };
-    for i in 0..3 {
-        c.start_agent(i);
-    }
-    for i in 0..3 {
-        c.wait_ready(i);
-    }
-    Some(c)
+        Store::Etcd(etcd),
+    ))
 }
 
 /// The three-node cluster on a real Kubernetes API server (VXLAN CrossSubnet), with Serval
@@ -414,23 +406,8 @@ pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
         return None;
     }
     let api = KubeApi::start(test)?;
-    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    for file in ["crds.yaml", "rbac.yaml"] {
-        api.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &manifests.join(file).display().to_string(),
-        ]);
-    }
-    api.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=60s",
-        "crd",
-        "--all",
-    ]);
+    api.apply_manifests(&["crds.yaml", "rbac.yaml"])
+        .expect("install Serval's CRDs and RBAC");
     let scratch = Scratch::new("e2e-k8s");
     // What the kubelet mounts into serval-node's pods: its account's token and the CA.
     let sa = scratch.path("serviceaccount");
@@ -445,28 +422,42 @@ pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
             .expect("admin connection"),
     ));
     let (router, nodes) = topology(&scratch, api.port(), api.addr());
-    let mut c = Cluster {
-        nodes,
-        pods: Vec::new(),
-        router,
-        ds,
-        scratch,
-        store: Store::Kubernetes {
-            api,
-            agent_kubeconfig,
-        },
+    let store = Store::Kubernetes {
+        api,
+        agent_kubeconfig,
     };
-    for i in 0..3 {
-        c.install_cni(i);
-        c.start_agent(i);
-    }
-    for i in 0..3 {
-        c.wait_ready(i);
-    }
-    Some(c)
+    Some(Cluster::running(nodes, router, ds, scratch, store))
 }
 
 impl Cluster {
+    /// Starts every node (install-cni first in Kubernetes mode) and waits until all are ready.
+    fn running(
+        nodes: Vec<NodeNs>,
+        router: Netns,
+        ds: Datastore<AnyBackend>,
+        scratch: Scratch,
+        store: Store,
+    ) -> Cluster {
+        let mut c = Cluster {
+            nodes,
+            pods: Vec::new(),
+            router,
+            ds,
+            scratch,
+            store,
+        };
+        for i in 0..3 {
+            if matches!(c.store, Store::Kubernetes { .. }) {
+                c.install_cni(i);
+            }
+            c.start_agent(i);
+        }
+        for i in 0..3 {
+            c.wait_ready(i);
+        }
+        c
+    }
+
     /// Adds pod `name` on node `i` through serval-cni; it serves its own name on TCP 8080.
     pub fn add_pod(&mut self, i: usize, name: &str) -> IpAddr {
         self.add_pod_from(i, name, &[])

@@ -222,6 +222,34 @@ impl KubeApi {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Applies files of `manifests/` (server-side, as the admin) and, when `crds.yaml` is
+    /// among them, waits until every CRD is established.
+    pub fn apply_manifests(&self, files: &[&str]) -> Result<(), String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        for file in files {
+            let path = dir.join(file).display().to_string();
+            let out = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &path]);
+            if !out.status.success() {
+                return Err(format!(
+                    "{file}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            if *file == "crds.yaml" {
+                self.kubectl_ok(&[
+                    "wait",
+                    "--for",
+                    "condition=established",
+                    "--timeout=60s",
+                    "crd",
+                    "--all",
+                ]);
+            }
+        }
+        Ok(())
+    }
+
     /// A token for a ServiceAccount through the TokenRequest API, as the kubelet gets one.
     pub fn token(&self, namespace: &str, service_account: &str) -> String {
         self.kubectl_ok(&[

@@ -31,26 +31,15 @@ fn text(out: &std::process::Output) -> String {
 
 /// The CRDs, then everything else of the Kubernetes-datastore install.
 fn install(api: &KubeApi) {
-    let out = apply(api, &manifest("crds.yaml"), &[]);
-    assert!(out.status.success(), "crds.yaml: {}", text(&out));
-    api.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=60s",
-        "crd",
-        "--all",
-    ]);
-    for file in [
+    api.apply_manifests(&[
+        "crds.yaml",
         "rbac.yaml",
         "serval-config.yaml",
         "serval-node.yaml",
         "route-reflector.yaml",
         "default-resources.yaml",
-    ] {
-        let out = apply(api, &manifest(file), &["--force-conflicts"]);
-        assert!(out.status.success(), "{file}: {}", text(&out));
-    }
+    ])
+    .unwrap();
 }
 
 #[test]

@@ -4,6 +4,7 @@
 pub mod autodetect;
 pub mod calc;
 pub mod cni;
+pub mod controllers;
 pub mod ctl;
 pub mod dataplane;
 pub mod datastore;

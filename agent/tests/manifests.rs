@@ -69,7 +69,12 @@ fn env_vars_read() -> BTreeSet<String> {
         #[command(flatten)]
         install: serval_agent::node::install_cni::InstallArgs,
     }
-    for cmd in [Run::command(), Install::command()] {
+    #[derive(clap::Parser)]
+    struct Controllers {
+        #[command(flatten)]
+        controllers: serval_agent::controllers::ControllerArgs,
+    }
+    for cmd in [Run::command(), Install::command(), Controllers::command()] {
         for a in cmd.get_arguments() {
             if let Some(e) = a.get_env() {
                 known.insert(e.to_string_lossy().into_owned());
@@ -133,6 +138,23 @@ fn every_manifest_object_deserializes_into_its_type_and_validates() {
                 }
                 ("apps/v1", "DaemonSet") => {
                     daemonsets.push((file.clone(), round_trip::<DaemonSet>(&file, &doc)))
+                }
+                ("apps/v1", "Deployment") => {
+                    let d = round_trip::<k8s_openapi::api::apps::v1::Deployment>(&file, &doc);
+                    let pod = d.spec.template.spec.unwrap();
+                    let known = env_vars_read();
+                    for c in &pod.containers {
+                        let sc = c.security_context.as_ref().unwrap();
+                        assert_eq!(sc.allow_privilege_escalation, Some(false), "{file}");
+                        assert_eq!(sc.run_as_non_root, Some(true), "{file}");
+                        for e in c.env.iter().flatten() {
+                            assert!(
+                                known.contains(&e.name),
+                                "{file}: {} is read by nothing",
+                                e.name
+                            );
+                        }
+                    }
                 }
                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                     drop(round_trip::<CustomResourceDefinition>(&file, &doc))

@@ -456,3 +456,186 @@ async fn kubernetes_node_labels_drive_peering_without_a_restart() {
     }
     drop(forwards);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
+    use serval_integration::{eventually, require};
+    let Some(api) = KubeApi::start("the_controllers_clean_up") else {
+        return;
+    };
+    install(&api);
+    api.apply_manifests(&["controllers.yaml"]).unwrap();
+    let admin = Datastore::new(serval_agent::datastore::AnyBackend::Kubernetes(
+        KubeBackend::connect_with(&api.admin.display().to_string())
+            .await
+            .unwrap(),
+    ));
+    // Two nodes as kubelets and agents register them; pods p1 (alive) and p-gone on n1,
+    // p2 on n2, each with an address.
+    node_with_address(&api, "n1", "192.168.78.1", "");
+    node_with_address(&api, "n2", "192.168.78.2", "");
+    for n in ["n1", "n2"] {
+        let node: serval_agent::resources::Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serval.dev/v1", "kind": "Node", "metadata": {"name": n}, "spec": {}
+        }))
+        .unwrap();
+        admin.create(&node).await.unwrap();
+    }
+    let scratch = serval_integration::peers::Scratch::new("kube-ctrl");
+    let pods = scratch.path("pods.yaml");
+    std::fs::write(
+        &pods,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: e2e}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: e2e}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: e2e}\n\
+         spec: {nodeName: n1, automountServiceAccountToken: false, containers: [{name: c, image: x}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: p2, namespace: e2e}\n\
+         spec: {nodeName: n2, automountServiceAccountToken: false, containers: [{name: c, image: x}]}\n",
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "-f", &pods.display().to_string()]);
+    let ipam = serval_ipam::Ipam::new(admin.clone());
+    let mut held = std::collections::BTreeMap::new();
+    for (handle, node, pod) in [
+        ("h-p1", "n1", "p1"),
+        ("h-gone", "n1", "p-gone"),
+        ("h-p2", "n2", "p2"),
+    ] {
+        let got = ipam
+            .auto_assign(&serval_ipam::AssignRequest {
+                handle: handle.into(),
+                node: node.into(),
+                num_v4: 1,
+                attrs: [
+                    ("node".to_string(), node.to_string()),
+                    ("namespace".to_string(), "e2e".to_string()),
+                    ("pod".to_string(), pod.to_string()),
+                ]
+                .into(),
+                ..serval_ipam::AssignRequest::default()
+            })
+            .await
+            .unwrap();
+        held.insert(handle, got.v4[0]);
+    }
+    // Two replicas with the controllers' own token: one is active.
+    let token = api.token("kube-system", "serval-controllers");
+    let kc = api.kubeconfig_with_token("controllers", &token);
+    let bin = require::serval_bin("serval-node");
+    let mut replicas = Vec::new();
+    for name in ["c1", "c2"] {
+        let env = [
+            format!("KUBECONFIG={}", kc.display()),
+            "POD_NAMESPACE=kube-system".into(),
+            format!("POD_NAME={name}"),
+            "SERVAL_CONTROLLERS_INTERVAL=1".into(),
+            "SERVAL_IPAM_LEAK_GRACE_PERIOD=3s".into(),
+        ];
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(env);
+        args.extend([bin.display().to_string(), "controllers".into()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        replicas.push(
+            std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .stdout(std::fs::File::create(scratch.path(&format!("{name}.log"))).unwrap())
+                .stderr(std::fs::File::create(scratch.path(&format!("{name}.err"))).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let logs = || {
+        ["c1", "c2"]
+            .iter()
+            .map(|n| std::fs::read_to_string(scratch.path(&format!("{n}.err"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let lease_holder = || {
+        let out = api.kubectl(&[
+            "get",
+            "lease",
+            "serval-controllers",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let holder = eventually(
+        "one replica holds the Lease",
+        std::time::Duration::from_secs(30),
+        || {
+            let h = lease_holder();
+            if h == "c1" || h == "c2" {
+                Ok(h)
+            } else {
+                Err(h)
+            }
+        },
+        logs,
+    );
+    // The Pod gone (never created) loses its address after the grace period; p1 keeps its.
+    let handle_exists = |h: &'static str| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .get::<serval_agent::resources::IPAMHandle>(None, h)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while handle_exists("h-gone").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leak not released: {}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(handle_exists("h-p1").await, "a live pod keeps its address");
+    assert!(handle_exists("h-p2").await);
+    // Deleting n2 through the API: its Serval Node goes and its address is released.
+    api.kubectl_ok(&["delete", "node", "n2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let node_gone = admin
+            .get::<serval_agent::resources::Node>(None, "n2")
+            .await
+            .unwrap()
+            .is_none();
+        if node_gone && !handle_exists("h-p2").await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 not cleaned up: {}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        admin
+            .get::<serval_agent::resources::Node>(None, "n1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Still one active replica, the same one.
+    assert_eq!(lease_holder(), holder);
+    let standby = if holder == "c1" { "c2" } else { "c1" };
+    assert!(
+        !std::fs::read_to_string(scratch.path(&format!("{standby}.err")))
+            .unwrap_or_default()
+            .contains("Serval Node removed"),
+        "the standby replica did nothing"
+    );
+    for mut r in replicas {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+}

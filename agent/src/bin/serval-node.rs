@@ -26,6 +26,8 @@ enum Command {
     /// Run the node agent: BGP, routes, tunnels, IPAM tunnel addresses (env vars as in a
     /// DaemonSet; flags override).
     Run(Box<serval_agent::node::config::RunArgs>),
+    /// Run the cluster controllers (node clean-up, IPAM GC; one active replica by Lease).
+    Controllers(Box<serval_agent::controllers::ControllerArgs>),
     /// Install serval-cni and its configuration on the host (the DaemonSet's init step).
     InstallCni(Box<serval_agent::node::install_cni::InstallArgs>),
     /// Run the BGP speaker alone, configured from a YAML file (SIGHUP reloads it).
@@ -115,6 +117,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             serval_agent::node::run(cfg, shutdown).await?;
+            Ok(())
+        }
+        Command::Controllers(args) => {
+            serval_agent::controllers::run(*args).await?;
             Ok(())
         }
         Command::InstallCni(args) => {

@@ -38,6 +38,7 @@ fn install(api: &KubeApi) {
         "serval-node.yaml",
         "route-reflector.yaml",
         "default-resources.yaml",
+        "controllers.yaml",
     ])
     .unwrap();
 }
@@ -464,7 +465,6 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
         return;
     };
     install(&api);
-    api.apply_manifests(&["controllers.yaml"]).unwrap();
     let admin = Datastore::new(serval_agent::datastore::AnyBackend::Kubernetes(
         KubeBackend::connect_with(&api.admin.display().to_string())
             .await

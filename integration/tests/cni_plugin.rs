@@ -478,3 +478,62 @@ async fn a_recreated_pods_old_sandbox_del_never_touches_the_new_one() {
     assert_eq!(wep_owner().await.as_deref(), Some("c-2"));
     assert_eq!(lab.call_as("DEL", "c-2", "web", &new2, &conf).code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_etcd_mode_the_endpoint_gets_the_pods_labels_account_and_ports_from_the_api() {
+    let Some(lab) = lab("cni_pod_facts").await else {
+        return;
+    };
+    let Some(api) = serval_integration::kube::KubeApi::start("cni_pod_facts") else {
+        return;
+    };
+    api.apply_manifests(&["crds.yaml", "rbac.yaml"]).unwrap();
+    let scratch = serval_integration::peers::Scratch::new("cni-facts");
+    let objects = scratch.path("pod.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns1}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web-sa, namespace: ns1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: ns1, labels: {app: web, tier: front}}\n\
+         spec:\n  nodeName: node-a\n  serviceAccountName: web-sa\n  automountServiceAccountToken: false\n\
+         \x20 containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}, {containerPort: 9}]}]\n",
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "-f", &objects.display().to_string()]);
+    // serval-cni's own identity, reached from the node's namespace.
+    let token = api.token("kube-system", "serval-cni");
+    let kubeconfig = api.kubeconfig_with_token("serval-cni", &token);
+    let _forward = LoopbackForward::start(&lab.node, api.port(), api.addr()).unwrap();
+    let conf = lab.conf(json!({"kubernetes": {"kubeconfig": kubeconfig.display().to_string()}}));
+    let pod = Netns::new("factspod").unwrap();
+    let add = lab.call("ADD", "web", &pod, &conf);
+    assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
+    let wep_name = serval_agent::cni::plugin::endpoint_name("node-a", "web", "eth0");
+    let w: WorkloadEndpoint = lab.ds.get(Some("ns1"), &wep_name).await.unwrap().unwrap();
+    let labels = w.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        (labels["app"].as_str(), labels["tier"].as_str()),
+        ("web", "front")
+    );
+    assert_eq!(w.spec.service_account_name.as_deref(), Some("web-sa"));
+    assert!(
+        w.spec.profiles.contains(&"ksa.ns1.web-sa".to_string()),
+        "{:?}",
+        w.spec.profiles
+    );
+    assert_eq!(
+        w.spec.ports.len(),
+        1,
+        "only named ports: {:?}",
+        w.spec.ports
+    );
+    assert_eq!(
+        (w.spec.ports[0].name.as_str(), w.spec.ports[0].port),
+        ("http", 8080)
+    );
+    // A pod the API server does not know: the ADD fails, retryably, and leaves nothing.
+    let ghost = Netns::new("ghostpod").unwrap();
+    let add = lab.call("ADD", "ghost", &ghost, &conf);
+    assert_eq!(add.error_code(), 11, "{}", add.stdout);
+    assert!(lab.handle_ips("ghost").await.is_empty());
+}

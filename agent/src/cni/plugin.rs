@@ -242,6 +242,12 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
         addresses: addresses.clone(),
         mtu,
     };
+    // In etcd mode nothing else copies the Pod's labels, service account and named ports:
+    // read them from the API server (as Calico's plugin does) before plumbing anything.
+    let pod_facts = match pod_facts(conf, &namespace, &pod).await {
+        Ok(f) => f,
+        Err(e) => return Err(undo_ipam(e).await),
+    };
     let host = match Netlink::connect() {
         Ok(h) => h,
         Err(e) => {
@@ -278,6 +284,15 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
             ..WorkloadEndpointSpec::default()
         },
     };
+    let mut wep = wep;
+    if let Some(f) = pod_facts {
+        wep.metadata.labels = Some(f.labels);
+        if let Some(sa) = &f.service_account {
+            wep.spec.profiles.push(format!("ksa.{namespace}.{sa}"));
+        }
+        wep.spec.service_account_name = f.service_account;
+        wep.spec.ports = f.ports;
+    }
     if let Err(e) = write_endpoint(&ds, wep).await {
         let _ = pod_net::teardown(&host, &spec.host_ifnames, &spec.owner).await;
         return Err(undo_ipam(
@@ -335,6 +350,71 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
         },
         dns: serde_json::json!({}),
     })
+}
+
+/// What the API server says about a pod that policy needs.
+struct PodFacts {
+    labels: BTreeMap<String, String>,
+    service_account: Option<String>,
+    ports: Vec<crate::resources::workload::EndpointPort>,
+}
+
+/// The Pod's labels, service account and named container ports, read with the configured
+/// kubeconfig when the datastore is etcd (`None` without one, or in Kubernetes mode, where
+/// the agent reads Pods itself). A Pod that cannot be read fails the ADD: an endpoint
+/// without its labels would fall outside the policies written for it.
+async fn pod_facts(
+    conf: &NetConf,
+    namespace: &str,
+    pod: &str,
+) -> Result<Option<PodFacts>, CniError> {
+    if conf.datastore_type == "kubernetes" {
+        return Ok(None);
+    }
+    let Some(path) = conf
+        .other
+        .get("kubernetes")
+        .and_then(|k| k.get("kubeconfig"))
+        .and_then(|p| p.as_str())
+    else {
+        return Ok(None);
+    };
+    let read = async {
+        let AnyBackend::Kubernetes(kb) = kube_from_file(path).await? else {
+            unreachable!("kube_from_file makes a Kubernetes backend")
+        };
+        Datastore::new(kb)
+            .get::<k8s_openapi::api::core::v1::Pod>(Some(namespace), pod)
+            .await
+    };
+    let found = tokio::time::timeout(DATASTORE_TIMEOUT, read)
+        .await
+        .map_err(|_| datastore_unreachable("the API server did not answer for the Pod"))?
+        .map_err(datastore_unreachable)?
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("Pod {namespace}/{pod} is not in the API server (yet)"),
+            )
+        })?;
+    let spec = found.spec.unwrap_or_default();
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(crate::resources::workload::EndpointPort {
+                name: p.name.clone()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect();
+    Ok(Some(PodFacts {
+        labels: found.metadata.labels.unwrap_or_default(),
+        service_account: spec.service_account_name.filter(|s| !s.is_empty()),
+        ports,
+    }))
 }
 
 /// Creates the endpoint, or replaces one left by an earlier attempt for the same pod.

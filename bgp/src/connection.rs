@@ -404,6 +404,34 @@ async fn write_fully(
     Ok(())
 }
 
+/// Writes and empties the coalescing buffer.
+async fn write_staged(
+    w: &mut OwnedWriteHalf,
+    staged: &mut BytesMut,
+    hold: Option<Duration>,
+) -> Result<(), WriteStop> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let r = write_fully(w, staged, hold).await;
+    staged.clear();
+    r
+}
+
+/// A writer that had to stop: a send-hold expiry is reported (unless the connection was
+/// closing anyway); a failed socket is noticed by the reader.
+async fn stopped(
+    stop: WriteStop,
+    closing: bool,
+    tx: &mpsc::Sender<Input>,
+    peer: PeerId,
+    serial: u64,
+) {
+    if matches!(stop, WriteStop::SendHold) && !closing {
+        let _ = tx.send(Input::SendHoldExpired { peer, serial }).await;
+    }
+}
+
 /// Small messages queued together go out in one write; big batches go out as they are.
 const COALESCE: usize = 64 * 1024;
 
@@ -423,16 +451,20 @@ async fn write_loop(
         };
         // Take what is already queued, coalescing small pieces.
         let mut pieces: Vec<Bytes> = Vec::new();
+        let mut taken = 0;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Outgoing::Data(b) => pieces.push(b),
+                Outgoing::Data(b) => {
+                    taken += b.len();
+                    pieces.push(b);
+                }
                 Outgoing::Close => {
                     closing = true;
                     break;
                 }
             }
-            if pieces.iter().map(Bytes::len).sum::<usize>() >= COALESCE {
+            if taken >= COALESCE {
                 break;
             }
             next = rx.try_recv().ok();
@@ -447,35 +479,19 @@ async fn write_loop(
             meter.send_hold()
         };
         for piece in pieces {
-            let r = if piece.len() < COALESCE / 4 {
+            let small = piece.len() < COALESCE / 4;
+            if small {
                 staged.extend_from_slice(&piece);
-                if staged.len() < COALESCE {
-                    Ok(())
-                } else {
-                    let r = write_fully(&mut write, &staged, hold).await;
-                    staged.clear();
-                    r
-                }
-            } else {
-                let mut r = Ok(());
-                if !staged.is_empty() {
-                    r = write_fully(&mut write, &staged, hold).await;
-                    staged.clear();
-                }
-                if r.is_ok() {
+            }
+            let mut r = Ok(());
+            if !small || staged.len() >= COALESCE {
+                r = write_staged(&mut write, &mut staged, hold).await;
+                if r.is_ok() && !small {
                     r = write_fully(&mut write, &piece, hold).await;
                 }
-                r
-            };
-            match r {
-                Ok(()) => {}
-                Err(WriteStop::Io) => return,
-                Err(WriteStop::SendHold) => {
-                    if !closing {
-                        let _ = tx.send(Input::SendHoldExpired { peer, serial }).await;
-                    }
-                    return;
-                }
+            }
+            if let Err(stop) = r {
+                return stopped(stop, closing, &tx, peer, serial).await;
             }
             // Staged bytes count as written once handed to the socket below; counting them
             // a little early only brings the drain notice forward by one write.
@@ -483,17 +499,8 @@ async fn write_loop(
                 let _ = tx.send(Input::Drained { peer, serial }).await;
             }
         }
-        if !staged.is_empty() {
-            match write_fully(&mut write, &staged, hold).await {
-                Ok(()) => staged.clear(),
-                Err(WriteStop::Io) => return,
-                Err(WriteStop::SendHold) => {
-                    if !closing {
-                        let _ = tx.send(Input::SendHoldExpired { peer, serial }).await;
-                    }
-                    return;
-                }
-            }
+        if let Err(stop) = write_staged(&mut write, &mut staged, hold).await {
+            return stopped(stop, closing, &tx, peer, serial).await;
         }
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;

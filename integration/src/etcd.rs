@@ -63,6 +63,20 @@ impl EtcdTls {
     }
 }
 
+/// Compacts an etcd's whole history up to now, as a long-running cluster's periodic
+/// compaction does: a watch resuming from an older revision is then refused.
+pub async fn compact_to_now(etcd: &serval_agent::datastore::EtcdBackend) {
+    let mut client = etcd.client();
+    let rev = client
+        .get("/", None)
+        .await
+        .expect("read revision")
+        .header()
+        .expect("header")
+        .revision();
+    client.compact(rev, None).await.expect("compact");
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

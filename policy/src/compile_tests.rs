@@ -116,18 +116,12 @@ fn np(ns: &str, name: &str, selector: &str, types: &[PolicyType]) -> PolicyDef {
 
 fn allow_from(selector: Option<&str>, ns_selector: Option<&str>) -> Rule {
     Rule {
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
         source: EntityRule {
             selector: selector.map(String::from),
             namespace_selector: ns_selector.map(String::from),
             ..EntityRule::default()
         },
-        destination: EntityRule::default(),
+        ..Rule::any(Action::Allow)
     }
 }
 

@@ -120,6 +120,23 @@ pub struct Rule {
     pub destination: EntityRule,
 }
 
+impl Rule {
+    /// A rule with `action` and no match at all (it applies to every packet); the base that
+    /// more specific rules fill in with struct-update syntax.
+    pub fn any(action: Action) -> Rule {
+        Rule {
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityRule::default(),
+            destination: EntityRule::default(),
+        }
+    }
+}
+
 /// Protocols known by name.
 pub const PROTOCOL_NAMES: [&str; 6] = ["TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "UDPLite"];
 

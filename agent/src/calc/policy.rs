@@ -120,14 +120,10 @@ fn k8s_rules(
             };
             destination.ports = dports.clone();
             out.push(Rule {
-                action: Action::Allow,
-                ip_version: None,
                 protocol: proto.clone().map(IntOrString::String),
-                not_protocol: None,
-                icmp: None,
-                not_icmp: None,
                 source,
                 destination,
+                ..Rule::any(Action::Allow)
             });
         }
     }
@@ -217,18 +213,7 @@ pub fn fail_closed(
     } else {
         types.to_vec()
     };
-    let deny = || {
-        vec![Rule {
-            action: Action::Deny,
-            ip_version: None,
-            protocol: None,
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            source: EntityRule::default(),
-            destination: EntityRule::default(),
-        }]
-    };
+    let deny = || vec![Rule::any(Action::Deny)];
     PolicyDef {
         name,
         namespace,

@@ -357,7 +357,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use serval_policy::compile::{Endpoint, PolicyDef};
-    use serval_policy::model::{Action, EntityRule, Rule};
+    use serval_policy::model::{Action, Rule};
     use serval_policy::selector::Selector;
 
     use super::*;
@@ -411,16 +411,7 @@ mod tests {
             selector: Selector::All,
             namespace_selector: None,
             types: vec![PolicyType::Ingress],
-            ingress: vec![Rule {
-                action: Action::Allow,
-                ip_version: None,
-                protocol: None,
-                not_protocol: None,
-                icmp: None,
-                not_icmp: None,
-                source: EntityRule::default(),
-                destination: EntityRule::default(),
-            }],
+            ingress: vec![Rule::any(Action::Allow)],
             egress: vec![],
         }
     }

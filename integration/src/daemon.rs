@@ -19,11 +19,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `args` inside `ns` (`ip netns exec` execs it, so the PID is the daemon's).
     pub fn start(ns: &Netns, name: &str, args: &[&str], log_dir: &Path) -> io::Result<Daemon> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).args(args);
+        Daemon::spawn(cmd, name, log_dir)
+    }
+
+    /// Starts `args` in the test's own network namespace (a process that only talks to
+    /// loopback, such as the controllers).
+    pub fn start_here(name: &str, args: &[&str], log_dir: &Path) -> io::Result<Daemon> {
+        let (program, rest) = args.split_first().expect("a program to run");
+        let mut cmd = Command::new(program);
+        cmd.args(rest);
+        Daemon::spawn(cmd, name, log_dir)
+    }
+
+    fn spawn(mut cmd: Command, name: &str, log_dir: &Path) -> io::Result<Daemon> {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -33,6 +46,11 @@ impl Daemon {
             child: Some(child),
             log,
         })
+    }
+
+    /// Everything it wrote so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines of its log, for failure messages.

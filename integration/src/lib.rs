@@ -23,4 +23,4 @@ pub use daemon::Daemon;
 pub use etcd::{EtcdServer, EtcdTls};
 pub use forward::LoopbackForward;
 pub use netns::{Netns, link};
-pub use poll::eventually;
+pub use poll::{eventually, eventually_async};

@@ -25,6 +25,32 @@ pub fn eventually<T>(
     }
 }
 
+/// [`eventually`] for checks that await (datastore reads): polls every 200 ms without
+/// blocking the runtime.
+pub async fn eventually_async<T, F>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+    context: impl Fn() -> String,
+) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nlast observed: {last}\n{}",
+                    context()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// JSON subset match: every key/element in `expected` must be present and equal in
 /// `actual` (arrays match element-wise by position). Returns the first mismatch path.
 pub fn json_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> Result<(), String> {

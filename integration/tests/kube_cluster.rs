@@ -513,34 +513,36 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
     // Two replicas with the controllers' own token: one is active.
     let token = api.token("kube-system", "serval-controllers");
     let kc = api.kubeconfig_with_token("controllers", &token);
-    let bin = require::serval_bin("serval-node");
-    let mut replicas = Vec::new();
-    for name in ["c1", "c2"] {
-        let env = [
-            format!("KUBECONFIG={}", kc.display()),
-            "POD_NAMESPACE=kube-system".into(),
-            format!("POD_NAME={name}"),
-            "SERVAL_CONTROLLERS_INTERVAL=1".into(),
-            "SERVAL_IPAM_LEAK_GRACE_PERIOD=3s".into(),
-        ];
-        let mut args: Vec<String> = vec!["env".into()];
-        args.extend(env);
-        args.extend([bin.display().to_string(), "controllers".into()]);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        replicas.push(
-            std::process::Command::new(argv[0])
-                .args(&argv[1..])
-                .stdout(std::fs::File::create(scratch.path(&format!("{name}.log"))).unwrap())
-                .stderr(std::fs::File::create(scratch.path(&format!("{name}.err"))).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let bin = require::serval_bin("serval-node").display().to_string();
+    let kubeconfig = format!("KUBECONFIG={}", kc.display());
+    // Stopped by PID when dropped, also when an assertion fails.
+    let replicas: Vec<serval_integration::Daemon> = ["c1", "c2"]
+        .iter()
+        .map(|name| {
+            let pod_name = format!("POD_NAME={name}");
+            let r = serval_integration::Daemon::start_here(
+                name,
+                &[
+                    "env",
+                    &kubeconfig,
+                    "POD_NAMESPACE=kube-system",
+                    &pod_name,
+                    "SERVAL_CONTROLLERS_INTERVAL=1",
+                    "SERVAL_IPAM_LEAK_GRACE_PERIOD=3s",
+                    &bin,
+                    "controllers",
+                ],
+                &scratch.0,
+            )
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            r
+        })
+        .collect();
     let logs = || {
-        ["c1", "c2"]
+        replicas
             .iter()
-            .map(|n| std::fs::read_to_string(scratch.path(&format!("{n}.err"))).unwrap_or_default())
+            .map(|r| r.log_tail(40))
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -620,14 +622,9 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
     // Still one active replica, the same one.
     assert_eq!(lease_holder(), holder);
     let standby = if holder == "c1" { "c2" } else { "c1" };
+    let standby = &replicas[usize::from(standby == "c2")];
     assert!(
-        !std::fs::read_to_string(scratch.path(&format!("{standby}.err")))
-            .unwrap_or_default()
-            .contains("Serval Node removed"),
+        !standby.log_text().contains("Serval Node removed"),
         "the standby replica did nothing"
     );
-    for mut r in replicas {
-        let _ = r.kill();
-        let _ = r.wait();
-    }
 }

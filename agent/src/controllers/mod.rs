@@ -1,16 +1,21 @@
 //! `serval-node controllers`: the cluster-wide duties Calico's kube-controllers perform, for
 //! the Kubernetes datastore, with one active replica through a Lease.
 //!
+//! With the etcd datastore the Kubernetes facts (Nodes, Pods) still come from the API server,
+//! Serval's state is in etcd, and the active replica also copies what agents need from the
+//! API server into etcd ([`mirror`]).
+//!
 //! ```text
 //!  lease task ──active──► pass loop (every interval, while active)
 //!                           ├─ node clean-up: Serval Nodes without a Kubernetes Node go
 //!                           └─ IPAM GC: addresses of gone nodes at once, of gone Pods after
 //!                              the leak grace period; empty blocks and stale affinities
+//!                       └─► etcd mode: mirror task (NetworkPolicies, Namespaces, Pods,
+//!                           ServiceAccounts, node labels), stopped when the Lease is lost
 //! ```
-//!
-//! Not yet: the etcd-mode sync of Kubernetes objects into etcd.
 
 pub mod lease;
+pub mod mirror;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -45,6 +50,24 @@ pub struct ControllerArgs {
     /// leakGracePeriod), e.g. `15m`, `30s`.
     #[arg(long, env = "SERVAL_IPAM_LEAK_GRACE_PERIOD", default_value = "15m")]
     pub leak_grace_period: String,
+    /// `kubernetes` (Serval's state in CRDs) or `etcdv3` (in etcd; Kubernetes objects are
+    /// then copied into etcd for the agents).
+    #[arg(long, env = "DATASTORE_TYPE", default_value = "kubernetes")]
+    pub datastore_type: String,
+    /// etcd endpoints and TLS files (etcdv3 only).
+    #[command(flatten)]
+    pub etcd: crate::datastore::etcd::EtcdArgs,
+}
+
+/// Where the controllers read and write.
+#[derive(Clone)]
+pub struct Stores {
+    /// The API server: Kubernetes Nodes and Pods.
+    pub api: Datastore<AnyBackend>,
+    /// Serval's state (the API server again, or etcd).
+    pub serval: Datastore<AnyBackend>,
+    /// Whether Serval's state is in etcd.
+    pub etcd: bool,
 }
 
 /// Why the controllers stopped.
@@ -68,21 +91,25 @@ pub struct PassReport {
 }
 
 /// One pass: node clean-up, then IPAM GC at `now` (seconds).
-pub async fn pass(
-    ds: &Datastore<AnyBackend>,
-    gc: &mut Gc,
-    now: u64,
-) -> Result<PassReport, ControllerError> {
+pub async fn pass(stores: &Stores, gc: &mut Gc, now: u64) -> Result<PassReport, ControllerError> {
     let mut report = PassReport::default();
-    let (k8s_nodes, _) = ds.list::<K8sNode>(None).await?;
-    let nodes: BTreeSet<String> = k8s_nodes.iter().map(|n| n.name_any()).collect();
-    let (serval_nodes, _) = ds.list::<Node>(None).await?;
+    let (k8s_nodes, _) = stores.api.list::<K8sNode>(None).await?;
+    let mut nodes: BTreeSet<String> = k8s_nodes.iter().map(|n| n.name_any()).collect();
+    let (serval_nodes, _) = stores.serval.list::<Node>(None).await?;
     for n in serval_nodes {
         let name = n.name_any();
         if nodes.contains(&name) {
             continue;
         }
-        match ds
+        // In etcd, a Serval Node that never matched a Kubernetes Node (a host outside the
+        // cluster, a route reflector on its own) is not the controllers' to remove, and its
+        // addresses stay owned.
+        if stores.etcd && !mirror::is_kubernetes_node(&n) {
+            nodes.insert(name);
+            continue;
+        }
+        match stores
+            .serval
             .delete::<Node>(None, &name, n.metadata.resource_version.as_deref())
             .await
         {
@@ -94,7 +121,7 @@ pub async fn pass(
             Err(e) => return Err(e.into()),
         }
     }
-    let (pods, _) = ds.list::<Pod>(None).await?;
+    let (pods, _) = stores.api.list::<Pod>(None).await?;
     let owners = Owners {
         nodes,
         workloads: pods
@@ -102,7 +129,7 @@ pub async fn pass(
             .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
             .collect(),
     };
-    let ipam = Ipam::new(ds.clone());
+    let ipam = Ipam::new(stores.serval.clone());
     report.ipam = gc
         .scan(&ipam, &owners, now)
         .await
@@ -127,18 +154,74 @@ pub fn leak_grace_secs(args: &ControllerArgs) -> Result<u64, ControllerError> {
         })
 }
 
+/// The etcd settings when `DATASTORE_TYPE` is etcdv3, `None` for kubernetes; checked before
+/// anything connects, and etcd settings given with kubernetes are refused by name.
+pub fn etcd_settings(
+    args: &ControllerArgs,
+) -> Result<Option<crate::datastore::etcd::EtcdConfig>, ControllerError> {
+    let etcd = args.etcd.config();
+    match args.datastore_type.as_str() {
+        "kubernetes" => match etcd.set_variable() {
+            Some(var) => Err(ControllerError::Config(format!(
+                "{var} is set but DATASTORE_TYPE is kubernetes (etcd settings apply to etcdv3 only)"
+            ))),
+            None => Ok(None),
+        },
+        "etcdv3" => {
+            etcd.validate().map_err(ControllerError::Config)?;
+            Ok(Some(etcd))
+        }
+        other => Err(ControllerError::Config(format!(
+            "DATASTORE_TYPE: {other:?}: expected kubernetes or etcdv3"
+        ))),
+    }
+}
+
+/// The API server, and Serval's datastore (the same, or etcd).
+async fn connect_stores(
+    etcd: Option<&crate::datastore::etcd::EtcdConfig>,
+    api: KubeBackend,
+) -> Result<Stores, ControllerError> {
+    let api = Datastore::new(AnyBackend::Kubernetes(api));
+    Ok(match etcd {
+        None => Stores {
+            serval: api.clone(),
+            api,
+            etcd: false,
+        },
+        Some(c) => {
+            let backend = crate::datastore::etcd::EtcdBackend::connect_with(c).await?;
+            Stores {
+                api,
+                serval: Datastore::new(AnyBackend::Etcd(Box::new(backend))),
+                etcd: true,
+            }
+        }
+    })
+}
+
+/// A task that stops when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the controllers until the process stops.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let grace = leak_grace_secs(&args)?;
+    let etcd = etcd_settings(&args)?;
     tracing::info!(
         leak_grace_s = grace,
         interval_s = args.interval,
         identity = %args.identity,
         "controllers started"
     );
-    let backend = KubeBackend::connect().await?;
-    let client = backend.client();
-    let ds = Datastore::new(AnyBackend::Kubernetes(backend));
+    let api = KubeBackend::connect().await?;
+    let client = api.client();
+    let stores = connect_stores(etcd.as_ref(), api.clone()).await?;
     let (active_tx, mut active) = tokio::sync::watch::channel(false);
     tokio::spawn(lease::run(
         client,
@@ -148,16 +231,27 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         Duration::from_secs(15),
         active_tx,
     ));
+    let mut mirror_task: Option<AbortOnDrop> = None;
     let mut gc = Gc::new(grace);
     let started = std::time::Instant::now();
     loop {
         if !*active.borrow() {
-            // Stand by; a new collector starts fresh when this replica takes over.
+            // Stand by; a new collector starts fresh when this replica takes over, and
+            // only the active replica writes the etcd copy.
             gc = Gc::new(grace);
+            mirror_task = None;
             let _ = active.changed().await;
             continue;
         }
-        match pass(&ds, &mut gc, started.elapsed().as_secs()).await {
+        if stores.etcd && mirror_task.is_none() {
+            let store = stores.serval.backend().clone();
+            mirror_task = Some(AbortOnDrop(tokio::spawn(mirror::run(
+                api.clone(),
+                store,
+                Duration::from_secs(args.interval),
+            ))));
+        }
+        match pass(&stores, &mut gc, started.elapsed().as_secs()).await {
             Ok(r) => {
                 tracing::debug!(report = ?r, "controllers pass done");
                 if !r.nodes_removed.is_empty() || !r.ipam.released.is_empty() {
@@ -186,6 +280,8 @@ mod tests {
             lease: "l".into(),
             interval,
             leak_grace_period: grace.into(),
+            datastore_type: "kubernetes".into(),
+            etcd: Default::default(),
         }
     }
 
@@ -195,5 +291,33 @@ mod tests {
         assert_eq!(leak_grace_secs(&args("3s", 60)).unwrap(), 3);
         assert!(leak_grace_secs(&args("soon", 60)).is_err());
         assert!(leak_grace_secs(&args("3s", 0)).is_err());
+    }
+
+    #[test]
+    fn etcd_settings_are_for_etcd_only() {
+        let mut a = args("15m", 60);
+        assert_eq!(etcd_settings(&a).unwrap(), None);
+        a.etcd.etcd_endpoints = Some("http://10.0.0.1:2379".into());
+        let e = etcd_settings(&a).unwrap_err().to_string();
+        assert!(e.starts_with("ETCD_ENDPOINTS is set"), "{e}");
+        a.datastore_type = "etcdv3".into();
+        assert_eq!(
+            etcd_settings(&a).unwrap().unwrap().endpoints,
+            ["http://10.0.0.1:2379"]
+        );
+        a.etcd.etcd_endpoints = None;
+        assert!(
+            etcd_settings(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("ETCD_ENDPOINTS")
+        );
+        a.datastore_type = "consul".into();
+        assert!(
+            etcd_settings(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("DATASTORE_TYPE")
+        );
     }
 }

@@ -95,6 +95,19 @@ impl EtcdConfig {
         }
     }
 
+    /// The first etcd setting given, by Calico's name: with the Kubernetes datastore such a
+    /// setting would do nothing, so it is refused rather than ignored.
+    pub fn set_variable(&self) -> Option<&'static str> {
+        [
+            ("ETCD_ENDPOINTS", !self.endpoints.is_empty()),
+            ("ETCD_CA_CERT_FILE", self.ca_cert_file.is_some()),
+            ("ETCD_CERT_FILE", self.cert_file.is_some()),
+            ("ETCD_KEY_FILE", self.key_file.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, set)| set.then_some(name))
+    }
+
     /// Checks the combination; the message names Calico's variable.
     pub fn validate(&self) -> Result<(), String> {
         if self.endpoints.is_empty() {

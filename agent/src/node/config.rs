@@ -260,7 +260,15 @@ impl RunArgs {
             ));
         }
         let etcd = match self.datastore_type.as_str() {
-            "kubernetes" => None,
+            "kubernetes" => {
+                if let Some(var) = self.etcd.config().set_variable() {
+                    return Err(bad(
+                        var,
+                        "is set but DATASTORE_TYPE is kubernetes (etcd settings apply to etcdv3 only)",
+                    ));
+                }
+                None
+            }
             "etcdv3" => {
                 let c = self.etcd.config();
                 c.validate().map_err(|e| {
@@ -453,6 +461,16 @@ mod tests {
             e(&["--datastore-type", "consul"]).variable,
             "DATASTORE_TYPE"
         );
+        // etcd settings with the Kubernetes datastore would do nothing: refused by name.
+        assert_eq!(
+            e(&["--etcd-endpoints", "http://10.0.0.1:2379"]).variable,
+            "ETCD_ENDPOINTS"
+        );
+        assert_eq!(
+            e(&["--etcd-key-file", "/etc/etcd/key.pem"]).variable,
+            "ETCD_KEY_FILE"
+        );
+        assert!(args(&["--etcd-endpoints", ""]).validate("h").is_ok());
         assert_eq!(e(&["--ip", "10.0.0.300/24"]).variable, "IP");
         assert_eq!(e(&["--ip", "fd00::1/64"]).variable, "IP");
         let m = e(&["--ip-autodetection-method", "nic=eth0"]);

@@ -114,6 +114,7 @@ macro_rules! core_kind {
 
 core_kind!(k8s_openapi::api::core::v1::Pod, true);
 core_kind!(k8s_openapi::api::core::v1::Namespace, false);
+core_kind!(k8s_openapi::api::core::v1::ServiceAccount, true);
 core_kind!(k8s_openapi::api::core::v1::Secret, true);
 core_kind!(k8s_openapi::api::core::v1::Node, false);
 core_kind!(k8s_openapi::api::networking::v1::NetworkPolicy, true);

@@ -450,6 +450,18 @@ async fn kubernetes_node_labels_drive_peering_without_a_restart() {
     drop(forwards);
 }
 
+/// `servalctl` as the cluster admin (a client certificate in system:masters), as an operator
+/// runs it: exit code and output.
+fn servalctl_admin(api: &KubeApi, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(serval_integration::require::serval_bin("servalctl"))
+        .args(args)
+        .env("DATASTORE_TYPE", "kubernetes")
+        .env("KUBECONFIG", &api.admin)
+        .output()
+        .expect("run servalctl");
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
     use serval_integration::{eventually, require};
@@ -510,6 +522,18 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
             .unwrap();
         held.insert(handle, got.v4[0]);
     }
+    // servalctl, as the admin, sees the leak the collector will release, with the same
+    // owners (Kubernetes Pods and Nodes).
+    let (code, out) = servalctl_admin(&api, &["ipam", "check"]);
+    let gone_ip = held["h-gone"].to_string();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{gone_ip} is allocated to pod e2e/p-gone, which has no Pod (leak)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("1 problem(s) found"), "{out}");
     // Two replicas with the controllers' own token: one is active.
     let token = api.token("kube-system", "serval-controllers");
     let kc = api.kubeconfig_with_token("controllers", &token);
@@ -618,6 +642,16 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
             .await
             .unwrap()
             .is_some()
+    );
+    // Nothing left for servalctl to report.
+    serval_integration::eventually(
+        "servalctl ipam check is clean",
+        std::time::Duration::from_secs(20),
+        || match servalctl_admin(&api, &["ipam", "check"]) {
+            (0, out) if out.contains("0 problem(s) found") => Ok(()),
+            (_, out) => Err(out),
+        },
+        logs,
     );
     // Still one active replica, the same one.
     assert_eq!(lease_holder(), holder);

@@ -188,14 +188,21 @@ async fn datastore(cli: &Cli) -> anyhow::Result<Datastore<AnyBackend>> {
                 })?,
             ))
         }
-        "kubernetes" => AnyBackend::Kubernetes(match &cli.kubeconfig {
-            Some(path) if !path.is_empty() => KubeBackend::connect_with(path)
-                .await
-                .with_context(|| format!("connecting to the Kubernetes API with {path}"))?,
-            _ => KubeBackend::connect()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster or ~/.kube/config)")?,
-        }),
+        "kubernetes" => {
+            if let Some(var) = cli.etcd.config().set_variable() {
+                bail!(
+                    "{var} is set but DATASTORE_TYPE is kubernetes (etcd settings apply to etcdv3 only)"
+                );
+            }
+            AnyBackend::Kubernetes(match &cli.kubeconfig {
+                Some(path) if !path.is_empty() => KubeBackend::connect_with(path)
+                    .await
+                    .with_context(|| format!("connecting to the Kubernetes API with {path}"))?,
+                _ => KubeBackend::connect()
+                    .await
+                    .context("connecting to the Kubernetes API (in-cluster or ~/.kube/config)")?,
+            })
+        }
         other => bail!("DATASTORE_TYPE {other:?}: expected kubernetes or etcdv3"),
     };
     Ok(Datastore::new(backend))

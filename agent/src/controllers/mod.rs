@@ -93,8 +93,7 @@ pub struct PassReport {
 /// One pass: node clean-up, then IPAM GC at `now` (seconds).
 pub async fn pass(stores: &Stores, gc: &mut Gc, now: u64) -> Result<PassReport, ControllerError> {
     let mut report = PassReport::default();
-    let (k8s_nodes, _) = stores.api.list::<K8sNode>(None).await?;
-    let mut nodes: BTreeSet<String> = k8s_nodes.iter().map(|n| n.name_any()).collect();
+    let mut nodes = live_nodes(&stores.api).await?;
     let (serval_nodes, _) = stores.serval.list::<Node>(None).await?;
     for n in serval_nodes {
         let name = n.name_any();
@@ -121,13 +120,9 @@ pub async fn pass(stores: &Stores, gc: &mut Gc, now: u64) -> Result<PassReport, 
             Err(e) => return Err(e.into()),
         }
     }
-    let (pods, _) = stores.api.list::<Pod>(None).await?;
     let owners = Owners {
         nodes,
-        workloads: pods
-            .iter()
-            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
-            .collect(),
+        workloads: live_pods(&stores.api).await?,
     };
     let ipam = Ipam::new(stores.serval.clone());
     report.ipam = gc
@@ -135,6 +130,23 @@ pub async fn pass(stores: &Stores, gc: &mut Gc, now: u64) -> Result<PassReport, 
         .await
         .map_err(|e| ControllerError::Datastore(DatastoreError::backend(e)))?;
     Ok(report)
+}
+
+/// The Pods that exist, as (namespace, name): the owners of workload addresses.
+pub async fn live_pods(
+    api: &Datastore<AnyBackend>,
+) -> Result<BTreeSet<(String, String)>, DatastoreError> {
+    let (pods, _) = api.list::<Pod>(None).await?;
+    Ok(pods
+        .iter()
+        .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+        .collect())
+}
+
+/// The Kubernetes Nodes that exist: the owners of node addresses and affinities.
+pub async fn live_nodes(api: &Datastore<AnyBackend>) -> Result<BTreeSet<String>, DatastoreError> {
+    let (nodes, _) = api.list::<K8sNode>(None).await?;
+    Ok(nodes.iter().map(|n| n.name_any()).collect())
 }
 
 /// The leak grace period in seconds, with the settings checked.

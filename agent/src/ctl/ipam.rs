@@ -85,13 +85,29 @@ pub async fn check(ds: &Ds) -> Result<Vec<String>, CtlError> {
     let (blocks, _) = ds.list::<IPAMBlock>(None).await?;
     let (handles, _) = ds.list::<IPAMHandle>(None).await?;
     let (affinities, _) = ds.list::<BlockAffinity>(None).await?;
-    let (nodes, _) = ds.list::<Node>(None).await?;
-    let (weps, _) = ds.list::<WorkloadEndpoint>(None).await?;
-    let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-    let workloads: BTreeSet<(String, String)> = weps
-        .iter()
-        .map(|w| (w.namespace().unwrap_or_default(), w.spec.pod.clone()))
-        .collect();
+    // With the Kubernetes datastore the owners are what the controllers' collector uses
+    // (Kubernetes Nodes and Pods), so both report the same leaks; in etcd, Serval Nodes and
+    // WorkloadEndpoints.
+    let (node_names, workloads, owner) = match ds.backend() {
+        AnyBackend::Kubernetes(_) => (
+            crate::controllers::live_nodes(ds).await?,
+            crate::controllers::live_pods(ds).await?,
+            "Pod",
+        ),
+        _ => {
+            let (nodes, _) = ds.list::<Node>(None).await?;
+            let (weps, _) = ds.list::<WorkloadEndpoint>(None).await?;
+            let workloads: BTreeSet<(String, String)> = weps
+                .iter()
+                .map(|w| (w.namespace().unwrap_or_default(), w.spec.pod.clone()))
+                .collect();
+            (
+                nodes.iter().map(|n| n.name_any()).collect(),
+                workloads,
+                "WorkloadEndpoint",
+            )
+        }
+    };
     let mut problems = Vec::new();
     let mut counted: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
     for b in &blocks {
@@ -136,7 +152,7 @@ pub async fn check(ds: &Ds) -> Result<Vec<String>, CtlError> {
                 && !workloads.contains(&(ns.clone(), pod.clone()))
             {
                 problems.push(format!(
-                    "{ip} is allocated to pod {ns}/{pod}, which has no WorkloadEndpoint (leak)"
+                    "{ip} is allocated to pod {ns}/{pod}, which has no {owner} (leak)"
                 ));
             }
         }

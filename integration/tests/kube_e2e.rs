@@ -4,7 +4,9 @@
 //! `spec.nodeName` set, their sandboxes made by calling serval-cni as the runtime would; pods
 //! reach each other across nodes (native on one subnet, VXLAN across); NetworkPolicies
 //! created through the API are enforced, and Pod and Namespace label changes through the API
-//! change what is allowed. (No kubelet or container runtime here: the test plays both.)
+//! change what is allowed. Then a node dies and its Kubernetes Node is deleted: the
+//! controllers remove its Serval Node and the others drop their session to it, so their
+//! `/readyz` recovers. (No kubelet or container runtime here: the test plays both.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -118,4 +120,75 @@ async fn pods_policies_and_labels_through_a_real_api_server() {
         || reach("p1", "p2"),
         || c.logs(),
     );
+    node_deletion_leaves_no_dead_peer(&mut c);
+}
+
+/// node-c's machine dies and an operator deletes its Node: the controllers (their own
+/// token, manifests/controllers.yaml) remove its Serval Node, and node-a and node-b stop
+/// peering with it, so their `/readyz` (which requires every session up) recovers.
+fn node_deletion_leaves_no_dead_peer(c: &mut serval_integration::cluster::Cluster) {
+    // The kubelets' Node objects, which the controllers take as the live nodes.
+    kubectl_apply(
+        c,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {name: node-c}\n",
+    );
+    c.api().apply_manifests(&["controllers.yaml"]).unwrap();
+    let token = c.api().token("kube-system", "serval-controllers");
+    let kc = c.api().kubeconfig_with_token("controllers", &token);
+    let bin = serval_integration::require::serval_bin("serval-node")
+        .display()
+        .to_string();
+    let kubeconfig = format!("KUBECONFIG={}", kc.display());
+    let logs = serval_integration::peers::Scratch::new("kube-e2e-ctrl");
+    let controllers = serval_integration::Daemon::start_here(
+        "controllers",
+        &[
+            "env",
+            &kubeconfig,
+            "POD_NAMESPACE=kube-system",
+            "POD_NAME=c1",
+            "SERVAL_CONTROLLERS_INTERVAL=1",
+            &bin,
+            "controllers",
+        ],
+        &logs.0,
+    )
+    .unwrap();
+    let node_c_ip = c.nodes[2].ip.split('/').next().unwrap().to_string();
+    // The machine dies: its agent stops, and the others' sessions to it go down.
+    drop(c.nodes[2].agent.take());
+    let c = &*c;
+    let context = || format!("{}\n{}", c.logs(), controllers.log_tail(30));
+    let readyz = |i: usize| c.nodes[i].ns.http_get("127.0.0.1:9179", "/readyz");
+    eventually(
+        "node-a not ready while its peer node-c is down",
+        Duration::from_secs(30),
+        || match readyz(0) {
+            Err(e) if e.to_string().contains("503") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+        context,
+    );
+    c.api().kubectl_ok(&["delete", "node", "node-c"]);
+    for i in [0, 1] {
+        eventually(
+            &format!("{} ready again without node-c", c.nodes[i].name),
+            Duration::from_secs(40),
+            || {
+                readyz(i).map_err(|e| e.to_string())?;
+                let status = c.nodes[i]
+                    .ns
+                    .http_get("127.0.0.1:9179", "/status")
+                    .map_err(|e| e.to_string())?;
+                if status.contains(&format!("\"{node_c_ip}\"")) {
+                    Err(format!("node-c still a peer: {status}"))
+                } else {
+                    Ok(())
+                }
+            },
+            context,
+        );
+    }
 }

@@ -55,11 +55,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benches; nothing to list here.
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = serval_integration::bench_runtime();
     let (one, r1) = rt.block_on(run(1));
     let (eight, r8) = rt.block_on(run(8));
     println!("ipam over etcd, {PER_RUN} allocations per run (one handle each, etcd on tmpfs):");

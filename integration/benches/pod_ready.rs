@@ -46,11 +46,7 @@ fn summary(v: &mut [Duration]) -> String {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = serval_integration::bench_runtime();
     let Some(mut c) = rt.block_on(three_nodes("pod_ready bench", Encap::Vxlan)) else {
         return;
     };

@@ -118,11 +118,7 @@ fn main() {
         return;
     }
     let routes = blocks();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = serval_integration::bench_runtime();
     let (mut s_add, mut s_del, mut i_add, mut i_del) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let (a, d) = rt.block_on(serval(&routes));

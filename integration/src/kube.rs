@@ -273,6 +273,71 @@ impl KubeApi {
     }
 }
 
+/// What the API server counted (its own metrics): requests by (verb, resource) and response
+/// bytes by resource.
+#[derive(Debug, Default, Clone)]
+pub struct ServerCounts {
+    /// `apiserver_request_total`, summed over codes and scopes.
+    pub requests: std::collections::BTreeMap<(String, String), f64>,
+    /// `apiserver_response_sizes_sum` by resource.
+    pub bytes: std::collections::BTreeMap<String, f64>,
+}
+
+impl ServerCounts {
+    /// Requests of `verb` on `resource` (e.g. `LIST`, `pods`).
+    pub fn requests_of(&self, verb: &str, resource: &str) -> f64 {
+        self.requests
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Reads the Prometheus text of `/metrics`.
+    pub fn parse(text: &str) -> ServerCounts {
+        fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or("")
+        }
+        let mut c = ServerCounts::default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let body = |metric: &str| {
+                series
+                    .strip_prefix(metric)
+                    .and_then(|l| l.strip_prefix('{'))
+                    .and_then(|l| l.strip_suffix('}'))
+            };
+            if let Some(labels) = body("apiserver_request_total") {
+                let key = (
+                    label(labels, "verb").to_string(),
+                    label(labels, "resource").to_string(),
+                );
+                *c.requests.entry(key).or_default() += v;
+            } else if let Some(labels) = body("apiserver_response_sizes_sum") {
+                *c.bytes
+                    .entry(label(labels, "resource").to_string())
+                    .or_default() += v;
+            }
+        }
+        c
+    }
+}
+
+impl KubeApi {
+    /// The API server's request and response-size counters now (read as the admin).
+    pub fn server_counts(&self) -> ServerCounts {
+        ServerCounts::parse(&self.kubectl_ok(&["get", "--raw", "/metrics"]))
+    }
+}
+
 impl Drop for KubeApi {
     fn drop(&mut self) {
         self.stop();

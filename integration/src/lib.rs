@@ -24,3 +24,12 @@ pub use etcd::{EtcdServer, EtcdTls};
 pub use forward::LoopbackForward;
 pub use netns::{Netns, link};
 pub use poll::{eventually, eventually_async};
+
+/// The runtime benches drive the agent's libraries with: two workers, like the machines.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

@@ -14,6 +14,11 @@ use std::time::Duration;
 use serval_integration::cluster::three_nodes_kubernetes;
 use serval_integration::eventually;
 
+/// Says what was just proven (shown with --nocapture, as scripts/kube-cluster runs it).
+fn step(what: &str) {
+    eprintln!("kube-cluster: {what}");
+}
+
 fn kubectl_apply(c: &serval_integration::cluster::Cluster, yaml: &str) {
     let scratch = serval_integration::peers::Scratch::new("kube-e2e-apply");
     let file = scratch.path("objects.yaml");
@@ -59,6 +64,7 @@ async fn pods_policies_and_labels_through_a_real_api_server() {
     ]);
     assert_eq!(weps.lines().count(), 3, "{weps}");
     c.all_pairs_reach("no policy");
+    step("three pods on three nodes (native on one subnet, VXLAN across) reach each other");
 
     // Only pods labelled access=yes may reach p2 (a Kubernetes NetworkPolicy through the API).
     kubectl_apply(
@@ -88,6 +94,7 @@ async fn pods_policies_and_labels_through_a_real_api_server() {
         || c.logs(),
     );
     assert!(reach("p0", "p1").is_ok(), "p1 is not governed");
+    step("NetworkPolicy guard (from access=yes only) isolates p2; p1 stays open");
     // A Pod label change through the API lets p0 in.
     c.api()
         .kubectl_ok(&["label", "pod", "p0", "-n", "e2e", "access=yes"]);
@@ -98,6 +105,7 @@ async fn pods_policies_and_labels_through_a_real_api_server() {
         || c.logs(),
     );
     assert!(refused("p1", "p2").is_ok(), "p1 still may not");
+    step("kubectl label pod p0 access=yes: p0 reaches p2, p1 still may not");
     // A policy by namespace: p2 also admits pods of namespaces labelled trusted=true; the
     // Namespace label change through the API is what opens it.
     kubectl_apply(
@@ -120,7 +128,9 @@ async fn pods_policies_and_labels_through_a_real_api_server() {
         || reach("p1", "p2"),
         || c.logs(),
     );
+    step("kubectl label namespace e2e trusted=true: the namespaceSelector admits e2e's pods");
     node_deletion_leaves_no_dead_peer(&mut c);
+    step("node-c died and was deleted: the controllers removed it, node-a and node-b are ready");
 }
 
 /// node-c's machine dies and an operator deletes its Node: the controllers (their own

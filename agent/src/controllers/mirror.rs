@@ -22,13 +22,14 @@ use k8s_openapi::api::core::v1::{
     Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::datastore::syncer::{SyncEvent, SyncStatus, Syncer};
 use crate::datastore::{
     AnyBackend, Backend, DatastoreError, KindInfo, KubeBackend, object_name, object_revision,
 };
 use crate::resources::Node;
+use crate::resources::trim::trim;
 
 /// The annotation on a Serval Node that lists the labels copied from its Kubernetes Node
 /// (Calico's `projectcalico.org/kube-labels`); it also marks the node as a Kubernetes one.
@@ -50,52 +51,6 @@ type Key = (String, Option<String>, String);
 fn key_of(kind: &KindInfo, object: &Value) -> Key {
     let (ns, name) = object_name(object);
     (kind.plural.clone(), ns, name)
-}
-
-/// What agents read of an object: identity, labels and (per kind) the spec fields that
-/// matter; never status or server-managed metadata.
-pub fn trim(kind: &KindInfo, object: &Value) -> Value {
-    let meta = &object["metadata"];
-    let mut m = Map::new();
-    for f in ["name", "namespace", "uid", "labels"] {
-        if let Some(v) = meta.get(f).filter(|v| !v.is_null()) {
-            m.insert(f.into(), v.clone());
-        }
-    }
-    let mut out = json!({
-        "apiVersion": kind.api_version(),
-        "kind": kind.kind,
-        "metadata": Value::Object(m),
-    });
-    match kind.kind.as_str() {
-        "NetworkPolicy" => out["spec"] = object["spec"].clone(),
-        "Pod" => {
-            let spec = &object["spec"];
-            let containers: Vec<Value> = spec["containers"]
-                .as_array()
-                .map(|cs| {
-                    cs.iter()
-                        .map(|c| {
-                            let mut t = json!({"name": c["name"]});
-                            if let Some(p) = c.get("ports").filter(|p| !p.is_null()) {
-                                t["ports"] = p.clone();
-                            }
-                            t
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut s = json!({"containers": containers});
-            for f in ["nodeName", "serviceAccountName"] {
-                if let Some(v) = spec.get(f).filter(|v| !v.is_null()) {
-                    s[f] = v.clone();
-                }
-            }
-            out["spec"] = s;
-        }
-        _ => {}
-    }
-    out
 }
 
 /// One write to etcd.
@@ -385,38 +340,8 @@ fn report(r: Result<usize, DatastoreError>, dirty: &mut bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod_kind() -> KindInfo {
-        KindInfo::of::<K8sPod>()
-    }
-
-    fn pod(labels: Value, phase: &str) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "web", "namespace": "prod", "uid": "u1", "labels": labels,
-                         "resourceVersion": "7", "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"nodeName": "n1", "serviceAccountName": "sa", "dnsPolicy": "ClusterFirst",
-                     "containers": [{"name": "c", "image": "x",
-                                     "ports": [{"name": "http", "containerPort": 80}]}]},
-            "status": {"phase": phase},
-        })
-    }
-
-    #[test]
-    fn a_pod_is_trimmed_to_what_agents_read() {
-        let t = trim(&pod_kind(), &pod(json!({"app": "web"}), "Running"));
-        assert_eq!(
-            t,
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "web", "namespace": "prod", "uid": "u1", "labels": {"app": "web"}},
-                "spec": {"nodeName": "n1", "serviceAccountName": "sa",
-                         "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
-            })
-        );
-        // It still reads as a Pod.
-        serde_json::from_value::<K8sPod>(t).expect("a trimmed pod decodes");
-    }
+    use crate::resources::trim::test_objects::{pod, pod_kind};
+    use serde_json::json;
 
     #[test]
     fn only_what_agents_read_causes_a_write() {

@@ -34,6 +34,20 @@ fn to_value(object: DynamicObject) -> Result<Value, DatastoreError> {
     serde_json::to_value(object).map_err(DatastoreError::backend)
 }
 
+/// Objects per list request: big kinds come in pages rather than one response.
+const LIST_PAGE: u32 = 500;
+
+/// An object for watchers and caches: without `metadata.managedFields`, which nothing here
+/// reads and which is often the larger part of a Pod. (Single reads keep it, so an update
+/// written back from one is exactly what was read.)
+fn cached(object: DynamicObject) -> Result<Value, DatastoreError> {
+    let mut v = to_value(object)?;
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    Ok(v)
+}
+
 fn from_value(value: Value) -> Result<DynamicObject, DatastoreError> {
     serde_json::from_value(value).map_err(DatastoreError::backend)
 }
@@ -127,24 +141,35 @@ impl Backend for KubeBackend {
         kind: &KindInfo,
         namespace: Option<&str>,
     ) -> Result<RawList, DatastoreError> {
-        let list = self
-            .api(kind, namespace)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| map_err(kind, &kind.plural, None, e))?;
-        let revision = list.metadata.resource_version.clone().unwrap_or_default();
-        let items = list
-            .items
-            .into_iter()
-            .map(|o| {
-                let mut v = to_value(o)?;
+        // In pages, so a big kind (every Pod of the cluster) is never one response in memory;
+        // the API server serves every page from the first page's snapshot.
+        let api = self.api(kind, namespace);
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        let mut items = Vec::new();
+        let mut revision = None;
+        loop {
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|e| map_err(kind, &kind.plural, None, e))?;
+            revision
+                .get_or_insert_with(|| page.metadata.resource_version.clone().unwrap_or_default());
+            for o in page.items {
+                let mut v = cached(o)?;
                 // List items carry no type meta; restore it so decoding is uniform.
                 v["apiVersion"] = Value::String(kind.api_version());
                 v["kind"] = Value::String(kind.kind.clone());
-                Ok(v)
-            })
-            .collect::<Result<_, DatastoreError>>()?;
-        Ok(RawList { items, revision })
+                items.push(v);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        Ok(RawList {
+            items,
+            revision: revision.unwrap_or_default(),
+        })
     }
 
     async fn create(&self, kind: &KindInfo, object: Value) -> Result<Value, DatastoreError> {
@@ -207,9 +232,9 @@ impl Backend for KubeBackend {
             .map_err(|e| map_err(kind, &kind.plural, Some(revision), e))?;
         Ok(stream
             .map(move |item| match item {
-                Ok(WatchEvent::Added(o)) => to_value(o).map(RawEvent::Added),
-                Ok(WatchEvent::Modified(o)) => to_value(o).map(RawEvent::Modified),
-                Ok(WatchEvent::Deleted(o)) => to_value(o).map(RawEvent::Deleted),
+                Ok(WatchEvent::Added(o)) => cached(o).map(RawEvent::Added),
+                Ok(WatchEvent::Modified(o)) => cached(o).map(RawEvent::Modified),
+                Ok(WatchEvent::Deleted(o)) => cached(o).map(RawEvent::Deleted),
                 Ok(WatchEvent::Bookmark(b)) => Ok(RawEvent::Bookmark(b.metadata.resource_version)),
                 Ok(WatchEvent::Error(status)) if status.code == 410 => {
                     Err(DatastoreError::Expired(rev.clone()))

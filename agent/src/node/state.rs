@@ -101,21 +101,35 @@ impl ClusterState {
         match event {
             SyncEvent::Status(_) => false,
             SyncEvent::Upsert { kind, object } => {
-                let o = object.clone();
+                let o = || object.clone();
                 let k8s = kind.group == "networking.k8s.io" || kind.group.is_empty();
                 let res = match kind.kind.as_str() {
-                    "NetworkPolicy" if k8s => upsert(&mut self.k8s_policies, o),
-                    "NetworkPolicy" => upsert(&mut self.policies, o),
-                    "GlobalNetworkPolicy" => upsert(&mut self.global_policies, o),
-                    "Namespace" => upsert(&mut self.namespaces, o),
-                    "Pod" => upsert(&mut self.pods, o),
-                    "BGPConfiguration" => upsert(&mut self.configs, o),
-                    "BGPPeer" => upsert(&mut self.peers, o),
-                    "Node" if k8s => upsert(&mut self.k8s_nodes, o),
-                    "Node" => upsert(&mut self.nodes, o),
-                    "IPPool" => upsert(&mut self.pools, o),
-                    "BlockAffinity" => upsert(&mut self.affinities, o),
-                    "WorkloadEndpoint" => upsert(&mut self.endpoints, o),
+                    "NetworkPolicy" if k8s => upsert(&mut self.k8s_policies, o()),
+                    "NetworkPolicy" => upsert(&mut self.policies, o()),
+                    "GlobalNetworkPolicy" => upsert(&mut self.global_policies, o()),
+                    "Namespace" => upsert(&mut self.namespaces, o()),
+                    "Pod" => {
+                        // Kept as agents read it: a status update changes nothing here.
+                        let t = crate::resources::trim::trim(kind, object);
+                        match serde_json::from_value::<K8sPod>(t) {
+                            Ok(pod) => {
+                                let k = key(pod.namespace().as_deref(), &pod.name_any());
+                                if self.pods.get(&k) == Some(&pod) {
+                                    return false;
+                                }
+                                self.pods.insert(k, pod);
+                                Ok(())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    "BGPConfiguration" => upsert(&mut self.configs, o()),
+                    "BGPPeer" => upsert(&mut self.peers, o()),
+                    "Node" if k8s => upsert(&mut self.k8s_nodes, o()),
+                    "Node" => upsert(&mut self.nodes, o()),
+                    "IPPool" => upsert(&mut self.pools, o()),
+                    "BlockAffinity" => upsert(&mut self.affinities, o()),
+                    "WorkloadEndpoint" => upsert(&mut self.endpoints, o()),
                     _ => return false,
                 };
                 if let Err(e) = res {
@@ -783,6 +797,11 @@ mod tests {
         let (inputs, _) = s.policy_inputs("a");
         let web = inputs.local.iter().find(|e| e.name == "web").unwrap();
         assert_eq!(web.labels["role"], "frontend");
+        // A status update (the usual churn) changes nothing the agent holds.
+        assert!(!s.apply(&SyncEvent::Upsert {
+            kind: KindInfo::of::<K8sPod>(),
+            object: json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"role":"frontend"},"resourceVersion":"9"},"status":{"phase":"Running","podIP":"10.244.0.5"}}),
+        }));
         assert!(s.apply(&SyncEvent::Delete {
             kind: KindInfo::of::<K8sPod>(),
             namespace: Some("prod".into()),

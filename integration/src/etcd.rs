@@ -18,6 +18,8 @@ pub struct EtcdServer {
     peer_port: u16,
     /// With TLS: the files, and a plain metrics port for the health check.
     tls: Option<(EtcdTls, u16)>,
+    /// Extra flags, kept for restarts.
+    extra: Vec<String>,
 }
 
 /// Certificates made for one test with openssl: a CA, etcd's server certificate for
@@ -89,6 +91,11 @@ impl EtcdServer {
     /// Starts etcd, or returns `None` (after printing why) when it is not installed outside CI.
     /// Under `CI=true` a missing etcd is a failure: CI installs it.
     pub fn start(test: &str) -> Option<EtcdServer> {
+        Self::start_with(test, &[])
+    }
+
+    /// [`EtcdServer::start`] with extra etcd flags.
+    pub fn start_with(test: &str, extra: &[&str]) -> Option<EtcdServer> {
         if !require::tools_present(test, &["etcd"]) {
             return None;
         }
@@ -100,20 +107,27 @@ impl EtcdServer {
         } else {
             dir.path("data")
         };
-        Some(EtcdServer::launch(dir, data, None))
+        let mut server = EtcdServer::launch(dir, data, None, extra);
+        server.spawn();
+        Some(server)
     }
 
-    fn launch(dir: Scratch, data: std::path::PathBuf, tls: Option<EtcdTls>) -> EtcdServer {
-        let mut server = EtcdServer {
+    /// The server's settings; [`EtcdServer::spawn`] starts it.
+    fn launch(
+        dir: Scratch,
+        data: std::path::PathBuf,
+        tls: Option<EtcdTls>,
+        extra: &[&str],
+    ) -> EtcdServer {
+        EtcdServer {
             child: None,
             dir,
             data,
             client_port: free_port(),
             peer_port: free_port(),
             tls: tls.map(|t| (t, free_port())),
-        };
-        server.spawn();
-        server
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        }
     }
 
     /// Starts etcd serving clients over TLS only and requiring a client certificate signed
@@ -125,7 +139,9 @@ impl EtcdServer {
         let dir = Scratch::new("etcd-tls");
         let tls = EtcdTls::generate(&dir.0, "serval-test-ca");
         let data = dir.path("data");
-        Some((EtcdServer::launch(dir, data, Some(tls.clone())), tls))
+        let mut server = EtcdServer::launch(dir, data, Some(tls.clone()), &[]);
+        server.spawn();
+        Some((server, tls))
     }
 
     fn spawn(&mut self) {
@@ -165,6 +181,7 @@ impl EtcdServer {
             ])
             .args(["--initial-cluster", &format!("serval-test={peer}")])
             .args(["--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -48,7 +48,13 @@ impl KubeApi {
         if !require::tools_present(test, &["openssl"]) {
             return None;
         }
-        let etcd = EtcdServer::start(test)?;
+        // Progress notifications every second (etcd's default is 10 minutes): the API
+        // server's watch cache then learns of revisions other kinds' writes made, and sends
+        // watchers of quiet kinds bookmarks within seconds, as in a busy cluster.
+        let etcd = EtcdServer::start_with(
+            test,
+            &["--experimental-watch-progress-notify-interval", "1s"],
+        )?;
         let dir = Scratch::new("kube");
         let ca = Ca::new(&dir.0, "kube-ca");
         let serving = ca.issue(

@@ -717,3 +717,64 @@ async fn a_big_list_comes_whole_in_pages_without_managed_fields() {
     // The list's revision is one a watch can start from.
     assert!(backend.watch(&kind, &list.revision).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_sends_bookmarks_and_a_watch_resumes_from_one() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Namespace;
+    use serval_agent::datastore::{Backend, KindInfo, RawEvent};
+    let Some(api) = KubeApi::start("a_real_server_sends_bookmarks") else {
+        return;
+    };
+    // Watches the server ends after 5 s: it sends a bookmark about 2 s before that.
+    let backend = KubeBackend::connect_with(&api.admin.display().to_string())
+        .await
+        .unwrap()
+        .with_watch_timeout(5);
+    let ds = Datastore::new(backend.clone());
+    let kind = KindInfo::of::<Namespace>();
+    let ns = |name: &str| -> Namespace {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap()
+    };
+    let list = backend.list(&kind, None).await.unwrap();
+    ds.create(&ns("bm-a")).await.unwrap();
+    let mut events = Vec::new();
+    let mut stream = backend.watch(&kind, &list.revision).await.unwrap();
+    // Another kind's write moves the store's revision past anything this watch delivers;
+    // the bookmark brings the watcher there.
+    api.kubectl_ok(&["create", "serviceaccount", "bm-other", "-n", "default"]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        events.push(e.unwrap());
+    }
+    let added_a = events
+        .iter()
+        .any(|e| matches!(e, RawEvent::Added(o) if o["metadata"]["name"] == "bm-a"));
+    let bookmark = events.iter().rev().find_map(|e| match e {
+        RawEvent::Bookmark(rv) => Some(rv.clone()),
+        _ => None,
+    });
+    assert!(added_a, "{events:?}");
+    let bookmark =
+        bookmark.unwrap_or_else(|| panic!("no bookmark before the watch ended: {events:?}"));
+    // Resuming from the bookmark: only what came after it.
+    ds.create(&ns("bm-b")).await.unwrap();
+    let mut stream = backend.watch(&kind, &bookmark).await.unwrap();
+    let first = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event after the bookmark")
+        {
+            Some(Ok(RawEvent::Bookmark(_))) => continue,
+            Some(e) => break e.unwrap(),
+            None => panic!("the watch ended without an event"),
+        }
+    };
+    match first {
+        RawEvent::Added(o) => assert_eq!(o["metadata"]["name"], "bm-b"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -18,6 +18,9 @@ use super::{
 #[derive(Clone)]
 pub struct KubeBackend {
     client: kube::Client,
+    /// How long the server keeps one watch open (`timeoutSeconds`; kube's default, 290 s,
+    /// when unset); it sends a bookmark shortly before closing it.
+    watch_timeout: Option<u32>,
 }
 
 fn resource(kind: &KindInfo) -> ApiResource {
@@ -85,7 +88,17 @@ fn map_err(kind: &KindInfo, name: &str, revision: Option<&str>, e: kube::Error) 
 impl KubeBackend {
     /// A backend over an existing client (in-cluster, kubeconfig, or a test service).
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            watch_timeout: None,
+        }
+    }
+
+    /// The same backend with watches the server ends after `seconds` (each then resumes from
+    /// the bookmark the server sent before ending it).
+    pub fn with_watch_timeout(mut self, seconds: u32) -> Self {
+        self.watch_timeout = Some(seconds);
+        self
     }
 
     /// The client (for calls beyond the datastore, such as TokenRequest).
@@ -102,7 +115,10 @@ impl KubeBackend {
                 .await
                 .map_err(DatastoreError::backend)?;
         let client = kube::Client::try_from(config).map_err(DatastoreError::backend)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            watch_timeout: None,
+        })
     }
 
     /// Connects using the environment: in-cluster config or `KUBECONFIG`.
@@ -110,7 +126,10 @@ impl KubeBackend {
         let client = kube::Client::try_default()
             .await
             .map_err(DatastoreError::backend)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            watch_timeout: None,
+        })
     }
 
     fn api(&self, kind: &KindInfo, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -222,7 +241,10 @@ impl Backend for KubeBackend {
     }
 
     async fn watch(&self, kind: &KindInfo, revision: &str) -> Result<EventStream, DatastoreError> {
-        let params = WatchParams::default();
+        let mut params = WatchParams::default();
+        if let Some(t) = self.watch_timeout {
+            params = params.timeout(t);
+        }
         let k = kind.clone();
         let rev = revision.to_string();
         let stream = self

@@ -328,8 +328,25 @@ fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) ->
     t
 }
 
+/// Refuses a policy that sets a field Serval cannot enforce yet, naming it: enforced
+/// without it, the policy would govern other endpoints or traffic than its author meant.
+fn supported(field: Option<&'static str>) -> Result<(), String> {
+    match field {
+        Some(f) => Err(format!(
+            "spec.{f} {}",
+            crate::resources::validate::UNSUPPORTED_POLICY
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A Serval NetworkPolicy.
 pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
+    supported(crate::resources::validate::unsupported_policy_field(
+        p.spec.service_account_selector.as_deref(),
+        false,
+        false,
+    ))?;
     checked(PolicyDef {
         name: p.name_any(),
         namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
@@ -344,6 +361,11 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
 
 /// A Serval GlobalNetworkPolicy.
 pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, String> {
+    supported(crate::resources::validate::unsupported_policy_field(
+        p.spec.service_account_selector.as_deref(),
+        p.spec.do_not_track,
+        p.spec.pre_dnat,
+    ))?;
     checked(PolicyDef {
         name: p.name_any(),
         namespace: None,

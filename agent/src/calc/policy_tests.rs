@@ -354,3 +354,43 @@ fn thousands_of_match_labels_translate_and_compile() {
     // It selects no pod (none has those labels), so nothing changes.
     assert!(probe(&m, "x/b", "x/a", TCP, 80));
 }
+
+#[test]
+fn calico_policy_fields_serval_cannot_enforce_refuse_the_policy() {
+    // Before: serviceAccountSelector was parsed and ignored, so the policy governed every
+    // endpoint its selector matched; now the translation fails and names the field (the
+    // agent then fails the policy closed over what it governs).
+    let np: crate::resources::NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "db", "namespace": "x"},
+        "spec": {"selector": "all()", "serviceAccountSelector": "role == 'db'",
+                 "ingress": [{"action": "Allow"}]}
+    }))
+    .unwrap();
+    let e = serval_policy(&np).unwrap_err();
+    assert!(
+        e.starts_with("spec.serviceAccountSelector is not supported yet"),
+        "{e}"
+    );
+    for (field, spec) in [
+        (
+            "doNotTrack",
+            json!({"selector": "all()", "doNotTrack": true, "applyOnForward": true}),
+        ),
+        (
+            "preDNAT",
+            json!({"selector": "all()", "preDNAT": true, "applyOnForward": true}),
+        ),
+    ] {
+        let gnp: crate::resources::GlobalNetworkPolicy = serde_json::from_value(json!({
+            "apiVersion": "serval.dev/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "g"}, "spec": spec
+        }))
+        .unwrap();
+        let e = global_policy(&gnp).unwrap_err();
+        assert!(
+            e.starts_with(&format!("spec.{field} is not supported")),
+            "{e}"
+        );
+    }
+}

@@ -123,7 +123,16 @@ impl ClusterState {
                             Err(e) => Err(e.to_string()),
                         }
                     }
-                    "BGPConfiguration" => upsert(&mut self.configs, o()),
+                    "BGPConfiguration" => upsert(&mut self.configs, o()).inspect(|()| {
+                        // Written past servalctl (kubectl against the CRD): say what does
+                        // nothing here instead of ignoring it quietly.
+                        if let Some(c) = self.configs.get(&key(None, &crate::datastore::object_name(object).1)) {
+                            let unsupported = crate::resources::validate::unsupported_bgp_fields(&c.spec);
+                            if !unsupported.is_empty() {
+                                tracing::warn!(config = %c.name_any(), fields = ?unsupported, "BGPConfiguration sets fields Serval does not support yet; they have no effect");
+                            }
+                        }
+                    }),
                     "BGPPeer" => upsert(&mut self.peers, o()),
                     "Node" if k8s => upsert(&mut self.k8s_nodes, o()),
                     "Node" => upsert(&mut self.nodes, o()),

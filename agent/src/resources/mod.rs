@@ -120,10 +120,50 @@ core_kind!(k8s_openapi::api::core::v1::Secret, true);
 core_kind!(k8s_openapi::api::core::v1::Node, false);
 core_kind!(k8s_openapi::api::networking::v1::NetworkPolicy, true);
 
+/// Adds CEL rules to a CRD's `spec` that refuse fields Serval parses but does not implement
+/// (`(field, rule that holds when it is unset)`), so `kubectl apply` is refused by name as
+/// servalctl is; the schema alone would accept them.
+fn refuse_unsupported(
+    mut crd: CustomResourceDefinition,
+    rules: &[(&str, String)],
+) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    for version in &mut crd.spec.versions {
+        let spec = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+            .expect("a CRD with a spec schema");
+        let list = spec.x_kubernetes_validations.get_or_insert_with(Vec::new);
+        for (field, rule) in rules {
+            list.push(ValidationRule {
+                rule: rule.clone(),
+                message: Some(format!("spec.{field} {}", validate::UNSUPPORTED_BY_SERVAL)),
+                field_path: Some(format!(".{field}")),
+                ..ValidationRule::default()
+            });
+        }
+    }
+    crd
+}
+
 /// The CRDs for every kind Serval owns, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
+    let unset_list = |f: &'static str| (f, format!("!has(self.{f}) || size(self.{f}) == 0"));
+    let unset_flag = |f: &'static str| (f, format!("!has(self.{f}) || !self.{f}"));
+    let unset = |f: &'static str| (f, format!("!has(self.{f})"));
+    let bgp = [
+        "serviceClusterIPs",
+        "serviceExternalIPs",
+        "serviceLoadBalancerIPs",
+        "communities",
+        "prefixAdvertisements",
+    ]
+    .map(unset_list);
     vec![
-        BGPConfiguration::crd(),
+        refuse_unsupported(BGPConfiguration::crd(), &bgp),
         BGPPeer::crd(),
         Node::crd(),
         IPPool::crd(),
@@ -133,8 +173,15 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         IPAMConfig::crd(),
         IPReservation::crd(),
         WorkloadEndpoint::crd(),
-        NetworkPolicy::crd(),
-        GlobalNetworkPolicy::crd(),
+        refuse_unsupported(NetworkPolicy::crd(), &[unset("serviceAccountSelector")]),
+        refuse_unsupported(
+            GlobalNetworkPolicy::crd(),
+            &[
+                unset("serviceAccountSelector"),
+                unset_flag("doNotTrack"),
+                unset_flag("preDNAT"),
+            ],
+        ),
     ]
 }
 

@@ -524,6 +524,9 @@ fn rules(p: &mut Problems, direction: &str, rules: &[serval_policy::model::Rule]
     }
 }
 
+/// What the CRDs say of a field Serval parses but does not implement.
+pub const UNSUPPORTED_BY_SERVAL: &str = "is not supported by Serval yet; remove it";
+
 /// Calico policy fields Serval parses but does not enforce yet: refused by name, since a
 /// policy applied without them would govern other endpoints or traffic than its author meant.
 pub const UNSUPPORTED_POLICY: &str = "is not supported yet (Serval would enforce the policy without it); remove it or wait for support";

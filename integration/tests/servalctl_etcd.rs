@@ -87,6 +87,47 @@ fn apply_get_change_delete_round_trip() {
 }
 
 #[test]
+fn calico_yaml_applies_unchanged_and_calico_only_fields_are_named() {
+    let Some(etcd) = EtcdServer::start("servalctl_calico_yaml") else {
+        return;
+    };
+    let dir = serval_integration::peers::Scratch::new("ctl-calico");
+    let file = dir.path("calico.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: default-ipv4-ippool}\n\
+         spec: {cidr: 192.168.0.0/16, ipipMode: Never, vxlanMode: CrossSubnet, natOutgoing: true, nodeSelector: all()}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\n\
+         spec: {peerIP: 10.0.0.1, asNumber: 65000}\n",
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let (code, out, err) = servalctl(&etcd, &["apply", "-f", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "IPPool \"default-ipv4-ippool\" created\nBGPPeer \"tor\" created\n"
+    );
+    let (_, yaml, _) = servalctl(&etcd, &["get", "bgppeer", "tor", "-o", "yaml"]);
+    assert!(yaml.contains("apiVersion: serval.dev/v1"), "{yaml}");
+    // A field Calico has and Serval does not: refused by name, nothing written.
+    std::fs::write(
+        &file,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: rr}\n\
+         spec: {peerSelector: rr == 'true', reversePeering: Manual}\n",
+    )
+    .unwrap();
+    let (code, _, err) = servalctl(&etcd, &["apply", "-f", &f]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Calico's BGPPeer field \"reversePeering\" is not supported by Serval yet"),
+        "{err}"
+    );
+    let (_, peers, _) = servalctl(&etcd, &["get", "bgppeers", "-o", "json"]);
+    assert!(!peers.contains("\"rr\""), "{peers}");
+}
+
+#[test]
 fn bad_files_are_refused_whole_with_file_document_and_field() {
     let Some(etcd) = EtcdServer::start("servalctl_bad_input") else {
         return;

@@ -3,6 +3,7 @@
 //! written, and errors that name the file, the document and the field.
 
 pub mod bgp;
+pub mod calico;
 pub mod ipam;
 pub mod kinds;
 
@@ -122,7 +123,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, CtlError> {
         out
     };
     let mut out = Vec::new();
-    for (i, (yaml, object)) in docs.into_iter().enumerate() {
+    for (i, (yaml, mut object)) in docs.into_iter().enumerate() {
         let index = i + 1;
         if object.is_null() {
             continue;
@@ -130,21 +131,31 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, CtlError> {
         let kind_name = object
             .get("kind")
             .and_then(Value::as_str)
-            .ok_or_else(|| input(format!("document {index}: no `kind` field")))?;
+            .ok_or_else(|| input(format!("document {index}: no `kind` field")))?
+            .to_string();
+        let kind_name = kind_name.as_str();
         let kind = kinds::lookup(kind_name).ok_or_else(|| {
             input(format!(
                 "document {index}: {}",
                 CtlError::UnknownKind(kind_name.into())
             ))
         })?;
-        if let Some(v) = object.get("apiVersion").and_then(Value::as_str)
-            && v != "serval.dev/v1"
-        {
-            return Err(input(format!(
-                "document {index} ({kind_name}): apiVersion {v:?}: expected serval.dev/v1"
-            )));
+        match object.get("apiVersion").and_then(Value::as_str) {
+            None | Some(calico::SERVAL_API_VERSION) => {}
+            // An operator's Calico YAML applies unchanged; it is stored as Serval's.
+            Some(calico::CALICO_API_VERSION) => {
+                object["apiVersion"] = Value::String(calico::SERVAL_API_VERSION.into());
+            }
+            Some(v) => {
+                return Err(input(format!(
+                    "document {index} ({kind_name}): apiVersion {v:?}: expected {} or {}",
+                    calico::SERVAL_API_VERSION,
+                    calico::CALICO_API_VERSION
+                )));
+            }
         }
         if let Err(e) = (kind.check)(&object) {
+            let e = calico::explain_unknown_field(kind.name, &e.to_string());
             let at = yaml.and_then(|(start, doc)| {
                 (kind.locate)(&doc)
                     .map(|(l, c)| format!(" line {} column {c}", start + l - 1))
@@ -370,10 +381,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown resource kind \"Frobnicator\""), "{e}");
-        let e = parse("x.yaml", "kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n")
+        // Calico's YAML applies unchanged, stored as Serval's.
+        let docs = parse("x.yaml", "kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n")
+            .unwrap();
+        assert_eq!(docs[0].object["apiVersion"], "serval.dev/v1");
+        // A Calico field Serval lacks is named as such, with its line.
+        let e = parse("x.yaml", "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: a}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, reversePeering: Manual}\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("expected serval.dev/v1"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("spec.reversePeering: Calico's BGPPeer field \"reversePeering\" is not supported by Serval yet"),
+            "{e}"
+        );
+        let e = parse("x.yaml", "kind: IPPool\napiVersion: crd.projectcalico.org/v1\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected serval.dev/v1 or projectcalico.org/v3"),
+            "{e}"
+        );
         let e = parse("x.yaml", "kind: [unclosed\n")
             .unwrap_err()
             .to_string();

@@ -115,6 +115,12 @@ fn the_manifests_pass_a_real_api_servers_validation() {
              spec: {selector: all(), doNotTrack: true, applyOnForward: true}\n",
             "spec.doNotTrack is not supported by Serval yet",
         ),
+        (
+            "las.yaml",
+            "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: las}\n\
+             spec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n",
+            "spec.localASNumber is not supported by Serval yet",
+        ),
     ] {
         let path = scratch.path(file);
         std::fs::write(&path, yaml).unwrap();

@@ -162,9 +162,14 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         "prefixAdvertisements",
     ]
     .map(unset_list);
+    let mut bgp = bgp.to_vec();
+    bgp.push((
+        "bindMode",
+        "!has(self.bindMode) || self.bindMode == 'None'".to_string(),
+    ));
     vec![
         refuse_unsupported(BGPConfiguration::crd(), &bgp),
-        BGPPeer::crd(),
+        refuse_unsupported(BGPPeer::crd(), &[unset("localASNumber")]),
         Node::crd(),
         IPPool::crd(),
         IPAMBlock::crd(),

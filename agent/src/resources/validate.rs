@@ -184,6 +184,10 @@ pub fn unsupported_bgp_fields(s: &BGPConfigurationSpec) -> Vec<&'static str> {
         ),
         ("communities", !s.communities.is_empty()),
         ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
+        (
+            "bindMode",
+            s.bind_mode == Some(crate::resources::bgp::BindMode::NodeIP),
+        ),
     ]
     .into_iter()
     .filter_map(|(f, set)| set.then_some(f))
@@ -271,7 +275,13 @@ fn is_community(v: &str) -> bool {
     }
 }
 
+/// What a BGPPeer field Serval does not implement would silently do wrong.
+pub const UNSUPPORTED_PEER: &str = "is not supported yet (the session would run with the node's own AS); remove it or wait for support";
+
 pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
+    if s.local_as_number.is_some() {
+        p.add("spec.localASNumber", UNSUPPORTED_PEER);
+    }
     if s.node.is_some() && s.node_selector.is_some() {
         p.add("spec.nodeSelector", "cannot be set together with spec.node");
     }

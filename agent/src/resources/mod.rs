@@ -169,7 +169,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ));
     vec![
         refuse_unsupported(BGPConfiguration::crd(), &bgp),
-        refuse_unsupported(BGPPeer::crd(), &[unset("localASNumber")]),
+        refuse_unsupported(
+            BGPPeer::crd(),
+            &[unset("localASNumber"), unset("reachableBy")],
+        ),
         Node::crd(),
         IPPool::crd(),
         IPAMBlock::crd(),

@@ -132,6 +132,16 @@ fn bgp_configuration_rules() {
             .all(|p| p.message.contains("not supported yet")),
         "{e}"
     );
+    // bindMode: None is what Serval does; NodeIP is not implemented and so refused.
+    let none = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {bindMode: None}\n";
+    assert!(problems::<BGPConfiguration>(none).is_empty());
+    let node_ip = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {bindMode: NodeIP}\n";
+    assert_eq!(problems::<BGPConfiguration>(node_ip), ["spec.bindMode"]);
+    // A per-peer local AS or a gateway route would be silently missing: refused.
+    let peer = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n";
+    assert_eq!(problems::<BGPPeer>(peer), ["spec.localASNumber"]);
+    let via = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, reachableBy: 10.0.0.254}\n";
+    assert_eq!(problems::<BGPPeer>(via), ["spec.reachableBy"]);
     let bad = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: node-1}\nspec:\n  asNumber: 0\n  listenPort: 0\n  logSeverityScreen: Loud\n  serviceClusterIPs: [{cidr: nope}]\n  prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: [unknown]}]\n  nodeMeshMaxRestartTime: 2m\n";
     assert_eq!(
         problems::<BGPConfiguration>(bad),

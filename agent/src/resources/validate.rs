@@ -275,12 +275,18 @@ fn is_community(v: &str) -> bool {
     }
 }
 
-/// What a BGPPeer field Serval does not implement would silently do wrong.
-pub const UNSUPPORTED_PEER: &str = "is not supported yet (the session would run with the node's own AS); remove it or wait for support";
-
 pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
     if s.local_as_number.is_some() {
-        p.add("spec.localASNumber", UNSUPPORTED_PEER);
+        p.add(
+            "spec.localASNumber",
+            "is not supported yet (the session would run with the node's own AS); remove it",
+        );
+    }
+    if s.reachable_by.is_some() {
+        p.add(
+            "spec.reachableBy",
+            "is not supported yet (no static route to the peer would be added); remove it",
+        );
     }
     if s.node.is_some() && s.node_selector.is_some() {
         p.add("spec.nodeSelector", "cannot be set together with spec.node");

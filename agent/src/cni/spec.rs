@@ -384,7 +384,19 @@ impl NetConf {
                     ));
                 }
             }
-            "kubernetes" => {}
+            "kubernetes" => {
+                // Calico's key names are the variables' in lower case; set with the
+                // Kubernetes datastore they would do nothing, so they are refused.
+                if let Some(var) = conf.etcd_config().set_variable() {
+                    return Err(CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "{} is set but datastore_type is kubernetes (etcd settings apply to etcdv3 only)",
+                            var.to_ascii_lowercase()
+                        ),
+                    ));
+                }
+            }
             other => {
                 return Err(CniError::new(
                     ErrorCode::InvalidConfig,
@@ -565,6 +577,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("etcd_endpoints"));
+        // etcd keys with the Kubernetes datastore: refused by name; empty ones (install-cni's
+        // template in Kubernetes mode) are unset.
+        let e = NetConf::parse(conf(r#","datastore_type":"kubernetes""#).as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(
+            e.msg
+                .starts_with("etcd_endpoints is set but datastore_type is kubernetes"),
+            "{e}"
+        );
+        let k8s = conf(r#","datastore_type":"kubernetes""#).replace("http://127.0.0.1:2379", "");
+        assert!(NetConf::parse(k8s.as_bytes()).is_ok());
     }
 
     #[test]

@@ -131,6 +131,24 @@ fn two_racks_behind_frr_and_bird_tors() {
             );
         }
     }
+    // From the BIRD ToR's view, each rack-1 pod's block carries the communities the
+    // BGPConfiguration's prefixAdvertisements give the pool.
+    let sock = format!("/run/serval-lab/{}/tor1b.ctl", lab.topo.name);
+    for p in pods.iter().filter(|p| p.node.starts_with("r1")) {
+        eventually(
+            &format!("tor1b: {}'s block carries the pool's communities", p.node),
+            Duration::from_secs(30),
+            || {
+                let ip = p.ip.to_string();
+                let text = lab.exec("tor1b", &["birdc", "-s", &sock, "show route all for", &ip])?;
+                (text.contains("BGP.community: (64512,100)")
+                    && text.contains("BGP.large_community: (64512, 1, 2)"))
+                .then_some(())
+                .ok_or(text)
+            },
+            || lab.log_tail("tor1b"),
+        );
+    }
     lab.pods_reach(
         "every pod reaches every other pod",
         &pods,

@@ -7,6 +7,76 @@ use ipnet::IpNet;
 use serval_bgp::packet::attribute::PathAttributes;
 use serval_bgp::policy::{PolicyPeer, RoutePolicy, Verdict};
 
+use crate::resources::BGPConfigurationSpec;
+
+/// The communities an exported prefix carries: standard (`aa:nn`) and large (`aa:nn:mm`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Communities {
+    /// Standard communities, `aa:nn`.
+    pub standard: Vec<String>,
+    /// Large communities, `aa:nn:mm`.
+    pub large: Vec<String>,
+}
+
+/// BGPConfiguration's `prefixAdvertisements` with names resolved through its `communities`:
+/// a prefix inside a rule's CIDR carries that rule's communities (every matching rule adds
+/// its own, as Calico's BIRD filter does with `net ~ cidr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommunityRules(Vec<(IpNet, Communities)>);
+
+impl CommunityRules {
+    /// The rules of the cluster's `default` BGPConfiguration (none without it).
+    pub fn from_config(spec: Option<&BGPConfigurationSpec>) -> CommunityRules {
+        let Some(spec) = spec else {
+            return CommunityRules::default();
+        };
+        let rules = spec
+            .prefix_advertisements
+            .iter()
+            .filter_map(|a| {
+                let cidr: IpNet = a.cidr.parse().ok()?;
+                let mut c = Communities::default();
+                for name_or_value in &a.communities {
+                    let value = spec
+                        .communities
+                        .iter()
+                        .find(|n| &n.name == name_or_value)
+                        .map_or(name_or_value.as_str(), |n| n.value.as_str());
+                    let list = match value.matches(':').count() {
+                        1 => &mut c.standard,
+                        2 => &mut c.large,
+                        // Validation refuses anything else; a stored oddity adds nothing.
+                        _ => continue,
+                    };
+                    if !list.iter().any(|v| v == value) {
+                        list.push(value.to_string());
+                    }
+                }
+                Some((cidr, c))
+            })
+            .collect();
+        CommunityRules(rules)
+    }
+
+    /// What `prefix` carries: the communities of every rule whose CIDR contains it.
+    pub fn for_prefix(&self, prefix: &IpNet) -> Communities {
+        let mut out = Communities::default();
+        for (_, c) in self.0.iter().filter(|(cidr, _)| cidr.contains(prefix)) {
+            for v in &c.standard {
+                if !out.standard.contains(v) {
+                    out.standard.push(v.clone());
+                }
+            }
+            for v in &c.large {
+                if !out.large.contains(v) {
+                    out.large.push(v.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The node agent's export policy.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NodeExportPolicy;
@@ -36,6 +106,37 @@ mod tests {
     use serval_bgp::packet::attribute::AsPath;
 
     use super::*;
+
+    #[test]
+    fn prefix_advertisements_give_blocks_their_communities() {
+        let spec: BGPConfigurationSpec = serde_json::from_value(serde_json::json!({
+            "communities": [{"name": "rack", "value": "64512:100"}],
+            "prefixAdvertisements": [
+                {"cidr": "10.244.0.0/16", "communities": ["rack", "64512:1:2"]},
+                {"cidr": "10.244.1.0/24", "communities": ["65000:7", "rack"]},
+            ]
+        }))
+        .unwrap();
+        let rules = CommunityRules::from_config(Some(&spec));
+        let block = |s: &str| rules.for_prefix(&s.parse().unwrap());
+        assert_eq!(
+            block("10.244.0.64/26"),
+            Communities {
+                standard: vec!["64512:100".into()],
+                large: vec!["64512:1:2".into()]
+            }
+        );
+        // Inside both rules: both add, each value once.
+        assert_eq!(
+            block("10.244.1.0/26").standard,
+            ["64512:100".to_string(), "65000:7".to_string()]
+        );
+        assert_eq!(block("10.9.0.0/26"), Communities::default());
+        assert_eq!(
+            CommunityRules::from_config(None).for_prefix(&"10.244.0.0/26".parse().unwrap()),
+            Communities::default()
+        );
+    }
 
     fn peer(ebgp: bool) -> PolicyPeer {
         PolicyPeer {

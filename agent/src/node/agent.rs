@@ -95,7 +95,8 @@ pub struct Agent {
     state: ClusterState,
     in_sync: bool,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    exports: BTreeSet<IpNet>,
+    /// Announced prefixes and the communities they were announced with.
+    exports: BTreeMap<IpNet, crate::calc::bgp_export::Communities>,
     mtu_written: Option<u32>,
     warned: BTreeSet<String>,
     /// Whether BGP has relearned the table since start (then learned routes may be deleted).
@@ -165,7 +166,7 @@ impl Agent {
             state: ClusterState::default(),
             in_sync: false,
             peers: BTreeMap::new(),
-            exports: BTreeSet::new(),
+            exports: BTreeMap::new(),
             mtu_written: None,
             warned: BTreeSet::new(),
             settled: false,
@@ -506,33 +507,34 @@ impl Agent {
     }
 
     async fn apply_exports(&mut self, d: &Desired) -> Result<(), AgentError> {
-        for gone in self
+        let gone: Vec<IpNet> = self
             .exports
-            .difference(&d.exports)
+            .keys()
+            .filter(|p| !d.exports.contains(p))
             .copied()
-            .collect::<Vec<_>>()
-        {
-            self.speaker.withdraw(gone).await?;
-            self.exports.remove(&gone);
+            .collect();
+        for prefix in gone {
+            self.speaker.withdraw(prefix).await?;
+            self.exports.remove(&prefix);
         }
-        for new in d
-            .exports
-            .difference(&self.exports)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            tracing::info!(block = %new, "announcing block");
+        for prefix in &d.exports {
+            let want = d.communities.for_prefix(prefix);
+            if self.exports.get(prefix) == Some(&want) {
+                continue;
+            }
+            // New, or its communities changed: announcing again replaces the route.
+            tracing::info!(block = %prefix, communities = ?want, "announcing block");
             self.speaker
                 .announce(LocalRoute {
-                    prefix: new,
+                    prefix: *prefix,
                     next_hop: None,
                     med: None,
                     local_pref: None,
-                    communities: Vec::new(),
-                    large_communities: Vec::new(),
+                    communities: want.standard.clone(),
+                    large_communities: want.large.clone(),
                 })
                 .await?;
-            self.exports.insert(new);
+            self.exports.insert(*prefix, want);
         }
         Ok(())
     }

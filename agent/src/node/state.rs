@@ -528,6 +528,9 @@ impl ClusterState {
             nat: self.nat_spec(),
             peers,
             exports,
+            communities: crate::calc::bgp_export::CommunityRules::from_config(
+                self.configs.get("default").map(|c| &c.spec),
+            ),
             routes,
             ipip,
             vxlan,
@@ -544,6 +547,8 @@ pub struct Desired {
     pub peers: Vec<DesiredPeer>,
     /// Prefixes to announce (this node's confirmed blocks).
     pub exports: BTreeSet<IpNet>,
+    /// The communities announced prefixes carry (BGPConfiguration prefixAdvertisements).
+    pub communities: crate::calc::bgp_export::CommunityRules,
     /// Kernel routes.
     pub routes: KernelTable,
     /// The IPIP device, when a pool uses IPIP.

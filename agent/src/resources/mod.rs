@@ -158,8 +158,6 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         "serviceClusterIPs",
         "serviceExternalIPs",
         "serviceLoadBalancerIPs",
-        "communities",
-        "prefixAdvertisements",
     ]
     .map(unset_list);
     let mut bgp = bgp.to_vec();

@@ -182,8 +182,6 @@ pub fn unsupported_bgp_fields(s: &BGPConfigurationSpec) -> Vec<&'static str> {
             "serviceLoadBalancerIPs",
             !s.service_load_balancer_ips.is_empty(),
         ),
-        ("communities", !s.communities.is_empty()),
-        ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
         (
             "bindMode",
             s.bind_mode == Some(crate::resources::bgp::BindMode::NodeIP),

@@ -338,6 +338,25 @@ impl ServerCounts {
 }
 
 impl KubeApi {
+    /// Starts one `serval-node controllers` replica named `name` (its Lease identity) with a
+    /// token of the serval-controllers ServiceAccount, as the Deployment runs it, plus `env`
+    /// (`KEY=value`); its log goes to `log_dir`, and it is stopped by PID when dropped.
+    pub fn start_controllers(&self, name: &str, env: &[&str], log_dir: &Path) -> crate::Daemon {
+        let token = self.token("kube-system", "serval-controllers");
+        let kubeconfig = format!(
+            "KUBECONFIG={}",
+            self.kubeconfig_with_token("controllers", &token).display()
+        );
+        let pod_name = format!("POD_NAME={name}");
+        let bin = crate::require::serval_bin("serval-node")
+            .display()
+            .to_string();
+        let mut argv = vec!["env", &kubeconfig, "POD_NAMESPACE=kube-system", &pod_name];
+        argv.extend(env);
+        argv.extend([bin.as_str(), "controllers"]);
+        crate::Daemon::start_here(name, &argv, log_dir).expect("start serval-node controllers")
+    }
+
     /// The API server's request and response-size counters now (read as the admin).
     pub fn server_counts(&self) -> ServerCounts {
         ServerCounts::parse(&self.kubectl_ok(&["get", "--raw", "/metrics"]))

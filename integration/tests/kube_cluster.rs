@@ -508,7 +508,7 @@ fn servalctl_admin(api: &KubeApi, args: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
-    use serval_integration::{eventually, require};
+    use serval_integration::eventually;
     let Some(api) = KubeApi::start("the_controllers_clean_up") else {
         return;
     };
@@ -579,30 +579,18 @@ async fn the_controllers_clean_up_deleted_nodes_and_leaked_addresses() {
     );
     assert!(out.contains("1 problem(s) found"), "{out}");
     // Two replicas with the controllers' own token: one is active.
-    let token = api.token("kube-system", "serval-controllers");
-    let kc = api.kubeconfig_with_token("controllers", &token);
-    let bin = require::serval_bin("serval-node").display().to_string();
-    let kubeconfig = format!("KUBECONFIG={}", kc.display());
     // Stopped by PID when dropped, also when an assertion fails.
     let replicas: Vec<serval_integration::Daemon> = ["c1", "c2"]
         .iter()
         .map(|name| {
-            let pod_name = format!("POD_NAME={name}");
-            let r = serval_integration::Daemon::start_here(
+            let r = api.start_controllers(
                 name,
                 &[
-                    "env",
-                    &kubeconfig,
-                    "POD_NAMESPACE=kube-system",
-                    &pod_name,
                     "SERVAL_CONTROLLERS_INTERVAL=1",
                     "SERVAL_IPAM_LEAK_GRACE_PERIOD=3s",
-                    &bin,
-                    "controllers",
                 ],
                 &scratch.0,
-            )
-            .unwrap();
+            );
             std::thread::sleep(std::time::Duration::from_millis(500));
             r
         })

@@ -145,27 +145,10 @@ fn node_deletion_leaves_no_dead_peer(c: &mut serval_integration::cluster::Cluste
          apiVersion: v1\nkind: Node\nmetadata: {name: node-c}\n",
     );
     c.api().apply_manifests(&["controllers.yaml"]).unwrap();
-    let token = c.api().token("kube-system", "serval-controllers");
-    let kc = c.api().kubeconfig_with_token("controllers", &token);
-    let bin = serval_integration::require::serval_bin("serval-node")
-        .display()
-        .to_string();
-    let kubeconfig = format!("KUBECONFIG={}", kc.display());
     let logs = serval_integration::peers::Scratch::new("kube-e2e-ctrl");
-    let controllers = serval_integration::Daemon::start_here(
-        "controllers",
-        &[
-            "env",
-            &kubeconfig,
-            "POD_NAMESPACE=kube-system",
-            "POD_NAME=c1",
-            "SERVAL_CONTROLLERS_INTERVAL=1",
-            &bin,
-            "controllers",
-        ],
-        &logs.0,
-    )
-    .unwrap();
+    let controllers = c
+        .api()
+        .start_controllers("c1", &["SERVAL_CONTROLLERS_INTERVAL=1"], &logs.0);
     let node_c_ip = c.nodes[2].ip.split('/').next().unwrap().to_string();
     // The machine dies: its agent stops, and the others' sessions to it go down.
     drop(c.nodes[2].agent.take());

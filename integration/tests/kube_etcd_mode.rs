@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use serval_agent::datastore::{AnyBackend, Datastore, EtcdBackend};
 use serval_agent::resources::Node;
 use serval_integration::kube::KubeApi;
-use serval_integration::{Daemon, EtcdServer, eventually_async, require};
+use serval_integration::{Daemon, EtcdServer, eventually_async};
 
 type Store = Datastore<AnyBackend>;
 
@@ -88,32 +88,20 @@ async fn the_controllers_copy_kubernetes_objects_into_etcd() {
     store.create(&stale).await.unwrap();
 
     // Two replicas with the controllers' own token (every 403 would show in their logs).
-    let token = api.token("kube-system", "serval-controllers");
-    let kc = api.kubeconfig_with_token("controllers", &token);
-    let bin = require::serval_bin("serval-node").display().to_string();
-    let kubeconfig = format!("KUBECONFIG={}", kc.display());
     let endpoints = format!("ETCD_ENDPOINTS={}", etcd.endpoint());
     let replicas: Vec<Daemon> = ["c1", "c2"]
         .iter()
         .map(|name| {
-            let pod_name = format!("POD_NAME={name}");
-            Daemon::start_here(
+            api.start_controllers(
                 name,
                 &[
-                    "env",
-                    &kubeconfig,
-                    "POD_NAMESPACE=kube-system",
-                    &pod_name,
                     "DATASTORE_TYPE=etcdv3",
                     &endpoints,
                     "SERVAL_CONTROLLERS_INTERVAL=1",
                     "SERVAL_LOG=info",
-                    &bin,
-                    "controllers",
                 ],
                 &scratch.0,
             )
-            .unwrap()
         })
         .collect();
     let logs = || {

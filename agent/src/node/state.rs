@@ -94,6 +94,19 @@ fn upsert<R: ServalResource>(map: &mut BTreeMap<String, R>, object: Value) -> Re
     Ok(())
 }
 
+/// Says which fields of a BGPConfiguration just stored do nothing here: one stored before
+/// Serval refused them, or written straight into etcd, is used without them, not quietly.
+fn warn_unsupported_bgp(configs: &BTreeMap<String, BGPConfiguration>, object: &Value) {
+    let (_, name) = crate::datastore::object_name(object);
+    let Some(c) = configs.get(&key(None, &name)) else {
+        return;
+    };
+    let fields = crate::resources::validate::unsupported_bgp_fields(&c.spec);
+    if !fields.is_empty() {
+        tracing::warn!(config = %name, fields = ?fields, "BGPConfiguration sets fields Serval does not support yet; they have no effect");
+    }
+}
+
 impl ClusterState {
     /// Applies one syncer event; returns whether anything changed. An object that does not
     /// parse is reported and ignored (it never takes the agent down).
@@ -124,14 +137,7 @@ impl ClusterState {
                         }
                     }
                     "BGPConfiguration" => upsert(&mut self.configs, o()).inspect(|()| {
-                        // Written past servalctl (kubectl against the CRD): say what does
-                        // nothing here instead of ignoring it quietly.
-                        if let Some(c) = self.configs.get(&key(None, &crate::datastore::object_name(object).1)) {
-                            let unsupported = crate::resources::validate::unsupported_bgp_fields(&c.spec);
-                            if !unsupported.is_empty() {
-                                tracing::warn!(config = %c.name_any(), fields = ?unsupported, "BGPConfiguration sets fields Serval does not support yet; they have no effect");
-                            }
-                        }
+                        warn_unsupported_bgp(&self.configs, object);
                     }),
                     "BGPPeer" => upsert(&mut self.peers, o()),
                     "Node" if k8s => upsert(&mut self.k8s_nodes, o()),

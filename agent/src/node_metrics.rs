@@ -4,6 +4,7 @@
 //! record into them directly and the HTTP handler registers clones at scrape time.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -45,6 +46,10 @@ pub struct NodeMetrics {
     pub ipam_addresses_capacity: Gauge,
     /// 1 when the datastore is in sync.
     pub datastore_in_sync: Gauge,
+    /// Read-backs of our iptables chains, ipsets and hooks.
+    pub firewall_resyncs: Counter,
+    /// What those read-backs found changed by someone else and repaired, by kind.
+    pub firewall_drift: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -68,6 +73,8 @@ impl Default for NodeMetrics {
             ipam_addresses_in_use: Gauge::default(),
             ipam_addresses_capacity: Gauge::default(),
             datastore_in_sync: Gauge::default(),
+            firewall_resyncs: Counter::default(),
+            firewall_drift: Family::default(),
         }
     }
 }
@@ -146,10 +153,29 @@ impl NodeMetrics {
             self.ipam_addresses_capacity.clone(),
         );
         reg.register(
+            "serval_iptables_resyncs",
+            "Read-backs of Serval's iptables chains, ipsets and hooks",
+            self.firewall_resyncs.clone(),
+        );
+        reg.register(
+            "serval_iptables_drift_repaired",
+            "Chains, ipsets and hooks of Serval's found changed by something else and repaired",
+            self.firewall_drift.clone(),
+        );
+        reg.register(
             "serval_datastore_in_sync",
             "1 when the datastore syncer is in sync",
             self.datastore_in_sync.clone(),
         );
+    }
+
+    /// Counts what a firewall resync repaired.
+    pub fn record_firewall_drift(&self, r: &crate::dataplane::firewall::Repairs) {
+        for (kind, n) in [("chain", r.chains), ("set", r.sets), ("hook", r.hooks)] {
+            self.firewall_drift
+                .get_or_create(&vec![("kind", kind)])
+                .inc_by(n as u64);
+        }
     }
 
     /// Folds a route-task stats update in (counters move by the difference).

@@ -1,7 +1,7 @@
 //! Policy at scale: 1,000 policies over 1,000 local endpoints. Measures, in one run and in a
 //! namespace the bench creates:
-//! - full compile (IPv4) and full apply through the policy manager (ipsets + one
-//!   iptables-restore --noflush + hooks), next to a plain `ipset restore` + `iptables-restore`
+//! - full compile (IPv4) and full apply through the firewall manager (read-back of the
+//!   empty tables, ipsets, one iptables-restore --noflush, hooks), next to a plain `ipset restore` + `iptables-restore`
 //!   of exactly the same rules and sets in a fresh namespace;
 //! - one pod-label change: recompile + apply of the difference (sets and chains touched);
 //! - the number of rules and sets.
@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serval_agent::dataplane::nat::Backend;
-use serval_agent::dataplane::policy::PolicyManager;
+use serval_agent::dataplane::firewall::{Backend, FamilyRules, FirewallManager, FirewallRules};
 use serval_integration::{Netns, require};
 use serval_policy::compile::{Endpoint, NamedPort, PolicyDef, PolicyInputs, compile};
-use serval_policy::ipt::{Ruleset, render_ipsets, render_restore};
+use serval_policy::ipt::{Ruleset, Table, render_ipsets, render_restore};
 use serval_policy::model::{Action, EntityRule, IntOrString, PolicyType, Rule};
 use serval_policy::{Labels, Selector};
 
@@ -110,7 +109,7 @@ fn inputs() -> PolicyInputs {
 fn plain_restore(ns: &Netns, rs: &Ruleset) -> Duration {
     let dir = serval_integration::peers::Scratch::new("policybench");
     let (sets, _) = render_ipsets(&BTreeMap::new(), &rs.sets, false);
-    let rules = render_restore(&rs.chains, &[], false);
+    let rules = render_restore(Table::Filter, &rs.chains, &[], false);
     std::fs::write(dir.path("sets"), sets).unwrap();
     std::fs::write(dir.path("rules"), rules).unwrap();
     let t = Instant::now();
@@ -171,10 +170,13 @@ fn main() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut m = PolicyManager::new(Backend::Nft);
-            let empty = Ruleset::default();
+            let mut m = FirewallManager::new(Backend::Nft);
+            let rules = |v4: Ruleset| FirewallRules {
+                v4: FamilyRules::new(v4, Ruleset::default()),
+                v6: FamilyRules::default(),
+            };
             let t = Instant::now();
-            let report = m.apply(&v4c, &empty).await.expect("full apply");
+            let report = m.apply(&rules(v4c)).await.expect("full apply");
             let full = t.elapsed();
             // One pod changes its app label: its own chains and the sets that select it.
             w.local[17].labels.insert("app".into(), "app42".into());
@@ -182,7 +184,7 @@ fn main() {
             let v4b = compile(&w, false);
             let compile_again = t.elapsed();
             let t = Instant::now();
-            let inc = m.apply(&v4b, &empty).await.expect("incremental apply");
+            let inc = m.apply(&rules(v4b)).await.expect("incremental apply");
             (full, report, (compile_again, t.elapsed(), inc))
         })
     });
@@ -198,7 +200,7 @@ fn main() {
         ms(compile_full)
     );
     println!(
-        "  full apply (policy manager):       {:>8.1} ms  ({} chains, {} sets written)",
+        "  full apply (firewall manager):     {:>8.1} ms  ({} chains, {} sets written)",
         ms(full),
         report.chains_written,
         report.sets_changed

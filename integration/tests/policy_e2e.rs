@@ -37,6 +37,9 @@ struct Lab {
     _etcd: EtcdServer,
 }
 
+/// The agent's firewall read-back period in these tests.
+const REFRESH_SECS: u64 = 2;
+
 const PORTS: [(Proto, u16); 4] = [
     (Proto::Tcp, 80),
     (Proto::Tcp, 81),
@@ -199,6 +202,18 @@ async fn lab(test: &str) -> Option<Lab> {
     .unwrap();
     node.exec(&["iptables", "-A", "FORWARD", "-j", "KUBE-FORWARD"])
         .unwrap();
+    // State of ours left by an earlier run that nothing wants any more: a set, a chain using
+    // it, and a hook into that chain. The agent's start-up sweep must remove all three.
+    for cmd in [
+        "ipset create serval40s:stale-by-hand hash:net family inet",
+        "ipset add serval40s:stale-by-hand 10.88.0.99",
+        "iptables -N serval-pi-stale-by-hand",
+        "iptables -A serval-pi-stale-by-hand -m set --match-set serval40s:stale-by-hand src -j DROP",
+        "iptables -I INPUT 1 -m comment --comment serval:hook -j serval-pi-stale-by-hand",
+    ] {
+        let out = node.exec(&cmd.split(' ').collect::<Vec<_>>()).unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let forward = LoopbackForward::start(&node, 2379, etcd.addr()).unwrap();
     let scratch = Scratch::new("policy");
     let var = scratch.path("var");
@@ -215,6 +230,8 @@ async fn lab(test: &str) -> Option<Lab> {
             "ETCD_ENDPOINTS=http://127.0.0.1:2379",
             "IP_AUTODETECTION_METHOD=interface=eth0",
             &env_var,
+            // Resyncs every few seconds, so every case here also runs across them.
+            &format!("SERVAL_IPTABLES_REFRESH_INTERVAL={REFRESH_SECS}"),
             "SERVAL_LOG=info",
             &bin_s,
             "run",
@@ -565,4 +582,163 @@ async fn pods_cannot_spoof_reach_node_loopback_or_inject_tunnel_traffic() {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(dropped >= 3, "{input}");
+}
+
+/// `serval_iptables_drift_repaired_total{kind}` from the agent's /metrics.
+fn drift_repaired(node: &Netns, kind: &str) -> u64 {
+    let text = node.http_get("127.0.0.1:9179", "/metrics").unwrap();
+    let key = format!("serval_iptables_drift_repaired_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pings `to` from the namespace named `from` every 10 ms, `count` times; (sent, received).
+fn ping_run(from: &str, to: IpAddr, count: u32) -> (u32, u32) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from,
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            &to.to_string(),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let stats = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default()
+        .to_string();
+    let num = |word: &str| -> u32 {
+        let words: Vec<&str> = stats.split_whitespace().collect();
+        words
+            .iter()
+            .position(|w| w.starts_with(word))
+            .and_then(|i| words.get(i - 1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("packets"), num("received"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_state_is_swept_at_start_and_repaired_by_resync_without_a_gap() {
+    let Some(lab) = lab("policy_e2e_firewall_resync").await else {
+        return;
+    };
+    let node = &lab.node;
+    // The start-up sweep removed the stale chain, set and hook; the foreign chain and the
+    // foreign jump are as they were.
+    let filter = node.output(&["iptables-save", "-t", "filter"]).unwrap();
+    assert!(!filter.contains("stale-by-hand"), "{filter}");
+    assert!(
+        filter.contains("-A FORWARD -j KUBE-FORWARD")
+            && filter.contains("-A KUBE-FORWARD -m comment --comment kube-proxy -j RETURN"),
+        "{filter}"
+    );
+    let sets = node.output(&["ipset", "list", "-n"]).unwrap();
+    assert!(!sets.contains("stale-by-hand"), "{sets}");
+
+    // z/a admits only z/b.
+    lab.apply(&[k8s(
+        "z",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"],
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    )])
+    .await;
+    let allowed = |from: &str, to: &str, _: Proto, _: u16| to != "z/a" || from == "z/b";
+    lab.expect("z/a admits only z/b", allowed);
+
+    // A ping matrix runs while, every half second, something harmless is added to every
+    // chain and set of ours (a rule with no target, a member nobody uses), so each resync
+    // rewrites every chain and rebuilds every set under live traffic.
+    let pod = |who: &str| {
+        lab.pods
+            .iter()
+            .find(|p| format!("{}/{}", p.ns, p.name) == who)
+            .unwrap()
+    };
+    let target = pod("z/a").ip;
+    let before = (drift_repaired(node, "chain"), drift_repaired(node, "set"));
+    let pings = [("z/b", true), ("z/c", false), ("x/b", false)].map(|(who, ok)| {
+        let ns = pod(who).netns.name().to_string();
+        (who, ok, std::thread::spawn(move || ping_run(&ns, target, 800)))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(7);
+    while std::time::Instant::now() < deadline {
+        let save = node.output(&["iptables-save", "-t", "filter"]).unwrap();
+        for chain in save
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| c.starts_with("serval-"))
+        {
+            let _ = node.exec(&[
+                "iptables", "-A", chain, "-m", "comment", "--comment", "test-noop",
+            ]);
+        }
+        let sets = node.output(&["ipset", "save"]).unwrap();
+        for set in sets
+            .lines()
+            .filter(|l| l.starts_with("create serval") && l.contains("hash:net family inet "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+        {
+            let _ = node.exec(&["ipset", "add", set, "198.51.100.7", "-exist"]);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (who, ok, ping) in pings {
+        let (sent, received) = ping.join().unwrap();
+        assert!(sent >= 700, "{who}: only {sent} pings sent");
+        if ok {
+            assert_eq!(received, sent, "{who} -> z/a lost pings across resyncs");
+        } else {
+            assert_eq!(received, 0, "{who} -> z/a got through during a resync");
+        }
+    }
+    let after = (drift_repaired(node, "chain"), drift_repaired(node, "set"));
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "resyncs did not count the drift: {before:?} -> {after:?}\n{}",
+        lab.agent.log_tail(20)
+    );
+
+    // Drift that matters: an ACCEPT at the top of our dispatch opens z/a to everyone until
+    // the next resync puts the chain back.
+    node.exec(&["iptables", "-I", "serval-FORWARD", "1", "-j", "ACCEPT"])
+        .unwrap();
+    lab.expect("the opened chain is repaired", allowed);
+    eventually(
+        "no test drift left in our chains and sets",
+        Duration::from_secs(20),
+        || {
+            let save = node.output(&["iptables-save", "-t", "filter"]).unwrap();
+            let sets = node.output(&["ipset", "save"]).unwrap();
+            if save.contains("test-noop")
+                || save.contains("-A serval-FORWARD -j ACCEPT")
+                || sets.contains("198.51.100.7")
+            {
+                Err("still there".to_string())
+            } else {
+                Ok(())
+            }
+        },
+        || lab.agent.log_tail(20),
+    );
+    assert!(
+        lab.agent.log_tail(400).contains("drift repaired"),
+        "{}",
+        lab.agent.log_tail(30)
+    );
 }

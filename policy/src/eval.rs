@@ -123,7 +123,7 @@ pub fn evaluate(rs: &Ruleset, hook: &str, p: &Packet) -> Verdict {
             continue;
         }
         match &rule.target {
-            Target::Accept => return Verdict::Accept,
+            Target::Accept | Target::Masquerade => return Verdict::Accept,
             Target::Drop => return Verdict::Drop,
             Target::Return => {}
             Target::Jump(c) => {

@@ -80,6 +80,8 @@ pub enum Target {
     SetMark(u32, u32),
     /// `-j LOG --log-prefix P` (non-terminal).
     Log(String),
+    /// `-j MASQUERADE --random-fully` (nat table only).
+    Masquerade,
 }
 
 /// One rule.
@@ -170,12 +172,70 @@ pub fn valid_iface(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Renders one rule's arguments (after `-A CHAIN`).
+/// The table a ruleset's chains live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// `filter`: policy.
+    Filter,
+    /// `nat`: natOutgoing.
+    Nat,
+}
+
+impl Table {
+    /// The table's name as the tools spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+/// FNV-1a: a fixed, seedless 64-bit hash, so the same rule hashes the same in every process
+/// and release (the kernel keeps the hash in the rule's comment across restarts).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The prefix of the hash tag every rule's comment starts with (`h:` + 16 hex digits).
+const HASH_TAG: &str = "h:";
+
+/// The hash a rendered rule carries in its comment: what read-back compares, because
+/// `iptables-save` prints a rule in its own normal form, never the text we wrote.
+pub fn rule_hash(r: &IptRule, v6: bool) -> u64 {
+    fnv1a(&[&render_body(r, v6), &r.comment])
+}
+
+/// The hash at the start of a rule comment as read back from the kernel, if it has one.
+pub fn hash_in_comment(comment: &str) -> Option<u64> {
+    let hex = comment.strip_prefix(HASH_TAG)?.get(..16)?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Renders one rule's arguments (after `-A CHAIN`): the comment, with the rule's hash in
+/// front, then the matches and the target.
 pub fn render_rule(r: &IptRule, v6: bool) -> String {
+    let body = render_body(r, v6);
+    let hash = fnv1a(&[&body, &r.comment]);
+    let comment = comment_text(&format!("{HASH_TAG}{hash:016x} {}", r.comment));
+    format!("-m comment --comment \"{comment}\" {body}")
+}
+
+/// The matches and the target, as `iptables-restore` reads them.
+fn render_body(r: &IptRule, v6: bool) -> String {
     let mut out = String::new();
-    let _ = write!(out, "-m comment --comment \"{}\"", comment_text(&r.comment));
     for m in &r.matches {
-        out.push(' ');
+        out.push_str(if out.is_empty() { "" } else { " " });
         match m {
             Match::InIface(i) => {
                 let _ = write!(out, "-i {i}");
@@ -222,7 +282,9 @@ pub fn render_rule(r: &IptRule, v6: bool) -> String {
             Match::Invalid => out.push_str("-m conntrack --ctstate INVALID"),
         }
     }
-    out.push(' ');
+    if !out.is_empty() {
+        out.push(' ');
+    }
     match &r.target {
         Target::Accept => out.push_str("-j ACCEPT"),
         Target::Drop => out.push_str("-j DROP"),
@@ -239,18 +301,20 @@ pub fn render_rule(r: &IptRule, v6: bool) -> String {
         Target::Log(p) => {
             let _ = write!(out, "-j LOG --log-prefix \"{p}\"");
         }
+        Target::Masquerade => out.push_str("-j MASQUERADE --random-fully"),
     }
     out
 }
 
-/// `iptables-restore --noflush` input that rewrites `chains` (declaring a chain flushes it)
-/// and deletes `removed` (after the rewrite drops every reference to them).
+/// `iptables-restore --noflush` input for `table` that rewrites `chains` (declaring a chain
+/// flushes it) and deletes `removed` (after the rewrite drops every reference to them).
 pub fn render_restore(
+    table: Table,
     chains: &BTreeMap<String, Vec<IptRule>>,
     removed: &[String],
     v6: bool,
 ) -> String {
-    let mut out = String::from("*filter\n");
+    let mut out = format!("*{}\n", table.name());
     for name in chains.keys().chain(removed) {
         let _ = writeln!(out, ":{name} - [0:0]");
     }
@@ -353,16 +417,45 @@ mod tests {
             Target::SetMark(MARK_ACCEPT, MARK_ACCEPT),
             "serval:allow web",
         );
+        let hash = rule_hash(&r, false);
         assert_eq!(
             render_rule(&r, false),
-            "-m comment --comment \"serval:allow web\" -p 6 -m set --match-set serval40s:abc src \
-             -m multiport --dports 80,8000:8080 -j MARK --set-xmark 0x10000/0x10000"
+            format!(
+                "-m comment --comment \"h:{hash:016x} serval:allow web\" -p 6 -m set --match-set \
+                 serval40s:abc src -m multiport --dports 80,8000:8080 -j MARK --set-xmark \
+                 0x10000/0x10000"
+            )
         );
         let mut chains = BTreeMap::new();
         chains.insert("serval-pi-x".to_string(), vec![r]);
-        let text = render_restore(&chains, &["serval-pi-old".into()], false);
+        let text = render_restore(Table::Filter, &chains, &["serval-pi-old".into()], false);
         assert!(text.starts_with("*filter\n:serval-pi-x - [0:0]\n:serval-pi-old - [0:0]\n"));
         assert!(text.ends_with("-X serval-pi-old\nCOMMIT\n"));
+    }
+
+    #[test]
+    fn a_rule_hash_follows_its_content_and_is_read_back_from_its_comment() {
+        let r = IptRule::new(vec![Match::Protocol(6, false)], Target::Accept, "ns/p rule 0");
+        let same = r.clone();
+        let mut other = r.clone();
+        other.target = Target::Drop;
+        assert_eq!(rule_hash(&r, false), rule_hash(&same, false));
+        assert_ne!(rule_hash(&r, false), rule_hash(&other, false));
+        // The family changes the text (icmp vs icmp6), so it is part of the hash.
+        let icmp = IptRule::new(vec![Match::Icmp(8, None, false, false)], Target::Accept, "x");
+        assert_ne!(rule_hash(&icmp, false), rule_hash(&icmp, true));
+        // As iptables-save prints it: the comment is quoted and may move within the rule.
+        let line = render_rule(&r, false);
+        let comment = line.split('"').nth(1).unwrap();
+        assert_eq!(hash_in_comment(comment), Some(rule_hash(&r, false)));
+        assert_eq!(hash_in_comment("serval:hook"), None);
+        assert_eq!(hash_in_comment("h:12zz"), None);
+        // A comment cut to the kernel's limit keeps its hash (it comes first).
+        let long = IptRule::new(vec![], Target::Drop, "n".repeat(400));
+        let line = render_rule(&long, false);
+        let comment = line.split('"').nth(1).unwrap();
+        assert_eq!(comment.len(), MAX_COMMENT_LEN);
+        assert_eq!(hash_in_comment(comment), Some(rule_hash(&long, false)));
     }
 
     #[test]

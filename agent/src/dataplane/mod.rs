@@ -1,16 +1,17 @@
 //! The node's kernel state, one manager per kind: routes, tunnel devices (IPIP, VXLAN with its
-//! neighbour/FDB entries). Each manager holds desired vs. actual, writes only the difference in
+//! neighbour/FDB entries), iptables chains and ipsets (policy and natOutgoing). Each manager holds desired vs. actual, writes only the difference in
 //! one batch, repairs drift on a periodic resync with jitter, and writes nothing until told the
 //! datastore is in sync, so an agent restart never disturbs a working node.
 //!
 //! ```text
 //!  calc (pure) ── desired ──► route_manager ──┐
 //!                            tunnel ─────────┴──► Netlink (the only rtnetlink user)
-//!                            nat, policy ───────► ipset restore + iptables-restore --noflush
+//!                            firewall ──────────► ipset restore + iptables-restore --noflush
+//!                              (policy + nat)       read back: iptables-save, ipset save
 //! ```
 
+pub mod firewall;
 pub mod link_watch;
-pub mod nat;
 pub mod netlink;
 pub mod policy;
 pub mod route_manager;

@@ -1,12 +1,14 @@
 //! The node agent's event loop: one task owns the cluster picture and the applied state; the
-//! syncer, the speaker's best-path stream and a tunnel timer only send it messages. Nothing is
+//! syncer, the speaker's best-path stream and two timers only send it messages. Nothing is
 //! written before the datastore is in sync; after that every change recomputes the desired
-//! state (pure) and applies the difference: sessions, exports, tunnel devices, then routes.
+//! state (pure) and applies the difference: sessions, exports, policy and NAT, tunnel
+//! devices, then routes.
 //!
 //! ```text
 //!  Syncer ── SyncEvent ──────┐
 //!  Speaker ── best paths ────┼─► Agent::run ─► SpeakerHandle (peers, announce/withdraw)
-//!  tunnel timer ─────────────┘        │        tunnel::ensure_* (netlink)
+//!  tunnel timer ─────────────┤        │        FirewallManager (policy + nat; read back)
+//!  firewall resync (jitter) ─┘        │        tunnel::ensure_* (netlink)
 //!                                     └──────► route task (RouteCommand)
 //! ```
 
@@ -18,17 +20,22 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serval_bgp::config::{LocalRoute, PeerConfig};
 use serval_bgp::speaker::{SpeakerError, SpeakerHandle};
+use serval_policy::nat::NatSpec;
 use tokio::sync::{mpsc, watch};
 
 use super::state::{ClusterState, Desired};
 use crate::dataplane::DataplaneError;
+use crate::dataplane::firewall::FirewallManager;
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::route_manager::RouteCommand;
+use crate::dataplane::route_manager::{RouteCommand, jittered};
 use crate::dataplane::tunnel;
 use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
 
 /// How often tunnel devices and VXLAN entries are re-checked even without changes.
 const TUNNEL_RESYNC: Duration = Duration::from_secs(30);
+/// How often our chains, sets and hooks are read back and repaired (Felix's
+/// `iptablesRefreshInterval` default), with jitter.
+pub const FIREWALL_REFRESH: Duration = Duration::from_secs(90);
 /// Graceful-restart time for sessions that do not set one (BIRD's and Calico's 120 s).
 pub const DEFAULT_RESTART_TIME: u16 = 120;
 /// How long after start learned routes are kept at most while BGP relearns the table.
@@ -101,14 +108,12 @@ pub struct Agent {
     warned: BTreeSet<String>,
     /// Whether BGP has relearned the table since start (then learned routes may be deleted).
     settled: bool,
-    /// The iptables backend for natOutgoing.
-    nat_backend: Option<crate::dataplane::nat::Backend>,
-    /// The natOutgoing state last written, and whether a repair pass is due.
-    nat_written: Option<crate::dataplane::nat::NatSpec>,
-    /// The policy manager (created with the backend on first use).
-    policy: Option<crate::dataplane::policy::PolicyManager>,
-    /// The policy inputs last applied.
-    policy_written: Option<serval_policy::compile::PolicyInputs>,
+    /// The iptables and ipset manager (created with the detected backend on first use).
+    firewall: Option<FirewallManager>,
+    /// The policy inputs and natOutgoing pools last applied.
+    firewall_written: Option<(serval_policy::compile::PolicyInputs, NatSpec)>,
+    /// How often the firewall state is read back (`SERVAL_IPTABLES_REFRESH_INTERVAL`).
+    firewall_refresh: Duration,
     /// Policies last reported as failed closed (key → why), to log each change once.
     policy_failures_reported: BTreeMap<String, String>,
     /// Objects whose rules the kernel refused at the last apply (enforced as fail-closed).
@@ -170,10 +175,9 @@ impl Agent {
             mtu_written: None,
             warned: BTreeSet::new(),
             settled: false,
-            nat_backend: None,
-            nat_written: None,
-            policy: None,
-            policy_written: None,
+            firewall: None,
+            firewall_written: None,
+            firewall_refresh: FIREWALL_REFRESH,
             policy_failures_reported: BTreeMap::new(),
             policy_refused: BTreeMap::new(),
             extra_node_labels: BTreeMap::new(),
@@ -185,6 +189,12 @@ impl Agent {
             secrets_rx: Some(secrets_rx),
             secrets_asked: None,
         }
+    }
+
+    /// How often our iptables chains, ipsets and hooks are read back and repaired.
+    pub fn with_firewall_refresh(mut self, every: Duration) -> Agent {
+        self.firewall_refresh = every;
+        self
     }
 
     /// Where BGP password Secrets are read (serval-node's own namespace).
@@ -325,6 +335,8 @@ impl Agent {
         let mut settle = tokio::time::interval(Duration::from_millis(500));
         let _ = self.routes.send(RouteCommand::KeepLearned(true)).await;
         let mut secrets = self.secrets_rx.take().expect("run is called once");
+        let mut next_firewall_resync =
+            tokio::time::Instant::now() + jittered(self.firewall_refresh);
         loop {
             let mut dirty = false;
             tokio::select! {
@@ -348,13 +360,12 @@ impl Agent {
                     }
                 }
                 _ = tick.tick() => {
-                    // Periodic repair: rewrite our nat and policy chains and sets.
-                    self.nat_written = None;
-                    self.policy_written = None;
-                    if let Some(p) = self.policy.as_mut() {
-                        p.forget();
-                    }
+                    // Tunnel devices and VTEPs are ensured again on every reconcile.
                     dirty = true;
+                }
+                _ = tokio::time::sleep_until(next_firewall_resync) => {
+                    next_firewall_resync = tokio::time::Instant::now() + jittered(self.firewall_refresh);
+                    self.resync_firewall().await;
                 }
                 _ = settle.tick(), if !self.settled && self.in_sync => {
                     self.check_settled(started.elapsed() >= SETTLE_DEADLINE).await?;
@@ -435,9 +446,8 @@ impl Agent {
         self.apply_exports(&desired).await?;
         // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route
         // never exists without its policy.
-        self.apply_policy(&desired).await;
+        self.apply_firewall(&desired).await;
         self.apply_tunnels(&desired).await;
-        self.apply_nat(&desired).await;
         let _ = self
             .routes
             .send(RouteCommand::Desired(desired.routes.clone()))
@@ -551,15 +561,34 @@ impl Agent {
         self.metrics.ipam_addresses_in_use.set(in_use as i64);
     }
 
-    async fn backend(&mut self) -> crate::dataplane::nat::Backend {
-        match self.nat_backend {
-            Some(b) => b,
-            None => {
-                let b = crate::dataplane::nat::detect_backend().await;
-                tracing::info!(backend = b.iptables(), "iptables backend");
-                self.nat_backend = Some(b);
-                b
+    /// The firewall manager, created with the host's iptables backend on first use.
+    async fn firewall(&mut self) -> &mut FirewallManager {
+        if self.firewall.is_none() {
+            let b = crate::dataplane::firewall::detect_backend().await;
+            tracing::info!(backend = b.iptables(false), "iptables backend");
+            self.firewall = Some(FirewallManager::new(b));
+        }
+        self.firewall.as_mut().expect("just created")
+    }
+
+    /// Reads our chains, sets and hooks back and repairs what someone else changed.
+    async fn resync_firewall(&mut self) {
+        let Some(manager) = self.firewall.as_mut() else {
+            return; // nothing written yet
+        };
+        self.metrics.firewall_resyncs.inc();
+        match manager.resync().await {
+            Ok(r) if r.repairs.is_empty() => {}
+            Ok(r) => {
+                self.metrics.record_firewall_drift(&r.repairs);
+                tracing::warn!(
+                    chains = r.repairs.chains,
+                    sets = r.repairs.sets,
+                    hooks = r.repairs.hooks,
+                    "iptables/ipset drift repaired (changed by something other than Serval)"
+                );
             }
+            Err(e) => tracing::warn!(error = %e, "iptables/ipset resync failed; will read back at the next apply"),
         }
     }
 
@@ -581,17 +610,18 @@ impl Agent {
         self.policy_failures_reported = failures;
     }
 
-    async fn apply_policy(&mut self, d: &Desired) {
-        if self.policy_written.as_ref() == Some(&d.policy) {
+    /// Writes policy (filter table) and natOutgoing (nat table) through the firewall manager.
+    async fn apply_firewall(&mut self, d: &Desired) {
+        if self
+            .firewall_written
+            .as_ref()
+            .is_some_and(|(p, n)| *p == d.policy && *n == d.nat)
+        {
             let mut all = d.policy_failures.clone();
             all.extend(self.policy_refused.clone());
             self.report_policy_failures(all);
             return;
         }
-        let backend = self.backend().await;
-        let manager = self
-            .policy
-            .get_or_insert_with(|| crate::dataplane::policy::PolicyManager::new(backend));
         let compile_start = std::time::Instant::now();
         let v4 = serval_policy::compile::compile(&d.policy, false);
         let v6 = serval_policy::compile::compile(&d.policy, true);
@@ -609,10 +639,13 @@ impl Agent {
         self.metrics
             .policy_ipsets
             .set((v4.sets.len() + v6.sets.len()) as i64);
+        let nat = serval_policy::nat::nat_ruleset(&d.nat);
+        let manager = self.firewall().await;
         let result = crate::dataplane::policy::apply_failing_closed(
             manager,
             &d.policy,
             (v4, v6),
+            &nat,
             crate::calc::policy::fail_closed_def,
         )
         .await;
@@ -624,6 +657,14 @@ impl Agent {
                 self.metrics
                     .policy_apply_seconds
                     .observe(r.took.as_secs_f64());
+                if !r.repairs.is_empty() {
+                    tracing::info!(
+                        chains = r.repairs.chains,
+                        sets = r.repairs.sets,
+                        hooks = r.repairs.hooks,
+                        "read the kernel back: stale or altered chains, sets and hooks of ours replaced"
+                    );
+                }
                 tracing::debug!(
                     chains = r.chains_written,
                     deleted = r.chains_deleted,
@@ -632,25 +673,13 @@ impl Agent {
                     apply_ms = r.took.as_secs_f64() * 1e3,
                     "policy applied"
                 );
-                self.policy_written = Some(d.policy.clone());
+                self.firewall_written = Some((d.policy.clone(), d.nat.clone()));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "policy not applied; will rewrite everything and retry")
+                tracing::warn!(error = %e, "policy not applied; will read the kernel back and retry")
             }
         }
         self.report_policy_failures(all);
-    }
-
-    async fn apply_nat(&mut self, d: &Desired) {
-        use crate::dataplane::nat;
-        if self.nat_written.as_ref() == Some(&d.nat) {
-            return;
-        }
-        let backend = self.backend().await;
-        match nat::apply(backend, &d.nat).await {
-            Ok(()) => self.nat_written = Some(d.nat.clone()),
-            Err(e) => tracing::warn!(error = %e, "natOutgoing rules not applied; will retry"),
-        }
     }
 
     async fn apply_tunnels(&mut self, d: &Desired) {

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Seconds between full route resyncs (Felix's routeRefreshInterval).
     #[arg(long, env = "SERVAL_ROUTE_REFRESH_INTERVAL", default_value_t = 90)]
     pub route_refresh_interval: u64,
+    /// Seconds between read-backs of Serval's iptables chains, ipsets and hooks, repairing
+    /// drift (Felix's iptablesRefreshInterval).
+    #[arg(long, env = "SERVAL_IPTABLES_REFRESH_INTERVAL", default_value_t = 90)]
+    pub iptables_refresh_interval: u64,
     /// The default pool created when the cluster has no IP pool yet (Calico's
     /// CALICO_IPV4POOL_CIDR).
     #[arg(long, env = "SERVAL_IPV4POOL_CIDR", default_value = "192.168.0.0/16")]
@@ -136,6 +140,8 @@ pub struct NodeConfig {
     pub var_dir: PathBuf,
     /// Full resync period.
     pub route_refresh: Duration,
+    /// Firewall read-back period.
+    pub iptables_refresh: Duration,
     /// The pool to create when there is none.
     pub default_pool: Option<crate::resources::IPPool>,
     /// Labels to put on the Node resource.
@@ -330,6 +336,12 @@ impl RunArgs {
                 "must be at least 1 second",
             ));
         }
+        if self.iptables_refresh_interval == 0 {
+            return Err(bad(
+                "SERVAL_IPTABLES_REFRESH_INTERVAL",
+                "must be at least 1 second",
+            ));
+        }
         let default_pool = if self.no_default_pools {
             None
         } else {
@@ -377,6 +389,7 @@ impl RunArgs {
             metrics_address,
             var_dir: self.var_dir.clone(),
             route_refresh: Duration::from_secs(self.route_refresh_interval),
+            iptables_refresh: Duration::from_secs(self.iptables_refresh_interval),
         })
     }
 }
@@ -419,6 +432,7 @@ mod tests {
             AddressSource::Detect(Method::FirstFound)
         ));
         assert_eq!(c.route_refresh, Duration::from_secs(90));
+        assert_eq!(c.iptables_refresh, Duration::from_secs(90));
         let c = args(&["--ip", "10.0.0.5/24", "--node-name", "n1"])
             .validate("h")
             .unwrap();

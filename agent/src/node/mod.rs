@@ -172,7 +172,8 @@ pub async fn run(
     )
     .with_datastore(ds.clone())
     .with_node_labels(cfg.node_labels.clone())
-    .with_secret_namespace(cfg.namespace.clone());
+    .with_secret_namespace(cfg.namespace.clone())
+    .with_firewall_refresh(cfg.iptables_refresh);
     let backend = ds.backend().clone();
     let result = tokio::select! {
         r = agent.run(backend) => r.map_err(NodeError::from),

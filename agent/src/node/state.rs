@@ -376,14 +376,14 @@ impl ClusterState {
     }
 
     /// The pools as natOutgoing needs them (IPv4).
-    pub fn nat_spec(&self) -> crate::dataplane::nat::NatSpec {
+    pub fn nat_spec(&self) -> serval_policy::nat::NatSpec {
         let v4: Vec<(IpNet, bool)> = self
             .pools
             .values()
             .filter_map(|p| Some((p.spec.cidr.parse::<IpNet>().ok()?, p.spec.nat_outgoing)))
             .filter(|(c, _)| c.addr().is_ipv4())
             .collect();
-        crate::dataplane::nat::NatSpec {
+        serval_policy::nat::NatSpec {
             masquerade: v4.iter().filter(|(_, nat)| *nat).map(|(c, _)| *c).collect(),
             all: v4.iter().map(|(c, _)| *c).collect(),
         }
@@ -566,7 +566,7 @@ pub struct Desired {
     /// The MTU pods get.
     pub pod_mtu: u32,
     /// natOutgoing.
-    pub nat: crate::dataplane::nat::NatSpec,
+    pub nat: serval_policy::nat::NatSpec,
     /// Network policy inputs.
     pub policy: PolicyInputs,
     /// Policies that did not translate and are enforced as deny-all stand-ins (key → why).

@@ -26,3 +26,4 @@ pub mod rib;
 mod sockopt;
 pub mod speaker;
 pub mod status;
+mod task;

@@ -212,7 +212,11 @@ async fn lab(test: &str) -> Option<Lab> {
         "iptables -I INPUT 1 -m comment --comment serval:hook -j serval-pi-stale-by-hand",
     ] {
         let out = node.exec(&cmd.split(' ').collect::<Vec<_>>()).unwrap();
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let forward = LoopbackForward::start(&node, 2379, etcd.addr()).unwrap();
     let scratch = Scratch::new("policy");
@@ -673,7 +677,11 @@ async fn firewall_state_is_swept_at_start_and_repaired_by_resync_without_a_gap()
     let before = (drift_repaired(node, "chain"), drift_repaired(node, "set"));
     let pings = [("z/b", true), ("z/c", false), ("x/b", false)].map(|(who, ok)| {
         let ns = pod(who).netns.name().to_string();
-        (who, ok, std::thread::spawn(move || ping_run(&ns, target, 800)))
+        (
+            who,
+            ok,
+            std::thread::spawn(move || ping_run(&ns, target, 800)),
+        )
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(7);
     while std::time::Instant::now() < deadline {
@@ -685,7 +693,13 @@ async fn firewall_state_is_swept_at_start_and_repaired_by_resync_without_a_gap()
             .filter(|c| c.starts_with("serval-"))
         {
             let _ = node.exec(&[
-                "iptables", "-A", chain, "-m", "comment", "--comment", "test-noop",
+                "iptables",
+                "-A",
+                chain,
+                "-m",
+                "comment",
+                "--comment",
+                "test-noop",
             ]);
         }
         let sets = node.output(&["ipset", "save"]).unwrap();

@@ -435,14 +435,22 @@ mod tests {
 
     #[test]
     fn a_rule_hash_follows_its_content_and_is_read_back_from_its_comment() {
-        let r = IptRule::new(vec![Match::Protocol(6, false)], Target::Accept, "ns/p rule 0");
+        let r = IptRule::new(
+            vec![Match::Protocol(6, false)],
+            Target::Accept,
+            "ns/p rule 0",
+        );
         let same = r.clone();
         let mut other = r.clone();
         other.target = Target::Drop;
         assert_eq!(rule_hash(&r, false), rule_hash(&same, false));
         assert_ne!(rule_hash(&r, false), rule_hash(&other, false));
         // The family changes the text (icmp vs icmp6), so it is part of the hash.
-        let icmp = IptRule::new(vec![Match::Icmp(8, None, false, false)], Target::Accept, "x");
+        let icmp = IptRule::new(
+            vec![Match::Icmp(8, None, false, false)],
+            Target::Accept,
+            "x",
+        );
         assert_ne!(rule_hash(&icmp, false), rule_hash(&icmp, true));
         // As iptables-save prints it: the comment is quoted and may move within the rule.
         let line = render_rule(&r, false);

@@ -5,7 +5,7 @@
 
 use ipnet::IpNet;
 
-use crate::ipt::{IptRule, IpSet, Match, Ruleset, SetKind, Target};
+use crate::ipt::{IpSet, IptRule, Match, Ruleset, SetKind, Target};
 
 /// Pools with natOutgoing (sources to masquerade).
 pub const MASQ_SET: &str = "serval40masq-ipam-pools";

@@ -10,7 +10,9 @@ use serval_policy::ipt::Ruleset;
 use serval_policy::model::PolicyType;
 
 use super::DataplaneError;
-use super::firewall::{FamilyRules, FirewallError, FirewallManager, FirewallReport, FirewallRules, ToolRunner};
+use super::firewall::{
+    FamilyRules, FirewallError, FirewallManager, FirewallReport, FirewallRules, ToolRunner,
+};
 
 /// Compiles and applies `inputs`; when the kernel refuses the chains of some policies or
 /// endpoints, those are replaced by what fails closed (a policy by its deny-all stand-in, an

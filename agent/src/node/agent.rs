@@ -588,7 +588,9 @@ impl Agent {
                     "iptables/ipset drift repaired (changed by something other than Serval)"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "iptables/ipset resync failed; will read back at the next apply"),
+            Err(e) => {
+                tracing::warn!(error = %e, "iptables/ipset resync failed; will read back at the next apply")
+            }
         }
     }
 

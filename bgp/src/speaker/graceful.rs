@@ -12,6 +12,7 @@ use crate::connection::Input;
 use crate::decision::PeerId;
 use crate::fsm::{DownReason, Negotiated};
 use crate::rib::DecideCtx;
+use crate::task::OwnedTask;
 
 impl Speaker {
     /// Called as the session goes down. Returns true when the peer's routes are kept stale
@@ -47,9 +48,7 @@ impl Speaker {
         });
         let stale = (self.tables.v4.mark_stale(id), self.tables.v6.mark_stale(id));
         let entry = self.peers.get_mut(&id).expect("checked");
-        if let Some((_, old)) = entry.stale_timer.replace((serial, timer)) {
-            old.abort();
-        }
+        entry.stale_timer = Some((serial, OwnedTask::new(timer)));
         entry.stale_families = families.iter().copied().collect();
         // Families the peer did not list for graceful restart lose their routes now.
         for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
@@ -124,10 +123,8 @@ impl Speaker {
         if !entry.stale_families.remove(&family) {
             return;
         }
-        if entry.stale_families.is_empty()
-            && let Some((_, t)) = entry.stale_timer.take()
-        {
-            t.abort();
+        if entry.stale_families.is_empty() {
+            entry.stale_timer = None;
         }
         self.remove_stale_paths(id, family);
     }

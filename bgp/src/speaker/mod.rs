@@ -17,19 +17,22 @@ mod handle;
 mod ingest;
 mod outbound;
 mod peer;
+mod session;
+mod views;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::task::OwnedTask;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use handle::Command;
 pub use handle::{SpeakerError, SpeakerHandle};
 use peer::{PeerEntry, Session, dir_index};
+use session::find_dir;
 
 use crate::af::{Family, Prefix};
 use crate::config::{
@@ -132,7 +135,7 @@ pub(crate) struct Speaker {
     subscribers: Vec<mpsc::UnboundedSender<Vec<BestPathChange>>>,
     input_tx: mpsc::Sender<Input>,
     input_rx: Option<mpsc::Receiver<Input>>,
-    listener: Option<JoinHandle<()>>,
+    listener: Option<OwnedTask>,
     /// The listening socket, for per-peer TCP-MD5 keys (lives as long as `listener`).
     listener_fd: Option<std::os::fd::RawFd>,
     updates_since_sweep: u64,
@@ -156,7 +159,10 @@ impl Speaker {
                 let l = connection::bind_listener(addr)
                     .map_err(|source| SpeakerError::Listen { addr, source })?;
                 listener_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&l));
-                Some(connection::spawn_listener(l, input_tx.clone()))
+                Some(OwnedTask::new(connection::spawn_listener(
+                    l,
+                    input_tx.clone(),
+                )))
             }
             None => None,
         };
@@ -249,9 +255,7 @@ impl Speaker {
         for id in ids {
             self.stop_peer(id, cease_subcode::ADMINISTRATIVE_SHUTDOWN);
         }
-        if let Some(l) = self.listener.take() {
-            l.abort();
-        }
+        self.listener = None;
         tracing::info!("speaker stopped");
     }
 
@@ -366,9 +370,7 @@ impl Speaker {
         self.drop_routes_of(id);
         if let Some(mut entry) = self.peers.remove(&id) {
             entry.cancel_tasks();
-            if let Some((_, t)) = entry.stale_timer.take() {
-                t.abort();
-            }
+            entry.stale_timer = None;
             for conn in entry.conns.iter_mut().filter_map(Option::take) {
                 conn.close();
             }
@@ -614,295 +616,6 @@ impl Speaker {
         }
     }
 
-    fn attach(&mut self, id: PeerId, dir: Direction, stream: tokio::net::TcpStream) {
-        let serial = self.next_serial;
-        self.next_serial += 1;
-        let entry = self.peers.get_mut(&id).expect("caller checked");
-        let params = connection::ConnParams {
-            ebgp: entry.ebgp,
-            extended_messages: entry.cfg.extended_messages,
-            low_water: self.cfg.write_queue_bytes / 2,
-        };
-        match connection::start_connection(id, serial, stream, params, self.input_tx.clone()) {
-            Ok(conn) => {
-                entry
-                    .span
-                    .in_scope(|| tracing::debug!(?dir, local = %conn.local, "TCP connection up"));
-                entry.conns[dir_index(dir)] = Some(conn);
-                self.fsm_event(id, Event::TcpConnected(dir));
-            }
-            Err(e) => {
-                entry
-                    .span
-                    .in_scope(|| tracing::debug!(error = %e, "connection lost before use"));
-                if dir == Direction::Outgoing {
-                    self.fsm_event(id, Event::TcpFailed(dir));
-                }
-            }
-        }
-    }
-
-    /// Feeds the FSM and carries out its actions.
-    fn fsm_event(&mut self, id: PeerId, event: Event) {
-        let Some(entry) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let actions = entry.fsm.handle(event);
-        for action in actions {
-            self.act(id, action);
-        }
-        if let Some(entry) = self.peers.get_mut(&id) {
-            let state = entry.fsm.state();
-            if state != entry.last_state {
-                entry.span.in_scope(
-                    || tracing::info!(from = ?entry.last_state, to = ?state, "state change"),
-                );
-                entry.last_state = state;
-                entry.state_since = Instant::now();
-            }
-        }
-    }
-
-    fn act(&mut self, id: PeerId, action: Action) {
-        let local_as = self.cfg.as_number;
-        let Some(entry) = self.peers.get_mut(&id) else {
-            return;
-        };
-        match action {
-            Action::Connect => {
-                entry.connect_attempt += 1;
-                let params = ConnectParams {
-                    remote: SocketAddr::new(entry.cfg.address, entry.cfg.port),
-                    source: entry.cfg.source_address,
-                    ttl: entry.cfg.ttl(local_as),
-                    timeout: entry.cfg.connect_retry().max(Duration::from_secs(1)),
-                    md5: entry.cfg.password.as_ref().map(|p| p.0.as_bytes().to_vec()),
-                    min_ttl: entry.cfg.min_ttl(),
-                };
-                if let Some(t) = entry.connect_task.take() {
-                    t.abort();
-                }
-                entry.connect_task = Some(connection::spawn_connect(
-                    id,
-                    entry.connect_attempt,
-                    params,
-                    self.input_tx.clone(),
-                ));
-            }
-            Action::Send(dir, msg) => {
-                if let Some(conn) = &entry.conns[dir_index(dir)] {
-                    if let Message::Notification(n) = &msg {
-                        entry.counts.notifications_sent += 1;
-                        entry.span.in_scope(|| {
-                            tracing::warn!(
-                                code = n.code,
-                                subcode = n.subcode,
-                                "NOTIFICATION sent: {}",
-                                crate::packet::error::describe(n.code, n.subcode)
-                            )
-                        });
-                    }
-                    entry.counts.messages_sent += 1;
-                    conn.send(
-                        msg.encode(EncodeContext {
-                            four_octet_as: true,
-                            extended_messages: false,
-                        })
-                        .into(),
-                    );
-                }
-            }
-            Action::Close(dir) => {
-                if let Some(conn) = entry.conns[dir_index(dir)].take() {
-                    conn.close();
-                }
-            }
-            Action::StartTimer(timer, after) => {
-                let serial = self.next_serial;
-                self.next_serial += 1;
-                let handle =
-                    connection::spawn_timer(id, timer, serial, after, self.input_tx.clone());
-                if let Some((_, old)) = entry.timers.insert(timer, (serial, handle)) {
-                    old.abort();
-                }
-            }
-            Action::StopTimer(timer) => {
-                if let Some((_, old)) = entry.timers.remove(&timer) {
-                    old.abort();
-                }
-            }
-            Action::Established(neg) => {
-                let Some(conn) = &entry.conns[dir_index(neg.direction)] else {
-                    return;
-                };
-                entry.span.in_scope(|| {
-                    tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, families = ?neg.families, extended_messages = neg.extended_messages, "session established")
-                });
-                conn.meter.set_send_hold(entry.cfg.send_hold(neg.hold_time));
-                self.sources.insert(
-                    id,
-                    SourceInfo {
-                        ebgp: entry.ebgp,
-                        router_id: neg.remote_id,
-                        address: entry.cfg.address,
-                    },
-                );
-                entry.session = Some(Session {
-                    local: conn.local,
-                    remote: conn.remote,
-                    since: SystemTime::now(),
-                    neg: *neg,
-                });
-                entry.established_transitions += 1;
-                let neg = entry.session.as_ref().map(|s| s.neg.clone());
-                if let Some(neg) = neg {
-                    self.on_reestablished(id, &neg);
-                }
-                self.full_export(id, true);
-            }
-            Action::Down(reason) => {
-                entry
-                    .span
-                    .in_scope(|| tracing::warn!(?reason, "session down"));
-                let kept = self.begin_stale(id, &reason);
-                if let Some(gid) = self.peers[&id].group {
-                    self.leave_group(id, gid, false);
-                }
-                let entry = self.peers.get_mut(&id).expect("checked above");
-                entry.session = None;
-                entry.backlog = None;
-                entry.eor_received.clear();
-                if !kept {
-                    entry.accepted = [0, 0];
-                    entry.filtered.clear();
-                    self.drop_routes_of(id);
-                }
-            }
-            Action::Update(update) => self.on_update(id, *update),
-            Action::RouteRefresh(rr) => {
-                if let Some(family) = Family::from_afi_safi(rr.afi, rr.safi) {
-                    entry
-                        .span
-                        .in_scope(|| tracing::info!(%family, "route refresh requested"));
-                    self.resend_table(id, family);
-                }
-            }
-        }
-    }
-
-    fn drop_routes_of(&mut self, id: PeerId) {
-        let ctx = DecideCtx {
-            cfg: self.decision_config(),
-            sources: &self.sources,
-        };
-        let changed4 = self.tables.v4.remove_peer(id, false, &ctx);
-        let changed6 = self.tables.v6.remove_peer(id, false, &ctx);
-        self.tables.dirty4.extend(changed4);
-        self.tables.dirty6.extend(changed6);
-    }
-
-    fn status(&self) -> Status {
-        let mut peers: Vec<PeerStatus> = self.peers.values().map(|p| self.peer_status(p)).collect();
-        peers.sort_by_key(|p| p.address);
-        let local = |f: Family| self.local_counts[family_index(f)];
-        Status {
-            router_id: self.cfg.router_id,
-            as_number: self.cfg.as_number,
-            cluster_id: self.cfg.cluster_id,
-            peers,
-            families: vec![
-                FamilyStatus {
-                    family: Family::Ipv4Unicast,
-                    prefixes: self.tables.v4.len(),
-                    local_prefixes: local(Family::Ipv4Unicast),
-                },
-                FamilyStatus {
-                    family: Family::Ipv6Unicast,
-                    prefixes: self.tables.v6.len(),
-                    local_prefixes: local(Family::Ipv6Unicast),
-                },
-            ],
-            attribute_sets: self.interner.len(),
-            update_groups: {
-                let mut g: Vec<crate::status::UpdateGroupStatus> = self
-                    .groups
-                    .values()
-                    .map(|g| crate::status::UpdateGroupStatus {
-                        members: g
-                            .members
-                            .iter()
-                            .filter_map(|m| self.peers.get(m).map(|e| e.cfg.address))
-                            .collect(),
-                        advertised: g
-                            .key
-                            .families
-                            .iter()
-                            .map(|f| {
-                                let n = match f {
-                                    Family::Ipv4Unicast => g.out4.len(),
-                                    Family::Ipv6Unicast => g.out6.len(),
-                                };
-                                (*f, n)
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                g.sort_by(|a, b| a.members.cmp(&b.members));
-                g
-            },
-        }
-    }
-
-    fn peer_status(&self, p: &PeerEntry) -> PeerStatus {
-        let received = |f: Family| p.accepted[family_index(f)] + p.filtered.count(f);
-        PeerStatus {
-            address: p.cfg.address,
-            port: p.cfg.port,
-            as_number: p.cfg.as_number,
-            kind: if p.ebgp { "ebgp" } else { "ibgp" }.to_string(),
-            description: p.cfg.description.clone(),
-            state: p.fsm.state(),
-            state_age_seconds: p.state_since.elapsed().as_secs(),
-            established_since_unix: p
-                .session
-                .as_ref()
-                .and_then(|s| s.since.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
-            local_address: p.session.as_ref().map(|s| s.local.to_string()),
-            remote_address: p.session.as_ref().map(|s| s.remote.to_string()),
-            negotiated: p.session.as_ref().map(|s| s.neg.clone()),
-            last_error: match p.fsm.state() {
-                State::Established => None,
-                _ => p.fsm.last_error().map(describe_down),
-            },
-            prefixes: Family::ALL
-                .iter()
-                .filter(|f| p.cfg.families.contains(f))
-                .map(|&f| PrefixCounts {
-                    family: f,
-                    received: received(f),
-                    accepted: p.accepted[family_index(f)],
-                    advertised: p
-                        .group
-                        .and_then(|g| self.groups.get(&g))
-                        .map_or(0, |g| match f {
-                            Family::Ipv4Unicast => g.out4.len(),
-                            Family::Ipv6Unicast => g.out6.len(),
-                        }),
-                })
-                .collect(),
-            messages: p.counts.clone(),
-            established_transitions: p.established_transitions,
-            end_of_rib_received: sorted(&p.eor_received),
-            stale_families: sorted(&p.stale_families),
-            max_prefix_exceeded: p.max_prefix_tripped,
-            bfd: p.bfd_state,
-            write_queue_bytes: p.queued_bytes(),
-            paced_prefixes: p.backlog.as_ref().map_or(0, peer::Backlog::len),
-            routes_too_large: p.too_large,
-        }
-    }
-
     /// The BFD task, started on first use on our listen address.
     fn bfd_handle(&mut self) -> Result<&crate::bfd::BfdHandle, SpeakerError> {
         if self.bfd.is_none() {
@@ -952,89 +665,4 @@ impl Speaker {
             self.fsm_event(id, Event::BfdDown);
         }
     }
-
-    /// One page of the Loc-RIB in prefix order: a scan of the keys and a partial selection
-    /// (no sort of the whole table), then the decision explained for the page only.
-    fn routes<P: FamilyRib>(&self, q: &RoutesQuery) -> Vec<RouteView> {
-        let ctx = DecideCtx {
-            cfg: self.decision_config(),
-            sources: &self.sources,
-        };
-        let table = P::table(&self.tables);
-        let after = q.after.and_then(P::from_ipnet);
-        let mut keys: Vec<P> = table
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| q.within.is_none_or(|w| w.contains(&p.into_ipnet())))
-            .filter(|p| after.is_none_or(|a| *p > a))
-            .collect();
-        let limit = q.limit.clamp(1, RoutesQuery::MAX_LIMIT);
-        if keys.len() > limit {
-            keys.select_nth_unstable(limit);
-            keys.truncate(limit);
-        }
-        keys.sort_unstable();
-        keys.iter()
-            .map(|p| (p, table.paths(p)))
-            .map(|(prefix, paths)| {
-                let decision = table.explain(prefix, &ctx);
-                let lost: HashMap<usize, crate::decision::Step> = decision
-                    .map(|d| d.lost.into_iter().collect())
-                    .unwrap_or_default();
-                RouteView {
-                    prefix: prefix.into_ipnet(),
-                    paths: paths
-                        .iter()
-                        .enumerate()
-                        .map(|(i, path)| PathView {
-                            peer: (path.peer != LOCAL_PEER)
-                                .then(|| self.sources.get(&path.peer).map(|s| s.address))
-                                .flatten(),
-                            best: i == 0,
-                            stale: path.stale,
-                            lost_at: lost.get(&i).copied(),
-                            reason: lost.get(&i).map(|s| s.explain()),
-                            attributes: (*path.attrs).clone(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
-    }
-}
-
-fn find_dir(entry: &PeerEntry, serial: u64) -> Option<Direction> {
-    [Direction::Outgoing, Direction::Incoming]
-        .into_iter()
-        .find(|d| {
-            entry.conns[dir_index(*d)]
-                .as_ref()
-                .is_some_and(|c| c.serial == serial)
-        })
-}
-
-fn describe_down(reason: &crate::fsm::DownReason) -> String {
-    use crate::fsm::DownReason::*;
-    match reason {
-        NotificationSent { code, subcode } => {
-            format!(
-                "sent NOTIFICATION: {}",
-                crate::packet::error::describe(*code, *subcode)
-            )
-        }
-        NotificationReceived { code, subcode } => {
-            format!(
-                "received NOTIFICATION: {}",
-                crate::packet::error::describe(*code, *subcode)
-            )
-        }
-        ConnectionLost => "connection lost".into(),
-        Stopped => "stopped".into(),
-    }
-}
-
-fn sorted(set: &std::collections::HashSet<Family>) -> Vec<Family> {
-    let mut v: Vec<Family> = set.iter().copied().collect();
-    v.sort_by_key(|f| f.afi());
-    v
 }

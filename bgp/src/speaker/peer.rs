@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
+use crate::task::OwnedTask;
 use ipnet::IpNet;
-use tokio::task::JoinHandle;
 
 use crate::af::Family;
 use crate::config::{PeerConfig, SpeakerConfig};
@@ -34,8 +34,8 @@ pub(crate) struct PeerEntry {
     pub ebgp: bool,
     pub conns: [Option<ConnIo>; 2],
     pub connect_attempt: u64,
-    pub connect_task: Option<JoinHandle<()>>,
-    pub timers: HashMap<Timer, (u64, JoinHandle<()>)>,
+    pub connect_task: Option<OwnedTask>,
+    pub timers: HashMap<Timer, (u64, OwnedTask)>,
     pub session: Option<Session>,
     /// The update group this peer's session is in (its Adj-RIB-Out is the group's).
     pub group: Option<super::groups::GroupId>,
@@ -47,7 +47,7 @@ pub(crate) struct PeerEntry {
     pub state_since: Instant,
     pub span: tracing::Span,
     /// Graceful restart: the timer that sweeps this peer's stale routes (serial, task).
-    pub stale_timer: Option<(u64, JoinHandle<()>)>,
+    pub stale_timer: Option<(u64, OwnedTask)>,
     /// Families whose routes from this peer are stale, awaiting End-of-RIB.
     pub stale_families: HashSet<Family>,
     /// Families for which the current session sent End-of-RIB.
@@ -239,14 +239,10 @@ impl PeerEntry {
         }
     }
 
-    /// Cancels every timer and pending connect.
+    /// Cancels every timer and pending connect (dropping their handles stops them).
     pub fn cancel_tasks(&mut self) {
-        for (_, (_, handle)) in self.timers.drain() {
-            handle.abort();
-        }
-        if let Some(t) = self.connect_task.take() {
-            t.abort();
-        }
+        self.timers.clear();
+        self.connect_task = None;
     }
 }
 

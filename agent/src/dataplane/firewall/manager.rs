@@ -411,7 +411,11 @@ impl<T: ToolRunner> FirewallManager<T> {
         let mut insert = vec!["--wait", "-t", table.name(), "-I", kernel, "1"];
         insert.extend(rule);
         self.tools.run(bin, &insert, None).await?;
-        tracing::info!(backend = bin, "hooked {ours} into {} {kernel}", table.name());
+        tracing::info!(
+            backend = bin,
+            "hooked {ours} into {} {kernel}",
+            table.name()
+        );
         Ok(())
     }
 

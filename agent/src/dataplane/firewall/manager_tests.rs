@@ -108,7 +108,10 @@ async fn a_read_back_pass_writes_only_the_difference_and_sweeps_only_what_is_our
     assert!(!calls.contains(":serval-FORWARD - [0:0]"), "{calls}");
     assert!(calls.contains("-X serval-pi-old"), "{calls}");
     assert!(calls.contains("destroy serval40s:stale"), "{calls}");
-    assert!(!calls.contains("serval40s:x"), "a matching set is left alone: {calls}");
+    assert!(
+        !calls.contains("serval40s:x"),
+        "a matching set is left alone: {calls}"
+    );
     // Nothing foreign was named in any write.
     assert!(!calls.contains("KUBE"), "{calls}");
     assert!(calls.contains("-D FORWARD -m comment --comment serval:hook -j serval-FORWARD"));

@@ -16,5 +16,7 @@ pub mod manager;
 pub mod readback;
 pub mod tools;
 
-pub use manager::{FamilyRules, FirewallError, FirewallManager, FirewallReport, FirewallRules, Repairs};
+pub use manager::{
+    FamilyRules, FirewallError, FirewallManager, FirewallReport, FirewallRules, Repairs,
+};
 pub use tools::{Backend, SystemTools, ToolRunner, detect_backend};

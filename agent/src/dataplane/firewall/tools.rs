@@ -187,7 +187,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
-        let e = run_tool("serval-no-such-tool", &[], None).await.unwrap_err();
+        let e = run_tool("serval-no-such-tool", &[], None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("serval-no-such-tool"), "{e}");
         assert_eq!(run_tool("cat", &[], Some("in")).await.unwrap(), "in");
     }

@@ -496,4 +496,3 @@ fn merge_as4(attrs: &mut PathAttributes, as4: As4Parts) {
         attrs.as_path = std::mem::take(&mut attrs.as_path).merge_as4(path);
     }
 }
-

@@ -180,4 +180,3 @@ pub fn encode_mp_unreach(family: Family, withdrawn: &[u8], out: &mut Vec<u8>) {
     v.put_slice(withdrawn);
     put_attr(out, flag::OPTIONAL, type_code::MP_UNREACH_NLRI, &v);
 }
-

@@ -9,102 +9,13 @@
 //! Run: `cargo bench -p serval-integration --bench policy_apply` (or `bench/policy`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serval_agent::dataplane::firewall::{Backend, FamilyRules, FirewallManager, FirewallRules};
 use serval_integration::{Netns, require};
-use serval_policy::compile::{Endpoint, NamedPort, PolicyDef, PolicyInputs, compile};
+use serval_policy::compile::compile;
+use serval_policy::fixtures::{ENDPOINTS, POLICIES};
 use serval_policy::ipt::{Ruleset, Table, render_ipsets, render_restore};
-use serval_policy::model::{Action, EntityRule, IntOrString, PolicyType, Rule};
-use serval_policy::{Labels, Selector};
-
-const ENDPOINTS: usize = 1000;
-const POLICIES: usize = 1000;
-const APPS: usize = 100;
-
-fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
-
-fn inputs() -> PolicyInputs {
-    let mut namespaces = BTreeMap::new();
-    for n in 0..10 {
-        namespaces.insert(format!("ns{n}"), labels(&[("team", format!("t{}", n % 3))]));
-    }
-    let local = (0..ENDPOINTS)
-        .map(|i| Endpoint {
-            namespace: format!("ns{}", i % 10),
-            name: format!("pod{i}"),
-            iface: format!("sv{i:011x}"),
-            addrs: vec![IpAddr::from([10, 90, (i / 250) as u8, (i % 250) as u8 + 1])],
-            labels: labels(&[
-                ("app", format!("app{}", i % APPS)),
-                ("tier", format!("tier{}", i % 4)),
-            ]),
-            ports: vec![NamedPort {
-                name: "http".into(),
-                protocol: 6,
-                port: 8080,
-            }],
-        })
-        .collect();
-    let policies = (0..POLICIES)
-        .map(|i| {
-            let rule = |sel: String, ns_sel: Option<String>, ports: Vec<IntOrString>| Rule {
-                action: Action::Allow,
-                ip_version: None,
-                protocol: Some(IntOrString::String("TCP".into())),
-                not_protocol: None,
-                icmp: None,
-                not_icmp: None,
-                source: EntityRule {
-                    selector: Some(sel),
-                    namespace_selector: ns_sel,
-                    ..EntityRule::default()
-                },
-                destination: EntityRule {
-                    ports,
-                    ..EntityRule::default()
-                },
-            };
-            PolicyDef {
-                name: format!("policy-{i}"),
-                namespace: Some(format!("ns{}", i % 10)),
-                order: Some(f64::from(i as u32 % 7)),
-                selector: Selector::parse(&format!("app == 'app{}'", i % APPS)).unwrap(),
-                namespace_selector: None,
-                types: vec![PolicyType::Ingress],
-                ingress: vec![
-                    rule(
-                        format!("app == 'app{}'", (i * 7) % APPS),
-                        None,
-                        vec![IntOrString::Int(80)],
-                    ),
-                    rule(
-                        format!("tier == 'tier{}'", i % 4),
-                        Some(format!("team == 't{}'", i % 3)),
-                        vec![
-                            IntOrString::String("http".into()),
-                            IntOrString::String("9000:9100".into()),
-                        ],
-                    ),
-                ],
-                egress: vec![],
-            }
-        })
-        .collect();
-    PolicyInputs {
-        local,
-        remote: vec![],
-        namespaces,
-        policies,
-        hosts: vec![],
-    }
-}
 
 fn plain_restore(ns: &Netns, rs: &Ruleset) -> Duration {
     let dir = serval_integration::peers::Scratch::new("policybench");
@@ -152,11 +63,11 @@ fn main() {
     if !require::lab_ready("policy_apply bench", &["iptables-nft-restore", "ipset"]) {
         return;
     }
-    let mut w = inputs();
+    let mut w = serval_policy::fixtures::cluster();
     let t = Instant::now();
     let v4 = compile(&w, false);
     let compile_full = t.elapsed();
-    let rules: usize = v4.chains.values().map(Vec::len).sum();
+    let rules: usize = v4.chains.values().map(|c| c.len()).sum();
     let members: usize = v4.sets.values().map(|s| s.members.len()).sum();
 
     let plain_ns = Netns::new("polplain").unwrap();
@@ -178,10 +89,13 @@ fn main() {
             let t = Instant::now();
             let report = m.apply(&rules(v4c)).await.expect("full apply");
             let full = t.elapsed();
-            // One pod changes its app label: its own chains and the sets that select it.
+            // One pod changes its app label: its own chains and the sets that select it,
+            // compiled as the agent does (patching its last compile).
+            let mut compiler = serval_policy::compile::IncrementalCompiler::new(false);
+            compiler.update(&w);
             w.local[17].labels.insert("app".into(), "app42".into());
             let t = Instant::now();
-            let v4b = compile(&w, false);
+            let v4b = compiler.update(&w).clone();
             let compile_again = t.elapsed();
             let t = Instant::now();
             let inc = m.apply(&rules(v4b)).await.expect("incremental apply");

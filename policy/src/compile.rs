@@ -13,16 +13,20 @@
 //! the destination endpoints that define them; traffic from the node itself never enters
 //! these chains (it leaves through OUTPUT), so the node always reaches its pods.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::ipt::{
-    IpSet, IptRule, MARK_ACCEPT, MARK_PASS, Match, PortRange, Ruleset, SetKind, Target,
-};
+use crate::ipt::{IptRule, MARK_ACCEPT, MARK_PASS, Match, PortRange, Ruleset, Target};
 use crate::model::{Action, EntityRule, IntOrString, PolicyType, Rule, parse_net};
 use crate::selector::{Labels, Selector};
+
+mod incremental;
+mod scope;
+
+pub use incremental::IncrementalCompiler;
+use scope::{Family, Scope, SetSource};
 
 /// The label every endpoint carries with its namespace's name (Calico's).
 pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
@@ -148,125 +152,6 @@ fn proto_name(n: u8) -> &'static str {
         132 => "sctp",
         136 => "udplite",
         _ => "tcp",
-    }
-}
-
-/// Which endpoints a selector means, with its namespace scope.
-#[derive(Debug, Clone)]
-struct Scope {
-    pods: Selector,
-    /// `Some(ns)`: only that namespace; `None`: any namespace that `ns_selector` allows.
-    namespace: Option<String>,
-    ns_selector: Option<Selector>,
-}
-
-impl Scope {
-    fn key(&self) -> String {
-        format!(
-            "pods={}|ns={}|nssel={}",
-            self.pods,
-            self.namespace.as_deref().unwrap_or("*"),
-            self.ns_selector
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        )
-    }
-
-    fn contains(&self, ep: &Endpoint, namespaces: &BTreeMap<String, Labels>) -> bool {
-        if let Some(ns) = &self.namespace
-            && *ns != ep.namespace
-        {
-            return false;
-        }
-        if let Some(sel) = &self.ns_selector {
-            let empty = Labels::new();
-            let ns_labels = namespaces.get(&ep.namespace).unwrap_or(&empty);
-            if !sel.matches(ns_labels) {
-                return false;
-            }
-        }
-        let mut labels = ep.labels.clone();
-        labels.insert(NAMESPACE_LABEL.into(), ep.namespace.clone());
-        self.pods.matches(&labels)
-    }
-}
-
-/// The compiler's working state for one family.
-struct Family<'a> {
-    inputs: &'a PolicyInputs,
-    v6: bool,
-    sets: BTreeMap<String, IpSet>,
-}
-
-impl Family<'_> {
-    fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.inputs.local.iter().chain(&self.inputs.remote)
-    }
-
-    fn family_addrs<'e>(&self, ep: &'e Endpoint) -> impl Iterator<Item = &'e IpAddr> + 'e {
-        let v6 = self.v6;
-        ep.addrs.iter().filter(move |a| a.is_ipv6() == v6)
-    }
-
-    fn selector_set(&mut self, scope: &Scope) -> String {
-        let key = scope.key();
-        let name = set_name('s', self.v6, &key);
-        if !self.sets.contains_key(&name) {
-            let members: BTreeSet<String> = self
-                .all_endpoints()
-                .filter(|ep| scope.contains(ep, &self.inputs.namespaces))
-                .flat_map(|ep| self.family_addrs(ep).map(ToString::to_string))
-                .collect();
-            self.sets.insert(
-                name.clone(),
-                IpSet {
-                    kind: SetKind::Net,
-                    members,
-                },
-            );
-        }
-        name
-    }
-
-    fn net_set(&mut self, nets: &[IpNet]) -> String {
-        let key: Vec<String> = nets.iter().map(ToString::to_string).collect();
-        let name = set_name('c', self.v6, &key.join(","));
-        self.sets.entry(name.clone()).or_insert_with(|| IpSet {
-            kind: SetKind::Net,
-            members: key.into_iter().collect(),
-        });
-        name
-    }
-
-    fn named_port_set(&mut self, scope: &Scope, port: &str, protocol: u8) -> String {
-        let key = format!("{}|port={port}|proto={protocol}", scope.key());
-        let name = set_name('n', self.v6, &key);
-        if !self.sets.contains_key(&name) {
-            let mut members = BTreeSet::new();
-            for ep in self.all_endpoints() {
-                if !scope.contains(ep, &self.inputs.namespaces) {
-                    continue;
-                }
-                for np in ep
-                    .ports
-                    .iter()
-                    .filter(|np| np.name == port && np.protocol == protocol)
-                {
-                    for a in self.family_addrs(ep) {
-                        members.insert(format!("{a},{}:{}", proto_name(protocol), np.port));
-                    }
-                }
-            }
-            self.sets.insert(
-                name.clone(),
-                IpSet {
-                    kind: SetKind::IpPort,
-                    members,
-                },
-            );
-        }
-        name
     }
 }
 
@@ -580,14 +465,16 @@ pub fn applies_in(p: &PolicyDef, dir: PolicyType) -> bool {
     }
 }
 
-fn sorted_policies(inputs: &PolicyInputs) -> Vec<&PolicyDef> {
-    let mut ps: Vec<&PolicyDef> = inputs.policies.iter().collect();
-    ps.sort_by(|a, b| {
-        let oa = a.order.unwrap_or(f64::INFINITY);
-        let ob = b.order.unwrap_or(f64::INFINITY);
-        oa.total_cmp(&ob).then_with(|| a.key().cmp(&b.key()))
+/// Policy indices in evaluation order: by order (none last), then by key.
+fn policy_order(inputs: &PolicyInputs) -> Vec<usize> {
+    let keys: Vec<String> = inputs.policies.iter().map(PolicyDef::key).collect();
+    let mut order: Vec<usize> = (0..inputs.policies.len()).collect();
+    order.sort_by(|&a, &b| {
+        let oa = inputs.policies[a].order.unwrap_or(f64::INFINITY);
+        let ob = inputs.policies[b].order.unwrap_or(f64::INFINITY);
+        oa.total_cmp(&ob).then_with(|| keys[a].cmp(&keys[b]))
     });
-    ps
+    order
 }
 
 /// Felix-style anti-spoofing, first in a workload's from-chain: it may send only from its
@@ -710,68 +597,102 @@ fn endpoint_chain(
     rules
 }
 
+/// The two directions, in the order per-direction arrays use.
+const DIRS: [PolicyType; 2] = [PolicyType::Ingress, PolicyType::Egress];
+
+/// A compile's output and what the incremental compiler needs to patch it.
+struct Compiled {
+    ruleset: Ruleset,
+    sources: BTreeMap<String, SetSource>,
+    /// Policy indices in evaluation order.
+    order: Vec<usize>,
+    /// Per policy index, its scope.
+    scopes: Vec<Scope>,
+    /// Per policy index: how many local endpoints it applies to (ingress, egress).
+    counts: Vec<[usize; 2]>,
+}
+
 /// Compiles one family (`v6` false: iptables, true: ip6tables).
 pub fn compile(inputs: &PolicyInputs, v6: bool) -> Ruleset {
-    let mut fam = Family {
-        inputs,
-        v6,
-        sets: BTreeMap::new(),
-    };
-    let mut chains: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
-    let policies = sorted_policies(inputs);
-    // Which policies apply to which local endpoint, per direction.
-    let mut applied: BTreeMap<(usize, PolicyType), Vec<(&PolicyDef, String)>> = BTreeMap::new();
-    let mut used: BTreeSet<(usize, PolicyType)> = BTreeSet::new();
-    for (pi, p) in policies.iter().enumerate() {
-        let scope = policy_scope(p);
-        for dir in [PolicyType::Ingress, PolicyType::Egress] {
-            if !applies_in(p, dir) {
-                continue;
-            }
-            let mut any = false;
-            for (ei, ep) in inputs.local.iter().enumerate() {
-                if scope.contains(ep, &inputs.namespaces) {
-                    applied
-                        .entry((ei, dir))
-                        .or_default()
-                        .push((p, policy_chain(p, dir)));
-                    any = true;
-                }
-            }
-            if any {
-                used.insert((pi, dir));
+    compile_indexed(inputs, v6).ruleset
+}
+
+/// The policies applying to one local endpoint, in order, per direction, with their chains.
+fn applying<'p>(
+    inputs: &'p PolicyInputs,
+    order: &[usize],
+    scopes: &[Scope],
+    ep: &Endpoint,
+) -> [Vec<(&'p PolicyDef, String)>; 2] {
+    let mut out: [Vec<(&PolicyDef, String)>; 2] = [Vec::new(), Vec::new()];
+    for &pi in order {
+        let p = &inputs.policies[pi];
+        for (d, dir) in DIRS.into_iter().enumerate() {
+            if applies_in(p, dir) && scopes[pi].contains(ep, &inputs.namespaces) {
+                out[d].push((p, policy_chain(p, dir)));
             }
         }
     }
-    for (pi, dir) in used {
-        let p = policies[pi];
-        let rules = match dir {
-            PolicyType::Ingress => &p.ingress,
-            PolicyType::Egress => &p.egress,
-        };
-        let compiled = policy_rules(&mut fam, p, rules, dir);
-        chains.insert(policy_chain(p, dir), compiled);
+    out
+}
+
+/// One local endpoint's to- and from-chains: `(name, rules)` twice.
+fn endpoint_chains(
+    fam: &mut Family<'_>,
+    ep: &Endpoint,
+    applied: &[Vec<(&PolicyDef, String)>; 2],
+) -> [(String, Vec<IptRule>); 2] {
+    let tw = format!("serval-tw-{}", ep.iface);
+    let fw = format!("serval-fw-{}", ep.iface);
+    let to_rules = endpoint_chain(ep, &applied[0], PolicyType::Ingress);
+    let mut from_rules = vec![anti_spoof(fam, ep)];
+    from_rules.extend(endpoint_chain(ep, &applied[1], PolicyType::Egress));
+    [(tw, to_rules), (fw, from_rules)]
+}
+
+fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
+    let mut fam = Family::new(inputs, v6);
+    let mut chains: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
+    let order = policy_order(inputs);
+    let scopes: Vec<Scope> = inputs.policies.iter().map(policy_scope).collect();
+    let mut counts = vec![[0usize; 2]; inputs.policies.len()];
+    // Which policies apply to which local endpoint, per direction.
+    let mut applied: Vec<[Vec<(&PolicyDef, String)>; 2]> =
+        vec![[Vec::new(), Vec::new()]; inputs.local.len()];
+    for &pi in &order {
+        let p = &inputs.policies[pi];
+        for (d, dir) in DIRS.into_iter().enumerate() {
+            if !applies_in(p, dir) {
+                continue;
+            }
+            let chain = policy_chain(p, dir);
+            for (ei, ep) in inputs.local.iter().enumerate() {
+                if scopes[pi].contains(ep, &inputs.namespaces) {
+                    applied[ei][d].push((p, chain.clone()));
+                    counts[pi][d] += 1;
+                }
+            }
+        }
+    }
+    for &pi in &order {
+        let p = &inputs.policies[pi];
+        for (d, dir) in DIRS.into_iter().enumerate() {
+            if counts[pi][d] == 0 {
+                continue;
+            }
+            let rules = match dir {
+                PolicyType::Ingress => &p.ingress,
+                PolicyType::Egress => &p.egress,
+            };
+            let compiled = policy_rules(&mut fam, p, rules, dir);
+            chains.insert(policy_chain(p, dir), compiled);
+        }
     }
     let mut to_dispatch = Vec::new();
     let mut from_dispatch = Vec::new();
     for (ei, ep) in inputs.local.iter().enumerate() {
-        let tw = format!("serval-tw-{}", ep.iface);
-        let fw = format!("serval-fw-{}", ep.iface);
-        let none = Vec::new();
-        chains.insert(
-            tw.clone(),
-            endpoint_chain(
-                ep,
-                applied.get(&(ei, PolicyType::Ingress)).unwrap_or(&none),
-                PolicyType::Ingress,
-            ),
-        );
-        let mut from_rules = vec![anti_spoof(&mut fam, ep)];
-        from_rules.extend(endpoint_chain(
-            ep,
-            applied.get(&(ei, PolicyType::Egress)).unwrap_or(&none),
-            PolicyType::Egress,
-        ));
+        let [(tw, to_rules), (fw, from_rules)] = endpoint_chains(&mut fam, ep, &applied[ei]);
+        chains.insert(tw.clone(), to_rules);
         chains.insert(fw.clone(), from_rules);
         to_dispatch.push(IptRule::new(
             vec![Match::OutIface(ep.iface.clone())],
@@ -868,9 +789,18 @@ pub fn compile(inputs: &PolicyInputs, v6: bool) -> Ruleset {
         ),
     ]);
     chains.insert("serval-INPUT".into(), input);
-    Ruleset {
-        chains,
-        sets: fam.sets,
+    Compiled {
+        ruleset: Ruleset {
+            chains: chains
+                .into_iter()
+                .map(|(name, rules)| (name, std::sync::Arc::new(rules)))
+                .collect(),
+            sets: fam.sets,
+        },
+        sources: fam.sources,
+        order,
+        scopes,
+        counts,
     }
 }
 

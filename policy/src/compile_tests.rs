@@ -284,7 +284,7 @@ fn order_deny_pass_and_log() {
     assert!(
         rs.chains
             .values()
-            .flatten()
+            .flat_map(|c| c.iter())
             .any(|r| matches!(r.target, crate::ipt::Target::Log(_)))
     );
 }

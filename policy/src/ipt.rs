@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -124,11 +125,16 @@ pub struct IpSet {
     pub members: BTreeSet<String>,
 }
 
+/// Chains by name. A chain's rules are shared: copying a ruleset to keep it (the firewall
+/// manager keeps what it applied) copies no rule, and an unchanged chain compares equal by
+/// pointer before any rule is looked at.
+pub type Chains = BTreeMap<String, Arc<Vec<IptRule>>>;
+
 /// Everything Serval wants in one family's filter table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// Chains by name.
-    pub chains: BTreeMap<String, Vec<IptRule>>,
+    pub chains: Chains,
     /// Sets by name.
     pub sets: BTreeMap<String, IpSet>,
 }
@@ -308,18 +314,13 @@ fn render_body(r: &IptRule, v6: bool) -> String {
 
 /// `iptables-restore --noflush` input for `table` that rewrites `chains` (declaring a chain
 /// flushes it) and deletes `removed` (after the rewrite drops every reference to them).
-pub fn render_restore(
-    table: Table,
-    chains: &BTreeMap<String, Vec<IptRule>>,
-    removed: &[String],
-    v6: bool,
-) -> String {
+pub fn render_restore(table: Table, chains: &Chains, removed: &[String], v6: bool) -> String {
     let mut out = format!("*{}\n", table.name());
     for name in chains.keys().chain(removed) {
         let _ = writeln!(out, ":{name} - [0:0]");
     }
     for (name, rules) in chains {
-        for r in rules {
+        for r in rules.iter() {
             let _ = writeln!(out, "-A {name} {}", render_rule(r, v6));
         }
     }
@@ -427,7 +428,7 @@ mod tests {
             )
         );
         let mut chains = BTreeMap::new();
-        chains.insert("serval-pi-x".to_string(), vec![r]);
+        chains.insert("serval-pi-x".to_string(), Arc::new(vec![r]));
         let text = render_restore(Table::Filter, &chains, &["serval-pi-old".into()], false);
         assert!(text.starts_with("*filter\n:serval-pi-x - [0:0]\n:serval-pi-old - [0:0]\n"));
         assert!(text.ends_with("-X serval-pi-old\nCOMMIT\n"));

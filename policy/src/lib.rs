@@ -4,10 +4,12 @@
 //! - [`model`]: the rule model with its validation;
 //! - [`compile`]: policies + endpoints → one family's chains and ipsets ([`ipt`]);
 //! - [`nat`]: natOutgoing as nat-table chains and sets, in the same form;
-//! - [`eval`]: an evaluator over the compiled rules, for tests.
+//! - [`eval`]: an evaluator over the compiled rules, for tests;
+//! - [`fixtures`]: a synthetic cluster at scale for the benchmarks.
 
 pub mod compile;
 pub mod eval;
+pub mod fixtures;
 pub mod ipt;
 pub mod model;
 pub mod nat;

@@ -3,6 +3,8 @@
 //! not. The result is a [`Ruleset`] for the nat table (two chains, two sets) that the agent's
 //! firewall manager writes, reads back and repairs like the policy chains.
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 
 use crate::ipt::{IpSet, IptRule, Match, Ruleset, SetKind, Target};
@@ -44,11 +46,11 @@ pub fn nat_ruleset(spec: &NatSpec) -> Ruleset {
     rs.sets.insert(ALL_SET.to_string(), set(&spec.all));
     rs.chains.insert(
         POSTROUTING_CHAIN.to_string(),
-        vec![IptRule::new(
+        Arc::new(vec![IptRule::new(
             vec![],
             Target::Jump(NAT_OUTGOING_CHAIN.to_string()),
             "serval:nat-outgoing",
-        )],
+        )]),
     );
     let masquerade = if spec.masquerade.is_empty() {
         vec![]
@@ -62,7 +64,8 @@ pub fn nat_ruleset(spec: &NatSpec) -> Ruleset {
             "serval:masquerade pod traffic leaving the pools",
         )]
     };
-    rs.chains.insert(NAT_OUTGOING_CHAIN.to_string(), masquerade);
+    rs.chains
+        .insert(NAT_OUTGOING_CHAIN.to_string(), Arc::new(masquerade));
     rs
 }
 

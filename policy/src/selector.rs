@@ -125,10 +125,15 @@ impl Selector {
 
     /// Evaluates the selector against one object's labels.
     pub fn matches(&self, labels: &Labels) -> bool {
-        let get = |k: &str| labels.get(k).map(String::as_str);
+        self.matches_with(&|k: &str| labels.get(k).map(String::as_str))
+    }
+
+    /// Evaluates the selector against labels looked up by `get`, so a caller can add a label
+    /// (the namespace's, for pods) without copying the object's map for every evaluation.
+    pub fn matches_with<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         match self {
             Selector::All => true,
-            Selector::Has(k) => labels.contains_key(k),
+            Selector::Has(k) => get(k).is_some(),
             Selector::Equal(k, v) => get(k) == Some(v.as_str()),
             Selector::NotEqual(k, v) => get(k) != Some(v.as_str()),
             Selector::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
@@ -136,9 +141,9 @@ impl Selector {
             Selector::Contains(k, s) => get(k).is_some_and(|x| x.contains(s.as_str())),
             Selector::StartsWith(k, s) => get(k).is_some_and(|x| x.starts_with(s.as_str())),
             Selector::EndsWith(k, s) => get(k).is_some_and(|x| x.ends_with(s.as_str())),
-            Selector::Not(inner) => !inner.matches(labels),
-            Selector::AllOf(xs) => xs.iter().all(|x| x.matches(labels)),
-            Selector::AnyOf(xs) => xs.iter().any(|x| x.matches(labels)),
+            Selector::Not(inner) => !inner.matches_with(get),
+            Selector::AllOf(xs) => xs.iter().all(|x| x.matches_with(get)),
+            Selector::AnyOf(xs) => xs.iter().any(|x| x.matches_with(get)),
         }
     }
 }

@@ -27,7 +27,8 @@ pub async fn apply_failing_closed<T: ToolRunner>(
     nat: &Ruleset,
     stand_in: impl Fn(&serval_policy::compile::PolicyDef) -> serval_policy::compile::PolicyDef,
 ) -> Result<(FirewallReport, BTreeMap<String, String>), FirewallError> {
-    let mut inputs = inputs.clone();
+    // Copied only when an object has to be replaced.
+    let mut inputs = std::borrow::Cow::Borrowed(inputs);
     let mut refused: BTreeMap<String, String> = BTreeMap::new();
     let mut closed: BTreeSet<String> = BTreeSet::new();
     let mut next = Some(compiled);
@@ -49,7 +50,7 @@ pub async fn apply_failing_closed<T: ToolRunner>(
                 first_error,
             }) => {
                 let mut progress = false;
-                for p in inputs.policies.iter_mut() {
+                for p in inputs.to_mut().policies.iter_mut() {
                     let key = p.key();
                     let mine = [PolicyType::Ingress, PolicyType::Egress]
                         .into_iter()
@@ -63,7 +64,7 @@ pub async fn apply_failing_closed<T: ToolRunner>(
                         progress = true;
                     }
                 }
-                inputs.local.retain(|e| {
+                inputs.to_mut().local.retain(|e| {
                     let mine = chains.contains(&format!("serval-tw-{}", e.iface))
                         || chains.contains(&format!("serval-fw-{}", e.iface));
                     if mine {

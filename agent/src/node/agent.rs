@@ -20,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serval_bgp::config::{LocalRoute, PeerConfig};
 use serval_bgp::speaker::{SpeakerError, SpeakerHandle};
+use serval_policy::compile::IncrementalCompiler;
 use serval_policy::nat::NatSpec;
 use tokio::sync::{mpsc, watch};
 
@@ -112,6 +113,8 @@ pub struct Agent {
     firewall: Option<FirewallManager>,
     /// The policy inputs and natOutgoing pools last applied.
     firewall_written: Option<(serval_policy::compile::PolicyInputs, NatSpec)>,
+    /// Policy compilers (IPv4, IPv6) that patch their last output on label changes.
+    compilers: [IncrementalCompiler; 2],
     /// How often the firewall state is read back (`SERVAL_IPTABLES_REFRESH_INTERVAL`).
     firewall_refresh: Duration,
     /// Policies last reported as failed closed (key → why), to log each change once.
@@ -178,6 +181,10 @@ impl Agent {
             firewall: None,
             firewall_written: None,
             firewall_refresh: FIREWALL_REFRESH,
+            compilers: [
+                IncrementalCompiler::new(false),
+                IncrementalCompiler::new(true),
+            ],
             policy_failures_reported: BTreeMap::new(),
             policy_refused: BTreeMap::new(),
             extra_node_labels: BTreeMap::new(),
@@ -625,8 +632,8 @@ impl Agent {
             return;
         }
         let compile_start = std::time::Instant::now();
-        let v4 = serval_policy::compile::compile(&d.policy, false);
-        let v6 = serval_policy::compile::compile(&d.policy, true);
+        let v4 = self.compilers[0].update(&d.policy).clone();
+        let v6 = self.compilers[1].update(&d.policy).clone();
         let compiled = compile_start.elapsed();
         self.metrics
             .policy_compile_seconds
@@ -635,7 +642,7 @@ impl Agent {
             .chains
             .values()
             .chain(v6.chains.values())
-            .map(Vec::len)
+            .map(|c| c.len())
             .sum();
         self.metrics.policy_rules.set(rules as i64);
         self.metrics

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serval_policy::ipt::{
-    IpSet, IptRule, Ruleset, SetKind, Table, render_ipsets, render_restore, rule_hash,
+    Chains, IpSet, Ruleset, SetKind, Table, render_ipsets, render_restore, rule_hash,
 };
 
 use super::readback::{HOOK_COMMENT, SetState, TableState, parse_sets, parse_table, set_matches};
@@ -41,9 +41,9 @@ const TABLES: [Table; 2] = [Table::Filter, Table::Nat];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FamilyRules {
     /// filter-table chains (policy).
-    pub filter: BTreeMap<String, Vec<IptRule>>,
+    pub filter: Chains,
     /// nat-table chains (natOutgoing).
-    pub nat: BTreeMap<String, Vec<IptRule>>,
+    pub nat: Chains,
     /// Every ipset either refers to.
     pub sets: BTreeMap<String, IpSet>,
 }
@@ -60,7 +60,7 @@ impl FamilyRules {
         }
     }
 
-    fn chains(&self, table: Table) -> &BTreeMap<String, Vec<IptRule>> {
+    fn chains(&self, table: Table) -> &Chains {
         match table {
             Table::Filter => &self.filter,
             Table::Nat => &self.nat,
@@ -241,7 +241,7 @@ impl<T: ToolRunner> FirewallManager<T> {
             for &(kernel, ours) in old_hooks.iter().filter(|h| !want_hooks.contains(h)) {
                 self.delete_hook(table, kernel, ours, v6).await?;
             }
-            let changed: BTreeMap<String, Vec<IptRule>> = want_chains
+            let changed: Chains = want_chains
                 .iter()
                 .filter(|(k, v)| old_chains.get(*k) != Some(v))
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -313,7 +313,7 @@ impl<T: ToolRunner> FirewallManager<T> {
         for (table, actual) in &tables {
             let table = *table;
             let want_chains = want.chains(table);
-            let changed: BTreeMap<String, Vec<IptRule>> = want_chains
+            let changed: Chains = want_chains
                 .iter()
                 .filter(|(name, rules)| {
                     let hashes: Vec<Option<u64>> =
@@ -338,7 +338,10 @@ impl<T: ToolRunner> FirewallManager<T> {
                 // One at a time, so a chain someone else still jumps to stays (flushed) and
                 // the rest go.
                 for name in &removed {
-                    if let Err(e) = self.restore(table, &none, &[name.clone()], v6).await {
+                    if let Err(e) = self
+                        .restore(table, &none, std::slice::from_ref(name), v6)
+                        .await
+                    {
                         tracing::warn!(chain = %name, error = %e, "stale chain of ours not removed");
                     }
                 }
@@ -374,7 +377,7 @@ impl<T: ToolRunner> FirewallManager<T> {
     async fn restore(
         &self,
         table: Table,
-        changed: &BTreeMap<String, Vec<IptRule>>,
+        changed: &Chains,
         removed: &[String],
         v6: bool,
     ) -> Result<(), FirewallError> {
@@ -436,13 +439,13 @@ impl<T: ToolRunner> FirewallManager<T> {
     }
 }
 
+/// A hook as (kernel chain, our chain).
+type Hook = (String, String);
+
 /// Our hooks in the kernel that are not wanted (stale, or a second copy), and the wanted
 /// ones that are missing.
-fn hook_difference(
-    actual: &TableState,
-    want: &[(&str, &str)],
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
-    let mut wanted: Vec<(String, String)> = want
+fn hook_difference(actual: &TableState, want: &[(&str, &str)]) -> (Vec<Hook>, Vec<Hook>) {
+    let mut wanted: Vec<Hook> = want
         .iter()
         .map(|(k, o)| (k.to_string(), o.to_string()))
         .collect();
@@ -465,7 +468,7 @@ async fn find_refused<T: ToolRunner>(
     tools: &T,
     restore: &str,
     table: Table,
-    changed: &BTreeMap<String, Vec<IptRule>>,
+    changed: &Chains,
     v6: bool,
     whole: DataplaneError,
 ) -> FirewallError {
@@ -474,8 +477,7 @@ async fn find_refused<T: ToolRunner>(
     for policy_pass in [true, false] {
         let mut refused = Vec::new();
         for (name, rules) in changed.iter().filter(|(n, _)| is_policy(n) == policy_pass) {
-            let one: BTreeMap<String, Vec<IptRule>> =
-                [(name.clone(), rules.clone())].into_iter().collect();
+            let one: Chains = [(name.clone(), rules.clone())].into_iter().collect();
             let text = render_restore(table, &one, &[], v6);
             if let Err(e) = tools
                 .run(restore, &["--noflush", "--wait"], Some(&text))

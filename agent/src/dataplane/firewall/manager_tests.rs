@@ -49,8 +49,9 @@ fn rule(comment: &str) -> IptRule {
 fn want() -> FirewallRules {
     let mut v4 = FamilyRules::default();
     v4.filter
-        .insert("serval-FORWARD".into(), vec![rule("dispatch")]);
-    v4.filter.insert("serval-pi-a".into(), vec![rule("a")]);
+        .insert("serval-FORWARD".into(), Arc::new(vec![rule("dispatch")]));
+    v4.filter
+        .insert("serval-pi-a".into(), Arc::new(vec![rule("a")]));
     v4.sets.insert(
         "serval40s:x".into(),
         IpSet {

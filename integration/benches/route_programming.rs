@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
+use serval_agent::calc::kernel_table::kernel_table;
 use serval_agent::calc::routes::{NextHop, RouteTarget};
 use serval_agent::dataplane::netlink::Netlink;
 use serval_agent::dataplane::route_manager::RouteManager;
-use serval_agent::dataplane::route_table::kernel_table;
 use serval_integration::{Netns, link, require};
 
 const ROUTES: u32 = 10_000;

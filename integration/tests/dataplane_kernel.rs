@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use serval_agent::calc::kernel_table::kernel_table;
 use serval_agent::calc::routes::{NextHop, RouteTarget};
+use serval_agent::calc::tunnels::{
+    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, vxlan_mac,
+};
 use serval_agent::dataplane::DataplaneError;
 use serval_agent::dataplane::netlink::Netlink;
 use serval_agent::dataplane::route_manager::RouteManager;
-use serval_agent::dataplane::route_table::kernel_table;
-use serval_agent::dataplane::tunnel::{
-    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, ensure_ipip, ensure_vteps,
-    ensure_vxlan, vxlan_mac,
-};
+use serval_agent::dataplane::tunnel::{ensure_ipip, ensure_vteps, ensure_vxlan};
 use serval_integration::{Netns, link, require};
 
 fn ns_path(ns: &Netns) -> PathBuf {
@@ -308,7 +308,7 @@ async fn vxlan_device_neighbours_and_routes_are_kept_right() {
     let neigh = n
         .output(&["ip", "neigh", "show", "dev", "vxlan.serval"])
         .unwrap();
-    let mac_text = serval_agent::dataplane::tunnel::format_mac(&remote_mac);
+    let mac_text = serval_agent::calc::tunnels::format_mac(&remote_mac);
     assert!(
         neigh.contains(&format!("10.244.2.0 lladdr {mac_text} PERMANENT")),
         "{neigh}"

@@ -164,7 +164,7 @@ async fn the_agents_service_account_can_do_its_job_and_nothing_more() {
     // The agent's start: list and watch every kind it syncs until in sync, no 403.
     let (syncer, mut events) = serval_agent::datastore::Syncer::start(
         agent_ds.backend().clone(),
-        serval_agent::node::state::watched_kinds_for(true),
+        serval_agent::calc::cache::watched_kinds_for(true),
     );
     loop {
         let e = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())

@@ -15,8 +15,8 @@ use super::spec::{
     ResultRoute,
 };
 use crate::calc::routes::{host_interface_name, sandbox_interface_name};
+use crate::calc::tunnels::format_mac;
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::tunnel::format_mac;
 use crate::datastore::{
     AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend,
 };

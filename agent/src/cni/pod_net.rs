@@ -10,9 +10,9 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+use crate::calc::tunnels::format_mac;
 use crate::dataplane::DataplaneError;
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::tunnel::format_mac;
 
 /// The pod's gateway, answered by proxy ARP on the host veth.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);

@@ -23,7 +23,7 @@ use netlink_packet_route::route::{
 use rtnetlink::{Handle, RouteMessageBuilder, RouteNextHopBuilder};
 
 use super::DataplaneError;
-use super::route_table::{Hop, KernelRoute, KernelTable, RouteKind};
+use crate::calc::kernel_table::{Hop, KernelRoute, KernelTable, RouteKind};
 use crate::calc::routes::ROUTE_PROTOCOL;
 
 /// How many netlink requests are in flight at once during a batch.

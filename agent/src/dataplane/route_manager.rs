@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::DataplaneError;
 use super::netlink::Netlink;
-use super::route_table::{KernelRoute, KernelTable, plan};
+use super::route_table::plan;
+use crate::calc::kernel_table::{KernelRoute, KernelTable};
 
 /// The kernel side of the route manager, so the manager is tested without a kernel.
 pub trait RouteKernel: Send + Sync {
@@ -179,7 +180,7 @@ impl<K: RouteKernel> RouteManager<K> {
         }
         if self.keep_learned {
             todo.delete
-                .retain(|r| !matches!(r.kind, super::route_table::RouteKind::Via(_)));
+                .retain(|r| !matches!(r.kind, crate::calc::kernel_table::RouteKind::Via(_)));
         }
         if report.resynced && self.applied_once {
             self.stats.drift += (todo.replace.len() + todo.delete.len()) as u64;
@@ -370,7 +371,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::dataplane::route_table::{Hop, RouteKind};
+    use crate::calc::kernel_table::{Hop, RouteKind};
 
     /// A kernel table in memory; `fail` lists destinations whose writes fail.
     #[derive(Clone, Default)]

@@ -10,41 +10,7 @@ use ipnet::IpNet;
 
 use super::DataplaneError;
 use super::netlink::{LinkState, Netlink};
-
-/// Calico's VXLAN network identifier.
-pub const VXLAN_VNI: u32 = 4096;
-/// The IANA VXLAN port.
-pub const VXLAN_PORT: u16 = 4789;
-
-/// The VXLAN device this node wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanDevice {
-    /// Device name.
-    pub name: String,
-    /// VNI.
-    pub vni: u32,
-    /// UDP port.
-    pub port: u16,
-    /// Outer source address (the node's IP).
-    pub local: Ipv4Addr,
-    /// The device MAC (published in the Node resource for the other nodes' FDBs).
-    pub mac: [u8; 6],
-    /// MTU (host MTU − 50).
-    pub mtu: u32,
-    /// The device's tunnel address from IPAM (as a /32).
-    pub address: Option<Ipv4Addr>,
-}
-
-/// The IPIP device this node wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpipDevice {
-    /// Device name (`tunl0`).
-    pub name: String,
-    /// MTU (host MTU − 20).
-    pub mtu: u32,
-    /// The device's tunnel address from IPAM (as a /32).
-    pub address: Option<Ipv4Addr>,
-}
+use crate::calc::tunnels::{IpipDevice, RemoteVtep, VxlanDevice};
 
 /// What to do to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,17 +68,6 @@ pub fn address_fix(want: Option<Ipv4Addr>, have: &[IpNet]) -> (Vec<IpNet>, Vec<I
     (add, del)
 }
 
-/// A remote node's VXLAN endpoint, from its Node resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RemoteVtep {
-    /// The node's IP (outer destination).
-    pub node_ip: IpAddr,
-    /// Its VXLAN device's tunnel address (route gateway, ARP entry).
-    pub tunnel_addr: IpAddr,
-    /// Its VXLAN device's MAC.
-    pub mac: [u8; 6],
-}
-
 /// Entries to write and remove on the VXLAN device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VtepPlan {
@@ -156,32 +111,6 @@ pub fn vtep_plan(
             .map(|(mac, ip)| (*mac, *ip))
             .collect(),
     }
-}
-
-/// A stable, locally administered unicast MAC for a node's VXLAN device, derived from the node
-/// name so a restarted agent keeps the MAC the other nodes already have in their FDBs.
-pub fn vxlan_mac(node: &str) -> [u8; 6] {
-    let d = sha1_smol::Sha1::from(format!("vxlan.{node}"))
-        .digest()
-        .bytes();
-    [(d[0] & 0xfe) | 0x02, d[1], d[2], d[3], d[4], d[5]]
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
-        .collect::<Option<_>>()?;
-    parts.try_into().ok()
 }
 
 async fn fix_addresses(
@@ -283,6 +212,7 @@ pub async fn ensure_vteps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calc::tunnels::{VXLAN_PORT, VXLAN_VNI, vxlan_mac};
 
     fn vx() -> VxlanDevice {
         VxlanDevice {
@@ -400,18 +330,5 @@ mod tests {
         want_fdb.sort();
         assert_eq!(p.fdb_set, want_fdb);
         assert_eq!(p.fdb_del, vec![(ma, ip("192.168.2.99"))]);
-    }
-
-    #[test]
-    fn macs_are_stable_unicast_and_local() {
-        let m = vxlan_mac("node-a");
-        assert_eq!(m, vxlan_mac("node-a"));
-        assert_ne!(m, vxlan_mac("node-b"));
-        assert_eq!(m[0] & 0x01, 0, "unicast");
-        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
-        assert_eq!(parse_mac(&format_mac(&m)), Some(m));
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee"), None);
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee:fg"), None);
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee:f"), None);
     }
 }

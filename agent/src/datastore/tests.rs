@@ -147,7 +147,7 @@ async fn core_kinds_are_read_from_recorded_api_objects() {
         .await
         .unwrap()
         .unwrap();
-    let data = crate::node::state::secret_strings(&secret);
+    let data = crate::calc::cache::secret_strings(&secret);
     assert_eq!(data["tor-password"], "s3cret-tor");
     assert_eq!(data["mesh"], "m3sh");
     let elsewhere: Option<Secret> = ds.get(Some("prod"), "bgp-secrets").await.unwrap();

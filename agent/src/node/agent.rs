@@ -24,7 +24,8 @@ use serval_policy::compile::IncrementalCompiler;
 use serval_policy::nat::NatSpec;
 use tokio::sync::{mpsc, watch};
 
-use super::state::{ClusterState, Desired};
+use crate::calc::cache::ClusterState;
+use crate::calc::desired::Desired;
 use crate::dataplane::DataplaneError;
 use crate::dataplane::firewall::FirewallManager;
 use crate::dataplane::netlink::Netlink;
@@ -238,7 +239,7 @@ impl Agent {
                     .get::<k8s_openapi::api::core::v1::Secret>(Some(&ns), &name)
                     .await;
                 let data = match read {
-                    Ok(Some(s)) => Some(super::state::secret_strings(&s)),
+                    Ok(Some(s)) => Some(crate::calc::cache::secret_strings(&s)),
                     Ok(None) => {
                         tracing::warn!(secret = %name, namespace = %ns, "BGP password Secret not found");
                         None
@@ -334,7 +335,7 @@ impl Agent {
     pub async fn run(mut self, backend: AnyBackend) -> Result<(), AgentError> {
         let kubernetes = matches!(backend, AnyBackend::Kubernetes(_));
         let (_syncer, mut events) =
-            Syncer::start(backend, super::state::watched_kinds_for(kubernetes));
+            Syncer::start(backend, crate::calc::cache::watched_kinds_for(kubernetes));
         let mut best = self.speaker.subscribe().await?;
         let mut tick = tokio::time::interval(TUNNEL_RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

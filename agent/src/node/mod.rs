@@ -7,7 +7,6 @@ pub mod cni_token;
 pub mod config;
 pub mod install_cni;
 pub mod startup;
-pub mod state;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -201,7 +200,7 @@ async fn initial_identity<B: Backend>(
     node: &Node,
 ) -> Result<Identity, StartupError> {
     let (configs, _) = ds.list::<BGPConfiguration>(None).await?;
-    let mut state = state::ClusterState::default();
+    let mut state = crate::calc::cache::ClusterState::default();
     for c in configs {
         state.apply(&crate::datastore::SyncEvent::Upsert {
             kind: crate::datastore::KindInfo::of::<BGPConfiguration>(),

@@ -14,7 +14,7 @@ use serval_ipam::{Ipam, TunnelKind};
 
 use super::config::{AddressSource, NodeConfig};
 use crate::autodetect;
-use crate::dataplane::tunnel::{format_mac, vxlan_mac};
+use crate::calc::tunnels::{format_mac, vxlan_mac};
 use crate::datastore::{
     AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend,
 };

@@ -1,0 +1,335 @@
+//! The one pure function from the cluster picture to everything this node should hold: BGP
+//! sessions and exports, kernel routes, tunnel devices and VXLAN entries, the pod MTU,
+//! natOutgoing, and the policy compiler's inputs. The sequencer applies its result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use serval_ipam::AffinityState;
+use serval_policy::compile::PolicyInputs;
+
+use super::cache::ClusterState;
+use super::kernel_table::{KernelTable, kernel_table};
+use super::peers::{DesiredPeer, PeerCalcError, compute_peers};
+use super::routes::{IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, desired_routes, pod_mtu};
+use super::tunnels::{
+    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, parse_mac, vxlan_mac,
+};
+use crate::resources::{EncapMode, IPPool};
+
+/// Everything one node should hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// BGP sessions.
+    pub peers: Vec<DesiredPeer>,
+    /// Prefixes to announce (this node's confirmed blocks).
+    pub exports: BTreeSet<IpNet>,
+    /// The communities announced prefixes carry (BGPConfiguration prefixAdvertisements).
+    pub communities: crate::calc::bgp_export::CommunityRules,
+    /// Kernel routes.
+    pub routes: KernelTable,
+    /// The IPIP device, when a pool uses IPIP.
+    pub ipip: Option<IpipDevice>,
+    /// The VXLAN device, when a pool uses VXLAN.
+    pub vxlan: Option<VxlanDevice>,
+    /// Remote VXLAN endpoints.
+    pub vteps: Vec<RemoteVtep>,
+    /// The MTU pods get.
+    pub pod_mtu: u32,
+    /// natOutgoing.
+    pub nat: serval_policy::nat::NatSpec,
+    /// Network policy inputs.
+    pub policy: PolicyInputs,
+    /// Policies that did not translate and are enforced as deny-all stand-ins (key → why).
+    pub policy_failures: BTreeMap<String, String>,
+}
+
+impl ClusterState {
+    fn pool_routing(&self) -> Vec<PoolRouting> {
+        self.pools
+            .values()
+            .filter_map(|p| {
+                Some(PoolRouting {
+                    cidr: p.spec.cidr.parse().ok()?,
+                    ipip: p.spec.ipip_mode,
+                    vxlan: p.spec.vxlan_mode,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an IPv4 pool asks for IPIP / VXLAN at all.
+    pub fn encapsulation_wanted(&self) -> (bool, bool) {
+        let v4: Vec<&IPPool> = self
+            .pools
+            .values()
+            .filter(|p| {
+                p.spec
+                    .cidr
+                    .parse::<IpNet>()
+                    .is_ok_and(|c| c.addr().is_ipv4())
+            })
+            .collect();
+        (
+            v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
+            v4.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never),
+        )
+    }
+
+    /// What the policy compiler needs for node `me`: its endpoints (chains are built for
+    /// them), everyone else's (addresses for selector sets), namespaces and policies. A
+    /// policy that does not translate fails closed: a deny-everything stand-in takes its
+    /// place (see [`crate::calc::policy::fail_closed`]) and it is listed in the second value
+    /// (policy key → why), never skipped.
+    pub fn policy_inputs(&self, me: &str) -> (PolicyInputs, BTreeMap<String, String>) {
+        use crate::calc::policy as cp;
+        let mut inputs = PolicyInputs::default();
+        let mut failed = BTreeMap::new();
+        for (key, w) in &self.endpoints {
+            // An interface name iptables cannot take never reaches the rule text; the
+            // endpoint gets no chain, so the dispatch drops its traffic (fail closed).
+            if !serval_policy::ipt::valid_iface(&w.spec.interface_name) {
+                failed.insert(
+                    format!("WorkloadEndpoint {key}"),
+                    format!(
+                        "interfaceName {:?} is not a valid interface name (1-15 of A-Z a-z 0-9 . _ -)",
+                        w.spec.interface_name
+                    ),
+                );
+                continue;
+            }
+            let mut e = cp::endpoint(w);
+            if let Some(pod) = self.pods.get(&format!("{}/{}", e.namespace, e.name)) {
+                cp::apply_pod(&mut e, pod);
+            }
+            if w.spec.node == me {
+                inputs.local.push(e);
+            } else {
+                inputs.remote.push(e);
+            }
+        }
+        for ns in self.namespaces.values() {
+            inputs
+                .namespaces
+                .insert(ns.name_any(), cp::namespace_labels(ns));
+        }
+        // Namespaces only known from their endpoints still have their name label.
+        for e in inputs.local.iter().chain(&inputs.remote) {
+            inputs
+                .namespaces
+                .entry(e.namespace.clone())
+                .or_insert_with(|| {
+                    [(cp::NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())].into()
+                });
+        }
+        // Every node's underlay addresses: the only sources of tunnel traffic.
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        inputs.hosts = self
+            .nodes
+            .values()
+            .filter_map(|n| n.spec.bgp.as_ref())
+            .flat_map(|b| [parse(&b.ipv4_address), parse(&b.ipv6_address)])
+            .flatten()
+            .map(|n| n.addr())
+            .collect();
+        inputs.hosts.sort();
+        inputs.hosts.dedup();
+        let mut add =
+            |key: String,
+             r: Result<serval_policy::compile::PolicyDef, String>,
+             closed: &dyn Fn() -> serval_policy::compile::PolicyDef| match r {
+                Ok(p) => inputs.policies.push(p),
+                Err(e) => {
+                    inputs.policies.push(closed());
+                    failed.insert(key, e);
+                }
+            };
+        for (k, p) in &self.policies {
+            add(format!("NetworkPolicy {k}"), cp::serval_policy(p), &|| {
+                cp::serval_fail_closed(p)
+            });
+        }
+        for (k, p) in &self.global_policies {
+            add(
+                format!("GlobalNetworkPolicy {k}"),
+                cp::global_policy(p),
+                &|| cp::global_fail_closed(p),
+            );
+        }
+        for (k, p) in &self.k8s_policies {
+            add(
+                format!("networking.k8s.io NetworkPolicy {k}"),
+                cp::k8s_policy(p),
+                &|| cp::k8s_fail_closed(p),
+            );
+        }
+        (inputs, failed)
+    }
+
+    /// The pools as natOutgoing needs them (IPv4).
+    pub fn nat_spec(&self) -> serval_policy::nat::NatSpec {
+        let v4: Vec<(IpNet, bool)> = self
+            .pools
+            .values()
+            .filter_map(|p| Some((p.spec.cidr.parse::<IpNet>().ok()?, p.spec.nat_outgoing)))
+            .filter(|(c, _)| c.addr().is_ipv4())
+            .collect();
+        serval_policy::nat::NatSpec {
+            masquerade: v4.iter().filter(|(_, nat)| *nat).map(|(c, _)| *c).collect(),
+            all: v4.iter().map(|(c, _)| *c).collect(),
+        }
+    }
+
+    /// Other nodes' confirmed blocks with the owner's address of the block's family.
+    fn block_owners(&self, me: &str) -> BTreeMap<IpNet, IpAddr> {
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        self.affinities
+            .values()
+            .map(|a| &a.spec.inner)
+            .filter(|a| a.node != me && a.state == AffinityState::Confirmed)
+            .filter_map(|a| {
+                let bgp = self.nodes.get(&a.node)?.spec.bgp.as_ref()?;
+                let owner = if a.cidr.addr().is_ipv4() {
+                    parse(&bgp.ipv4_address)
+                } else {
+                    parse(&bgp.ipv6_address)
+                }?;
+                Some((a.cidr, owner.addr()))
+            })
+            .collect()
+    }
+
+    /// What `me` should hold.
+    pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
+        let peers = compute_peers(me, &self.bgp_resources())?;
+        let node = self
+            .node(me)
+            .ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
+        let bgp = node.spec.bgp.clone().unwrap_or_default();
+        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
+        let local_v4 = parse(&bgp.ipv4_address).filter(|n| n.addr().is_ipv4());
+        let local_v6 = parse(&bgp.ipv6_address).filter(|n| n.addr().is_ipv6());
+        let local_blocks = self.node_blocks(me);
+        let no_export: Vec<IpNet> = self
+            .pools
+            .values()
+            .filter(|p| p.spec.disable_bgp_export)
+            .filter_map(|p| p.spec.cidr.parse().ok())
+            .collect();
+        let mut exports: BTreeSet<IpNet> = local_blocks
+            .iter()
+            .filter(|b| !no_export.iter().any(|p: &IpNet| p.contains(*b)))
+            .copied()
+            .collect();
+
+        // Remote VXLAN endpoints from the other nodes' resources.
+        let mut vteps = Vec::new();
+        let mut vxlan_tunnels = BTreeMap::new();
+        for (name, n) in &self.nodes {
+            if name == me {
+                continue;
+            }
+            let node_ip = n
+                .spec
+                .bgp
+                .as_ref()
+                .and_then(|b| parse(&b.ipv4_address))
+                .map(|a| a.addr());
+            let tunnel = n
+                .spec
+                .ipv4_vxlan_tunnel_addr
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            let mac = n.spec.vxlan_tunnel_mac_addr.as_deref().and_then(parse_mac);
+            if let (Some(node_ip), Some(tunnel_addr), Some(mac)) = (node_ip, tunnel, mac) {
+                vteps.push(RemoteVtep {
+                    node_ip,
+                    tunnel_addr,
+                    mac,
+                });
+                vxlan_tunnels.insert(node_ip, tunnel_addr);
+            }
+        }
+        vteps.sort();
+
+        let mut local_pods = BTreeMap::new();
+        for wep in self.endpoints.values().filter(|w| w.spec.node == me) {
+            for net in &wep.spec.ip_networks {
+                if let Some(n) = serval_policy::model::parse_net(net) {
+                    local_pods.insert(n, wep.spec.interface_name.clone());
+                }
+            }
+        }
+        // Addresses borrowed from another node's block are announced as host routes (the
+        // owner announces the block; the more specific route wins).
+        for pod in local_pods.keys() {
+            let in_own_block = local_blocks.iter().any(|b| b.contains(pod));
+            let exportable = !no_export.iter().any(|p| p.contains(pod));
+            if !in_own_block && exportable {
+                exports.insert(*pod);
+            }
+        }
+        let pools = self.pool_routing();
+        let block_owners = self.block_owners(me);
+        let inputs = RouteInputs {
+            pools: pools.clone(),
+            local_v4,
+            local_v6,
+            vxlan_tunnels,
+            local_pods,
+            local_blocks,
+            remote: self.remote.clone(),
+            block_owners,
+        };
+        let routes = kernel_table(&desired_routes(&inputs));
+        let (want_ipip, want_vxlan) = self.encapsulation_wanted();
+        let ip_of = |s: &Option<String>| s.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok());
+        let ipip = want_ipip.then(|| IpipDevice {
+            name: IPIP_DEVICE.into(),
+            mtu: host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD),
+            address: ip_of(&bgp.ipv4_ipip_tunnel_addr),
+        });
+        let vxlan = match (want_vxlan, local_v4) {
+            (true, Some(v4)) => match v4.addr() {
+                IpAddr::V4(local) => Some(VxlanDevice {
+                    name: VXLAN_DEVICE.into(),
+                    vni: VXLAN_VNI,
+                    port: VXLAN_PORT,
+                    local,
+                    mac: node
+                        .spec
+                        .vxlan_tunnel_mac_addr
+                        .as_deref()
+                        .and_then(parse_mac)
+                        .unwrap_or_else(|| vxlan_mac(me)),
+                    mtu: host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD),
+                    address: ip_of(&node.spec.ipv4_vxlan_tunnel_addr),
+                }),
+                IpAddr::V6(_) => None,
+            },
+            _ => None,
+        };
+        let (policy, policy_failures) = self.policy_inputs(me);
+        Ok(Desired {
+            policy,
+            policy_failures,
+            nat: self.nat_spec(),
+            peers,
+            exports,
+            communities: crate::calc::bgp_export::CommunityRules::from_config(
+                self.configs.get("default").map(|c| &c.spec),
+            ),
+            routes,
+            ipip,
+            vxlan,
+            vteps,
+            pod_mtu: pod_mtu(host_mtu, &pools),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "desired_tests.rs"]
+mod tests;

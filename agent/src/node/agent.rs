@@ -13,24 +13,15 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use serval_bgp::config::{LocalRoute, PeerConfig};
-use serval_bgp::speaker::{SpeakerError, SpeakerHandle};
-use serval_policy::compile::IncrementalCompiler;
-use serval_policy::nat::NatSpec;
+use serval_bgp::speaker::SpeakerError;
 use tokio::sync::{mpsc, watch};
 
+use super::sequencer::{DEFAULT_RESTART_TIME, Sequencer};
 use crate::calc::cache::ClusterState;
 use crate::calc::desired::Desired;
-use crate::dataplane::DataplaneError;
-use crate::dataplane::firewall::FirewallManager;
-use crate::dataplane::netlink::Netlink;
 use crate::dataplane::route_manager::{RouteCommand, jittered};
-use crate::dataplane::tunnel;
 use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
 
 /// How often tunnel devices and VXLAN entries are re-checked even without changes.
@@ -38,8 +29,6 @@ const TUNNEL_RESYNC: Duration = Duration::from_secs(30);
 /// How often our chains, sets and hooks are read back and repaired (Felix's
 /// `iptablesRefreshInterval` default), with jitter.
 pub const FIREWALL_REFRESH: Duration = Duration::from_secs(90);
-/// Graceful-restart time for sessions that do not set one (BIRD's and Calico's 120 s).
-pub const DEFAULT_RESTART_TIME: u16 = 120;
 /// How long after start learned routes are kept at most while BGP relearns the table.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(DEFAULT_RESTART_TIME as u64);
 
@@ -83,51 +72,30 @@ pub fn identity(state: &ClusterState, me: &str) -> Identity {
     }
 }
 
-/// The agent's inputs and applied state.
+/// The event loop's state: the cluster picture and what the loop itself drives (secrets,
+/// node labels, tunnel addresses, the settle check); applying is the sequencer's.
 pub struct Agent {
     /// This node.
-    pub name: String,
-    /// The speaker.
-    pub speaker: SpeakerHandle,
+    name: String,
     /// The identity the speaker started with.
-    pub identity: Identity,
+    identity: Identity,
     /// The host interface's MTU.
-    pub host_mtu: u32,
-    /// The route task's inbox.
-    pub routes: mpsc::Sender<RouteCommand>,
-    /// Netlink for tunnel devices.
-    pub netlink: Netlink,
-    /// Where the pod MTU file goes.
-    pub var_dir: PathBuf,
+    host_mtu: u32,
     /// Set when the first full apply after in-sync is done (`/readyz`).
-    pub ready: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
+    /// Applies what calc decides, in order.
+    sequencer: Sequencer,
     state: ClusterState,
     in_sync: bool,
-    peers: BTreeMap<IpAddr, PeerConfig>,
-    /// Announced prefixes and the communities they were announced with.
-    exports: BTreeMap<IpNet, crate::calc::bgp_export::Communities>,
-    mtu_written: Option<u32>,
     warned: BTreeSet<String>,
     /// Whether BGP has relearned the table since start (then learned routes may be deleted).
     settled: bool,
-    /// The iptables and ipset manager (created with the detected backend on first use).
-    firewall: Option<FirewallManager>,
-    /// The policy inputs and natOutgoing pools last applied.
-    firewall_written: Option<(serval_policy::compile::PolicyInputs, NatSpec)>,
-    /// Policy compilers (IPv4, IPv6) that patch their last output on label changes.
-    compilers: [IncrementalCompiler; 2],
     /// How often the firewall state is read back (`SERVAL_IPTABLES_REFRESH_INTERVAL`).
     firewall_refresh: Duration,
-    /// Policies last reported as failed closed (key → why), to log each change once.
-    policy_failures_reported: BTreeMap<String, String>,
-    /// Objects whose rules the kernel refused at the last apply (enforced as fail-closed).
-    policy_refused: BTreeMap<String, String>,
     /// SERVAL_NODE_LABELS, kept on top of the Kubernetes Node's labels.
     extra_node_labels: BTreeMap<String, String>,
     /// The write of this node's labels in flight.
     label_write: Option<tokio::task::JoinHandle<()>>,
-    /// Where the agent records its metrics.
-    metrics: crate::node_metrics::NodeMetrics,
     /// For writes the agent makes itself (tunnel addresses when a pool starts to need them).
     datastore: Option<crate::datastore::Datastore<AnyBackend>>,
     /// The tunnel-address allocation in flight, and when the last one started.
@@ -148,46 +116,27 @@ type SecretRead = (String, Option<BTreeMap<String, String>>);
 const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 impl Agent {
-    /// An agent with nothing applied yet.
-    #[allow(clippy::too_many_arguments)]
+    /// An agent for node `name` whose speaker started with `identity`, applying through
+    /// `sequencer`; `ready` turns true after the first full apply.
     pub fn new(
-        metrics: crate::node_metrics::NodeMetrics,
         name: String,
-        speaker: SpeakerHandle,
         identity: Identity,
         host_mtu: u32,
-        routes: mpsc::Sender<RouteCommand>,
-        netlink: Netlink,
-        var_dir: PathBuf,
+        sequencer: Sequencer,
         ready: watch::Sender<bool>,
     ) -> Agent {
         let (secrets_tx, secrets_rx) = mpsc::unbounded_channel();
         Agent {
-            metrics,
             name,
-            speaker,
             identity,
             host_mtu,
-            routes,
-            netlink,
-            var_dir,
             ready,
+            sequencer,
             state: ClusterState::default(),
             in_sync: false,
-            peers: BTreeMap::new(),
-            exports: BTreeMap::new(),
-            mtu_written: None,
             warned: BTreeSet::new(),
             settled: false,
-            firewall: None,
-            firewall_written: None,
             firewall_refresh: FIREWALL_REFRESH,
-            compilers: [
-                IncrementalCompiler::new(false),
-                IncrementalCompiler::new(true),
-            ],
-            policy_failures_reported: BTreeMap::new(),
-            policy_refused: BTreeMap::new(),
             extra_node_labels: BTreeMap::new(),
             label_write: None,
             datastore: None,
@@ -336,12 +285,16 @@ impl Agent {
         let kubernetes = matches!(backend, AnyBackend::Kubernetes(_));
         let (_syncer, mut events) =
             Syncer::start(backend, crate::calc::cache::watched_kinds_for(kubernetes));
-        let mut best = self.speaker.subscribe().await?;
+        let mut best = self.sequencer.speaker().subscribe().await?;
         let mut tick = tokio::time::interval(TUNNEL_RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let started = tokio::time::Instant::now();
         let mut settle = tokio::time::interval(Duration::from_millis(500));
-        let _ = self.routes.send(RouteCommand::KeepLearned(true)).await;
+        let _ = self
+            .sequencer
+            .routes()
+            .send(RouteCommand::KeepLearned(true))
+            .await;
         let mut secrets = self.secrets_rx.take().expect("run is called once");
         let mut next_firewall_resync =
             tokio::time::Instant::now() + jittered(self.firewall_refresh);
@@ -373,7 +326,7 @@ impl Agent {
                 }
                 _ = tokio::time::sleep_until(next_firewall_resync) => {
                     next_firewall_resync = tokio::time::Instant::now() + jittered(self.firewall_refresh);
-                    self.resync_firewall().await;
+                    self.sequencer.resync_firewall().await;
                 }
                 _ = settle.tick(), if !self.settled && self.in_sync => {
                     self.check_settled(started.elapsed() >= SETTLE_DEADLINE).await?;
@@ -398,12 +351,13 @@ impl Agent {
     async fn on_event(&mut self, ev: SyncEvent) -> bool {
         if let SyncEvent::Status(s) = &ev {
             tracing::info!(status = ?s, "datastore sync status");
-            self.metrics
+            self.sequencer
+                .metrics()
                 .datastore_in_sync
                 .set(i64::from(*s == SyncStatus::InSync));
             if *s == SyncStatus::InSync && !self.in_sync {
                 self.in_sync = true;
-                let _ = self.routes.send(RouteCommand::InSync).await;
+                let _ = self.sequencer.routes().send(RouteCommand::InSync).await;
                 return true;
             }
             return false;
@@ -414,11 +368,11 @@ impl Agent {
     /// Learned routes may be deleted once every session is up and has sent End-of-RIB (the
     /// table is complete), or when the deadline passed.
     async fn check_settled(&mut self, deadline_passed: bool) -> Result<(), AgentError> {
-        let status = self.speaker.status().await?;
+        let status = self.sequencer.speaker().status().await?;
         let complete = status
             .peers
             .iter()
-            .filter(|p| self.peers.contains_key(&p.address))
+            .filter(|p| self.sequencer.peers().contains_key(&p.address))
             .all(|p| {
                 p.state == serval_bgp::fsm::State::Established && !p.end_of_rib_received.is_empty()
             });
@@ -428,7 +382,11 @@ impl Agent {
                 "BGP table relearned; stale learned routes may now be removed"
             );
             self.settled = true;
-            let _ = self.routes.send(RouteCommand::KeepLearned(false)).await;
+            let _ = self
+                .sequencer
+                .routes()
+                .send(RouteCommand::KeepLearned(false))
+                .await;
         }
         Ok(())
     }
@@ -450,110 +408,8 @@ impl Agent {
         self.record_ipam(&desired);
         self.ensure_tunnel_addresses();
         self.refresh_secrets();
-        self.apply_peers(&desired).await?;
-        self.apply_exports(&desired).await?;
-        // Felix's order: policy (ipsets, then chains) before routes, so a new pod's route
-        // never exists without its policy.
-        self.apply_firewall(&desired).await;
-        self.apply_tunnels(&desired).await;
-        let _ = self
-            .routes
-            .send(RouteCommand::Desired(desired.routes.clone()))
-            .await;
-        if self.mtu_written != Some(desired.pod_mtu) {
-            let path = self.var_dir.join("mtu");
-            match super::startup::write_file(&path, &desired.pod_mtu.to_string()) {
-                Ok(()) => self.mtu_written = Some(desired.pod_mtu),
-                Err(e) => self.warn_once(e.to_string()),
-            }
-        }
+        self.sequencer.apply(&desired).await?;
         self.ready.send_replace(true);
-        Ok(())
-    }
-
-    async fn apply_peers(&mut self, d: &Desired) -> Result<(), AgentError> {
-        let want: BTreeMap<IpAddr, PeerConfig> = d
-            .peers
-            .iter()
-            .map(|p| {
-                let mut c = p.config.clone();
-                // The status table's PEER TYPE column, as calicoctl node status shows it.
-                c.description = Some(p.peer_type.to_string());
-                c.graceful_restart_time.get_or_insert(DEFAULT_RESTART_TIME);
-                for u in &p.unsupported {
-                    self.warned
-                        .insert(format!("peer {}: {u}", c.address))
-                        .then(|| tracing::warn!(peer = %c.address, "{u}"));
-                }
-                (c.address, c)
-            })
-            .collect();
-        let gone: Vec<IpAddr> = self
-            .peers
-            .keys()
-            .filter(|a| !want.contains_key(a))
-            .copied()
-            .collect();
-        for addr in gone {
-            tracing::info!(peer = %addr, "removing BGP peer");
-            match self.speaker.remove_peer(addr).await {
-                Ok(()) | Err(SpeakerError::UnknownPeer(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.peers.remove(&addr);
-        }
-        for (addr, cfg) in want {
-            let res = match self.peers.get(&addr) {
-                None => {
-                    tracing::info!(peer = %addr, kind = ?cfg.description, "adding BGP peer");
-                    self.speaker.add_peer(cfg.clone()).await
-                }
-                Some(old) if *old != cfg => self.speaker.update_peer(cfg.clone()).await,
-                Some(_) => continue,
-            };
-            match res {
-                Ok(()) => {
-                    self.peers.insert(addr, cfg);
-                }
-                Err(SpeakerError::Config(e)) => {
-                    self.warn_once(format!("peer {addr} rejected by the speaker: {e}"));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    async fn apply_exports(&mut self, d: &Desired) -> Result<(), AgentError> {
-        let gone: Vec<IpNet> = self
-            .exports
-            .keys()
-            .filter(|p| !d.exports.contains(p))
-            .copied()
-            .collect();
-        for prefix in gone {
-            self.speaker.withdraw(prefix).await?;
-            self.exports.remove(&prefix);
-        }
-        for prefix in &d.exports {
-            let want = d.communities.for_prefix(prefix);
-            if self.exports.get(prefix) == Some(&want) {
-                continue;
-            }
-            // New, or its communities changed: announcing again replaces the route.
-            tracing::info!(block = %prefix, communities = ?want, "announcing block");
-            self.speaker
-                .announce(LocalRoute {
-                    prefix: *prefix,
-                    next_hop: None,
-                    med: None,
-                    local_pref: None,
-                    communities: want.standard.clone(),
-                    large_communities: want.large.clone(),
-                })
-                .await?;
-            self.exports.insert(*prefix, want);
-        }
         Ok(())
     }
 
@@ -563,152 +419,18 @@ impl Agent {
             .iter()
             .map(|b| 1u64 << (u32::from(b.max_prefix_len() - b.prefix_len())).min(63))
             .sum();
-        self.metrics.ipam_blocks.set(blocks.len() as i64);
-        self.metrics.ipam_addresses_capacity.set(capacity as i64);
+        self.sequencer
+            .metrics()
+            .ipam_blocks
+            .set(blocks.len() as i64);
+        self.sequencer
+            .metrics()
+            .ipam_addresses_capacity
+            .set(capacity as i64);
         let in_use: usize = d.policy.local.iter().map(|e| e.addrs.len()).sum();
-        self.metrics.ipam_addresses_in_use.set(in_use as i64);
-    }
-
-    /// The firewall manager, created with the host's iptables backend on first use.
-    async fn firewall(&mut self) -> &mut FirewallManager {
-        if self.firewall.is_none() {
-            let b = crate::dataplane::firewall::detect_backend().await;
-            tracing::info!(backend = b.iptables(false), "iptables backend");
-            self.firewall = Some(FirewallManager::new(b));
-        }
-        self.firewall.as_mut().expect("just created")
-    }
-
-    /// Reads our chains, sets and hooks back and repairs what someone else changed.
-    async fn resync_firewall(&mut self) {
-        let Some(manager) = self.firewall.as_mut() else {
-            return; // nothing written yet
-        };
-        self.metrics.firewall_resyncs.inc();
-        match manager.resync().await {
-            Ok(r) if r.repairs.is_empty() => {}
-            Ok(r) => {
-                self.metrics.record_firewall_drift(&r.repairs);
-                tracing::warn!(
-                    chains = r.repairs.chains,
-                    sets = r.repairs.sets,
-                    hooks = r.repairs.hooks,
-                    "iptables/ipset drift repaired (changed by something other than Serval)"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "iptables/ipset resync failed; will read back at the next apply")
-            }
-        }
-    }
-
-    /// Logs each newly failed-closed object once and keeps the gauge current.
-    fn report_policy_failures(&mut self, failures: BTreeMap<String, String>) {
-        if self.policy_failures_reported == failures {
-            return;
-        }
-        for (key, why) in &failures {
-            if self.policy_failures_reported.get(key) != Some(why) {
-                tracing::error!(
-                    object = %key,
-                    error = %why,
-                    "cannot be enforced as written; what it governs is denied until it is fixed"
-                );
-            }
-        }
-        self.metrics.policy_failed_closed.set(failures.len() as i64);
-        self.policy_failures_reported = failures;
-    }
-
-    /// Writes policy (filter table) and natOutgoing (nat table) through the firewall manager.
-    async fn apply_firewall(&mut self, d: &Desired) {
-        if self
-            .firewall_written
-            .as_ref()
-            .is_some_and(|(p, n)| *p == d.policy && *n == d.nat)
-        {
-            let mut all = d.policy_failures.clone();
-            all.extend(self.policy_refused.clone());
-            self.report_policy_failures(all);
-            return;
-        }
-        let compile_start = std::time::Instant::now();
-        let v4 = self.compilers[0].update(&d.policy).clone();
-        let v6 = self.compilers[1].update(&d.policy).clone();
-        let compiled = compile_start.elapsed();
-        self.metrics
-            .policy_compile_seconds
-            .observe(compiled.as_secs_f64());
-        let rules: usize = v4
-            .chains
-            .values()
-            .chain(v6.chains.values())
-            .map(|c| c.len())
-            .sum();
-        self.metrics.policy_rules.set(rules as i64);
-        self.metrics
-            .policy_ipsets
-            .set((v4.sets.len() + v6.sets.len()) as i64);
-        let nat = serval_policy::nat::nat_ruleset(&d.nat);
-        let manager = self.firewall().await;
-        let result = crate::dataplane::policy::apply_failing_closed(
-            manager,
-            &d.policy,
-            (v4, v6),
-            &nat,
-            crate::calc::policy::fail_closed_def,
-        )
-        .await;
-        let mut all = d.policy_failures.clone();
-        match result {
-            Ok((r, refused)) => {
-                all.extend(refused.clone());
-                self.policy_refused = refused;
-                self.metrics
-                    .policy_apply_seconds
-                    .observe(r.took.as_secs_f64());
-                if !r.repairs.is_empty() {
-                    tracing::info!(
-                        chains = r.repairs.chains,
-                        sets = r.repairs.sets,
-                        hooks = r.repairs.hooks,
-                        "read the kernel back: stale or altered chains, sets and hooks of ours replaced"
-                    );
-                }
-                tracing::debug!(
-                    chains = r.chains_written,
-                    deleted = r.chains_deleted,
-                    sets = r.sets_changed,
-                    compile_ms = compiled.as_secs_f64() * 1e3,
-                    apply_ms = r.took.as_secs_f64() * 1e3,
-                    "policy applied"
-                );
-                self.firewall_written = Some((d.policy.clone(), d.nat.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "policy not applied; will read the kernel back and retry")
-            }
-        }
-        self.report_policy_failures(all);
-    }
-
-    async fn apply_tunnels(&mut self, d: &Desired) {
-        if let Some(ipip) = &d.ipip {
-            match tunnel::ensure_ipip(&self.netlink, ipip).await {
-                Ok(_) => {}
-                Err(DataplaneError::Unsupported(why)) => self.warn_once(why),
-                Err(e) => tracing::warn!(error = %e, "IPIP device"),
-            }
-        }
-        if let Some(vx) = &d.vxlan {
-            match tunnel::ensure_vxlan(&self.netlink, vx).await {
-                Ok(index) => {
-                    if let Err(e) = tunnel::ensure_vteps(&self.netlink, index, &d.vteps).await {
-                        tracing::warn!(error = %e, "VXLAN neighbour/FDB entries");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "VXLAN device"),
-            }
-        }
+        self.sequencer
+            .metrics()
+            .ipam_addresses_in_use
+            .set(in_use as i64);
     }
 }

@@ -1,11 +1,33 @@
 //! `serval-node run`: the node agent. Start-up (datastore, address, Node resource, tunnel
 //! addresses, files for serval-cni), then the speaker, the HTTP endpoint, the route task and
 //! the agent loop, until a signal or a fatal error.
+//!
+//! Where each decision is made, two hops from `main`:
+//!
+//! ```text
+//!  datastore ─ Syncer ─ SyncEvent ─┐                         (tasks: ─►  calls: ──)
+//!  speaker ─ best paths ───────────┼─► agent::Agent::run   the event loop (this module's
+//!  timers: tunnels, firewall resync┘        │                 agent.rs): feeds calc, drives
+//!                                           │                 secrets, labels, tunnel IPs
+//!                                           ├── calc::cache::ClusterState   typed cache
+//!                                           ├── calc::desired               → Desired (pure:
+//!                                           │     peers, exports, routes, tunnels, MTU,
+//!                                           │     NAT, policy inputs; calc::* decides each)
+//!                                           └── sequencer::Sequencer::apply, in order:
+//!                                                 1 BGP peers, 2 exports  ──► bgp::Speaker
+//!                                                 3 policy + NAT ── dataplane::firewall
+//!                                                   (compile: serval_policy, incremental)
+//!                                                 4 tunnel devices, VTEPs ── dataplane::tunnel
+//!                                                 5 routes ─► route task (route_manager)
+//!                                                 6 pod MTU file (serval-cni reads it)
+//!  HTTP: /status /routes /metrics /readyz ◄── speaker status, node metrics
+//! ```
 
 pub mod agent;
 pub mod cni_token;
 pub mod config;
 pub mod install_cni;
+pub mod sequencer;
 pub mod startup;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -158,15 +180,18 @@ pub async fn run(
         }
     });
 
-    let agent = Agent::new(
+    let sequencer = sequencer::Sequencer::new(
         metrics,
-        cfg.node_name.clone(),
         speaker.clone(),
-        identity,
-        host_mtu,
         routes_tx,
         netlink,
         cfg.var_dir.clone(),
+    );
+    let agent = Agent::new(
+        cfg.node_name.clone(),
+        identity,
+        host_mtu,
+        sequencer,
         ready_tx,
     )
     .with_datastore(ds.clone())

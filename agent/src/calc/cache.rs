@@ -80,7 +80,7 @@ impl<R: ServalResource + PartialEq> Store for BTreeMap<String, R> {
         // Pods are kept as agents read them (labels, named ports): a status update then
         // changes nothing here.
         let r: R = if kind.kind == "Pod" {
-            serde_json::from_value(crate::resources::trim::trim(kind, object))
+            serde_json::from_value(crate::datastore::trim::trim(kind, object))
         } else {
             serde_json::from_value(object.clone())
         }

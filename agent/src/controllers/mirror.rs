@@ -25,11 +25,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use serde_json::Value;
 
 use crate::datastore::syncer::{SyncEvent, SyncStatus, Syncer};
+use crate::datastore::trim::trim;
 use crate::datastore::{
     AnyBackend, Backend, DatastoreError, KindInfo, KubeBackend, object_name, object_revision,
 };
 use crate::resources::Node;
-use crate::resources::trim::trim;
 
 /// The annotation on a Serval Node that lists the labels copied from its Kubernetes Node
 /// (Calico's `projectcalico.org/kube-labels`); it also marks the node as a Kubernetes one.
@@ -340,7 +340,7 @@ fn report(r: Result<usize, DatastoreError>, dirty: &mut bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::trim::test_objects::{pod, pod_kind};
+    use crate::datastore::trim::test_objects::{pod, pod_kind};
     use serde_json::json;
 
     #[test]

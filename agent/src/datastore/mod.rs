@@ -19,6 +19,7 @@ pub mod ipam_store;
 pub mod kubernetes;
 pub mod memory;
 pub mod syncer;
+pub mod trim;
 
 #[cfg(test)]
 mod kube_fake;

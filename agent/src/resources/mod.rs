@@ -6,7 +6,6 @@ pub mod ipam;
 pub mod node;
 pub mod policy;
 pub mod pool;
-pub mod trim;
 pub mod validate;
 pub mod workload;
 

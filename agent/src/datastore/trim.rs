@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::datastore::KindInfo;
+use super::KindInfo;
 
 /// What agents read of an object: identity, labels and (per kind) the spec fields that
 /// matter; never status or server-managed metadata.

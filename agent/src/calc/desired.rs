@@ -138,12 +138,12 @@ impl ClusterState {
         inputs.hosts.dedup();
         let mut add =
             |key: String,
-             r: Result<serval_policy::compile::PolicyDef, String>,
+             r: Result<serval_policy::compile::PolicyDef, crate::calc::policy::TranslateError>,
              closed: &dyn Fn() -> serval_policy::compile::PolicyDef| match r {
                 Ok(p) => inputs.policies.push(p),
                 Err(e) => {
                     inputs.policies.push(closed());
-                    failed.insert(key, e);
+                    failed.insert(key, e.to_string());
                 }
             };
         for (k, p) in &self.policies {

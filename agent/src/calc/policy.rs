@@ -24,8 +24,43 @@ pub const K8S_POLICY_ORDER: f64 = 1000.0;
 /// The label Kubernetes puts on every namespace with its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// Why a policy cannot be translated (it then fails closed, and this is what is reported).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TranslateError {
+    /// A selector that does not parse.
+    #[error("{field}: {source}")]
+    Selector {
+        /// Which selector.
+        field: &'static str,
+        /// The parser's error.
+        #[source]
+        source: serval_policy::SelectorError,
+    },
+    /// A Kubernetes matchExpressions operator that does not exist.
+    #[error("matchExpressions operator {0:?}: expected In, NotIn, Exists or DoesNotExist")]
+    Operator(String),
+    /// A policyTypes entry that is neither Ingress nor Egress.
+    #[error("policyTypes: {0:?} is not Ingress or Egress")]
+    PolicyType(String),
+    /// A rule part the compiler could only guess at.
+    #[error("{direction}[{index}].{field}: {message}")]
+    Rule {
+        /// `ingress` or `egress`.
+        direction: &'static str,
+        /// The rule's position.
+        index: usize,
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A field Serval cannot enforce yet.
+    #[error("spec.{0} {unsupported}", unsupported = crate::resources::validate::UNSUPPORTED_POLICY)]
+    Unsupported(&'static str),
+}
+
 /// A Kubernetes label selector as a Calico selector (empty: all()).
-pub fn label_selector(ls: &LabelSelector) -> Result<Selector, String> {
+pub fn label_selector(ls: &LabelSelector) -> Result<Selector, TranslateError> {
     let mut sel = Selector::All;
     for (k, v) in ls.match_labels.iter().flatten() {
         sel = Selector::and(sel, Selector::Equal(k.clone(), v.clone()));
@@ -37,18 +72,14 @@ pub fn label_selector(ls: &LabelSelector) -> Result<Selector, String> {
             "NotIn" => Selector::NotIn(e.key.clone(), values),
             "Exists" => Selector::Has(e.key.clone()),
             "DoesNotExist" => Selector::Not(Box::new(Selector::Has(e.key.clone()))),
-            other => {
-                return Err(format!(
-                    "matchExpressions operator {other:?}: expected In, NotIn, Exists or DoesNotExist"
-                ));
-            }
+            other => return Err(TranslateError::Operator(other.to_string())),
         };
         sel = Selector::and(sel, term);
     }
     Ok(sel)
 }
 
-fn peer_side(peer: &NetworkPolicyPeer) -> Result<EntityRule, String> {
+fn peer_side(peer: &NetworkPolicyPeer) -> Result<EntityRule, TranslateError> {
     let mut side = EntityRule::default();
     if let Some(block) = &peer.ip_block {
         side.nets = vec![block.cidr.clone()];
@@ -104,7 +135,7 @@ fn k8s_rules(
     peers: Option<&Vec<NetworkPolicyPeer>>,
     ports: Option<&Vec<NetworkPolicyPort>>,
     ingress: bool,
-) -> Result<Vec<Rule>, String> {
+) -> Result<Vec<Rule>, TranslateError> {
     let peers: Vec<EntityRule> = match peers {
         Some(list) if !list.is_empty() => list.iter().map(peer_side).collect::<Result<_, _>>()?,
         _ => vec![EntityRule::default()],
@@ -131,7 +162,7 @@ fn k8s_rules(
 }
 
 /// A Kubernetes NetworkPolicy as a Serval policy.
-pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
+pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, TranslateError> {
     let ns = np.namespace().unwrap_or_else(|| "default".into());
     let spec = np.spec.clone().unwrap_or_default();
     let ingress_rules: Vec<Rule> = spec
@@ -159,7 +190,7 @@ pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
             .map(|t| match t.as_str() {
                 "Ingress" => Ok(PolicyType::Ingress),
                 "Egress" => Ok(PolicyType::Egress),
-                other => Err(format!("policyTypes: {other:?} is not Ingress or Egress")),
+                other => Err(TranslateError::PolicyType(other.to_string())),
             })
             .collect::<Result<Vec<_>, _>>()?,
         _ => {
@@ -184,11 +215,16 @@ pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, String> {
 
 /// Refuses a policy with any rule the compiler could only guess at (a selector, net, port or
 /// protocol that does not parse), naming the first problem.
-fn checked(def: PolicyDef) -> Result<PolicyDef, String> {
-    for (dir, rules) in [("ingress", &def.ingress), ("egress", &def.egress)] {
-        for (i, r) in rules.iter().enumerate() {
-            if let Some((field, msg)) = validate_rule(r).into_iter().next() {
-                return Err(format!("{dir}[{i}].{field}: {msg}"));
+fn checked(def: PolicyDef) -> Result<PolicyDef, TranslateError> {
+    for (direction, rules) in [("ingress", &def.ingress), ("egress", &def.egress)] {
+        for (index, r) in rules.iter().enumerate() {
+            if let Some((field, message)) = validate_rule(r).into_iter().next() {
+                return Err(TranslateError::Rule {
+                    direction,
+                    index,
+                    field: field.to_string(),
+                    message: message.to_string(),
+                });
             }
         }
     }
@@ -330,18 +366,20 @@ fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) ->
 
 /// Refuses a policy that sets a field Serval cannot enforce yet, naming it: enforced
 /// without it, the policy would govern other endpoints or traffic than its author meant.
-fn supported(field: Option<&'static str>) -> Result<(), String> {
+fn supported(field: Option<&'static str>) -> Result<(), TranslateError> {
     match field {
-        Some(f) => Err(format!(
-            "spec.{f} {}",
-            crate::resources::validate::UNSUPPORTED_POLICY
-        )),
+        Some(f) => Err(TranslateError::Unsupported(f)),
         None => Ok(()),
     }
 }
 
+/// A policy's own selector.
+fn selector(field: &'static str, text: &str) -> Result<Selector, TranslateError> {
+    Selector::parse(text).map_err(|source| TranslateError::Selector { field, source })
+}
+
 /// A Serval NetworkPolicy.
-pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
+pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, TranslateError> {
     supported(crate::resources::validate::unsupported_policy_field(
         p.spec.service_account_selector.as_deref(),
         false,
@@ -351,7 +389,7 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
         name: p.name_any(),
         namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
         order: p.spec.order,
-        selector: Selector::parse(&p.spec.selector).map_err(|e| e.to_string())?,
+        selector: selector("spec.selector", &p.spec.selector)?,
         namespace_selector: None,
         types: types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
         ingress: p.spec.ingress.clone(),
@@ -360,7 +398,7 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, String> {
 }
 
 /// A Serval GlobalNetworkPolicy.
-pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, String> {
+pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, TranslateError> {
     supported(crate::resources::validate::unsupported_policy_field(
         p.spec.service_account_selector.as_deref(),
         p.spec.do_not_track,
@@ -370,14 +408,13 @@ pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, String> {
         name: p.name_any(),
         namespace: None,
         order: p.spec.order,
-        selector: Selector::parse(&p.spec.selector).map_err(|e| e.to_string())?,
+        selector: selector("spec.selector", &p.spec.selector)?,
         namespace_selector: p
             .spec
             .namespace_selector
             .as_deref()
-            .map(Selector::parse)
-            .transpose()
-            .map_err(|e| e.to_string())?,
+            .map(|s| selector("spec.namespaceSelector", s))
+            .transpose()?,
         types: types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
         ingress: p.spec.ingress.clone(),
         egress: p.spec.egress.clone(),

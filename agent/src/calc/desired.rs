@@ -3,7 +3,7 @@
 //! natOutgoing, and the policy compiler's inputs. The sequencer applies its result.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kube::ResourceExt;
@@ -52,7 +52,7 @@ impl ClusterState {
             .values()
             .filter_map(|p| {
                 Some(PoolRouting {
-                    cidr: p.spec.cidr.parse().ok()?,
+                    cidr: p.spec.cidr_net()?,
                     ipip: p.spec.ipip_mode,
                     vxlan: p.spec.vxlan_mode,
                 })
@@ -65,12 +65,7 @@ impl ClusterState {
         let v4: Vec<&IPPool> = self
             .pools
             .values()
-            .filter(|p| {
-                p.spec
-                    .cidr
-                    .parse::<IpNet>()
-                    .is_ok_and(|c| c.addr().is_ipv4())
-            })
+            .filter(|p| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv4()))
             .collect();
         (
             v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
@@ -125,12 +120,11 @@ impl ClusterState {
                 });
         }
         // Every node's underlay addresses: the only sources of tunnel traffic.
-        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
         inputs.hosts = self
             .nodes
             .values()
             .filter_map(|n| n.spec.bgp.as_ref())
-            .flat_map(|b| [parse(&b.ipv4_address), parse(&b.ipv6_address)])
+            .flat_map(|b| [b.ipv4(), b.ipv6()])
             .flatten()
             .map(|n| n.addr())
             .collect();
@@ -173,7 +167,7 @@ impl ClusterState {
         let v4: Vec<(IpNet, bool)> = self
             .pools
             .values()
-            .filter_map(|p| Some((p.spec.cidr.parse::<IpNet>().ok()?, p.spec.nat_outgoing)))
+            .filter_map(|p| Some((p.spec.cidr_net()?, p.spec.nat_outgoing)))
             .filter(|(c, _)| c.addr().is_ipv4())
             .collect();
         serval_policy::nat::NatSpec {
@@ -184,19 +178,13 @@ impl ClusterState {
 
     /// Other nodes' confirmed blocks with the owner's address of the block's family.
     fn block_owners(&self, me: &str) -> BTreeMap<IpNet, IpAddr> {
-        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
         self.affinities
             .values()
             .map(|a| &a.spec.inner)
             .filter(|a| a.node != me && a.state == AffinityState::Confirmed)
             .filter_map(|a| {
                 let bgp = self.nodes.get(&a.node)?.spec.bgp.as_ref()?;
-                let owner = if a.cidr.addr().is_ipv4() {
-                    parse(&bgp.ipv4_address)
-                } else {
-                    parse(&bgp.ipv6_address)
-                }?;
-                Some((a.cidr, owner.addr()))
+                Some((a.cidr, bgp.address_for(&a.cidr)?))
             })
             .collect()
     }
@@ -208,15 +196,13 @@ impl ClusterState {
             .node(me)
             .ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
         let bgp = node.spec.bgp.clone().unwrap_or_default();
-        let parse = |s: &Option<String>| s.as_deref().and_then(serval_policy::model::parse_net);
-        let local_v4 = parse(&bgp.ipv4_address).filter(|n| n.addr().is_ipv4());
-        let local_v6 = parse(&bgp.ipv6_address).filter(|n| n.addr().is_ipv6());
+        let (local_v4, local_v6) = (bgp.ipv4(), bgp.ipv6());
         let local_blocks = self.node_blocks(me);
         let no_export: Vec<IpNet> = self
             .pools
             .values()
             .filter(|p| p.spec.disable_bgp_export)
-            .filter_map(|p| p.spec.cidr.parse().ok())
+            .filter_map(|p| p.spec.cidr_net())
             .collect();
         let mut exports: BTreeSet<IpNet> = local_blocks
             .iter()
@@ -231,17 +217,8 @@ impl ClusterState {
             if name == me {
                 continue;
             }
-            let node_ip = n
-                .spec
-                .bgp
-                .as_ref()
-                .and_then(|b| parse(&b.ipv4_address))
-                .map(|a| a.addr());
-            let tunnel = n
-                .spec
-                .ipv4_vxlan_tunnel_addr
-                .as_deref()
-                .and_then(|a| a.parse::<IpAddr>().ok());
+            let node_ip = n.spec.bgp.as_ref().and_then(|b| b.ipv4()).map(|a| a.addr());
+            let tunnel = n.spec.vxlan_tunnel_addr().map(IpAddr::V4);
             let mac = n.spec.vxlan_tunnel_mac_addr.as_deref().and_then(parse_mac);
             if let (Some(node_ip), Some(tunnel_addr), Some(mac)) = (node_ip, tunnel, mac) {
                 vteps.push(RemoteVtep {
@@ -256,10 +233,8 @@ impl ClusterState {
 
         let mut local_pods = BTreeMap::new();
         for wep in self.endpoints.values().filter(|w| w.spec.node == me) {
-            for net in &wep.spec.ip_networks {
-                if let Some(n) = serval_policy::model::parse_net(net) {
-                    local_pods.insert(n, wep.spec.interface_name.clone());
-                }
+            for n in wep.spec.networks() {
+                local_pods.insert(n, wep.spec.interface_name.clone());
             }
         }
         // Addresses borrowed from another node's block are announced as host routes (the
@@ -285,11 +260,10 @@ impl ClusterState {
         };
         let routes = kernel_table(&desired_routes(&inputs));
         let (want_ipip, want_vxlan) = self.encapsulation_wanted();
-        let ip_of = |s: &Option<String>| s.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok());
         let ipip = want_ipip.then(|| IpipDevice {
             name: IPIP_DEVICE.into(),
             mtu: host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD),
-            address: ip_of(&bgp.ipv4_ipip_tunnel_addr),
+            address: bgp.ipip_tunnel_addr(),
         });
         let vxlan = match (want_vxlan, local_v4) {
             (true, Some(v4)) => match v4.addr() {
@@ -305,7 +279,7 @@ impl ClusterState {
                         .and_then(parse_mac)
                         .unwrap_or_else(|| vxlan_mac(me)),
                     mtu: host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD),
-                    address: ip_of(&node.spec.ipv4_vxlan_tunnel_addr),
+                    address: node.spec.vxlan_tunnel_addr(),
                 }),
                 IpAddr::V6(_) => None,
             },

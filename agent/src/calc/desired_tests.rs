@@ -109,7 +109,10 @@ fn cross_subnet_vxlan_node_gets_native_and_tunnel_routes() {
         RouteKind::Link("sv0000000000a".into())
     );
     let vx = d.vxlan.expect("VXLAN device");
-    assert_eq!(vx.local, "192.168.1.5".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(
+        vx.local,
+        "192.168.1.5".parse::<std::net::Ipv4Addr>().unwrap()
+    );
     assert_eq!(vx.mtu, 1450);
     assert_eq!(vx.address, Some("10.244.1.0".parse().unwrap()));
     assert_eq!(d.vteps.len(), 2);

@@ -88,12 +88,11 @@ impl NodeBgp {
     /// The node's BGP view, with the cluster default AS filled in; None without `spec.bgp`.
     pub fn from_node(node: &Node, default_as: u32) -> Option<NodeBgp> {
         let bgp = node.spec.bgp.as_ref()?;
-        let parse = |a: &Option<String>| a.as_deref().and_then(serval_policy::model::parse_net);
         Some(NodeBgp {
             name: node.name_any(),
             labels: node.labels().clone(),
-            v4: parse(&bgp.ipv4_address).filter(|n| n.addr().is_ipv4()),
-            v6: parse(&bgp.ipv6_address).filter(|n| n.addr().is_ipv6()),
+            v4: bgp.ipv4(),
+            v6: bgp.ipv6(),
             as_number: bgp.as_number.unwrap_or(default_as),
             cluster_id: bgp.route_reflector_cluster_id.clone(),
         })

@@ -427,12 +427,7 @@ pub fn endpoint(w: &WorkloadEndpoint) -> Endpoint {
         namespace: w.namespace().unwrap_or_else(|| "default".into()),
         name: w.spec.pod.clone(),
         iface: w.spec.interface_name.clone(),
-        addrs: w
-            .spec
-            .ip_networks
-            .iter()
-            .filter_map(|n| serval_policy::model::parse_net(n).map(|n| n.addr()))
-            .collect(),
+        addrs: w.spec.networks().map(|n| n.addr()).collect(),
         labels: w.labels().clone(),
         ports: w
             .spec

@@ -36,7 +36,7 @@ pub async fn show(ds: &Ds, blocks: bool) -> Result<String, CtlError> {
             .to_vec(),
     ];
     for p in &pools {
-        let Ok(cidr) = p.spec.cidr.parse::<IpNet>() else {
+        let Some(cidr) = p.spec.cidr_net() else {
             continue;
         };
         let mut in_use = 0u128;

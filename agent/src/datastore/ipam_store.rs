@@ -143,7 +143,7 @@ impl<B: Backend> IpamStore for Datastore<B> {
         Ok(pools
             .into_iter()
             .filter_map(|p| {
-                let cidr: IpNet = p.spec.cidr.parse().ok()?;
+                let cidr: IpNet = p.spec.cidr_net()?;
                 Some(Pool {
                     name: p.metadata.name.clone().unwrap_or_default(),
                     cidr,

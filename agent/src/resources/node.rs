@@ -91,3 +91,44 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orch_refs: Vec<OrchRef>,
 }
+
+/// Typed views of the address fields, parsed in this one place (the wire keeps text so a bad
+/// value gets validation's message naming the field; a value that does not parse reads as
+/// unset here).
+impl NodeBgpSpec {
+    /// The IPv4 address with its prefix length.
+    pub fn ipv4(&self) -> Option<ipnet::IpNet> {
+        parse_in(&self.ipv4_address).filter(|n| n.addr().is_ipv4())
+    }
+
+    /// The IPv6 address with its prefix length.
+    pub fn ipv6(&self) -> Option<ipnet::IpNet> {
+        parse_in(&self.ipv6_address).filter(|n| n.addr().is_ipv6())
+    }
+
+    /// The address of the node's own family: IPv4 for an IPv4 prefix, IPv6 for an IPv6 one.
+    pub fn address_for(&self, family_of: &ipnet::IpNet) -> Option<std::net::IpAddr> {
+        match family_of {
+            ipnet::IpNet::V4(_) => self.ipv4(),
+            ipnet::IpNet::V6(_) => self.ipv6(),
+        }
+        .map(|n| n.addr())
+    }
+
+    /// tunl0's address.
+    pub fn ipip_tunnel_addr(&self) -> Option<std::net::Ipv4Addr> {
+        self.ipv4_ipip_tunnel_addr.as_deref()?.parse().ok()
+    }
+}
+
+impl NodeSpec {
+    /// The IPv4 VXLAN device's address.
+    pub fn vxlan_tunnel_addr(&self) -> Option<std::net::Ipv4Addr> {
+        self.ipv4_vxlan_tunnel_addr.as_deref()?.parse().ok()
+    }
+}
+
+/// An address or prefix field (`10.0.0.5/24` or a bare address).
+fn parse_in(field: &Option<String>) -> Option<ipnet::IpNet> {
+    field.as_deref().and_then(serval_policy::model::parse_net)
+}

@@ -75,3 +75,10 @@ impl IPPoolSpec {
         }))
     }
 }
+
+impl IPPoolSpec {
+    /// The pool's prefix, parsed (None when it does not parse; validation names that).
+    pub fn cidr_net(&self) -> Option<ipnet::IpNet> {
+        self.cidr.parse().ok()
+    }
+}

@@ -60,3 +60,13 @@ pub struct WorkloadEndpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 }
+
+impl WorkloadEndpointSpec {
+    /// The pod's addresses as prefixes, parsed (entries that do not parse are left out;
+    /// validation names them).
+    pub fn networks(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
+        self.ip_networks
+            .iter()
+            .filter_map(|n| serval_policy::model::parse_net(n))
+    }
+}

@@ -105,6 +105,8 @@ pub struct PolicyInputs {
     pub policies: Vec<PolicyDef>,
     /// Every node's address: only these may send the node tunnel traffic (VXLAN, IPIP).
     pub hosts: Vec<IpAddr>,
+    /// The VXLAN UDP port when not IANA's 4789 (Felix's vxlanPort).
+    pub vxlan_port: Option<u16>,
 }
 
 fn hash20(text: &str) -> String {
@@ -523,12 +525,13 @@ fn tunnel_guard(fam: &mut Family<'_>) -> Vec<IptRule> {
         [] => Vec::new(),
         _ => vec![Match::SrcSet(fam.net_set(&hosts), true)],
     };
+    let port = fam.inputs.vxlan_port.unwrap_or(VXLAN_UDP_PORT);
     let mut vxlan = vec![
         Match::Protocol(17, false),
         Match::DstPorts(
             vec![PortRange {
-                first: VXLAN_UDP_PORT,
-                last: VXLAN_UDP_PORT,
+                first: port,
+                last: port,
             }],
             false,
         ),

@@ -46,6 +46,7 @@ fn world(policies: Vec<PolicyDef>) -> PolicyInputs {
         namespaces,
         policies,
         hosts: vec![],
+        vxlan_port: None,
     }
 }
 

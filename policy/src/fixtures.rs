@@ -98,5 +98,6 @@ pub fn cluster() -> PolicyInputs {
         namespaces,
         policies,
         hosts: vec![],
+        vxlan_port: None,
     }
 }

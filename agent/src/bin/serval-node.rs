@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use serval_agent::node::calico_env;
 use serval_agent::standalone::{self, StandaloneConfig};
 use serval_bgp::speaker::SpeakerHandle;
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,7 +55,12 @@ enum Command {
 }
 
 fn init_logs(format: &str) {
-    let filter = EnvFilter::try_from_env("SERVAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // SERVAL_LOG, else Felix's FELIX_LOGSEVERITYSCREEN, else info.
+    let felix = std::env::var("FELIX_LOGSEVERITYSCREEN")
+        .ok()
+        .and_then(|s| calico_env::log_filter(&s));
+    let filter = EnvFilter::try_from_env("SERVAL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(felix.unwrap_or("info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -101,14 +107,58 @@ async fn run_speaker(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The command line with Calico's variables applied as the flags they alias (`run` only),
+/// and what was set but means nothing here.
+fn command_line() -> anyhow::Result<(Cli, Vec<String>)> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_none_or(|a| a != "run") {
+        return Ok((Cli::parse_from(argv), Vec::new()));
+    }
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").context("the run subcommand")?;
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let resolved = calico_env::resolve(run, &argv[2..], &|k| std::env::var(k).ok(), &names)
+        .context("invalid configuration")?;
+    argv.extend(resolved.flags);
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => Ok((cli, resolved.unsupported)),
+        Err(e) => {
+            // Name the Calico variable behind a flag clap refused.
+            let text = e.to_string();
+            for (flag, calico) in &resolved.sources {
+                if text.contains(flag.as_str()) {
+                    eprintln!("note: {flag} was set from {calico}");
+                }
+            }
+            e.exit()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cli, unsupported) = command_line()?;
     init_logs(&cli.log_format);
+    for name in unsupported {
+        tracing::warn!(variable = %name, "set but not supported by serval-node; it has no effect");
+    }
     match cli.command {
         Command::Run(args) => {
             let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let cfg = args.validate(&hostname).context("invalid configuration")?;
+            let cfg =
+                args.validate(&hostname)
+                    .map_err(|e| {
+                        // Name the Calico variable an operator actually set.
+                        match calico_env::ALIASES.iter().find(|a| {
+                            a.serval == e.variable && std::env::var_os(a.calico).is_some()
+                        }) {
+                            Some(a) => anyhow::anyhow!("{e} (set from {})", a.calico),
+                            None => anyhow::anyhow!(e),
+                        }
+                    })
+                    .context("invalid configuration")?;
             let mut term = signal(SignalKind::terminate())?;
             let shutdown = async move {
                 tokio::select! {

@@ -13,11 +13,46 @@ use serval_policy::compile::PolicyInputs;
 use super::cache::ClusterState;
 use super::kernel_table::{KernelTable, kernel_table};
 use super::peers::{DesiredPeer, PeerCalcError, compute_peers};
-use super::routes::{IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, desired_routes, pod_mtu};
+use super::routes::{
+    IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, desired_routes, pod_mtu_with,
+};
 use super::tunnels::{
     IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, parse_mac, vxlan_mac,
 };
 use crate::resources::{EncapMode, IPPool};
+
+/// This node's own settings (serval-node's configuration) that calc decides with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// The host interface's MTU.
+    pub host_mtu: u32,
+    /// Whether BGP carries routes (Calico's `bird` networking backend). Without it the node
+    /// has no sessions and announces nothing; routes to other nodes' blocks follow IPAM
+    /// affinities over VXLAN, as Calico's `vxlan` backend does.
+    pub bgp: bool,
+    /// The VXLAN network identifier (Felix's vxlanVNI).
+    pub vxlan_vni: u32,
+    /// The VXLAN UDP port (Felix's vxlanPort).
+    pub vxlan_port: u16,
+    /// The IPIP device's MTU when set (Felix's ipipMTU); else host MTU − 20.
+    pub ipip_mtu: Option<u32>,
+    /// The VXLAN device's MTU when set (Felix's vxlanMTU); else host MTU − 50.
+    pub vxlan_mtu: Option<u32>,
+}
+
+impl NodeSettings {
+    /// Calico's defaults on a host with this MTU.
+    pub fn with_host_mtu(host_mtu: u32) -> NodeSettings {
+        NodeSettings {
+            host_mtu,
+            bgp: true,
+            vxlan_vni: VXLAN_VNI,
+            vxlan_port: VXLAN_PORT,
+            ipip_mtu: None,
+            vxlan_mtu: None,
+        }
+    }
+}
 
 /// Everything one node should hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,7 +226,20 @@ impl ClusterState {
 
     /// What `me` should hold.
     pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
-        let peers = compute_peers(me, &self.bgp_resources())?;
+        self.desired_with(me, &NodeSettings::with_host_mtu(host_mtu))
+    }
+
+    /// What `me` should hold under `settings`.
+    pub fn desired_with(
+        &self,
+        me: &str,
+        settings: &NodeSettings,
+    ) -> Result<Desired, PeerCalcError> {
+        let host_mtu = settings.host_mtu;
+        let mut peers = compute_peers(me, &self.bgp_resources())?;
+        if !settings.bgp {
+            peers.clear();
+        }
         let node = self
             .node(me)
             .ok_or_else(|| PeerCalcError::NoNode(me.to_string()))?;
@@ -257,20 +305,23 @@ impl ClusterState {
             local_blocks,
             remote: self.remote.clone(),
             block_owners,
+            without_bgp: !settings.bgp,
         };
         let routes = kernel_table(&desired_routes(&inputs));
         let (want_ipip, want_vxlan) = self.encapsulation_wanted();
         let ipip = want_ipip.then(|| IpipDevice {
             name: IPIP_DEVICE.into(),
-            mtu: host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD),
+            mtu: settings
+                .ipip_mtu
+                .unwrap_or_else(|| host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD)),
             address: bgp.ipip_tunnel_addr(),
         });
         let vxlan = match (want_vxlan, local_v4) {
             (true, Some(v4)) => match v4.addr() {
                 IpAddr::V4(local) => Some(VxlanDevice {
                     name: VXLAN_DEVICE.into(),
-                    vni: VXLAN_VNI,
-                    port: VXLAN_PORT,
+                    vni: settings.vxlan_vni,
+                    port: settings.vxlan_port,
                     local,
                     mac: node
                         .spec
@@ -278,14 +329,20 @@ impl ClusterState {
                         .as_deref()
                         .and_then(parse_mac)
                         .unwrap_or_else(|| vxlan_mac(me)),
-                    mtu: host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD),
+                    mtu: settings.vxlan_mtu.unwrap_or_else(|| {
+                        host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD)
+                    }),
                     address: node.spec.vxlan_tunnel_addr(),
                 }),
                 IpAddr::V6(_) => None,
             },
             _ => None,
         };
-        let (policy, policy_failures) = self.policy_inputs(me);
+        let (mut policy, policy_failures) = self.policy_inputs(me);
+        policy.vxlan_port = Some(settings.vxlan_port);
+        if !settings.bgp {
+            exports.clear();
+        }
         Ok(Desired {
             policy,
             policy_failures,
@@ -299,7 +356,7 @@ impl ClusterState {
             ipip,
             vxlan,
             vteps,
-            pod_mtu: pod_mtu(host_mtu, &pools),
+            pod_mtu: pod_mtu_with(host_mtu, &pools, settings.ipip_mtu, settings.vxlan_mtu),
         })
     }
 }

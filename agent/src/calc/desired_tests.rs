@@ -302,3 +302,64 @@ fn bgp_passwords_are_read_from_the_named_secrets() {
     assert!(s.set_secret("bgp-secrets", None));
     assert_eq!(tor(&s).config.password, None);
 }
+
+#[test]
+fn without_bgp_routes_follow_ipam_and_felix_tunnel_settings_apply() {
+    // Calico's vxlan networking backend: no sessions, nothing announced; the same-subnet
+    // block (native under CrossSubnet) still gets a route to its owner from IPAM, and the
+    // other subnet's block goes over VXLAN, with no best path from BGP at all.
+    let mut s = cluster("CrossSubnet");
+    for (node, block) in [("b", "10.244.2.0/26"), ("c", "10.244.3.0/26")] {
+        upsert_json(
+            &mut s,
+            KindInfo::of::<BlockAffinity>(),
+            json!({"apiVersion":"serval.dev/v1","kind":"BlockAffinity",
+                   "metadata":{"name":format!("{node}-block")},
+                   "spec":{"state":"confirmed","node":node,"cidr":block}}),
+        );
+    }
+    let settings = NodeSettings {
+        bgp: false,
+        vxlan_vni: 4097,
+        vxlan_port: 8472,
+        vxlan_mtu: Some(1410),
+        ..NodeSettings::with_host_mtu(1500)
+    };
+    let d = s.desired_with("a", &settings).unwrap();
+    assert!(d.peers.is_empty(), "{:?}", d.peers);
+    assert!(d.exports.is_empty(), "{:?}", d.exports);
+    assert_eq!(
+        d.routes[&"10.244.2.0/26".parse().unwrap()],
+        RouteKind::Via(vec![Hop {
+            gateway: "192.168.1.6".parse().unwrap(),
+            dev: None,
+            onlink: false,
+        }]),
+        "same subnet: native, from IPAM"
+    );
+    assert_eq!(
+        d.routes[&"10.244.3.0/26".parse().unwrap()],
+        RouteKind::Via(vec![Hop {
+            gateway: "10.244.3.0".parse().unwrap(),
+            dev: Some("vxlan.serval".into()),
+            onlink: true,
+        }])
+    );
+    let vx = d.vxlan.expect("VXLAN device");
+    assert_eq!((vx.vni, vx.port, vx.mtu), (4097, 8472, 1410));
+    assert_eq!(d.pod_mtu, 1410, "pods get the VXLAN device's MTU");
+    assert_eq!(
+        d.policy.vxlan_port,
+        Some(8472),
+        "the tunnel guard follows the port"
+    );
+    // With BGP (the default) the same cluster has sessions and leaves the native route to
+    // BGP's best path.
+    let with_bgp = s.desired("a", 1500).unwrap();
+    assert_eq!(with_bgp.peers.len(), 2);
+    assert!(
+        !with_bgp
+            .routes
+            .contains_key(&"10.244.2.0/26".parse().unwrap())
+    );
+}

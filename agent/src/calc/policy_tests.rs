@@ -65,6 +65,7 @@ fn model(policies: &[serde_json::Value]) -> (PolicyInputs, Ruleset) {
         namespaces,
         policies,
         hosts: vec![],
+        vxlan_port: None,
     };
     let rs = compile(&inputs, false);
     (inputs, rs)

@@ -115,6 +115,9 @@ pub struct RouteInputs {
     /// routes follow these, as Felix's do, so they work whatever BGP's next hop is (a ToR
     /// between racks) and without BGP at all.
     pub block_owners: BTreeMap<IpNet, IpAddr>,
+    /// No BGP on this node (networking backend vxlan or none): blocks routed natively
+    /// (same subnet under CrossSubnet, or Never) get a route to their owner from IPAM too.
+    pub without_bgp: bool,
 }
 
 fn pool_for<'a>(pools: &'a [PoolRouting], dst: &IpNet) -> Option<&'a PoolRouting> {
@@ -150,7 +153,9 @@ pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
         } else {
             inputs.local_v6
         };
-        if encapsulation(pool_for(&inputs.pools, block), local, *owner) == Encap::None {
+        if encapsulation(pool_for(&inputs.pools, block), local, *owner) == Encap::None
+            && !inputs.without_bgp
+        {
             // Routed natively: BGP's next hops carry it (the owner, or a ToR).
             continue;
         }
@@ -193,24 +198,34 @@ pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
 
 /// Pod MTU: the host MTU minus the largest overhead among the encapsulations in use.
 pub fn pod_mtu(host_mtu: u32, pools: &[PoolRouting]) -> u32 {
-    let overhead = pools
+    pod_mtu_with(host_mtu, pools, None, None)
+}
+
+/// The pod MTU when the tunnel devices' MTUs may be set (Felix's ipipMTU, vxlanMTU): the
+/// smallest MTU of any path a pod's packet may take (a set device MTU, or the host MTU less
+/// that encapsulation's overhead).
+pub fn pod_mtu_with(
+    host_mtu: u32,
+    pools: &[PoolRouting],
+    ipip_mtu: Option<u32>,
+    vxlan_mtu: Option<u32>,
+) -> u32 {
+    pools
         .iter()
-        .map(|p| {
-            let ipip = if p.ipip != EncapMode::Never {
-                IPIP_OVERHEAD
-            } else {
-                0
-            };
+        .flat_map(|p| {
+            let ipip = (p.ipip != EncapMode::Never)
+                .then(|| ipip_mtu.unwrap_or(host_mtu.saturating_sub(IPIP_OVERHEAD)));
             let vxlan = match (p.vxlan, p.cidr) {
-                (EncapMode::Never, _) => 0,
-                (_, IpNet::V4(_)) => VXLAN_OVERHEAD,
-                (_, IpNet::V6(_)) => VXLAN_V6_OVERHEAD,
+                (EncapMode::Never, _) => None,
+                (_, IpNet::V4(_)) => {
+                    Some(vxlan_mtu.unwrap_or(host_mtu.saturating_sub(VXLAN_OVERHEAD)))
+                }
+                (_, IpNet::V6(_)) => Some(host_mtu.saturating_sub(VXLAN_V6_OVERHEAD)),
             };
-            ipip.max(vxlan)
+            [ipip, vxlan]
         })
-        .max()
-        .unwrap_or(0);
-    host_mtu.saturating_sub(overhead)
+        .flatten()
+        .fold(host_mtu, u32::min)
 }
 
 /// The host-side interface of a pod: `sv` + 11 hex characters of SHA-1 of "namespace.pod"

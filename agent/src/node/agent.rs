@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::sequencer::{DEFAULT_RESTART_TIME, Sequencer};
 use crate::calc::cache::ClusterState;
-use crate::calc::desired::Desired;
+use crate::calc::desired::{Desired, NodeSettings};
 use crate::dataplane::route_manager::{RouteCommand, jittered};
 use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
 
@@ -79,8 +79,8 @@ pub struct Agent {
     name: String,
     /// The identity the speaker started with.
     identity: Identity,
-    /// The host interface's MTU.
-    host_mtu: u32,
+    /// The node's own settings calc decides with (host MTU, BGP on or off, tunnels).
+    settings: NodeSettings,
     /// Set when the first full apply after in-sync is done (`/readyz`).
     ready: watch::Sender<bool>,
     /// Applies what calc decides, in order.
@@ -121,7 +121,7 @@ impl Agent {
     pub fn new(
         name: String,
         identity: Identity,
-        host_mtu: u32,
+        settings: NodeSettings,
         sequencer: Sequencer,
         ready: watch::Sender<bool>,
     ) -> Agent {
@@ -129,7 +129,7 @@ impl Agent {
         Agent {
             name,
             identity,
-            host_mtu,
+            settings,
             ready,
             sequencer,
             state: ClusterState::default(),
@@ -398,7 +398,7 @@ impl Agent {
     }
 
     async fn reconcile(&mut self) -> Result<(), AgentError> {
-        let desired = match self.state.desired(&self.name, self.host_mtu) {
+        let desired = match self.state.desired_with(&self.name, &self.settings) {
             Ok(d) => d,
             Err(e) => {
                 self.warn_once(format!("cannot compute this node's state yet: {e}"));

@@ -60,9 +60,33 @@ pub struct RunArgs {
     /// The default pool's ipipMode (Always, CrossSubnet, Never).
     #[arg(long, env = "SERVAL_IPV4POOL_IPIP", default_value = "Never")]
     pub ipv4pool_ipip: String,
-    /// The default pool's vxlanMode (Always, CrossSubnet, Never).
-    #[arg(long, env = "SERVAL_IPV4POOL_VXLAN", default_value = "CrossSubnet")]
-    pub ipv4pool_vxlan: String,
+    /// The default pool's vxlanMode (Always, CrossSubnet, Never; default CrossSubnet, or
+    /// Always with the vxlan networking backend, Never with none).
+    #[arg(long, env = "SERVAL_IPV4POOL_VXLAN")]
+    pub ipv4pool_vxlan: Option<String>,
+    /// The default pool's nodeSelector.
+    #[arg(long, env = "SERVAL_IPV4POOL_NODE_SELECTOR", default_value = "all()")]
+    pub ipv4pool_node_selector: String,
+    /// How pod traffic between nodes is carried (Calico's CALICO_NETWORKING_BACKEND): `bird`
+    /// (BGP; the default), `vxlan` (no BGP: VXLAN between nodes, routes from IPAM block
+    /// affinities), `none` (no BGP; policy, and whatever encapsulation pools ask for).
+    #[arg(long, env = "SERVAL_NETWORKING_BACKEND", default_value = "bird")]
+    pub networking_backend: String,
+    /// Which iptables binaries to use: auto, nft or legacy (Felix's iptablesBackend).
+    #[arg(long, env = "SERVAL_IPTABLES_BACKEND", default_value = "auto")]
+    pub iptables_backend: String,
+    /// The VXLAN network identifier (Felix's vxlanVNI).
+    #[arg(long, env = "SERVAL_VXLAN_VNI", default_value_t = 4096)]
+    pub vxlan_vni: u32,
+    /// The VXLAN UDP port (Felix's vxlanPort).
+    #[arg(long, env = "SERVAL_VXLAN_PORT", default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// tunl0's MTU; 0 (the default) is the host MTU less 20 (Felix's ipipMTU).
+    #[arg(long, env = "SERVAL_IPIP_MTU", default_value_t = 0)]
+    pub ipip_mtu: u32,
+    /// vxlan.serval's MTU; 0 (the default) is the host MTU less 50 (Felix's vxlanMTU).
+    #[arg(long, env = "SERVAL_VXLAN_MTU", default_value_t = 0)]
+    pub vxlan_mtu: u32,
     /// The default pool's natOutgoing.
     #[arg(long, env = "SERVAL_IPV4POOL_NAT_OUTGOING", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipv4pool_nat_outgoing: bool,
@@ -152,6 +176,57 @@ pub struct NodeConfig {
     pub readiness_requires_bgp: bool,
     /// Where BGP password Secrets are read.
     pub namespace: String,
+    /// Whether BGP carries routes (networking backend `bird`).
+    pub bgp: bool,
+    /// The iptables backend asked for (`auto`, `nft`, `legacy`).
+    pub iptables_backend: String,
+    /// VXLAN VNI and port, tunnel MTUs (None: from the host MTU).
+    pub tunnels: TunnelConfig,
+}
+
+/// The tunnel settings Felix exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// VXLAN VNI.
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// tunl0's MTU when set.
+    pub ipip_mtu: Option<u32>,
+    /// vxlan.serval's MTU when set.
+    pub vxlan_mtu: Option<u32>,
+}
+
+/// How pod traffic between nodes is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetworkingBackend {
+    Bird,
+    Vxlan,
+    None,
+}
+
+fn networking_backend(text: &str) -> Result<NetworkingBackend, ConfigError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "bird" | "bgp" | "" => Ok(NetworkingBackend::Bird),
+        "vxlan" => Ok(NetworkingBackend::Vxlan),
+        "none" => Ok(NetworkingBackend::None),
+        other => Err(bad(
+            "SERVAL_NETWORKING_BACKEND",
+            format!("{other:?}: expected bird, vxlan or none"),
+        )),
+    }
+}
+
+/// A tunnel MTU: 0 is automatic; otherwise IPv4's minimum (576) up to jumbo frames.
+fn tunnel_mtu(variable: &'static str, mtu: u32) -> Result<Option<u32>, ConfigError> {
+    match mtu {
+        0 => Ok(None),
+        576..=9000 => Ok(Some(mtu)),
+        _ => Err(bad(
+            variable,
+            format!("{mtu}: expected 0 (automatic) or 576..=9000"),
+        )),
+    }
 }
 
 /// A configuration error naming the variable.
@@ -205,8 +280,25 @@ impl RunArgs {
     /// The default pool from the SERVAL_IPV4POOL_* settings, validated like any IPPool.
     fn default_pool(&self) -> Result<crate::resources::IPPool, ConfigError> {
         use crate::resources::{EncapMode, IPPool, IPPoolSpec, ServalResource};
+        let backend = networking_backend(&self.networking_backend)?;
         let ipip = encap_mode("SERVAL_IPV4POOL_IPIP", &self.ipv4pool_ipip)?;
-        let vxlan = encap_mode("SERVAL_IPV4POOL_VXLAN", &self.ipv4pool_vxlan)?;
+        if ipip != EncapMode::Never && backend != NetworkingBackend::Bird {
+            return Err(bad(
+                "SERVAL_IPV4POOL_IPIP",
+                "IPIP routes are learned over BGP: it needs the bird networking backend (use VXLAN with vxlan)",
+            ));
+        }
+        let vxlan_default = match backend {
+            NetworkingBackend::Bird => "CrossSubnet",
+            NetworkingBackend::Vxlan => "Always",
+            NetworkingBackend::None => "Never",
+        };
+        let vxlan = encap_mode(
+            "SERVAL_IPV4POOL_VXLAN",
+            self.ipv4pool_vxlan.as_deref().unwrap_or(vxlan_default),
+        )?;
+        serval_policy::Selector::parse(&self.ipv4pool_node_selector)
+            .map_err(|e| bad("SERVAL_IPV4POOL_NODE_SELECTOR", e.to_string()))?;
         // Both on is invalid; IPIP given explicitly wins over the VXLAN default.
         let vxlan = if ipip != EncapMode::Never {
             EncapMode::Never
@@ -224,6 +316,8 @@ impl RunArgs {
                 ipip_mode: ipip,
                 vxlan_mode: vxlan,
                 nat_outgoing: self.ipv4pool_nat_outgoing,
+                node_selector: Some(self.ipv4pool_node_selector.clone())
+                    .filter(|s| !s.trim().is_empty() && s.trim() != "all()"),
                 ..IPPoolSpec::default()
             },
         };
@@ -342,6 +436,31 @@ impl RunArgs {
                 "must be at least 1 second",
             ));
         }
+        let bgp = networking_backend(&self.networking_backend)? == NetworkingBackend::Bird;
+        let iptables_backend = match self.iptables_backend.trim().to_ascii_lowercase().as_str() {
+            b @ ("auto" | "nft" | "legacy") => b.to_string(),
+            other => {
+                return Err(bad(
+                    "SERVAL_IPTABLES_BACKEND",
+                    format!("{other:?}: expected auto, nft or legacy"),
+                ));
+            }
+        };
+        if !(1..=0xff_ffff).contains(&self.vxlan_vni) {
+            return Err(bad(
+                "SERVAL_VXLAN_VNI",
+                format!("{}: expected 1..=16777215", self.vxlan_vni),
+            ));
+        }
+        if self.vxlan_port == 0 {
+            return Err(bad("SERVAL_VXLAN_PORT", "0: expected 1..=65535"));
+        }
+        let tunnels = TunnelConfig {
+            vxlan_vni: self.vxlan_vni,
+            vxlan_port: self.vxlan_port,
+            ipip_mtu: tunnel_mtu("SERVAL_IPIP_MTU", self.ipip_mtu)?,
+            vxlan_mtu: tunnel_mtu("SERVAL_VXLAN_MTU", self.vxlan_mtu)?,
+        };
         let default_pool = if self.no_default_pools {
             None
         } else {
@@ -373,6 +492,9 @@ impl RunArgs {
             })
             .transpose()?;
         Ok(NodeConfig {
+            bgp,
+            iptables_backend,
+            tunnels,
             namespace: self.namespace.clone(),
             readiness_requires_bgp: self.readiness_requires_bgp,
             node_labels,
@@ -457,6 +579,85 @@ mod tests {
                 crate::resources::EncapMode::Always,
                 crate::resources::EncapMode::Never
             )
+        );
+    }
+
+    #[test]
+    fn networking_backend_and_felix_tunnel_settings() {
+        let ok = |flags: &[&str]| args(flags).validate("h").unwrap();
+        let e = |flags: &[&str]| args(flags).validate("h").unwrap_err();
+        let pool = |c: &NodeConfig| c.default_pool.clone().unwrap().spec;
+        // bird (the default): BGP, CrossSubnet VXLAN.
+        let c = ok(&[]);
+        assert!(c.bgp);
+        assert_eq!(
+            pool(&c).vxlan_mode,
+            crate::resources::EncapMode::CrossSubnet
+        );
+        assert_eq!(c.iptables_backend, "auto");
+        // vxlan: no BGP, VXLAN Always unless the pool says otherwise.
+        let c = ok(&["--networking-backend", "vxlan"]);
+        assert!(!c.bgp);
+        assert_eq!(pool(&c).vxlan_mode, crate::resources::EncapMode::Always);
+        let c = ok(&[
+            "--networking-backend",
+            "vxlan",
+            "--ipv4pool-vxlan",
+            "CrossSubnet",
+        ]);
+        assert_eq!(
+            pool(&c).vxlan_mode,
+            crate::resources::EncapMode::CrossSubnet
+        );
+        // none: no BGP, no encapsulation by default.
+        let c = ok(&["--networking-backend", "none"]);
+        assert!(!c.bgp);
+        assert_eq!(pool(&c).vxlan_mode, crate::resources::EncapMode::Never);
+        // IPIP routes need BGP.
+        assert_eq!(
+            e(&["--networking-backend", "vxlan", "--ipv4pool-ipip", "Always"]).variable,
+            "SERVAL_IPV4POOL_IPIP"
+        );
+        assert_eq!(
+            e(&["--networking-backend", "calico"]).variable,
+            "SERVAL_NETWORKING_BACKEND"
+        );
+        // Tunnel settings and the iptables backend.
+        let c = ok(&[
+            "--vxlan-vni",
+            "4097",
+            "--vxlan-port",
+            "8472",
+            "--vxlan-mtu",
+            "1410",
+            "--iptables-backend",
+            "Legacy",
+        ]);
+        assert_eq!(
+            c.tunnels,
+            TunnelConfig {
+                vxlan_vni: 4097,
+                vxlan_port: 8472,
+                ipip_mtu: None,
+                vxlan_mtu: Some(1410),
+            }
+        );
+        assert_eq!(c.iptables_backend, "legacy");
+        assert_eq!(e(&["--vxlan-vni", "0"]).variable, "SERVAL_VXLAN_VNI");
+        assert_eq!(e(&["--vxlan-vni", "16777216"]).variable, "SERVAL_VXLAN_VNI");
+        assert_eq!(e(&["--vxlan-port", "0"]).variable, "SERVAL_VXLAN_PORT");
+        assert_eq!(e(&["--ipip-mtu", "100"]).variable, "SERVAL_IPIP_MTU");
+        assert_eq!(
+            e(&["--iptables-backend", "ebpf"]).variable,
+            "SERVAL_IPTABLES_BACKEND"
+        );
+        // The default pool's node selector.
+        let c = ok(&["--ipv4pool-node-selector", "zone == 'a'"]);
+        assert_eq!(pool(&c).node_selector.as_deref(), Some("zone == 'a'"));
+        assert_eq!(ok(&[]).default_pool.unwrap().spec.node_selector, None);
+        assert_eq!(
+            e(&["--ipv4pool-node-selector", "zone =="]).variable,
+            "SERVAL_IPV4POOL_NODE_SELECTOR"
         );
     }
 

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod agent;
+pub mod calico_env;
 pub mod cni_token;
 pub mod config;
 pub mod install_cni;
@@ -99,7 +100,10 @@ pub async fn run(
         SpeakerConfig {
             router_id,
             as_number: identity.as_number,
-            listen_address: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            // Without BGP (networking backend vxlan or none) nothing listens on port 179.
+            listen_address: cfg
+                .bgp
+                .then_some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
             listen_port: identity.listen_port,
             cluster_id: identity.cluster_id.as_deref().and_then(|c| c.parse().ok()),
             next_hop_ipv4: None,
@@ -186,11 +190,20 @@ pub async fn run(
         routes_tx,
         netlink,
         cfg.var_dir.clone(),
-    );
+    )
+    .with_iptables_backend(cfg.iptables_backend.clone());
+    let settings = crate::calc::desired::NodeSettings {
+        host_mtu,
+        bgp: cfg.bgp,
+        vxlan_vni: cfg.tunnels.vxlan_vni,
+        vxlan_port: cfg.tunnels.vxlan_port,
+        ipip_mtu: cfg.tunnels.ipip_mtu,
+        vxlan_mtu: cfg.tunnels.vxlan_mtu,
+    };
     let agent = Agent::new(
         cfg.node_name.clone(),
         identity,
-        host_mtu,
+        settings,
         sequencer,
         ready_tx,
     )

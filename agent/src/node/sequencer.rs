@@ -51,6 +51,8 @@ pub struct Sequencer {
     /// Objects whose rules the kernel refused at the last apply (enforced as fail-closed).
     policy_refused: BTreeMap<String, String>,
     warned: BTreeSet<String>,
+    /// SERVAL_IPTABLES_BACKEND: `auto`, `nft` or `legacy`.
+    iptables_backend: String,
 }
 
 impl Sequencer {
@@ -80,7 +82,14 @@ impl Sequencer {
             policy_failures_reported: BTreeMap::new(),
             policy_refused: BTreeMap::new(),
             warned: BTreeSet::new(),
+            iptables_backend: "auto".into(),
         }
+    }
+
+    /// Uses these iptables binaries (`nft`, `legacy`) or the host's (`auto`).
+    pub fn with_iptables_backend(mut self, setting: String) -> Sequencer {
+        self.iptables_backend = setting;
+        self
     }
 
     /// The speaker the sessions and announcements go to.
@@ -219,7 +228,7 @@ impl Sequencer {
     /// The firewall manager, created with the host's iptables backend on first use.
     async fn firewall(&mut self) -> &mut FirewallManager {
         if self.firewall.is_none() {
-            let b = crate::dataplane::firewall::detect_backend().await;
+            let b = crate::dataplane::firewall::detect_backend(&self.iptables_backend).await;
             tracing::info!(backend = b.iptables(false), "iptables backend");
             self.firewall = Some(FirewallManager::new(b));
         }

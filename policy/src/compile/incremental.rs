@@ -81,7 +81,11 @@ impl IncrementalCompiler {
 
 /// Patches `compiled` (for `old`) to be the compile of `new`; false when it cannot.
 fn patch(old: &mut PolicyInputs, compiled: &mut Compiled, new: &PolicyInputs, v6: bool) -> bool {
-    if old.policies != new.policies || old.namespaces != new.namespaces || old.hosts != new.hosts {
+    if old.policies != new.policies
+        || old.namespaces != new.namespaces
+        || old.hosts != new.hosts
+        || old.vxlan_port != new.vxlan_port
+    {
         return false;
     }
     let (Some(local), Some(remote)) = (

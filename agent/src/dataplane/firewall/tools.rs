@@ -72,9 +72,9 @@ pub fn count_rules(save_output: &str) -> usize {
     save_output.lines().filter(|l| l.starts_with("-A ")).count()
 }
 
-/// Detects the backend on this host (see [`choose_backend`]).
-pub async fn detect_backend() -> Backend {
-    let setting = std::env::var("SERVAL_IPTABLES_BACKEND").ok();
+/// Detects the backend on this host (see [`choose_backend`]); `setting` is
+/// SERVAL_IPTABLES_BACKEND (`auto`, `nft`, `legacy`).
+pub async fn detect_backend(setting: &str) -> Backend {
     let count = |b: Backend| async move {
         run_tool(b.save(false), &[], None)
             .await
@@ -82,7 +82,7 @@ pub async fn detect_backend() -> Backend {
             .unwrap_or(0)
     };
     choose_backend(
-        setting.as_deref(),
+        Some(setting),
         count(Backend::Legacy).await,
         count(Backend::Nft).await,
     )

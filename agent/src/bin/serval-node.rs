@@ -54,23 +54,38 @@ enum Command {
     },
 }
 
-fn init_logs(format: &str) {
-    // SERVAL_LOG, else Felix's FELIX_LOGSEVERITYSCREEN, else info.
+/// Starts logging: SERVAL_LOG, else Felix's FELIX_LOGSEVERITYSCREEN, else info. Returns how
+/// to set the BGP speaker's own level later (BGPConfiguration `logSeverityScreen`).
+fn init_logs(format: &str) -> serval_agent::node::sequencer::BgpLogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let felix = std::env::var("FELIX_LOGSEVERITYSCREEN")
         .ok()
         .and_then(|s| calico_env::log_filter(&s));
-    let filter = EnvFilter::try_from_env("SERVAL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(felix.unwrap_or("info")));
+    let base = std::env::var("SERVAL_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| felix.unwrap_or("info").to_string());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&base));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
+    std::sync::Arc::new(move |level: Option<&str>| {
+        let directives = match level {
+            Some(l) => format!("{base},serval_bgp={l}"),
+            None => base.clone(),
+        };
+        if let Err(e) = handle.reload(EnvFilter::new(directives)) {
+            tracing::warn!(error = %e, "cannot change the BGP log level");
+        }
+    })
 }
 
 async fn run_speaker(path: PathBuf) -> anyhow::Result<()> {
@@ -140,7 +155,7 @@ fn command_line() -> anyhow::Result<(Cli, Vec<String>)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (cli, unsupported) = command_line()?;
-    init_logs(&cli.log_format);
+    let bgp_log = init_logs(&cli.log_format);
     for name in unsupported {
         tracing::warn!(variable = %name, "set but not supported by serval-node; it has no effect");
     }
@@ -166,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            serval_agent::node::run(cfg, shutdown).await?;
+            serval_agent::node::run(cfg, shutdown, bgp_log).await?;
             Ok(())
         }
         Command::Controllers(args) => {

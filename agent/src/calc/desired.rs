@@ -79,6 +79,21 @@ pub struct Desired {
     pub policy: PolicyInputs,
     /// Policies that did not translate and are enforced as deny-all stand-ins (key → why).
     pub policy_failures: BTreeMap<String, String>,
+    /// The BGP speaker's log level from BGPConfiguration `logSeverityScreen` (this node's
+    /// `node.<name>` configuration first, then `default`), as a tracing level.
+    pub bgp_log_level: Option<&'static str>,
+}
+
+/// Calico's log severities as tracing levels.
+pub fn tracing_level(severity: &str) -> Option<&'static str> {
+    match severity {
+        "Trace" => Some("trace"),
+        "Debug" => Some("debug"),
+        "Info" => Some("info"),
+        "Warning" => Some("warn"),
+        "Error" | "Fatal" => Some("error"),
+        _ => None,
+    }
 }
 
 impl ClusterState {
@@ -352,6 +367,10 @@ impl ClusterState {
             communities: crate::calc::bgp_export::CommunityRules::from_config(
                 self.configs.get("default").map(|c| &c.spec),
             ),
+            bgp_log_level: [format!("node.{me}"), "default".to_string()]
+                .iter()
+                .filter_map(|name| self.configs.get(name)?.spec.log_severity_screen.as_deref())
+                .find_map(tracing_level),
             routes,
             ipip,
             vxlan,

@@ -363,3 +363,26 @@ fn without_bgp_routes_follow_ipam_and_felix_tunnel_settings_apply() {
             .contains_key(&"10.244.2.0/26".parse().unwrap())
     );
 }
+
+#[test]
+fn log_severity_screen_sets_the_bgp_speakers_level_node_first() {
+    let mut s = cluster("Never");
+    assert_eq!(s.desired("a", 1500).unwrap().bgp_log_level, None);
+    let config = |name: &str, level: &str| {
+        json!({"apiVersion":"serval.dev/v1","kind":"BGPConfiguration","metadata":{"name":name},
+               "spec":{"logSeverityScreen":level}})
+    };
+    upsert_json(
+        &mut s,
+        KindInfo::of::<crate::resources::BGPConfiguration>(),
+        config("default", "Warning"),
+    );
+    assert_eq!(s.desired("a", 1500).unwrap().bgp_log_level, Some("warn"));
+    upsert_json(
+        &mut s,
+        KindInfo::of::<crate::resources::BGPConfiguration>(),
+        config("node.a", "Debug"),
+    );
+    assert_eq!(s.desired("a", 1500).unwrap().bgp_log_level, Some("debug"));
+    assert_eq!(s.desired("b", 1500).unwrap().bgp_log_level, Some("warn"));
+}

@@ -10,7 +10,7 @@ pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 pub const SERVAL_API_VERSION: &str = "serval.dev/v1";
 
 /// The `spec` fields of Calico's kinds, as Calico's v3 API defines them.
-fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
+pub(crate) fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "BGPConfiguration" => &[
             "logSeverityScreen",
@@ -89,6 +89,39 @@ fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
             "ingress",
             "egress",
             "performanceHints",
+        ],
+        "IPReservation" => &["reservedCIDRs"],
+        "IPAMConfiguration" | "IPAMConfig" => {
+            &["strictAffinity", "autoAllocateBlocks", "maxBlocksPerHost"]
+        }
+        "Node" => &[
+            "bgp",
+            "ipv4VXLANTunnelAddr",
+            "vxlanTunnelMACAddr",
+            "ipv6VXLANTunnelAddr",
+            "vxlanTunnelMACAddrV6",
+            "wireguard",
+            "orchRefs",
+            "addresses",
+            "interfaces",
+        ],
+        "WorkloadEndpoint" => &[
+            "orchestrator",
+            "workload",
+            "node",
+            "containerID",
+            "pod",
+            "endpoint",
+            "serviceAccountName",
+            "ipNetworks",
+            "ipNATs",
+            "ipv4Gateway",
+            "ipv6Gateway",
+            "profiles",
+            "interfaceName",
+            "mac",
+            "ports",
+            "allowSpoofedSourcePrefixes",
         ],
         _ => &[],
     }

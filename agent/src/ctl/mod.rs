@@ -6,6 +6,7 @@ pub mod bgp;
 pub mod calico;
 pub mod ipam;
 pub mod kinds;
+pub mod parity;
 
 use std::fmt::Write as _;
 

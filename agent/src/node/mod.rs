@@ -75,6 +75,7 @@ pub enum NodeError {
 pub async fn run(
     cfg: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
+    bgp_log: sequencer::BgpLogControl,
 ) -> Result<(), NodeError> {
     let ds = startup::connect(&cfg).await;
     let detected = startup::node_address(&cfg, &ds).await?;
@@ -191,7 +192,8 @@ pub async fn run(
         netlink,
         cfg.var_dir.clone(),
     )
-    .with_iptables_backend(cfg.iptables_backend.clone());
+    .with_iptables_backend(cfg.iptables_backend.clone())
+    .with_bgp_log_control(bgp_log);
     let settings = crate::calc::desired::NodeSettings {
         host_mtu,
         bgp: cfg.bgp,

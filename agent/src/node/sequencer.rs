@@ -24,6 +24,10 @@ use crate::dataplane::netlink::Netlink;
 use crate::dataplane::route_manager::RouteCommand;
 use crate::dataplane::tunnel;
 
+/// Sets the BGP speaker's log level (`None`: back to the process's own), for
+/// BGPConfiguration `logSeverityScreen`.
+pub type BgpLogControl = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
 /// Graceful-restart time for sessions that do not set one (BIRD's and Calico's 120 s).
 pub const DEFAULT_RESTART_TIME: u16 = 120;
 
@@ -53,6 +57,8 @@ pub struct Sequencer {
     warned: BTreeSet<String>,
     /// SERVAL_IPTABLES_BACKEND: `auto`, `nft` or `legacy`.
     iptables_backend: String,
+    /// Where the speaker's log level is set, and the level last set.
+    bgp_log: Option<(BgpLogControl, Option<&'static str>)>,
 }
 
 impl Sequencer {
@@ -83,7 +89,14 @@ impl Sequencer {
             policy_refused: BTreeMap::new(),
             warned: BTreeSet::new(),
             iptables_backend: "auto".into(),
+            bgp_log: None,
         }
+    }
+
+    /// Applies BGPConfiguration `logSeverityScreen` through `control`.
+    pub fn with_bgp_log_control(mut self, control: BgpLogControl) -> Sequencer {
+        self.bgp_log = Some((control, None));
+        self
     }
 
     /// Uses these iptables binaries (`nft`, `legacy`) or the host's (`auto`).
@@ -115,6 +128,13 @@ impl Sequencer {
     /// Applies `desired` in order; only the speaker's failure stops it (the other managers
     /// log, count and retry on the next pass).
     pub async fn apply(&mut self, desired: &Desired) -> Result<(), SpeakerError> {
+        if let Some((control, level)) = &mut self.bgp_log
+            && *level != desired.bgp_log_level
+        {
+            tracing::info!(level = ?desired.bgp_log_level, "BGP log level (BGPConfiguration logSeverityScreen)");
+            control(desired.bgp_log_level);
+            *level = desired.bgp_log_level;
+        }
         self.apply_peers(desired).await?;
         self.apply_exports(desired).await?;
         self.apply_firewall(desired).await;

@@ -170,8 +170,17 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             BGPPeer::crd(),
             &[unset("localASNumber"), unset("reachableBy")],
         ),
-        Node::crd(),
-        IPPool::crd(),
+        refuse_unsupported(Node::crd(), &[unset("ipv6VXLANTunnelAddr")]),
+        refuse_unsupported(
+            IPPool::crd(),
+            &[(
+                "allowedUses",
+                "!has(self.allowedUses) || size(self.allowedUses) == 0 || \
+                 (self.allowedUses.exists(u, u == 'Workload') && \
+                 self.allowedUses.exists(u, u == 'Tunnel'))"
+                    .to_string(),
+            )],
+        ),
         IPAMBlock::crd(),
         BlockAffinity::crd(),
         IPAMHandle::crd(),

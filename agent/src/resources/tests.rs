@@ -41,6 +41,21 @@ fn pool_errors_name_each_field() {
             "spec.vxlanMode"
         ]
     );
+    // A pool limited to one use would be used for the other anyway: refused by name.
+    let one_use = problems::<IPPool>(
+        "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: t}\nspec: {cidr: 10.9.0.0/16, allowedUses: [Tunnel]}\n",
+    );
+    assert_eq!(one_use, ["spec.allowedUses"]);
+    assert!(
+        problems::<IPPool>(
+            "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: t}\nspec: {cidr: 10.9.0.0/16, allowedUses: [Tunnel, Workload]}\n",
+        )
+        .is_empty()
+    );
+    let v6node = problems::<crate::resources::Node>(
+        "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {ipv6VXLANTunnelAddr: 'fd00::1'}\n",
+    );
+    assert_eq!(v6node, ["spec.ipv6VXLANTunnelAddr"]);
     let v6 = problems::<IPPool>(
         "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00::/48', blockSize: 64, ipipMode: Always}\n",
     );

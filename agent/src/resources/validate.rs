@@ -350,6 +350,9 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
 }
 
 pub(crate) fn node(s: &NodeSpec, p: &mut Problems) {
+    if s.ipv6_vxlan_tunnel_addr.is_some() {
+        p.add("spec.ipv6VXLANTunnelAddr", UNSUPPORTED_BY_SERVAL);
+    }
     let Some(bgp) = &s.bgp else {
         return;
     };
@@ -388,8 +391,21 @@ pub(crate) fn node(s: &NodeSpec, p: &mut Problems) {
     }
 }
 
+/// Serval allocates pod and tunnel addresses from any pool: a pool limited to one use
+/// would be used for the other anyway, so only the default (both, or unset) is accepted.
+pub fn allowed_uses_supported(uses: &[crate::resources::pool::AllowedUse]) -> bool {
+    use crate::resources::pool::AllowedUse;
+    uses.is_empty() || (uses.contains(&AllowedUse::Workload) && uses.contains(&AllowedUse::Tunnel))
+}
+
 pub(crate) fn ip_pool(s: &IPPoolSpec, p: &mut Problems) {
     p.selector("spec.nodeSelector", s.node_selector.as_deref());
+    if !allowed_uses_supported(&s.allowed_uses) {
+        p.add(
+            "spec.allowedUses",
+            "only both Workload and Tunnel (the default) are supported by Serval yet; remove it",
+        );
+    }
     let Ok(cidr) = s.cidr.parse::<IpNet>() else {
         p.add(
             "spec.cidr",

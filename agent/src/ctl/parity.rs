@@ -81,8 +81,11 @@ pub struct Row {
     pub status: String,
 }
 
-/// The `spec` fields Serval's CRD for `kind` has, and its CEL rules as (field, rule).
-fn serval_spec(kind: &str) -> Option<(BTreeSet<String>, Vec<(String, String)>)> {
+/// A CRD's `spec` fields and its CEL rules as (field, rule).
+type SpecSchema = (BTreeSet<String>, Vec<(String, String)>);
+
+/// The `spec` fields Serval's CRD for `kind` has, and its CEL rules.
+fn serval_spec(kind: &str) -> Option<SpecSchema> {
     let crd = crate::resources::crds()
         .into_iter()
         .find(|c| c.spec.names.kind == kind)?;

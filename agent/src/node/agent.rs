@@ -26,8 +26,9 @@ use crate::datastore::{AnyBackend, SyncEvent, SyncStatus, Syncer};
 
 /// How often tunnel devices and VXLAN entries are re-checked even without changes.
 const TUNNEL_RESYNC: Duration = Duration::from_secs(30);
-/// How often our chains, sets and hooks are read back and repaired (Felix's
-/// `iptablesRefreshInterval` default), with jitter.
+/// How often our chains, sets and hooks are read back and repaired, with jitter: Felix's
+/// ipsetsRefreshInterval and routeRefreshInterval (90 s); its iptablesRefreshInterval is
+/// 180 s in code, and SERVAL_IPTABLES_REFRESH_INTERVAL sets ours.
 pub const FIREWALL_REFRESH: Duration = Duration::from_secs(90);
 /// How long after start learned routes are kept at most while BGP relearns the table.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(DEFAULT_RESTART_TIME as u64);

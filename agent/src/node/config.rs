@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(long, env = "SERVAL_ROUTE_REFRESH_INTERVAL", default_value_t = 90)]
     pub route_refresh_interval: u64,
     /// Seconds between read-backs of Serval's iptables chains, ipsets and hooks, repairing
-    /// drift (Felix's iptablesRefreshInterval).
+    /// drift (Felix's iptablesRefreshInterval; 90 s here, as its ipset and route refresh).
     #[arg(long, env = "SERVAL_IPTABLES_REFRESH_INTERVAL", default_value_t = 90)]
     pub iptables_refresh_interval: u64,
     /// The default pool created when the cluster has no IP pool yet (Calico's

@@ -151,6 +151,22 @@ fn max_prefix_is_an_import_guard_on_the_session() {
 }
 
 #[test]
+fn a_peers_keepalive_time_reaches_its_session() {
+    let res = BgpResources {
+        nodes: three_nodes(),
+        configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
+        peers: vec![
+            peer("{peerIP: 192.0.2.1, asNumber: 65100, keepaliveTime: 10s}"),
+            peer("{peerIP: 192.0.2.2, asNumber: 65100}"),
+        ],
+        ..Default::default()
+    };
+    let p = compute_peers("n1", &res).unwrap();
+    assert_eq!(p[0].config.keepalive_time, Some(10));
+    assert_eq!(p[1].config.keepalive_time, None, "default: a third of the hold time");
+}
+
+#[test]
 fn rack_as_peers_may_allow_our_as_in_paths() {
     let res = BgpResources {
         nodes: three_nodes(),

@@ -45,6 +45,23 @@ pub struct ClusterState {
     pub(super) remote: BTreeMap<IpNet, Vec<IpAddr>>,
     /// Secrets BGP passwords name, as last read: Secret → key → value.
     pub(super) secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Policies from the watch that do not parse, by report key (`NetworkPolicy ns/name`):
+    /// the object as received and why. They fail closed (see `policy_inputs`), never vanish.
+    pub(super) unreadable_policies: BTreeMap<String, (Value, String)>,
+}
+
+/// The key a policy is reported under (as `policy_inputs` reports failures), or None for
+/// kinds that are not policies.
+fn policy_report_key(kind: &KindInfo, namespace: Option<&str>, name: &str) -> Option<String> {
+    let k = key(namespace, name);
+    match (kind.kind.as_str(), kind.group.as_str()) {
+        ("NetworkPolicy", "networking.k8s.io") => {
+            Some(format!("networking.k8s.io NetworkPolicy {k}"))
+        }
+        ("NetworkPolicy", _) => Some(format!("NetworkPolicy {k}")),
+        ("GlobalNetworkPolicy", _) => Some(format!("GlobalNetworkPolicy {k}")),
+        _ => None,
+    }
 }
 
 fn key(namespace: Option<&str>, name: &str) -> String {
@@ -158,6 +175,8 @@ impl ClusterState {
         match event {
             SyncEvent::Status(_) => false,
             SyncEvent::Upsert { kind, object } => {
+                let (namespace, name) = crate::datastore::object_name(object);
+                let report = policy_report_key(kind, namespace.as_deref(), &name);
                 let Some(store) = self.store(kind) else {
                     return false;
                 };
@@ -166,12 +185,25 @@ impl ClusterState {
                         if changed && kind.kind == "BGPConfiguration" {
                             warn_unsupported_bgp(&self.configs, object);
                         }
-                        changed
+                        let was_unreadable =
+                            report.is_some_and(|r| self.unreadable_policies.remove(&r).is_some());
+                        changed || was_unreadable
                     }
-                    Err(e) => {
-                        tracing::warn!(kind = %kind.kind, error = %e, "ignoring an object that does not parse");
-                        false
-                    }
+                    Err(e) => match report {
+                        // A policy that does not parse replaces what it was: it fails closed
+                        // over what it governs instead of being skipped (or enforced as its
+                        // previous version).
+                        Some(r) => {
+                            store.remove(&key(namespace.as_deref(), &name));
+                            tracing::error!(policy = %r, error = %e, "policy does not parse; what it governs is denied until it is fixed");
+                            self.unreadable_policies.insert(r, (object.clone(), e));
+                            true
+                        }
+                        None => {
+                            tracing::warn!(kind = %kind.kind, error = %e, "ignoring an object that does not parse");
+                            false
+                        }
+                    },
                 }
             }
             SyncEvent::Delete {
@@ -180,7 +212,9 @@ impl ClusterState {
                 name,
             } => {
                 let k = key(namespace.as_deref(), name);
-                self.store(kind).is_some_and(|s| s.remove(&k))
+                let unreadable = policy_report_key(kind, namespace.as_deref(), name)
+                    .is_some_and(|r| self.unreadable_policies.remove(&r).is_some());
+                self.store(kind).is_some_and(|s| s.remove(&k)) || unreadable
             }
         }
     }

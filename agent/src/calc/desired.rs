@@ -209,6 +209,13 @@ impl ClusterState {
                 &|| cp::k8s_fail_closed(p),
             );
         }
+        // Policies that did not even parse: denied over what they could govern.
+        for (key, (object, why)) in &self.unreadable_policies {
+            inputs
+                .policies
+                .push(cp::unreadable_fail_closed(key, object));
+            failed.insert(key.clone(), format!("does not parse: {why}"));
+        }
         (inputs, failed)
     }
 

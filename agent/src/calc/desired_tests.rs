@@ -386,3 +386,59 @@ fn log_severity_screen_sets_the_bgp_speakers_level_node_first() {
     assert_eq!(s.desired("a", 1500).unwrap().bgp_log_level, Some("debug"));
     assert_eq!(s.desired("b", 1500).unwrap().bgp_log_level, Some("warn"));
 }
+
+#[test]
+fn a_policy_that_does_not_parse_fails_closed_instead_of_vanishing() {
+    use serval_policy::model::{Action, PolicyType};
+    let mut s = cluster("Never");
+    let np = |spec: Value| SyncEvent::Upsert {
+        kind: KindInfo::of::<NetworkPolicy>(),
+        object: json!({"apiVersion":"serval.dev/v1","kind":"NetworkPolicy",
+                           "metadata":{"name":"web","namespace":"prod"},"spec":spec}),
+    };
+    let good = json!({"selector":"app == 'web'","types":["Ingress"],
+                      "ingress":[{"action":"Allow"}]});
+    // `ingress` is not a list: the object does not parse at all.
+    let broken = json!({"selector":"app == 'web'","types":["Ingress"],"ingress":"everything",
+                        "order": 5});
+    assert!(s.apply(&np(good.clone())));
+    let d = s.desired("a", 1500).unwrap();
+    assert!(d.policy_failures.is_empty());
+    let web = |d: &Desired| {
+        d.policy
+            .policies
+            .iter()
+            .find(|p| p.name == "web")
+            .cloned()
+            .expect("the policy or its stand-in")
+    };
+    assert_eq!(web(&d).ingress[0].action, Action::Allow);
+    // The update does not parse: the previous version is not enforced any more; a deny-all
+    // stand-in with what could be read (selector, order, types) is, and it is reported.
+    assert!(s.apply(&np(broken)));
+    let d = s.desired("a", 1500).unwrap();
+    let stand_in = web(&d);
+    assert_eq!(stand_in.ingress[0].action, Action::Deny);
+    assert_eq!(stand_in.types, [PolicyType::Ingress]);
+    assert_eq!(stand_in.order, Some(5.0));
+    assert_eq!(stand_in.selector.to_string(), "app == \"web\"");
+    assert!(
+        d.policy_failures["NetworkPolicy prod/web"].starts_with("does not parse"),
+        "{:?}",
+        d.policy_failures
+    );
+    // Fixed: back to the policy itself.
+    assert!(s.apply(&np(good)));
+    let d = s.desired("a", 1500).unwrap();
+    assert!(d.policy_failures.is_empty());
+    assert_eq!(web(&d).ingress[0].action, Action::Allow);
+    // Broken again, then deleted: nothing left.
+    assert!(s.apply(&np(json!({"selector": 7}))));
+    assert!(s.apply(&SyncEvent::Delete {
+        kind: KindInfo::of::<NetworkPolicy>(),
+        namespace: Some("prod".into()),
+        name: "web".into(),
+    }));
+    let d = s.desired("a", 1500).unwrap();
+    assert!(d.policy.policies.is_empty() && d.policy_failures.is_empty());
+}

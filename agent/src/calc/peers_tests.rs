@@ -163,7 +163,10 @@ fn a_peers_keepalive_time_reaches_its_session() {
     };
     let p = compute_peers("n1", &res).unwrap();
     assert_eq!(p[0].config.keepalive_time, Some(10));
-    assert_eq!(p[1].config.keepalive_time, None, "default: a third of the hold time");
+    assert_eq!(
+        p[1].config.keepalive_time, None,
+        "default: a third of the hold time"
+    );
 }
 
 #[test]

@@ -286,6 +286,53 @@ pub fn fail_closed_def(p: &PolicyDef) -> PolicyDef {
     def
 }
 
+/// [`fail_closed`] for a policy object that does not parse at all (`report_key` says its
+/// kind): what can still be read of it decides where it denies. A global policy with no
+/// readable selector covers every endpoint of the node; a namespaced one every endpoint of
+/// its namespace; a Kubernetes NetworkPolicy's podSelector is not guessed at (its whole
+/// namespace); both directions unless readable `types` say otherwise.
+pub fn unreadable_fail_closed(report_key: &str, object: &serde_json::Value) -> PolicyDef {
+    let global = report_key.starts_with("GlobalNetworkPolicy");
+    let k8s = report_key.starts_with("networking.k8s.io");
+    let (namespace, name) = crate::datastore::object_name(object);
+    let spec = &object["spec"];
+    let text = |f: &str| spec[f].as_str();
+    let types: Vec<PolicyType> = spec["types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| match t.as_str() {
+            Some("Ingress") => Some(PolicyType::Ingress),
+            Some("Egress") => Some(PolicyType::Egress),
+            _ => None,
+        })
+        .collect();
+    fail_closed(
+        if k8s {
+            format!("knp.default.{name}")
+        } else {
+            name
+        },
+        if global {
+            None
+        } else {
+            Some(namespace.unwrap_or_else(|| "default".into()))
+        },
+        if k8s {
+            Some(K8S_POLICY_ORDER)
+        } else {
+            spec["order"].as_f64()
+        },
+        if k8s { None } else { text("selector") },
+        if global {
+            text("namespaceSelector")
+        } else {
+            None
+        },
+        if k8s { &[] } else { &types },
+    )
+}
+
 /// [`fail_closed`] for a Kubernetes NetworkPolicy.
 pub fn k8s_fail_closed(np: &K8sNetworkPolicy) -> PolicyDef {
     let spec = np.spec.clone().unwrap_or_default();

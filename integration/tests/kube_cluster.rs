@@ -121,6 +121,18 @@ fn the_manifests_pass_a_real_api_servers_validation() {
              spec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n",
             "spec.localASNumber is not supported by Serval yet",
         ),
+        (
+            "uses.yaml",
+            "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: uses}\n\
+             spec: {cidr: 10.77.0.0/16, allowedUses: [Tunnel]}\n",
+            "spec.allowedUses is not supported by Serval yet",
+        ),
+        (
+            "v6vx.yaml",
+            "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: v6vx}\n\
+             spec: {ipv6VXLANTunnelAddr: 'fd00::1'}\n",
+            "spec.ipv6VXLANTunnelAddr is not supported by Serval yet",
+        ),
     ] {
         let path = scratch.path(file);
         std::fs::write(&path, yaml).unwrap();
@@ -137,6 +149,16 @@ fn the_manifests_pass_a_real_api_servers_validation() {
     )
     .unwrap();
     let out = apply(&api, &fine, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A pool allowed both uses, listed, is accepted as the default is.
+    let both = scratch.path("both.yaml");
+    std::fs::write(
+        &both,
+        "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: both}\n\
+         spec: {cidr: 10.78.0.0/16, allowedUses: [Workload, Tunnel]}\n",
+    )
+    .unwrap();
+    let out = apply(&api, &both, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
 

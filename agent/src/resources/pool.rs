@@ -60,8 +60,10 @@ pub struct IPPoolSpec {
     /// Nodes that may allocate from the pool (selector; default all()).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<String>,
-    /// Uses allowed (default Workload and Tunnel).
+    /// Uses allowed (default Workload and Tunnel). At most two entries, which also keeps
+    /// the CRD's CEL rule over the list within the API server's cost budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
     pub allowed_uses: Vec<AllowedUse>,
 }
 

@@ -756,3 +756,86 @@ async fn firewall_state_is_swept_at_start_and_repaired_by_resync_without_a_gap()
         lab.agent.log_tail(30)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_sets_admit_exactly_the_networks_they_list() {
+    use serval_agent::resources::{GlobalNetworkSet, NetworkPolicy as SvPolicy, NetworkSet};
+    let Some(lab) = lab("policy_e2e_network_sets").await else {
+        return;
+    };
+    // The uplink (192.168.60.1, outside every pool) reaches the pods through the node.
+    lab._uplink
+        .ip(&["route", "add", "10.88.0.0/24", "via", "192.168.60.2"])
+        .unwrap();
+    let za = lab.ip("z/a");
+    let from_uplink = || {
+        lab._uplink
+            .tcp_fetch(SocketAddr::new(za, 80))
+            .map(|s| s.contains("80"))
+            .unwrap_or(false)
+    };
+    let until = |what: &str, want: bool| {
+        eventually(
+            what,
+            Duration::from_secs(30),
+            || {
+                if from_uplink() == want {
+                    Ok(())
+                } else {
+                    Err(format!("uplink -> z/a is {}", !want))
+                }
+            },
+            || lab.agent.log_tail(20),
+        )
+    };
+    until("no policy: the uplink reaches z/a", true);
+    // z/a admits only what a selector `role == 'office'` names: no pod has that label.
+    let policy: SvPolicy = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "office-only", "namespace": "z"},
+        "spec": {"selector": "pod == 'a'", "types": ["Ingress"],
+                 "ingress": [{"action": "Allow", "source": {"selector": "role == 'office'"}}]}
+    }))
+    .unwrap();
+    lab.ds.create(&policy).await.unwrap();
+    until("nothing is the office yet", false);
+    // A NetworkSet in z listing the uplink: admitted.
+    let set: NetworkSet = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "NetworkSet",
+        "metadata": {"name": "office", "namespace": "z", "labels": {"role": "office"}},
+        "spec": {"nets": ["192.168.60.0/30"]}
+    }))
+    .unwrap();
+    lab.ds.create(&set).await.unwrap();
+    until("z's office set admits the uplink", true);
+    lab.ds
+        .delete::<NetworkSet>(Some("z"), "office", None)
+        .await
+        .unwrap();
+    until("the set is gone", false);
+    // A GlobalNetworkSet is not seen by a namespaced rule without `global()`...
+    let global: GlobalNetworkSet = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "GlobalNetworkSet",
+        "metadata": {"name": "office", "labels": {"role": "office"}},
+        "spec": {"nets": ["192.168.60.1"]}
+    }))
+    .unwrap();
+    lab.ds.create(&global).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !from_uplink(),
+        "a global set reached a namespaced rule without global()"
+    );
+    // ...and is with it.
+    let mut with_global = policy.clone();
+    with_global.spec.ingress[0].source.namespace_selector = Some("global()".into());
+    let current: SvPolicy = lab
+        .ds
+        .get(Some("z"), "office-only")
+        .await
+        .unwrap()
+        .expect("policy");
+    with_global.metadata = current.metadata;
+    lab.ds.update(&with_global).await.unwrap();
+    until("global() sees the global set", true);
+}

@@ -107,6 +107,21 @@ pub struct PolicyInputs {
     pub hosts: Vec<IpAddr>,
     /// The VXLAN UDP port when not IANA's 4789 (Felix's vxlanPort).
     pub vxlan_port: Option<u16>,
+    /// Labelled sets of networks rule selectors match (NetworkSet, GlobalNetworkSet).
+    pub network_sets: Vec<NetworkSetDef>,
+}
+
+/// A NetworkSet (with a namespace) or GlobalNetworkSet (without).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSetDef {
+    /// Its namespace; None for a GlobalNetworkSet.
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its labels, which selectors match.
+    pub labels: Labels,
+    /// Its networks.
+    pub nets: Vec<IpNet>,
 }
 
 fn hash20(text: &str) -> String {
@@ -222,11 +237,18 @@ fn side_scope(policy: &PolicyDef, side: &EntityRule, negative: bool) -> Option<S
     } else {
         side.selector.as_deref()
     };
+    // `namespaceSelector: global()` means non-namespaced resources only: global network
+    // sets (never pods).
+    let global_only = !negative
+        && side
+            .namespace_selector
+            .as_deref()
+            .is_some_and(|s| s.trim() == "global()");
     let ns_sel = side
         .namespace_selector
         .as_deref()
         .filter(|s| s.trim() != "global()");
-    if sel_text.is_none() && (negative || ns_sel.is_none()) {
+    if sel_text.is_none() && (negative || ns_sel.is_none()) && !global_only {
         return None;
     }
     let pods = Selector::parse(sel_text.unwrap_or("")).ok()?;
@@ -241,8 +263,9 @@ fn side_scope(policy: &PolicyDef, side: &EntityRule, negative: bool) -> Option<S
     };
     Some(Scope {
         pods,
-        namespace,
+        namespace: if global_only { None } else { namespace },
         ns_selector,
+        global_only,
     })
 }
 
@@ -252,6 +275,7 @@ fn policy_scope(p: &PolicyDef) -> Scope {
         pods: p.selector.clone(),
         namespace: p.namespace.clone(),
         ns_selector: p.namespace_selector.clone(),
+        global_only: false,
     }
 }
 
@@ -373,6 +397,7 @@ fn alternatives(
                 pods: Selector::All,
                 namespace: None,
                 ns_selector: None,
+                global_only: false,
             }),
         };
         let protocol = proto.unwrap_or(6);

@@ -47,6 +47,7 @@ fn world(policies: Vec<PolicyDef>) -> PolicyInputs {
         policies,
         hosts: vec![],
         vxlan_port: None,
+        network_sets: vec![],
     }
 }
 
@@ -534,4 +535,72 @@ fn tunnel_packets_are_taken_only_from_nodes() {
         ..vxlan("203.0.113.9")
     };
     assert_ne!(evaluate(&rs, "serval-INPUT", &ssh), Verdict::Drop);
+}
+
+#[test]
+fn network_sets_are_matched_by_rule_selectors_with_calicos_scoping() {
+    use crate::compile::NetworkSetDef;
+    let set = |ns: Option<&str>, name: &str, role: &str, net: &str| NetworkSetDef {
+        namespace: ns.map(String::from),
+        name: name.into(),
+        labels: labels(&[("role", role)]),
+        nets: vec![net.parse().unwrap()],
+    };
+    let mut x_a = np("x", "a-from-db", "app == 'a'", &[PolicyType::Ingress]);
+    x_a.ingress = vec![allow_from(Some("role == 'db'"), None)];
+    let mut w = world(vec![x_a]);
+    w.network_sets = vec![
+        // x's own set: seen by x's policies.
+        set(Some("x"), "db", "db", "198.51.100.0/28"),
+        // y's set with the same labels: not seen by a policy in x.
+        set(Some("y"), "db", "db", "203.0.113.0/24"),
+        // A global set: not seen by a namespaced policy without global().
+        set(None, "db", "db", "192.0.2.0/24"),
+    ];
+    let rs = compile(&w, false);
+    assert!(allowed(&rs, &w, "ip:198.51.100.5", "x/a", 6, 80));
+    assert!(
+        !allowed(&rs, &w, "ip:198.51.100.99", "x/a", 6, 80),
+        "outside the /28"
+    );
+    assert!(
+        !allowed(&rs, &w, "ip:203.0.113.5", "x/a", 6, 80),
+        "another namespace's set"
+    );
+    assert!(
+        !allowed(&rs, &w, "ip:192.0.2.5", "x/a", 6, 80),
+        "a global set needs global()"
+    );
+
+    // namespaceSelector: global() — global sets only (not pods, not namespaced sets).
+    let mut g = np("x", "a-from-global", "app == 'a'", &[PolicyType::Ingress]);
+    g.ingress = vec![allow_from(Some("role == 'db'"), Some("global()"))];
+    let mut w2 = w.clone();
+    w2.policies = vec![g];
+    let rs = compile(&w2, false);
+    assert!(allowed(&rs, &w2, "ip:192.0.2.5", "x/a", 6, 80));
+    assert!(!allowed(&rs, &w2, "ip:198.51.100.5", "x/a", 6, 80));
+    assert!(
+        !allowed(&rs, &w2, "x/b", "x/a", 6, 80),
+        "global() selects no pod"
+    );
+
+    // A global policy's rule without namespaceSelector sees every set.
+    let mut gnp = np("x", "g", "app == 'a'", &[PolicyType::Ingress]);
+    gnp.namespace = None;
+    gnp.ingress = vec![allow_from(Some("role == 'db'"), None)];
+    let mut w3 = w.clone();
+    w3.policies = vec![gnp];
+    let rs = compile(&w3, false);
+    for src in ["ip:198.51.100.5", "ip:203.0.113.5", "ip:192.0.2.5"] {
+        assert!(allowed(&rs, &w3, src, "x/a", 6, 80), "{src}");
+    }
+    assert!(!allowed(&rs, &w3, "ip:10.9.9.9", "x/a", 6, 80));
+    // IPv6 sets carry only IPv6 networks.
+    assert!(
+        compile(&w3, true)
+            .sets
+            .values()
+            .all(|s| s.members.iter().all(|m| m.contains(':')))
+    );
 }

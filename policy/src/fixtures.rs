@@ -99,5 +99,6 @@ pub fn cluster() -> PolicyInputs {
         policies,
         hosts: vec![],
         vxlan_port: None,
+        network_sets: vec![],
     }
 }

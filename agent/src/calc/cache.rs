@@ -17,8 +17,8 @@ use serval_ipam::AffinityState;
 use crate::calc::peers::BgpResources;
 use crate::datastore::{KindInfo, SyncEvent};
 use crate::resources::{
-    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, IPPool, NetworkPolicy, Node,
-    ServalResource, WorkloadEndpoint,
+    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet, IPPool,
+    NetworkPolicy, NetworkSet, Node, ServalResource, WorkloadEndpoint,
 };
 
 type K8sNode = k8s_openapi::api::core::v1::Node;
@@ -41,6 +41,9 @@ pub struct ClusterState {
     /// Kubernetes Pods (Kubernetes datastore): their labels and named ports apply to their
     /// endpoints, so a `kubectl label pod` reaches policy.
     pub(super) pods: BTreeMap<String, K8sPod>,
+    /// NetworkSets and GlobalNetworkSets: labelled networks rule selectors match.
+    pub(super) network_sets: BTreeMap<String, NetworkSet>,
+    pub(super) global_network_sets: BTreeMap<String, GlobalNetworkSet>,
     /// BGP best paths learned from peers: prefix → next hops.
     pub(super) remote: BTreeMap<IpNet, Vec<IpAddr>>,
     /// Secrets BGP passwords name, as last read: Secret → key → value.
@@ -160,6 +163,8 @@ watched! {
     k8s_policies: K8sNetworkPolicy,
     namespaces: K8sNamespace,
     pods: K8sPod,
+    network_sets: NetworkSet,
+    global_network_sets: GlobalNetworkSet,
     k8s_nodes: K8sNode => kubernetes,
 }
 

@@ -209,6 +209,43 @@ impl ClusterState {
                 &|| cp::k8s_fail_closed(p),
             );
         }
+        // Network sets, as rule selectors see them. An entry that does not parse (validation
+        // refuses it at the door) is left out and reported with the set.
+        let nets_of = |key: String, list: &[String], failed: &mut BTreeMap<String, String>| {
+            let nets: Vec<IpNet> = list
+                .iter()
+                .filter_map(|n| serval_policy::model::parse_net(n))
+                .collect();
+            if nets.len() != list.len() {
+                failed.insert(
+                    key,
+                    "some nets are not addresses or CIDRs; they are left out".into(),
+                );
+            }
+            nets
+        };
+        for (k, s) in &self.network_sets {
+            let nets = nets_of(format!("NetworkSet {k}"), &s.spec.nets, &mut failed);
+            inputs
+                .network_sets
+                .push(serval_policy::compile::NetworkSetDef {
+                    namespace: Some(s.namespace().unwrap_or_else(|| "default".into())),
+                    name: s.name_any(),
+                    labels: s.labels().clone(),
+                    nets,
+                });
+        }
+        for (k, s) in &self.global_network_sets {
+            let nets = nets_of(format!("GlobalNetworkSet {k}"), &s.spec.nets, &mut failed);
+            inputs
+                .network_sets
+                .push(serval_policy::compile::NetworkSetDef {
+                    namespace: None,
+                    name: s.name_any(),
+                    labels: s.labels().clone(),
+                    nets,
+                });
+        }
         // Policies that did not even parse: denied over what they could govern.
         for (key, (object, why)) in &self.unreadable_policies {
             inputs

@@ -66,6 +66,7 @@ fn model(policies: &[serde_json::Value]) -> (PolicyInputs, Ruleset) {
         policies,
         hosts: vec![],
         vxlan_port: None,
+        network_sets: vec![],
     };
     let rs = compile(&inputs, false);
     (inputs, rs)

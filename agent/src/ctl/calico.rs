@@ -91,6 +91,7 @@ pub(crate) fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
             "performanceHints",
         ],
         "IPReservation" => &["reservedCIDRs"],
+        "NetworkSet" | "GlobalNetworkSet" => &["nets"],
         "IPAMConfiguration" | "IPAMConfig" => {
             &["strictAffinity", "autoAllocateBlocks", "maxBlocksPerHost"]
         }

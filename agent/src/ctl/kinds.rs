@@ -8,8 +8,9 @@ use serde_json::Value;
 use super::CtlError;
 use crate::datastore::{AnyBackend, Datastore, DatastoreError};
 use crate::resources::{
-    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, IPAMBlock, IPAMConfig,
-    IPAMHandle, IPPool, IPReservation, NetworkPolicy, Node, ServalResource, WorkloadEndpoint,
+    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet, IPAMBlock,
+    IPAMConfig, IPAMHandle, IPPool, IPReservation, NetworkPolicy, NetworkSet, Node, ServalResource,
+    WorkloadEndpoint,
 };
 
 type Ds = Datastore<AnyBackend>;
@@ -271,6 +272,20 @@ pub fn all() -> Vec<Kind> {
                 ("SELECTOR", "/spec/selector"),
                 ("TYPES", "/spec/types")
             ]
+        ),
+        kind!(
+            NetworkSet,
+            "NetworkSet",
+            ["networkset", "networksets", "netsets"],
+            &[("NETS", "/spec/nets")],
+            &[("NETS", "/spec/nets")]
+        ),
+        kind!(
+            GlobalNetworkSet,
+            "GlobalNetworkSet",
+            ["globalnetworkset", "globalnetworksets"],
+            &[("NETS", "/spec/nets")],
+            &[("NETS", "/spec/nets")]
         ),
         kind!(
             IPReservation,

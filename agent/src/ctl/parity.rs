@@ -12,8 +12,6 @@ use super::calico::calico_spec_fields;
 /// Kinds Calico has and Serval does not (servalctl refuses them as unknown kinds).
 const UNSUPPORTED_KINDS: &[(&str, &str)] = &[
     ("BGPFilter", "not yet (issue 17: import/export filters)"),
-    ("NetworkSet", "not yet (issue 17: selectable CIDR sets)"),
-    ("GlobalNetworkSet", "not yet (issue 17)"),
     (
         "HostEndpoint",
         "not yet (issue 17: host interfaces with failsafe ports)",
@@ -143,6 +141,8 @@ pub fn rows() -> Vec<Row> {
         "WorkloadEndpoint",
         "NetworkPolicy",
         "GlobalNetworkPolicy",
+        "NetworkSet",
+        "GlobalNetworkSet",
     ];
     for kind in kinds {
         let serval_kind = RENAMED

@@ -3,6 +3,7 @@
 
 pub mod bgp;
 pub mod ipam;
+pub mod netset;
 pub mod node;
 pub mod policy;
 pub mod pool;
@@ -21,6 +22,7 @@ pub use ipam::{
     BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec,
     IPAMHandle, IPAMHandleSpec, IPReservation, IPReservationSpec,
 };
+pub use netset::{GlobalNetworkSet, NetworkSet};
 pub use node::{Node, NodeBgpSpec, NodeSpec};
 pub use policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec, NetworkPolicy, NetworkPolicySpec};
 pub use pool::{EncapMode, IPPool, IPPoolSpec};
@@ -100,6 +102,10 @@ owned!(NetworkPolicy, true, |name, s, p| validate::network_policy(
 owned!(GlobalNetworkPolicy, false, |name, s, p| {
     validate::global_network_policy(s, p)
 });
+owned!(NetworkSet, true, |name, s, p| validate::nets(&s.nets, p));
+owned!(GlobalNetworkSet, false, |name, s, p| validate::nets(
+    &s.nets, p
+));
 
 macro_rules! core_kind {
     ($t:ty, $namespaced:expr) => {
@@ -196,6 +202,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 unset_flag("preDNAT"),
             ],
         ),
+        NetworkSet::crd(),
+        GlobalNetworkSet::crd(),
     ]
 }
 

@@ -262,8 +262,8 @@ fn crds_match_the_checked_in_manifest() {
                 .open_api_v3_schema
                 .is_some()
         );
-        let namespaced =
-            ["WorkloadEndpoint", "NetworkPolicy"].contains(&crd.spec.names.kind.as_str());
+        let namespaced = ["WorkloadEndpoint", "NetworkPolicy", "NetworkSet"]
+            .contains(&crd.spec.names.kind.as_str());
         assert_eq!(
             crd.spec.scope == "Namespaced",
             namespaced,

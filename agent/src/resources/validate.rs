@@ -398,6 +398,18 @@ pub fn allowed_uses_supported(uses: &[crate::resources::pool::AllowedUse]) -> bo
     uses.is_empty() || (uses.contains(&AllowedUse::Workload) && uses.contains(&AllowedUse::Tunnel))
 }
 
+/// A network set's `spec.nets`: every entry an address or a CIDR.
+pub(crate) fn nets(nets: &[String], p: &mut Problems) {
+    for (i, n) in nets.iter().enumerate() {
+        if serval_policy::model::parse_net(n).is_none() {
+            p.add(
+                format!("spec.nets[{i}]"),
+                format!("{n:?} is not an address or a CIDR such as 198.51.100.0/28"),
+            );
+        }
+    }
+}
+
 pub(crate) fn ip_pool(s: &IPPoolSpec, p: &mut Problems) {
     p.selector("spec.nodeSelector", s.node_selector.as_deref());
     if !allowed_uses_supported(&s.allowed_uses) {

@@ -85,6 +85,7 @@ fn patch(old: &mut PolicyInputs, compiled: &mut Compiled, new: &PolicyInputs, v6
         || old.namespaces != new.namespaces
         || old.hosts != new.hosts
         || old.vxlan_port != new.vxlan_port
+        || old.network_sets != new.network_sets
     {
         return false;
     }

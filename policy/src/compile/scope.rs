@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Endpoint, NAMESPACE_LABEL, PolicyInputs, proto_name, set_name};
+use super::{Endpoint, NAMESPACE_LABEL, NetworkSetDef, PolicyInputs, proto_name, set_name};
 use crate::ipt::{IpSet, SetKind};
 use crate::selector::{Labels, Selector};
 
@@ -18,22 +18,59 @@ pub(super) struct Scope {
     /// `Some(ns)`: only that namespace; `None`: any namespace that `ns_selector` allows.
     pub(super) namespace: Option<String>,
     pub(super) ns_selector: Option<Selector>,
+    /// `namespaceSelector: global()`: only non-namespaced resources (global network sets).
+    pub(super) global_only: bool,
 }
 
 impl Scope {
     pub(super) fn key(&self) -> String {
         format!(
-            "pods={}|ns={}|nssel={}",
+            "pods={}|ns={}|nssel={}{}",
             self.pods,
             self.namespace.as_deref().unwrap_or("*"),
             self.ns_selector
                 .as_ref()
                 .map(ToString::to_string)
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if self.global_only { "|global" } else { "" }
         )
     }
 
+    /// Whether a network set's networks belong to this scope: a namespaced set as a pod of
+    /// its namespace would; a global set only for a scope over every namespace (a global
+    /// policy's rule without namespaceSelector) or `global()`.
+    pub(super) fn contains_set(
+        &self,
+        set: &NetworkSetDef,
+        namespaces: &BTreeMap<String, Labels>,
+    ) -> bool {
+        let Some(ns) = &set.namespace else {
+            let everywhere = self.namespace.is_none() && self.ns_selector.is_none();
+            return (self.global_only || everywhere) && self.pods.matches(&set.labels);
+        };
+        if self.global_only || self.namespace.as_ref().is_some_and(|n| n != ns) {
+            return false;
+        }
+        if let Some(sel) = &self.ns_selector {
+            let empty = Labels::new();
+            if !sel.matches(namespaces.get(ns).unwrap_or(&empty)) {
+                return false;
+            }
+        }
+        let get = |k: &str| {
+            if k == NAMESPACE_LABEL {
+                Some(ns.as_str())
+            } else {
+                set.labels.get(k).map(String::as_str)
+            }
+        };
+        self.pods.matches_with(&get)
+    }
+
     pub(super) fn contains(&self, ep: &Endpoint, namespaces: &BTreeMap<String, Labels>) -> bool {
+        if self.global_only {
+            return false;
+        }
         if let Some(ns) = &self.namespace
             && *ns != ep.namespace
         {
@@ -134,10 +171,19 @@ impl Family<'_> {
         let key = scope.key();
         let name = set_name('s', self.v6, &key);
         if !self.sets.contains_key(&name) {
+            let v6 = self.v6;
+            let nets = self
+                .inputs
+                .network_sets
+                .iter()
+                .filter(|s| scope.contains_set(s, &self.inputs.namespaces))
+                .flat_map(|s| s.nets.iter().filter(move |n| n.addr().is_ipv6() == v6))
+                .map(ToString::to_string);
             let members: BTreeSet<String> = self
                 .all_endpoints()
                 .filter(|ep| scope.contains(ep, &self.inputs.namespaces))
                 .flat_map(|ep| self.family_addrs(ep).map(ToString::to_string))
+                .chain(nets)
                 .collect();
             self.sources
                 .insert(name.clone(), SetSource::Selector(scope.clone()));

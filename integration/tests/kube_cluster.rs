@@ -104,12 +104,6 @@ fn the_manifests_pass_a_real_api_servers_validation() {
             "spec.serviceClusterIPs is not supported by Serval yet",
         ),
         (
-            "sa.yaml",
-            "apiVersion: serval.dev/v1\nkind: NetworkPolicy\nmetadata: {name: sa, namespace: default}\n\
-             spec: {selector: all(), serviceAccountSelector: \"role == 'db'\"}\n",
-            "spec.serviceAccountSelector is not supported by Serval yet",
-        ),
-        (
             "dnt.yaml",
             "apiVersion: serval.dev/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: dnt}\n\
              spec: {selector: all(), doNotTrack: true, applyOnForward: true}\n",

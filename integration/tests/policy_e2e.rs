@@ -839,3 +839,38 @@ async fn network_sets_admit_exactly_the_networks_they_list() {
     lab.ds.update(&with_global).await.unwrap();
     until("global() sees the global set", true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_selector_governs_only_pods_of_matching_accounts() {
+    use serval_agent::resources::NetworkPolicy as SvPolicy;
+    type ServiceAccount = k8s_openapi::api::core::v1::ServiceAccount;
+    let Some(lab) = lab("policy_e2e_service_accounts").await else {
+        return;
+    };
+    // z/a runs as db-sa (role=db); everyone else has no account recorded.
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "db-sa", "namespace": "z", "labels": {"role": "db"}}
+    }))
+    .unwrap();
+    lab.ds.create(&sa).await.unwrap();
+    let name = serval_agent::cni::plugin::endpoint_name("node-p", "a", "eth0");
+    let mut w: WorkloadEndpoint = lab.ds.get(Some("z"), &name).await.unwrap().expect("wep");
+    w.spec.service_account_name = Some("db-sa".into());
+    lab.ds.update(&w).await.unwrap();
+    // Default-deny ingress for every pod whose account has role=db, in z.
+    let policy: SvPolicy = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "db-isolated", "namespace": "z"},
+        "spec": {"selector": "all()", "serviceAccountSelector": "role == 'db'",
+                 "types": ["Ingress"]}
+    }))
+    .unwrap();
+    lab.ds.create(&policy).await.unwrap();
+    lab.expect("only db-sa's pod is isolated", |_, to, _, _| to != "z/a");
+    // The account's label changes: the policy no longer selects it.
+    let mut sa: ServiceAccount = lab.ds.get(Some("z"), "db-sa").await.unwrap().unwrap();
+    sa.metadata.labels = Some([("role".to_string(), "cache".to_string())].into());
+    lab.ds.update(&sa).await.unwrap();
+    lab.expect("relabelled account: nothing isolated", |_, _, _, _| true);
+}

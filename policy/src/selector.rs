@@ -123,6 +123,30 @@ impl Selector {
         Ok(selector)
     }
 
+    /// The same selector over keys with `prefix` in front (a service account selector reads
+    /// the account's labels, which endpoints carry as `pcsa.<key>`, as Calico names them).
+    pub fn with_key_prefix(&self, prefix: &str) -> Selector {
+        let k = |key: &String| format!("{prefix}{key}");
+        match self {
+            Selector::All => Selector::All,
+            Selector::Has(key) => Selector::Has(k(key)),
+            Selector::Equal(key, v) => Selector::Equal(k(key), v.clone()),
+            Selector::NotEqual(key, v) => Selector::NotEqual(k(key), v.clone()),
+            Selector::In(key, vs) => Selector::In(k(key), vs.clone()),
+            Selector::NotIn(key, vs) => Selector::NotIn(k(key), vs.clone()),
+            Selector::Contains(key, v) => Selector::Contains(k(key), v.clone()),
+            Selector::StartsWith(key, v) => Selector::StartsWith(k(key), v.clone()),
+            Selector::EndsWith(key, v) => Selector::EndsWith(k(key), v.clone()),
+            Selector::Not(inner) => Selector::Not(Box::new(inner.with_key_prefix(prefix))),
+            Selector::AllOf(xs) => {
+                Selector::AllOf(xs.iter().map(|x| x.with_key_prefix(prefix)).collect())
+            }
+            Selector::AnyOf(xs) => {
+                Selector::AnyOf(xs.iter().map(|x| x.with_key_prefix(prefix)).collect())
+            }
+        }
+    }
+
     /// Evaluates the selector against one object's labels.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.matches_with(&|k: &str| labels.get(k).map(String::as_str))

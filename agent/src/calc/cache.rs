@@ -22,6 +22,7 @@ use crate::resources::{
 };
 
 type K8sNode = k8s_openapi::api::core::v1::Node;
+type K8sServiceAccount = k8s_openapi::api::core::v1::ServiceAccount;
 
 /// Everything the agent knows, keyed by `namespace/name`.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,8 @@ pub struct ClusterState {
     /// Kubernetes Pods (Kubernetes datastore): their labels and named ports apply to their
     /// endpoints, so a `kubectl label pod` reaches policy.
     pub(super) pods: BTreeMap<String, K8sPod>,
+    /// ServiceAccounts: their labels are their pods' for serviceAccountSelector.
+    pub(super) service_accounts: BTreeMap<String, K8sServiceAccount>,
     /// NetworkSets and GlobalNetworkSets: labelled networks rule selectors match.
     pub(super) network_sets: BTreeMap<String, NetworkSet>,
     pub(super) global_network_sets: BTreeMap<String, GlobalNetworkSet>,
@@ -163,6 +166,7 @@ watched! {
     k8s_policies: K8sNetworkPolicy,
     namespaces: K8sNamespace,
     pods: K8sPod,
+    service_accounts: K8sServiceAccount,
     network_sets: NetworkSet,
     global_network_sets: GlobalNetworkSet,
     k8s_nodes: K8sNode => kubernetes,

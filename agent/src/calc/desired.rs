@@ -146,8 +146,21 @@ impl ClusterState {
                 continue;
             }
             let mut e = cp::endpoint(w);
-            if let Some(pod) = self.pods.get(&format!("{}/{}", e.namespace, e.name)) {
+            let pod = self.pods.get(&format!("{}/{}", e.namespace, e.name));
+            if let Some(pod) = pod {
                 cp::apply_pod(&mut e, pod);
+            }
+            // The ServiceAccount's name and labels, for serviceAccountSelector.
+            let account = w
+                .spec
+                .service_account_name
+                .clone()
+                .or_else(|| pod.and_then(|p| p.spec.as_ref()?.service_account_name.clone()));
+            if let Some(account) = account.filter(|a| !a.is_empty()) {
+                let sa = self
+                    .service_accounts
+                    .get(&format!("{}/{account}", e.namespace));
+                cp::apply_service_account(&mut e, &account, sa);
             }
             if w.spec.node == me {
                 inputs.local.push(e);

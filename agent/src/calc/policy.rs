@@ -425,18 +425,36 @@ fn selector(field: &'static str, text: &str) -> Result<Selector, TranslateError>
     Selector::parse(text).map_err(|source| TranslateError::Selector { field, source })
 }
 
+/// The label prefix under which an endpoint carries its ServiceAccount's labels (Calico's).
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+
+/// The label an endpoint carries with its ServiceAccount's name (Calico's).
+pub const SERVICE_ACCOUNT_NAME_LABEL: &str = "projectcalico.org/serviceaccount";
+
+/// A policy's endpoint selector with its `serviceAccountSelector` (over the account's
+/// labels) ANDed in.
+fn endpoint_selector(
+    text: &str,
+    service_accounts: Option<&str>,
+) -> Result<Selector, TranslateError> {
+    let endpoints = selector("spec.selector", text)?;
+    Ok(match service_accounts {
+        Some(sa) => Selector::and(
+            endpoints,
+            selector("spec.serviceAccountSelector", sa)?
+                .with_key_prefix(SERVICE_ACCOUNT_LABEL_PREFIX),
+        ),
+        None => endpoints,
+    })
+}
+
 /// A Serval NetworkPolicy.
 pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, TranslateError> {
-    supported(crate::resources::validate::unsupported_policy_field(
-        p.spec.service_account_selector.as_deref(),
-        false,
-        false,
-    ))?;
     checked(PolicyDef {
         name: p.name_any(),
         namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
         order: p.spec.order,
-        selector: selector("spec.selector", &p.spec.selector)?,
+        selector: endpoint_selector(&p.spec.selector, p.spec.service_account_selector.as_deref())?,
         namespace_selector: None,
         types: types_or_inferred(&p.spec.types, &p.spec.ingress, &p.spec.egress),
         ingress: p.spec.ingress.clone(),
@@ -447,7 +465,6 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, TranslateError> {
 /// A Serval GlobalNetworkPolicy.
 pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, TranslateError> {
     supported(crate::resources::validate::unsupported_policy_field(
-        p.spec.service_account_selector.as_deref(),
         p.spec.do_not_track,
         p.spec.pre_dnat,
     ))?;
@@ -455,7 +472,7 @@ pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, TranslateErro
         name: p.name_any(),
         namespace: None,
         order: p.spec.order,
-        selector: selector("spec.selector", &p.spec.selector)?,
+        selector: endpoint_selector(&p.spec.selector, p.spec.service_account_selector.as_deref())?,
         namespace_selector: p
             .spec
             .namespace_selector
@@ -516,6 +533,21 @@ pub fn apply_pod(e: &mut Endpoint, pod: &k8s_openapi::api::core::v1::Pod) {
                 });
             }
         }
+    }
+}
+
+/// Gives an endpoint its ServiceAccount's name and labels (as `pcsa.<key>`), which
+/// serviceAccountSelector reads; an account not known (yet) adds only its name.
+pub fn apply_service_account(
+    e: &mut Endpoint,
+    name: &str,
+    account: Option<&k8s_openapi::api::core::v1::ServiceAccount>,
+) {
+    e.labels
+        .insert(SERVICE_ACCOUNT_NAME_LABEL.into(), name.to_string());
+    for (k, v) in account.map(|a| a.labels().clone()).unwrap_or_default() {
+        e.labels
+            .insert(format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{k}"), v);
     }
 }
 

@@ -359,24 +359,51 @@ fn thousands_of_match_labels_translate_and_compile() {
 }
 
 #[test]
-fn calico_policy_fields_serval_cannot_enforce_refuse_the_policy() {
-    // Before: serviceAccountSelector was parsed and ignored, so the policy governed every
-    // endpoint its selector matched; now the translation fails and names the field (the
-    // agent then fails the policy closed over what it governs).
+fn service_account_selector_narrows_the_policy_to_pods_of_matching_accounts() {
+    // x/a runs as `db-sa` (labelled role=db), x/b as `web-sa`; a default-deny-ingress
+    // policy that selects all() but only pods whose account has role=db governs x/a only.
     let np: crate::resources::NetworkPolicy = serde_json::from_value(json!({
         "apiVersion": "serval.dev/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "db", "namespace": "x"},
         "spec": {"selector": "all()", "serviceAccountSelector": "role == 'db'",
-                 "ingress": [{"action": "Allow"}]}
+                 "types": ["Ingress"]}
     }))
     .unwrap();
-    let e = serval_policy(&np).unwrap_err();
-    assert_eq!(e, TranslateError::Unsupported("serviceAccountSelector"));
+    let def = serval_policy(&np).unwrap();
+    let account = |name: &str, role: &str| {
+        let mut sa = k8s_openapi::api::core::v1::ServiceAccount::default();
+        sa.metadata.name = Some(name.into());
+        sa.metadata.labels = Some([("role".to_string(), role.to_string())].into());
+        sa
+    };
+    let mut a = ep("x", "a", "10.0.1.1");
+    apply_service_account(&mut a, "db-sa", Some(&account("db-sa", "db")));
+    let mut b = ep("x", "b", "10.0.1.2");
+    apply_service_account(&mut b, "web-sa", Some(&account("web-sa", "web")));
+    assert_eq!(a.labels["pcsa.role"], "db");
+    assert_eq!(a.labels["projectcalico.org/serviceaccount"], "db-sa");
+    let mut c = ep("x", "c", "10.0.1.3");
+    apply_service_account(&mut c, "unknown-sa", None);
+    let inputs = PolicyInputs {
+        local: vec![a, b, c],
+        policies: vec![def],
+        ..PolicyInputs::default()
+    };
+    let rs = compile(&inputs, false);
+    let m = (inputs, rs);
+    assert!(!probe(&m, "x/b", "x/a", TCP, 80), "db-sa's pod is isolated");
     assert!(
-        e.to_string()
-            .starts_with("spec.serviceAccountSelector is not supported yet"),
-        "{e}"
+        probe(&m, "x/a", "x/b", TCP, 80),
+        "web-sa's pod is not governed"
     );
+    assert!(
+        probe(&m, "x/a", "x/c", TCP, 80),
+        "an unknown account has no labels"
+    );
+}
+
+#[test]
+fn calico_policy_fields_serval_cannot_enforce_refuse_the_policy() {
     for (field, spec) in [
         (
             "doNotTrack",

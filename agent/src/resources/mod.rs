@@ -193,14 +193,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         IPAMConfig::crd(),
         IPReservation::crd(),
         WorkloadEndpoint::crd(),
-        refuse_unsupported(NetworkPolicy::crd(), &[unset("serviceAccountSelector")]),
+        NetworkPolicy::crd(),
         refuse_unsupported(
             GlobalNetworkPolicy::crd(),
-            &[
-                unset("serviceAccountSelector"),
-                unset_flag("doNotTrack"),
-                unset_flag("preDNAT"),
-            ],
+            &[unset_flag("doNotTrack"), unset_flag("preDNAT")],
         ),
         NetworkSet::crd(),
         GlobalNetworkSet::crd(),

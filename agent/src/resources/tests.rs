@@ -216,11 +216,12 @@ fn policy_rules_report_paths_into_the_rule_list() {
             "spec.preDNAT"
         ]
     );
-    // A policy that only narrows by service account is refused by name: enforced without
-    // it, it would govern every endpoint its selector matches.
+    // serviceAccountSelector is a selector like any other.
     let sa = "apiVersion: serval.dev/v1\nkind: NetworkPolicy\nmetadata: {name: sa, namespace: prod}\nspec: {selector: all(), serviceAccountSelector: \"role == 'db'\"}\n";
+    assert!(problems::<NetworkPolicy>(sa).is_empty());
+    let bad = "apiVersion: serval.dev/v1\nkind: NetworkPolicy\nmetadata: {name: sa, namespace: prod}\nspec: {selector: all(), serviceAccountSelector: \"role ==\"}\n";
     assert_eq!(
-        problems::<NetworkPolicy>(sa),
+        problems::<NetworkPolicy>(bad),
         ["spec.serviceAccountSelector"]
     );
 }

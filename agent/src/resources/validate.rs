@@ -574,18 +574,10 @@ pub const UNSUPPORTED_BY_SERVAL: &str = "is not supported by Serval yet; remove 
 pub const UNSUPPORTED_POLICY: &str = "is not supported yet (Serval would enforce the policy without it); remove it or wait for support";
 
 /// The first unsupported Calico policy field set, by its name in `spec`.
-pub fn unsupported_policy_field(
-    service_account_selector: Option<&str>,
-    do_not_track: bool,
-    pre_dnat: bool,
-) -> Option<&'static str> {
-    [
-        ("serviceAccountSelector", service_account_selector.is_some()),
-        ("doNotTrack", do_not_track),
-        ("preDNAT", pre_dnat),
-    ]
-    .into_iter()
-    .find_map(|(f, set)| set.then_some(f))
+pub fn unsupported_policy_field(do_not_track: bool, pre_dnat: bool) -> Option<&'static str> {
+    [("doNotTrack", do_not_track), ("preDNAT", pre_dnat)]
+        .into_iter()
+        .find_map(|(f, set)| set.then_some(f))
 }
 
 pub(crate) fn network_policy(s: &NetworkPolicySpec, p: &mut Problems) {
@@ -594,9 +586,6 @@ pub(crate) fn network_policy(s: &NetworkPolicySpec, p: &mut Problems) {
         "spec.serviceAccountSelector",
         s.service_account_selector.as_deref(),
     );
-    if s.service_account_selector.is_some() {
-        p.add("spec.serviceAccountSelector", UNSUPPORTED_POLICY);
-    }
     rules(p, "ingress", &s.ingress);
     rules(p, "egress", &s.egress);
 }
@@ -625,14 +614,7 @@ pub(crate) fn global_network_policy(s: &GlobalNetworkPolicySpec, p: &mut Problem
     if s.pre_dnat && s.do_not_track {
         p.add("spec.preDNAT", "cannot be combined with doNotTrack");
     }
-    for (field, set) in [
-        (
-            "serviceAccountSelector",
-            s.service_account_selector.is_some(),
-        ),
-        ("doNotTrack", s.do_not_track),
-        ("preDNAT", s.pre_dnat),
-    ] {
+    for (field, set) in [("doNotTrack", s.do_not_track), ("preDNAT", s.pre_dnat)] {
         if set {
             p.add(format!("spec.{field}"), UNSUPPORTED_POLICY);
         }

@@ -11,6 +11,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::af::Family;
 
+/// Why a speaker, peer or route setting is refused: whose, which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The peer the setting belongs to; None for the speaker's own settings.
+    pub peer: Option<IpAddr>,
+    /// The field, by its configuration name (`holdTime`).
+    pub field: &'static str,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A speaker-wide setting.
+    pub fn speaker(field: &'static str, reason: &str) -> ConfigError {
+        ConfigError {
+            peer: None,
+            field,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A peer's setting.
+    pub fn peer(peer: IpAddr, field: &'static str, reason: &str) -> ConfigError {
+        ConfigError {
+            peer: Some(peer),
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = self.peer {
+            write!(f, "peer {p}: ")?;
+        }
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
 /// Default BGP port.
 pub const BGP_PORT: u16 = 179;
 
@@ -96,19 +136,23 @@ impl SpeakerConfig {
         }
     }
 
-    /// Checks values serde cannot; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks values serde cannot; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| Err(ConfigError::speaker(field, reason));
         if self.as_number == 0 {
-            return Err("asNumber: 0 is reserved (RFC 7607); use 1..=4294967295".into());
+            return bad("asNumber", "0 is reserved (RFC 7607); use 1..=4294967295");
         }
         if self.router_id.is_unspecified() {
-            return Err("routerId: 0.0.0.0 is not a valid BGP identifier".into());
+            return bad("routerId", "0.0.0.0 is not a valid BGP identifier");
         }
         if self.write_queue_bytes < 64 * 1024 {
-            return Err(format!(
-                "writeQueueBytes: {} is below the 65536 bytes one extended UPDATE may need",
-                self.write_queue_bytes
-            ));
+            return bad(
+                "writeQueueBytes",
+                &format!(
+                    "{} is below the 65536 bytes one extended UPDATE may need",
+                    self.write_queue_bytes
+                ),
+            );
         }
         Ok(())
     }
@@ -267,73 +311,71 @@ impl PeerConfig {
         }
     }
 
-    /// Checks values serde cannot; the message names the peer and field.
-    pub fn validate(&self) -> Result<(), String> {
-        let who = self.address;
+    /// Checks values serde cannot; the error names the peer and the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| Err(ConfigError::peer(self.address, field, reason));
         if self.as_number == 0 {
-            return Err(format!("peer {who}: asNumber 0 is reserved"));
+            return bad("asNumber", "0 is reserved");
         }
         if self.hold_time == 1 || self.hold_time == 2 {
-            return Err(format!(
-                "peer {who}: holdTime must be 0 or at least 3 seconds (RFC 4271)"
-            ));
+            return bad("holdTime", "must be 0 or at least 3 seconds (RFC 4271)");
         }
         if self.send_hold_time.is_some_and(|t| t < 3) {
-            return Err(format!(
-                "peer {who}: sendHoldTime must be at least 3 seconds"
-            ));
+            return bad("sendHoldTime", "must be at least 3 seconds");
         }
         if self.keepalive_time == Some(0) {
-            return Err(format!(
-                "peer {who}: keepaliveTime must be at least 1 second"
-            ));
+            return bad("keepaliveTime", "must be at least 1 second");
         }
         if self.connect_retry_time == 0 {
-            return Err(format!(
-                "peer {who}: connectRetryTime must be at least 1 second"
-            ));
+            return bad("connectRetryTime", "must be at least 1 second");
         }
         if let Some(p) = &self.password
             && (p.0.is_empty() || p.0.len() > crate::sockopt::MD5_MAX_KEY)
         {
-            return Err(format!(
-                "peer {who}: password must be 1..={} bytes (TCP-MD5)",
-                crate::sockopt::MD5_MAX_KEY
-            ));
+            return bad(
+                "password",
+                &format!(
+                    "must be 1..={} bytes (TCP-MD5)",
+                    crate::sockopt::MD5_MAX_KEY
+                ),
+            );
         }
         if let Some(hops) = self.ttl_security {
             if hops == 0 || hops == 255 {
-                return Err(format!("peer {who}: ttlSecurity must be 1..=254 hops"));
+                return bad("ttlSecurity", "must be 1..=254 hops");
             }
             if self.multihop.is_some() {
-                return Err(format!(
-                    "peer {who}: ttlSecurity and multihop exclude each other (TTL security always sends 255)"
-                ));
+                return bad(
+                    "ttlSecurity",
+                    "excludes multihop (TTL security always sends 255)",
+                );
             }
         }
         if let Some(b) = &self.bfd {
-            b.validate().map_err(|e| format!("peer {who}: {e}"))?;
+            if let Err(e) = b.validate() {
+                return Err(ConfigError {
+                    peer: Some(self.address),
+                    ..e
+                });
+            }
             if self.multihop.is_some() {
-                return Err(format!(
-                    "peer {who}: bfd is single-hop here and excludes multihop"
-                ));
+                return bad("bfd", "is single-hop here and excludes multihop");
             }
         }
         if self.max_prefix.as_ref().is_some_and(|m| m.limit == 0) {
-            return Err(format!("peer {who}: maxPrefix.limit must be at least 1"));
+            return bad("maxPrefix.limit", "must be at least 1");
         }
         if self.families.is_empty() {
-            return Err(format!(
-                "peer {who}: families must list at least one family"
-            ));
+            return bad("families", "must list at least one family");
         }
         if self.graceful_restart_time.is_some_and(|t| t > 4095) {
-            return Err(format!(
-                "peer {who}: gracefulRestartTime must be 0..=4095 seconds (12 bits, RFC 4724)"
-            ));
+            return bad(
+                "gracefulRestartTime",
+                "must be 0..=4095 seconds (12 bits, RFC 4724)",
+            );
         }
         if self.multihop == Some(0) {
-            return Err(format!("peer {who}: multihop TTL must be 1..=255"));
+            return bad("multihop", "TTL must be 1..=255");
         }
         Ok(())
     }
@@ -427,30 +469,32 @@ impl LocalRoute {
 }
 
 /// Parses `65000:100` into a 32-bit community value.
-pub fn parse_community(s: &str) -> Result<u32, String> {
+pub fn parse_community(s: &str) -> Result<u32, ConfigError> {
+    let bad = |reason: String| ConfigError::speaker("communities", &reason);
     let (a, b) = s
         .split_once(':')
-        .ok_or_else(|| format!("community {s:?}: expected ASN:VALUE"))?;
+        .ok_or_else(|| bad(format!("{s:?}: expected ASN:VALUE")))?;
     let a: u16 = a
         .parse()
-        .map_err(|_| format!("community {s:?}: {a:?} is not 0..=65535"))?;
+        .map_err(|_| bad(format!("{s:?}: {a:?} is not 0..=65535")))?;
     let b: u16 = b
         .parse()
-        .map_err(|_| format!("community {s:?}: {b:?} is not 0..=65535"))?;
+        .map_err(|_| bad(format!("{s:?}: {b:?} is not 0..=65535")))?;
     Ok(u32::from(a) << 16 | u32::from(b))
 }
 
 /// Parses `4200000000:1:2` into a large community.
-pub fn parse_large_community(s: &str) -> Result<crate::packet::attribute::LargeCommunity, String> {
+pub fn parse_large_community(
+    s: &str,
+) -> Result<crate::packet::attribute::LargeCommunity, ConfigError> {
+    let bad = |reason: String| ConfigError::speaker("largeCommunities", &reason);
     let parts: Vec<&str> = s.split(':').collect();
     let [a, b, c] = parts[..] else {
-        return Err(format!(
-            "large community {s:?}: expected GLOBAL:LOCAL1:LOCAL2"
-        ));
+        return Err(bad(format!("{s:?}: expected GLOBAL:LOCAL1:LOCAL2")));
     };
     let n = |x: &str| {
         x.parse::<u32>()
-            .map_err(|_| format!("large community {s:?}: {x:?} is not a 32-bit number"))
+            .map_err(|_| bad(format!("{s:?}: {x:?} is not a 32-bit number")))
     };
     Ok(crate::packet::attribute::LargeCommunity(
         n(a)?,
@@ -466,7 +510,9 @@ mod tests {
     #[test]
     fn communities_parse_and_reject_garbage() {
         assert_eq!(parse_community("65000:100").unwrap(), 0xfde8_0064);
-        assert!(parse_community("70000:1").unwrap_err().contains("70000"));
+        let e = parse_community("70000:1").unwrap_err();
+        assert_eq!(e.field, "communities");
+        assert!(e.to_string().contains("70000"), "{e}");
         assert!(parse_community("1").is_err());
         assert_eq!(
             parse_large_community("4200000000:1:2").unwrap().0,
@@ -480,13 +526,16 @@ mod tests {
         let mut p = PeerConfig::new("192.0.2.1".parse().unwrap(), 65001);
         assert!(p.validate().is_ok());
         p.hold_time = 2;
-        assert!(p.validate().unwrap_err().contains("holdTime"));
+        let e = p.validate().unwrap_err();
+        assert_eq!((e.peer, e.field), (Some(p.address), "holdTime"));
         assert!(
-            SpeakerConfig::new(Ipv4Addr::UNSPECIFIED, 1)
-                .validate()
-                .unwrap_err()
-                .contains("routerId")
+            e.to_string().starts_with("peer 192.0.2.1: holdTime: "),
+            "{e}"
         );
+        let e = SpeakerConfig::new(Ipv4Addr::UNSPECIFIED, 1)
+            .validate()
+            .unwrap_err();
+        assert_eq!((e.peer, e.field), (None, "routerId"));
     }
 
     #[test]

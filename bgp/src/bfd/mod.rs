@@ -51,12 +51,16 @@ impl Default for BfdConfig {
 
 impl BfdConfig {
     /// Checks ranges RFC 5880 and sanity ask for; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
         if !(10..=60_000).contains(&self.min_tx_ms) || !(10..=60_000).contains(&self.min_rx_ms) {
-            return Err("bfd: minTxMs and minRxMs must be 10..=60000".into());
+            return Err(ConfigError::speaker(
+                "bfd.minTxMs",
+                "minTxMs and minRxMs must be 10..=60000",
+            ));
         }
         if self.multiplier == 0 {
-            return Err("bfd: multiplier must be at least 1".into());
+            return Err(ConfigError::speaker("bfd.multiplier", "must be at least 1"));
         }
         Ok(())
     }

@@ -15,9 +15,9 @@ use crate::status::{BestPathChange, RouteView, RoutesQuery, Status};
 /// Errors the speaker API returns.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
-    /// The configuration is invalid; the message names the field.
+    /// The configuration is invalid; the error names the peer and the field.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
     /// A peer with this address already exists.
     #[error("peer {0} already exists")]
     DuplicatePeer(IpAddr),

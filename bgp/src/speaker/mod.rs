@@ -316,9 +316,10 @@ impl Speaker {
         if let (Some(fd), Some(pw)) = (self.listener_fd, &cfg.password)
             && let Err(e) = crate::sockopt::set_md5_key(fd, cfg.address, Some(pw.0.as_bytes()))
         {
-            return Err(SpeakerError::Config(format!(
-                "peer {}: cannot install the TCP-MD5 key: {e}",
-                cfg.address
+            return Err(SpeakerError::Config(crate::config::ConfigError::peer(
+                cfg.address,
+                "password",
+                &format!("cannot install the TCP-MD5 key: {e}"),
             )));
         }
         if let Some(b) = &cfg.bfd {
@@ -402,9 +403,9 @@ impl Speaker {
         if let Some(nh) = route.next_hop
             && nh.is_ipv4() != route.prefix.addr().is_ipv4()
         {
-            return Err(SpeakerError::Config(format!(
-                "route {}: nextHop {nh} is of the other family",
-                route.prefix
+            return Err(SpeakerError::Config(crate::config::ConfigError::speaker(
+                "nextHop",
+                &format!("route {}: {nh} is of the other family", route.prefix),
             )));
         }
         Ok(PathAttributes {
@@ -625,7 +626,12 @@ impl Speaker {
                 crate::bfd::socket::BFD_PORT,
                 tx,
             )
-            .map_err(|e| SpeakerError::Config(format!("cannot start BFD (UDP port 3784): {e}")))?;
+            .map_err(|e| {
+                SpeakerError::Config(crate::config::ConfigError::speaker(
+                    "bfd",
+                    &format!("cannot start BFD (UDP port 3784): {e}"),
+                ))
+            })?;
             let inputs = self.input_tx.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {

@@ -271,15 +271,18 @@ impl ClusterState {
 
     /// The pools as natOutgoing needs them (IPv4).
     pub fn nat_spec(&self) -> serval_policy::nat::NatSpec {
-        let v4: Vec<(IpNet, bool)> = self
+        let pools: Vec<(IpNet, bool)> = self
             .pools
             .values()
             .filter_map(|p| Some((p.spec.cidr_net()?, p.spec.nat_outgoing)))
-            .filter(|(c, _)| c.addr().is_ipv4())
             .collect();
         serval_policy::nat::NatSpec {
-            masquerade: v4.iter().filter(|(_, nat)| *nat).map(|(c, _)| *c).collect(),
-            all: v4.iter().map(|(c, _)| *c).collect(),
+            masquerade: pools
+                .iter()
+                .filter(|(_, nat)| *nat)
+                .map(|(c, _)| *c)
+                .collect(),
+            all: pools.iter().map(|(c, _)| *c).collect(),
         }
     }
 

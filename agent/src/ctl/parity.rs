@@ -50,7 +50,6 @@ const NOTES: &[(&str, &str, &str)] = &[
         "prefixAdvertisements",
         "pod blocks carry them; service addresses are not advertised yet",
     ),
-    ("IPPool", "natOutgoing", "IPv4 pools only"),
     (
         "IPPool",
         "allowedUses",
@@ -252,7 +251,7 @@ mod tests {
         assert!(status("BGPPeer", "localASNumber").starts_with("refused"));
         assert!(status("BGPConfiguration", "bindMode").contains("only `None`"));
         assert_eq!(status("BGPPeer", "maxPrefix"), "Serval extension");
-        assert!(status("IPPool", "natOutgoing").contains("IPv4"));
+        assert_eq!(status("IPPool", "natOutgoing"), "supported");
         assert!(status("BGPFilter", "").starts_with("kind refused"));
         assert_eq!(status("IPAMConfiguration", ""), "supported as `IPAMConfig`");
     }

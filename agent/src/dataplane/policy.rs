@@ -18,13 +18,13 @@ use super::firewall::{
 /// endpoints, those are replaced by what fails closed (a policy by its deny-all stand-in, an
 /// endpoint left without chains, so the dispatch drops its traffic), reported in the
 /// returned map (object → why), and the rest is applied. Gives up after a few rounds.
-/// `compiled` is `inputs` already compiled (IPv4, IPv6); `nat` is the nat table's IPv4
-/// ruleset, written with it.
+/// `compiled` is `inputs` already compiled (IPv4, IPv6); `nat` is the nat table's rulesets
+/// (IPv4, IPv6), written with it.
 pub async fn apply_failing_closed<T: ToolRunner>(
     manager: &mut FirewallManager<T>,
     inputs: &PolicyInputs,
     compiled: (Ruleset, Ruleset),
-    nat: &Ruleset,
+    nat: &(Ruleset, Ruleset),
     stand_in: impl Fn(&serval_policy::compile::PolicyDef) -> serval_policy::compile::PolicyDef,
 ) -> Result<(FirewallReport, BTreeMap<String, String>), FirewallError> {
     // Copied only when an object has to be replaced.
@@ -40,8 +40,8 @@ pub async fn apply_failing_closed<T: ToolRunner>(
             )
         });
         let want = FirewallRules {
-            v4: FamilyRules::new(v4, nat.clone()),
-            v6: FamilyRules::new(v6, Ruleset::default()),
+            v4: FamilyRules::new(v4, nat.0.clone()),
+            v6: FamilyRules::new(v6, nat.1.clone()),
         };
         match manager.apply(&want).await {
             Ok(report) => return Ok((report, refused)),
@@ -177,7 +177,7 @@ mod tests {
             &mut m,
             &inputs,
             compiled,
-            &Ruleset::default(),
+            &(Ruleset::default(), Ruleset::default()),
             crate::calc::policy::fail_closed_def,
         )
         .await
@@ -215,7 +215,7 @@ mod tests {
             &mut m,
             &inputs,
             compiled,
-            &Ruleset::default(),
+            &(Ruleset::default(), Ruleset::default()),
             crate::calc::policy::fail_closed_def,
         )
         .await;

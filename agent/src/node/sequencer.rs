@@ -325,7 +325,10 @@ impl Sequencer {
         self.metrics
             .policy_ipsets
             .set((v4.sets.len() + v6.sets.len()) as i64);
-        let nat = serval_policy::nat::nat_ruleset(&d.nat);
+        let nat = (
+            serval_policy::nat::nat_ruleset(&d.nat, false),
+            serval_policy::nat::nat_ruleset(&d.nat, true),
+        );
         let manager = self.firewall().await;
         let result = crate::dataplane::policy::apply_failing_closed(
             manager,

@@ -59,6 +59,8 @@ pub struct Cluster {
     scratch: Scratch,
     /// The cluster's etcd or API server.
     pub store: Store,
+    /// Settings every node's serval-node gets on top of the usual ones.
+    extra_env: Vec<String>,
 }
 
 /// How the cross-subnet path is encapsulated.
@@ -111,6 +113,7 @@ impl Cluster {
             "SERVAL_HTTP_ADDRESS=127.0.0.1:9179".into(),
             "SERVAL_LOG=info,serval_bgp=info".into(),
         ];
+        env.extend(self.extra_env.iter().cloned());
         match &self.store {
             Store::Etcd(_) => env.extend([
                 "DATASTORE_TYPE=etcdv3".into(),
@@ -369,6 +372,11 @@ fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netn
 /// Builds the three-node cluster on etcd with running agents and no pods yet; `None`
 /// (after saying why) when the kernel or the machine cannot.
 pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
+    three_nodes_with(test, encap, &[]).await
+}
+
+/// [`three_nodes`] with extra serval-node settings (`NAME=value`) on every node.
+pub async fn three_nodes_with(test: &str, encap: Encap, env: &[&str]) -> Option<Cluster> {
     if !require::lab_ready(test, &["ip", "etcd", "ping"]) || !encap_ready(test, encap) {
         return None;
     }
@@ -395,6 +403,7 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
         ds,
         scratch,
         Store::Etcd(etcd),
+        env.iter().map(|e| e.to_string()).collect(),
     ))
 }
 
@@ -426,7 +435,14 @@ pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
         api,
         agent_kubeconfig,
     };
-    Some(Cluster::running(nodes, router, ds, scratch, store))
+    Some(Cluster::running(
+        nodes,
+        router,
+        ds,
+        scratch,
+        store,
+        Vec::new(),
+    ))
 }
 
 impl Cluster {
@@ -437,6 +453,7 @@ impl Cluster {
         ds: Datastore<AnyBackend>,
         scratch: Scratch,
         store: Store,
+        extra_env: Vec<String>,
     ) -> Cluster {
         let mut c = Cluster {
             nodes,
@@ -445,6 +462,7 @@ impl Cluster {
             ds,
             scratch,
             store,
+            extra_env,
         };
         for i in 0..3 {
             if matches!(c.store, Store::Kubernetes { .. }) {

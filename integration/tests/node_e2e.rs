@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serval_agent::resources::Node;
-use serval_integration::cluster::{Encap, three_nodes};
+use serval_integration::cluster::{Encap, three_nodes, three_nodes_with};
 use serval_integration::eventually;
 
 async fn scenario(test: &str, encap: Encap) {
@@ -325,4 +325,42 @@ async fn three_nodes_cross_subnet_vxlan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_cross_subnet_ipip() {
     scenario("three_nodes_cross_subnet_ipip", Encap::Ipip).await;
+}
+
+/// Calico's `vxlan` networking backend: no BGP at all (nothing listens on 179, no
+/// sessions); routes to other nodes' blocks come from IPAM — natively to the same-subnet
+/// node, through vxlan.serval across the router — and every pod reaches every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_without_bgp_on_the_vxlan_backend() {
+    let Some(mut c) = three_nodes_with(
+        "three_nodes_without_bgp_on_the_vxlan_backend",
+        Encap::Vxlan,
+        &["CALICO_NETWORKING_BACKEND=vxlan"],
+    )
+    .await
+    else {
+        return;
+    };
+    for i in 0..3 {
+        let name = format!("{}-pod", &c.nodes[i].name[5..]);
+        c.add_pod(i, &name);
+    }
+    c.all_pairs_reach("without BGP");
+    let ip_of = |node: usize| c.pods.iter().find(|p| p.0 == node).unwrap().3;
+    let native = c.route_to_pod(0, ip_of(1)).unwrap();
+    assert!(
+        native.contains("via 192.168.1.3 dev eth0"),
+        "a→b native: {native}"
+    );
+    let tunnel = c.route_to_pod(0, ip_of(2)).unwrap();
+    assert!(
+        tunnel.contains("dev vxlan.serval"),
+        "a→c over VXLAN: {tunnel}"
+    );
+    for n in &c.nodes {
+        let listening = n.ns.output(&["ss", "-ltnH", "sport = :179"]).unwrap();
+        assert!(listening.trim().is_empty(), "{}: {listening}", n.name);
+        let status = n.ns.http_get("127.0.0.1:9179", "/status").unwrap();
+        assert!(status.contains("\"peers\":[]"), "{}: {status}", n.name);
+    }
 }

@@ -156,6 +156,21 @@ fn command_line() -> anyhow::Result<(Cli, Vec<String>)> {
 async fn main() -> anyhow::Result<()> {
     let (cli, unsupported) = command_line()?;
     let bgp_log = init_logs(&cli.log_format);
+    // A log setting that cannot be used is said, not silently replaced by the default.
+    if let Ok(v) = std::env::var("SERVAL_LOG")
+        && EnvFilter::try_new(&v).is_err()
+    {
+        tracing::warn!(variable = "SERVAL_LOG", value = %v, "not a log filter; using the default");
+    } else if let Ok(v) = std::env::var("FELIX_LOGSEVERITYSCREEN")
+        && std::env::var_os("SERVAL_LOG").is_none()
+        && calico_env::log_filter(&v).is_none()
+    {
+        tracing::warn!(
+            variable = "FELIX_LOGSEVERITYSCREEN",
+            value = %v,
+            "expected Debug, Info, Warning, Error, Fatal, Panic or None; using info"
+        );
+    }
     for name in unsupported {
         tracing::warn!(variable = %name, "set but not supported by serval-node; it has no effect");
     }

@@ -185,11 +185,12 @@ impl<T: ToolRunner> FirewallManager<T> {
     pub async fn apply(&mut self, want: &FirewallRules) -> Result<FirewallReport, FirewallError> {
         let start = Instant::now();
         let mut report = FirewallReport::default();
+        let mut sets = None;
         for (i, family) in [&want.v4, &want.v6].into_iter().enumerate() {
             let v6 = i == 1;
             let part = match self.applied[i].take() {
                 Some(old) => self.write_difference(&old, family, v6).await,
-                None => self.read_back_and_repair(family, v6).await,
+                None => self.read_back_and_repair(family, v6, &mut sets).await,
             }?;
             self.applied[i] = Some(family.clone());
             report.add(&part);
@@ -203,11 +204,14 @@ impl<T: ToolRunner> FirewallManager<T> {
     pub async fn resync(&mut self) -> Result<FirewallReport, FirewallError> {
         let start = Instant::now();
         let mut report = FirewallReport::default();
+        let mut sets = None;
         for i in 0..2 {
             let Some(family) = self.applied[i].take() else {
                 continue; // not known: the next apply reads it back anyway
             };
-            let part = self.read_back_and_repair(&family, i == 1).await?;
+            let part = self
+                .read_back_and_repair(&family, i == 1, &mut sets)
+                .await?;
             self.applied[i] = Some(family);
             report.add(&part);
         }
@@ -263,18 +267,25 @@ impl<T: ToolRunner> FirewallManager<T> {
     }
 
     /// Reads the kernel back, writes what differs from `want` and removes what is ours and
-    /// not wanted; the report's `repairs` says what was found wrong.
+    /// not wanted; the report's `repairs` says what was found wrong. `sets` is `ipset save`
+    /// as read by the first family's pass of the same call (one family's writes never touch
+    /// the other's sets, so one read serves both).
     async fn read_back_and_repair(
         &self,
         want: &FamilyRules,
         v6: bool,
+        sets: &mut Option<BTreeMap<String, SetState>>,
     ) -> Result<FirewallReport, FirewallError> {
         let mut report = FirewallReport::default();
-        let actual_sets: BTreeMap<String, SetState> =
-            parse_sets(&self.tools.run("ipset", &["save"], None).await?)
-                .into_iter()
-                .filter(|(_, s)| s.v6 == v6)
-                .collect();
+        if sets.is_none() {
+            *sets = Some(parse_sets(&self.tools.run("ipset", &["save"], None).await?));
+        }
+        let actual_sets: BTreeMap<String, SetState> = sets
+            .iter()
+            .flatten()
+            .filter(|(_, s)| s.v6 == v6)
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
         let mut tables = BTreeMap::new();
         for table in TABLES {
             let save = self
@@ -404,7 +415,7 @@ impl<T: ToolRunner> FirewallManager<T> {
         ours: &str,
         v6: bool,
     ) -> Result<(), DataplaneError> {
-        let rule = ["-m", "comment", "--comment", HOOK_COMMENT, "-j", ours];
+        let rule = hook_rule(ours);
         let bin = self.backend.iptables(v6);
         let mut check = vec!["--wait", "-t", table.name(), "-C", kernel];
         check.extend(rule);
@@ -431,12 +442,17 @@ impl<T: ToolRunner> FirewallManager<T> {
         v6: bool,
     ) -> Result<(), DataplaneError> {
         let mut delete = vec!["--wait", "-t", table.name(), "-D", kernel];
-        delete.extend(["-m", "comment", "--comment", HOOK_COMMENT, "-j", ours]);
+        delete.extend(hook_rule(ours));
         self.tools
             .run(self.backend.iptables(v6), &delete, None)
             .await?;
         Ok(())
     }
+}
+
+/// A hook's rule arguments (after `-t TABLE -C|-I|-D CHAIN`): a commented jump to `ours`.
+fn hook_rule(ours: &str) -> [&str; 6] {
+    ["-m", "comment", "--comment", HOOK_COMMENT, "-j", ours]
 }
 
 /// A hook as (kernel chain, our chain).

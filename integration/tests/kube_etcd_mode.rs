@@ -218,7 +218,7 @@ async fn the_controllers_copy_kubernetes_objects_into_etcd() {
     assert!(store.get::<Node>(None, "n1").await.unwrap().is_some());
     let text = replicas.iter().map(Daemon::log_text).collect::<String>();
     assert!(
-        !text.contains("403") && !text.contains("orbidden"),
+        !text.contains("code: 403") && !text.contains("orbidden"),
         "a request was refused: {}",
         logs()
     );

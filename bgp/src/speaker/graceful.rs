@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use super::{Speaker, family_index};
+use super::Speaker;
 use crate::af::Family;
 use crate::connection::Input;
 use crate::decision::PeerId;
 use crate::fsm::{DownReason, Negotiated};
 use crate::rib::DecideCtx;
-use crate::task::OwnedTask;
 
 impl Speaker {
     /// Called as the session goes down. Returns true when the peer's routes are kept stale
@@ -21,11 +20,8 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return false;
         };
-        let peer_gr = entry
-            .session
-            .as_ref()
-            .and_then(|s| s.neg.graceful_restart.clone());
-        let ours = entry.cfg.graceful_restart_time.is_some();
+        let peer_gr = entry.session().and_then(|s| s.neg.graceful_restart.clone());
+        let ours = entry.cfg().graceful_restart_time.is_some();
         // RFC 4724: only a transport failure (no NOTIFICATION) is a restart.
         let (Some(gr), true, DownReason::ConnectionLost) = (peer_gr, ours, reason) else {
             return false;
@@ -48,8 +44,7 @@ impl Speaker {
         });
         let stale = (self.tables.v4.mark_stale(id), self.tables.v6.mark_stale(id));
         let entry = self.peers.get_mut(&id).expect("checked");
-        entry.stale_timer = Some((serial, OwnedTask::new(timer)));
-        entry.stale_families = families.iter().copied().collect();
+        entry.begin_stale(serial, timer, &families);
         // Families the peer did not list for graceful restart lose their routes now.
         for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
             if !families.contains(&family) {
@@ -57,7 +52,7 @@ impl Speaker {
             }
         }
         let entry = &self.peers[&id];
-        entry.span.in_scope(|| {
+        entry.span().in_scope(|| {
             tracing::info!(
                 restart_time = gr.restart_time,
                 stale_v4 = stale.0,
@@ -73,12 +68,11 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return;
         };
-        if entry.stale_timer.as_ref().map(|(s, _)| *s) != Some(serial) {
+        if !entry.stale_timer_fired(serial) {
             return;
         }
-        entry.stale_timer = None;
         entry
-            .span
+            .span()
             .in_scope(|| tracing::warn!("restart time expired: removing the peer's stale routes"));
         for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
             self.sweep_stale(id, family);
@@ -90,7 +84,7 @@ impl Speaker {
         let Some(entry) = self.peers.get(&id) else {
             return;
         };
-        if entry.stale_families.is_empty() {
+        if !entry.has_stale() {
             return;
         }
         let preserved: Vec<Family> = neg
@@ -110,7 +104,7 @@ impl Speaker {
     /// End-of-RIB from the peer: whatever is still stale in that family is gone.
     pub(super) fn on_end_of_rib(&mut self, id: PeerId, family: Family) {
         if let Some(entry) = self.peers.get_mut(&id) {
-            entry.eor_received.insert(family);
+            entry.end_of_rib_received(family);
         }
         self.sweep_stale(id, family);
     }
@@ -120,11 +114,8 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return;
         };
-        if !entry.stale_families.remove(&family) {
+        if !entry.end_stale(family) {
             return;
-        }
-        if entry.stale_families.is_empty() {
-            entry.stale_timer = None;
         }
         self.remove_stale_paths(id, family);
     }
@@ -153,10 +144,10 @@ impl Speaker {
             Family::Ipv6Unicast => self.tables.v6.count_from(id),
         };
         let entry = self.peers.get_mut(&id).expect("checked");
-        entry.accepted[family_index(family)] = count;
+        entry.set_accepted(family, count);
         if swept > 0 {
             entry
-                .span
+                .span()
                 .in_scope(|| tracing::info!(%family, swept, "stale routes removed"));
         }
     }

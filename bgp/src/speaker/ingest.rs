@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Speaker, family_index};
+use super::Speaker;
 use crate::af::Family;
 use crate::decision::{Path, PeerId};
 use crate::packet::attribute::PathAttributes;
@@ -20,15 +20,15 @@ impl Speaker {
         };
         if let Some(family) = update.end_of_rib() {
             entry
-                .span
+                .span()
                 .in_scope(|| tracing::info!(%family, "End-of-RIB received"));
             self.on_end_of_rib(id, family);
             return;
         }
         if !update.errors.is_empty() {
-            entry.counts.update_errors += 1;
+            entry.count_update_error();
             for e in &update.errors {
-                entry.span.in_scope(|| {
+                entry.span().in_scope(|| {
                     tracing::warn!(action = ?e.action, type_code = e.type_code, subcode = e.subcode, "malformed UPDATE attribute: {}", e.reason)
                 });
             }
@@ -77,15 +77,15 @@ impl Speaker {
     /// Loop and sanity checks that make a path unusable (RFC 4271 §9, RFC 4456 §8).
     fn rejects_path(&self, id: PeerId, attrs: &PathAttributes) -> bool {
         let entry = &self.peers[&id];
-        let why = if entry.ebgp
-            && attrs.as_path.count(self.cfg.as_number) > usize::from(entry.cfg.allow_local_as)
+        let why = if entry.ebgp()
+            && attrs.as_path.count(self.cfg.as_number) > usize::from(entry.cfg().allow_local_as)
         {
             Some("AS path contains our AS (loop)")
-        } else if entry.ebgp
+        } else if entry.ebgp()
             && attrs
                 .as_path
                 .first_as()
-                .is_some_and(|a| a != entry.cfg.as_number)
+                .is_some_and(|a| a != entry.cfg().as_number)
         {
             Some("first AS in the path is not the peer's AS")
         } else if attrs.originator_id == Some(self.cfg.router_id) {
@@ -102,7 +102,7 @@ impl Speaker {
         };
         if let Some(reason) = why {
             entry
-                .span
+                .span()
                 .in_scope(|| tracing::debug!(reason, "UPDATE treated as withdraw"));
         }
         why.is_some()
@@ -111,7 +111,7 @@ impl Speaker {
     fn is_own_address(&self, addr: IpAddr) -> bool {
         self.peers
             .values()
-            .any(|p| p.session.as_ref().is_some_and(|s| s.local.ip() == addr))
+            .any(|p| p.session().is_some_and(|s| s.local.ip() == addr))
     }
 
     fn withdraw_from(&mut self, id: PeerId, prefix: IpNet) {
@@ -122,22 +122,19 @@ impl Speaker {
         if !entry.has_family(family) {
             return;
         }
-        entry.filtered.remove(&prefix);
         let removed = match prefix {
             IpNet::V4(p) => self.remove_path(p, id),
             IpNet::V6(p) => self.remove_path(p, id),
         };
-        if removed.is_some() {
-            let entry = self.peers.get_mut(&id).expect("checked");
-            entry.accepted[family_index(family)] -= 1;
-        }
+        let entry = self.peers.get_mut(&id).expect("checked");
+        entry.route_removed(prefix, removed.is_some());
     }
 
     fn import(&mut self, id: PeerId, prefix: IpNet, attrs: &std::sync::Arc<PathAttributes>) {
         let family = Family::of(&prefix);
         let entry = &self.peers[&id];
         // A session torn down mid-UPDATE (max-prefix) takes nothing more from it.
-        if !entry.has_family(family) || entry.session.is_none() {
+        if !entry.has_family(family) || entry.session().is_none() {
             return;
         }
         let verdict = self.policy.import(&entry.policy_peer(), prefix, attrs);
@@ -149,8 +146,7 @@ impl Speaker {
                 self.peers
                     .get_mut(&id)
                     .expect("checked")
-                    .filtered
-                    .insert(prefix);
+                    .route_filtered(prefix);
                 return;
             }
         };
@@ -164,12 +160,8 @@ impl Speaker {
             IpNet::V6(p) => self.insert_path(p, path),
         };
         let entry = self.peers.get_mut(&id).expect("checked");
-        if !replaced {
-            entry.accepted[family_index(family)] += 1;
-            entry.filtered.remove(&prefix);
-        }
-        let count = entry.accepted[family_index(family)];
-        if let Some(mp) = entry.cfg.max_prefix.clone()
+        let count = entry.route_stored(prefix, replaced);
+        if let Some(mp) = entry.cfg().max_prefix.clone()
             && count > mp.limit as usize
         {
             self.max_prefix_exceeded(id, family, &mp, count);
@@ -188,17 +180,16 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return;
         };
-        if entry.max_prefix_tripped {
+        if !entry.trip_max_prefix() {
             return;
         }
-        entry.max_prefix_tripped = true;
         if mp.warning_only {
-            entry.span.in_scope(|| {
+            entry.span().in_scope(|| {
                 tracing::warn!(%family, count, limit = mp.limit, "max-prefix limit exceeded (warning only)")
             });
             return;
         }
-        entry.span.in_scope(|| {
+        entry.span().in_scope(|| {
             tracing::warn!(%family, count, limit = mp.limit, restart_seconds = mp.restart_seconds,
                 "max-prefix limit exceeded: tearing the session down")
         });
@@ -208,11 +199,14 @@ impl Speaker {
         );
         let tx = self.input_tx.clone();
         let delay = std::time::Duration::from_secs(mp.restart_seconds);
-        tokio::spawn(async move {
+        let restart = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = tx
                 .send(crate::connection::Input::Restart { peer: id })
                 .await;
         });
+        if let Some(entry) = self.peers.get_mut(&id) {
+            entry.schedule_max_prefix_restart(restart);
+        }
     }
 }

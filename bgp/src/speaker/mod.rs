@@ -23,7 +23,7 @@ mod views;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::task::OwnedTask;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -31,8 +31,7 @@ use tokio::sync::mpsc;
 
 use handle::Command;
 pub use handle::{SpeakerError, SpeakerHandle};
-use peer::{PeerEntry, Session, dir_index};
-use session::find_dir;
+use peer::PeerEntry;
 
 use crate::af::{Family, Prefix};
 use crate::config::{
@@ -40,15 +39,14 @@ use crate::config::{
 };
 use crate::connection::{self, ConnectParams, Input};
 use crate::decision::{DecisionConfig, LOCAL_PEER, Path, PeerId, SourceInfo};
-use crate::fsm::{Action, Direction, Event, State};
-use crate::packet::attribute::{EncodeContext, PathAttributes};
+use crate::fsm::{Action, Direction, Event};
+use crate::packet::attribute::PathAttributes;
 use crate::packet::error::cease_subcode;
-use crate::packet::message::Message;
+
 use crate::policy::RoutePolicy;
 use crate::rib::{AdjRibOut, DecideCtx, Interner, Table};
 use crate::status::{
-    BestPathChange, FamilyStatus, PathView, PeerStatus, PrefixCounts, RouteView, RoutesQuery,
-    Status,
+    BestPathChange, FamilyStatus, PathView, PeerStatus, RouteView, RoutesQuery, Status,
 };
 
 /// Per-family tables plus the prefixes whose best path may have changed since the
@@ -328,8 +326,8 @@ impl Speaker {
         self.by_addr.insert(cfg.address, id);
         let entry = PeerEntry::new(id, cfg, &self.cfg);
         entry
-            .span
-            .in_scope(|| tracing::info!(passive = entry.cfg.passive, "peer added"));
+            .span()
+            .in_scope(|| tracing::info!(passive = entry.cfg().passive, "peer added"));
         self.peers.insert(id, entry);
         self.fsm_event(id, Event::Start);
         Ok(())
@@ -341,12 +339,12 @@ impl Speaker {
             .by_addr
             .get(&cfg.address)
             .ok_or(SpeakerError::UnknownPeer(cfg.address))?;
-        let restart = self.peers[&id].cfg.session_differs(&cfg);
+        let restart = self.peers[&id].cfg().session_differs(&cfg);
         if restart {
             self.stop_peer(id, cease_subcode::OTHER_CONFIGURATION_CHANGE);
             return self.add_peer(cfg);
         }
-        let old_bfd = self.peers[&id].cfg.bfd.clone();
+        let old_bfd = self.peers[&id].cfg().bfd.clone();
         if old_bfd != cfg.bfd {
             match &cfg.bfd {
                 Some(b) => self.bfd_handle()?.add(cfg.address, b.clone()),
@@ -356,10 +354,8 @@ impl Speaker {
                     }
                 }
             }
-            self.peers.get_mut(&id).expect("known id").bfd_state =
-                cfg.bfd.as_ref().map(|_| crate::bfd::BfdState::Down);
         }
-        self.peers.get_mut(&id).expect("known id").cfg = cfg;
+        self.peers.get_mut(&id).expect("known id").reconfigure(cfg);
         self.full_export(id, false);
         Ok(())
     }
@@ -370,19 +366,15 @@ impl Speaker {
         // Stale routes kept for a restarting peer go with the peer.
         self.drop_routes_of(id);
         if let Some(mut entry) = self.peers.remove(&id) {
-            entry.cancel_tasks();
-            entry.stale_timer = None;
-            for conn in entry.conns.iter_mut().filter_map(Option::take) {
-                conn.close();
+            entry.shut_down();
+            self.by_addr.remove(&entry.cfg().address);
+            if let (Some(h), Some(_)) = (&self.bfd, &entry.cfg().bfd) {
+                h.remove(entry.cfg().address);
             }
-            self.by_addr.remove(&entry.cfg.address);
-            if let (Some(h), Some(_)) = (&self.bfd, &entry.cfg.bfd) {
-                h.remove(entry.cfg.address);
+            if let (Some(fd), Some(_)) = (self.listener_fd, &entry.cfg().password) {
+                let _ = crate::sockopt::set_md5_key(fd, entry.cfg().address, None);
             }
-            if let (Some(fd), Some(_)) = (self.listener_fd, &entry.cfg.password) {
-                let _ = crate::sockopt::set_md5_key(fd, entry.cfg.address, None);
-            }
-            entry.span.in_scope(|| tracing::info!("peer removed"));
+            entry.span().in_scope(|| tracing::info!("peer removed"));
         }
         self.sources.remove(&id);
     }
@@ -480,15 +472,14 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                if attempt != entry.connect_attempt {
+                if !entry.connect_finished(attempt) {
                     return;
                 }
-                entry.connect_task = None;
                 match result {
                     Ok(stream) => self.attach(peer, Direction::Outgoing, stream),
                     Err(e) => {
                         entry
-                            .span
+                            .span()
                             .in_scope(|| tracing::debug!(error = %e, "connect failed"));
                         self.fsm_event(peer, Event::TcpFailed(Direction::Outgoing));
                     }
@@ -501,14 +492,14 @@ impl Speaker {
                     return;
                 };
                 let entry = &self.peers[&id];
-                if entry.conns[dir_index(Direction::Incoming)].is_some() {
+                if entry.conn(Direction::Incoming).is_some() {
                     entry
-                        .span
+                        .span()
                         .in_scope(|| tracing::info!("refusing a second incoming connection"));
                     return;
                 }
-                let ttl = entry.cfg.ttl(self.cfg.as_number);
-                if let Err(e) = connection::set_stream_ttl(&stream, ttl, entry.cfg.min_ttl()) {
+                let ttl = entry.cfg().ttl(self.cfg.as_number);
+                if let Err(e) = connection::set_stream_ttl(&stream, ttl, entry.cfg().min_ttl()) {
                     tracing::warn!(error = %e, "cannot set TTL on accepted connection");
                 }
                 self.attach(id, Direction::Incoming, stream);
@@ -517,33 +508,15 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                let Some(dir) = find_dir(entry, serial) else {
+                let Some(dir) = entry.direction_of(serial) else {
                     return;
                 };
-                entry.counts.messages_received += 1;
+                entry.count_received(msg.as_ref().ok());
                 let event = match msg {
-                    Ok(msg) => {
-                        match &msg {
-                            Message::Update(_) => entry.counts.updates_received += 1,
-                            Message::Notification(n) => {
-                                entry.counts.notifications_received += 1;
-                                entry.span.in_scope(|| {
-                                    tracing::warn!(
-                                        code = n.code,
-                                        subcode = n.subcode,
-                                        message = n.shutdown_message().unwrap_or_default(),
-                                        "NOTIFICATION received: {}",
-                                        crate::packet::error::describe(n.code, n.subcode)
-                                    )
-                                });
-                            }
-                            _ => {}
-                        }
-                        Event::Message(dir, msg)
-                    }
+                    Ok(msg) => Event::Message(dir, msg),
                     Err(n) => {
                         entry
-                            .span
+                            .span()
                             .in_scope(|| tracing::warn!("malformed message: {n}"));
                         Event::DecodeError(dir, n)
                     }
@@ -554,7 +527,7 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                if let Some(dir) = find_dir(entry, serial) {
+                if let Some(dir) = entry.direction_of(serial) {
                     self.fsm_event(peer, Event::TcpFailed(dir));
                 }
             }
@@ -573,8 +546,8 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                if let Some(dir) = find_dir(entry, serial) {
-                    entry.span.in_scope(|| {
+                if let Some(dir) = entry.direction_of(serial) {
+                    entry.span().in_scope(|| {
                         tracing::warn!(
                             queued = entry.queued_bytes(),
                             "nothing could be written for the send hold time (RFC 9687)"
@@ -586,9 +559,9 @@ impl Speaker {
             Input::Bfd(ev) => self.on_bfd(ev),
             Input::Restart { peer } => {
                 if let Some(entry) = self.peers.get_mut(&peer) {
-                    entry.max_prefix_tripped = false;
+                    entry.reset_max_prefix();
                     entry
-                        .span
+                        .span()
                         .in_scope(|| tracing::info!("restarting after the max-prefix delay"));
                     self.fsm_event(peer, Event::Start);
                 }
@@ -601,11 +574,8 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                match entry.timers.get(&timer) {
-                    Some((s, _)) if *s == serial => {
-                        entry.timers.remove(&timer);
-                    }
-                    _ => return,
+                if !entry.timer_fired(timer, serial) {
+                    return;
                 }
                 let event = match timer {
                     crate::fsm::Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
@@ -653,20 +623,20 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return;
         };
-        if entry.cfg.bfd.is_none() {
+        if entry.cfg().bfd.is_none() {
             return;
         }
-        let was = entry.bfd_state.replace(ev.state);
+        let was = entry.set_bfd_state(ev.state);
         // RFC 5882 §3.2: a peer that turned BFD off (AdminDown) has not failed.
         let fell = was == Some(crate::bfd::BfdState::Up)
             && ev.state != crate::bfd::BfdState::Up
             && !ev.remote_admin_down;
         entry
-            .span
+            .span()
             .in_scope(|| tracing::info!(state = ?ev.state, diag = ev.diag, "BFD session state"));
         if fell {
             entry
-                .span
+                .span()
                 .in_scope(|| tracing::warn!("BFD declared the peer down; closing the BGP session"));
             self.fsm_event(id, Event::BfdDown);
         }

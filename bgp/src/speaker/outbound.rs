@@ -143,22 +143,22 @@ impl Speaker {
     /// The update-group key of a peer's current session (None without a session).
     fn group_key(&self, id: PeerId) -> Option<GroupKey> {
         let entry = self.peers.get(&id)?;
-        let session = entry.session.as_ref()?;
+        let session = entry.session()?;
         let (self_v4, self_v6) = entry.self_addresses(&self.cfg);
         Some(GroupKey {
             families: session.neg.families.clone(),
             four_octet_as: session.neg.four_octet_as,
             extended_messages: session.neg.extended_messages,
-            as_number: entry.cfg.as_number,
-            ebgp: entry.ebgp,
-            rr_client: entry.cfg.route_reflector_client,
-            next_hop: entry.cfg.next_hop,
+            as_number: entry.cfg().as_number,
+            ebgp: entry.ebgp(),
+            rr_client: entry.cfg().route_reflector_client,
+            next_hop: entry.cfg().next_hop,
             self_v4,
             self_v6,
             policy_address: self
                 .policy
                 .export_depends_on_peer_address()
-                .then_some(entry.cfg.address),
+                .then_some(entry.cfg().address),
         })
     }
 
@@ -169,7 +169,7 @@ impl Speaker {
         let Some(key) = self.group_key(id) else {
             return;
         };
-        let current = self.peers[&id].group;
+        let current = self.peers[&id].group();
         if let Some(gid) = current
             && self.groups[&gid].key == key
         {
@@ -192,7 +192,10 @@ impl Speaker {
         let group = self.groups.get_mut(&gid).expect("just found or made");
         let old_members = group.members.clone();
         group.members.push(id);
-        self.peers.get_mut(&id).expect("has a session").group = Some(gid);
+        self.peers
+            .get_mut(&id)
+            .expect("has a session")
+            .set_group(Some(gid));
         if old_members.len() <= 1 {
             // New, or was a group of one: its table changes (split horizon applies only to
             // a lone member), so recompute it and tell the existing member the difference.
@@ -214,15 +217,10 @@ impl Speaker {
             backlog.v4.extend(b4.keys().copied());
             backlog.v6.extend(b6.keys().copied());
         }
-        let entry = self.peers.get_mut(&id).expect("has a session");
-        match &mut entry.backlog {
-            Some(b) => {
-                b.v4.extend(backlog.v4);
-                b.v6.extend(backlog.v6);
-                b.end_of_rib |= initial;
-            }
-            None => entry.backlog = Some(backlog),
-        }
+        let pacing = self.peers.get_mut(&id).expect("has a session").pace();
+        pacing.v4.extend(backlog.v4);
+        pacing.v6.extend(backlog.v6);
+        pacing.end_of_rib |= initial;
         self.pump(id);
     }
 
@@ -235,7 +233,7 @@ impl Speaker {
         held: bool,
     ) -> (AdjRibOut<Ipv4Net>, AdjRibOut<Ipv6Net>) {
         if let Some(entry) = self.peers.get_mut(&id) {
-            entry.group = None;
+            entry.set_group(None);
         }
         let Some(group) = self.groups.get_mut(&gid) else {
             return Default::default();
@@ -300,12 +298,12 @@ impl Speaker {
             let Some(entry) = self.peers.get_mut(&m) else {
                 continue;
             };
-            if entry.backlog.is_none() && entry.queued_bytes() <= budget {
+            if !entry.is_paced() && entry.queued_bytes() <= budget {
                 entry.send_batch(&buf, n, true);
                 continue;
             }
-            if entry.backlog.is_none() {
-                entry.span.in_scope(|| {
+            if !entry.is_paced() {
+                entry.span().in_scope(|| {
                     tracing::info!(
                         queued = entry.queued_bytes(),
                         budget,
@@ -313,7 +311,7 @@ impl Speaker {
                     )
                 });
             }
-            let b = entry.backlog.get_or_insert_with(Backlog::default);
+            let b = entry.pace();
             b.v4.extend(batch.touched4.iter().copied());
             b.v6.extend(batch.touched6.iter().copied());
             paced.push(m);
@@ -332,17 +330,17 @@ impl Speaker {
             let Some(entry) = self.peers.get_mut(&id) else {
                 return;
             };
-            let (Some(gid), Some(conn)) = (entry.group, entry.session_conn()) else {
+            let (Some(gid), Some(conn)) = (entry.group(), entry.session_conn()) else {
                 return;
             };
-            if entry.backlog.is_none() {
+            if !entry.is_paced() {
                 return;
             }
             if conn.meter.queued() > low_water && !conn.meter.notify_when_drained() {
                 // A `Drained` input brings us back.
                 return;
             }
-            let mut backlog = entry.backlog.take().expect("checked above");
+            let mut backlog = entry.take_backlog().expect("checked above");
             let mut msgs = self.catch_up::<Ipv4Net>(gid, &mut backlog.v4, low_water);
             if msgs.iter().map(Vec::len).sum::<usize>() < low_water {
                 msgs.extend(self.catch_up::<Ipv6Net>(gid, &mut backlog.v6, low_water));
@@ -351,7 +349,7 @@ impl Speaker {
             let end_of_rib = done && backlog.end_of_rib;
             let entry = self.peers.get_mut(&id).expect("checked above");
             if !done {
-                entry.backlog = Some(backlog);
+                entry.resume_backlog(backlog);
             }
             if !msgs.is_empty() {
                 entry.send_session(msgs, true);
@@ -407,8 +405,7 @@ impl Speaker {
             return;
         };
         let families = entry
-            .session
-            .as_ref()
+            .session()
             .map(|s| s.neg.families.clone())
             .unwrap_or_default();
         let msgs = families
@@ -426,12 +423,12 @@ impl Speaker {
     /// ROUTE-REFRESH: the member is paced through the group's whole table for one family.
     /// Requests that arrive while one is still being served coalesce into the same backlog.
     pub(super) fn resend_table(&mut self, id: PeerId, family: Family) {
-        let Some(gid) = self.peers.get(&id).and_then(|e| e.group) else {
+        let Some(gid) = self.peers.get(&id).and_then(|e| e.group()) else {
             return;
         };
         let group = &self.groups[&gid];
         let entry = self.peers.get_mut(&id).expect("checked above");
-        let b = entry.backlog.get_or_insert_with(Backlog::default);
+        let b = entry.pace();
         match family {
             Family::Ipv4Unicast => b.v4.extend(group.out4.keys().copied()),
             Family::Ipv6Unicast => b.v6.extend(group.out6.keys().copied()),
@@ -446,15 +443,15 @@ impl Speaker {
             .map(|p| {
                 let router_id = self
                     .sources
-                    .get(&p.id)
+                    .get(&p.id())
                     .map(|s| s.router_id)
                     .unwrap_or(self.cfg.router_id);
                 (
-                    p.id,
+                    p.id(),
                     RouteSource {
-                        peer: p.id,
-                        ebgp: p.ebgp,
-                        rr_client: p.cfg.route_reflector_client,
+                        peer: p.id(),
+                        ebgp: p.ebgp(),
+                        rr_client: p.cfg().route_reflector_client,
                         router_id,
                     },
                 )
@@ -505,7 +502,7 @@ impl Speaker {
                         .members
                         .first()
                         .and_then(|m| self.peers.get(m))
-                        .map(|e| e.cfg.address)
+                        .map(|e| e.cfg().address)
                 })
                 .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             as_number: key.as_number,
@@ -585,11 +582,11 @@ impl Speaker {
         let members = self.groups[&gid].members.clone();
         let addresses: Vec<IpAddr> = members
             .iter()
-            .filter_map(|m| self.peers.get(m).map(|e| e.cfg.address))
+            .filter_map(|m| self.peers.get(m).map(|e| e.cfg().address))
             .collect();
         for m in &members {
             if let Some(e) = self.peers.get_mut(m) {
-                e.too_large += total as u64;
+                e.withhold(total as u64);
             }
         }
         for (count, first) in too_large.values() {

@@ -9,21 +9,21 @@ impl Speaker {
         self.next_serial += 1;
         let entry = self.peers.get_mut(&id).expect("caller checked");
         let params = connection::ConnParams {
-            ebgp: entry.ebgp,
-            extended_messages: entry.cfg.extended_messages,
+            ebgp: entry.ebgp(),
+            extended_messages: entry.cfg().extended_messages,
             low_water: self.cfg.write_queue_bytes / 2,
         };
         match connection::start_connection(id, serial, stream, params, self.input_tx.clone()) {
             Ok(conn) => {
                 entry
-                    .span
+                    .span()
                     .in_scope(|| tracing::debug!(?dir, local = %conn.local, "TCP connection up"));
-                entry.conns[dir_index(dir)] = Some(conn);
+                entry.attach_conn(dir, conn);
                 self.fsm_event(id, Event::TcpConnected(dir));
             }
             Err(e) => {
                 entry
-                    .span
+                    .span()
                     .in_scope(|| tracing::debug!(error = %e, "connection lost before use"));
                 if dir == Direction::Outgoing {
                     self.fsm_event(id, Event::TcpFailed(dir));
@@ -37,19 +37,12 @@ impl Speaker {
         let Some(entry) = self.peers.get_mut(&id) else {
             return;
         };
-        let actions = entry.fsm.handle(event);
+        let actions = entry.handle(event);
         for action in actions {
             self.act(id, action);
         }
         if let Some(entry) = self.peers.get_mut(&id) {
-            let state = entry.fsm.state();
-            if state != entry.last_state {
-                entry.span.in_scope(
-                    || tracing::info!(from = ?entry.last_state, to = ?state, "state change"),
-                );
-                entry.last_state = state;
-                entry.state_since = Instant::now();
-            }
+            entry.note_state();
         }
     }
 
@@ -60,105 +53,62 @@ impl Speaker {
         };
         match action {
             Action::Connect => {
-                entry.connect_attempt += 1;
+                let cfg = entry.cfg();
                 let params = ConnectParams {
-                    remote: SocketAddr::new(entry.cfg.address, entry.cfg.port),
-                    source: entry.cfg.source_address,
-                    ttl: entry.cfg.ttl(local_as),
-                    timeout: entry.cfg.connect_retry().max(Duration::from_secs(1)),
-                    md5: entry.cfg.password.as_ref().map(|p| p.0.as_bytes().to_vec()),
-                    min_ttl: entry.cfg.min_ttl(),
+                    remote: SocketAddr::new(cfg.address, cfg.port),
+                    source: cfg.source_address,
+                    ttl: cfg.ttl(local_as),
+                    timeout: cfg.connect_retry().max(Duration::from_secs(1)),
+                    md5: cfg.password.as_ref().map(|p| p.0.as_bytes().to_vec()),
+                    min_ttl: cfg.min_ttl(),
                 };
-                entry.connect_task = Some(OwnedTask::new(connection::spawn_connect(
-                    id,
-                    entry.connect_attempt,
-                    params,
-                    self.input_tx.clone(),
-                )));
+                let inputs = self.input_tx.clone();
+                entry.begin_connect(|attempt| {
+                    connection::spawn_connect(id, attempt, params, inputs)
+                });
             }
-            Action::Send(dir, msg) => {
-                if let Some(conn) = &entry.conns[dir_index(dir)] {
-                    if let Message::Notification(n) = &msg {
-                        entry.counts.notifications_sent += 1;
-                        entry.span.in_scope(|| {
-                            tracing::warn!(
-                                code = n.code,
-                                subcode = n.subcode,
-                                "NOTIFICATION sent: {}",
-                                crate::packet::error::describe(n.code, n.subcode)
-                            )
-                        });
-                    }
-                    entry.counts.messages_sent += 1;
-                    conn.send(
-                        msg.encode(EncodeContext {
-                            four_octet_as: true,
-                            extended_messages: false,
-                        })
-                        .into(),
-                    );
-                }
-            }
-            Action::Close(dir) => {
-                if let Some(conn) = entry.conns[dir_index(dir)].take() {
-                    conn.close();
-                }
-            }
+            Action::Send(dir, msg) => entry.send_message(dir, &msg),
+            Action::Close(dir) => entry.close_conn(dir),
             Action::StartTimer(timer, after) => {
                 let serial = self.next_serial;
                 self.next_serial += 1;
                 let handle =
                     connection::spawn_timer(id, timer, serial, after, self.input_tx.clone());
                 // Replacing a timer drops (and so stops) the one it replaces.
-                entry.timers.insert(timer, (serial, OwnedTask::new(handle)));
+                entry.arm_timer(timer, serial, handle);
             }
-            Action::StopTimer(timer) => {
-                entry.timers.remove(&timer);
-            }
+            Action::StopTimer(timer) => entry.stop_timer(timer),
             Action::Established(neg) => {
-                let Some(conn) = &entry.conns[dir_index(neg.direction)] else {
+                let (ebgp, address) = (entry.ebgp(), entry.cfg().address);
+                let Some(session) = entry.establish(*neg) else {
                     return;
                 };
-                entry.span.in_scope(|| {
+                let neg = session.neg.clone();
+                entry.span().in_scope(|| {
                     tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, families = ?neg.families, extended_messages = neg.extended_messages, "session established")
                 });
-                conn.meter.set_send_hold(entry.cfg.send_hold(neg.hold_time));
                 self.sources.insert(
                     id,
                     SourceInfo {
-                        ebgp: entry.ebgp,
+                        ebgp,
                         router_id: neg.remote_id,
-                        address: entry.cfg.address,
+                        address,
                     },
                 );
-                entry.session = Some(Session {
-                    local: conn.local,
-                    remote: conn.remote,
-                    since: SystemTime::now(),
-                    neg: *neg,
-                });
-                entry.established_transitions += 1;
-                let neg = entry.session.as_ref().map(|s| s.neg.clone());
-                if let Some(neg) = neg {
-                    self.on_reestablished(id, &neg);
-                }
+                self.on_reestablished(id, &neg);
                 self.full_export(id, true);
             }
             Action::Down(reason) => {
                 entry
-                    .span
+                    .span()
                     .in_scope(|| tracing::warn!(?reason, "session down"));
                 let kept = self.begin_stale(id, &reason);
-                if let Some(gid) = self.peers[&id].group {
+                if let Some(gid) = self.peers[&id].group() {
                     self.leave_group(id, gid, false);
                 }
                 let entry = self.peers.get_mut(&id).expect("checked above");
-                entry.session = None;
-                entry.backlog = None;
-                entry.eor_received.clear();
+                entry.session_down(kept);
                 if !kept {
-                    entry.accepted = [0, 0];
-                    entry.filtered.clear();
                     self.drop_routes_of(id);
                 }
             }
@@ -166,7 +116,7 @@ impl Speaker {
             Action::RouteRefresh(rr) => {
                 if let Some(family) = Family::from_afi_safi(rr.afi, rr.safi) {
                     entry
-                        .span
+                        .span()
                         .in_scope(|| tracing::info!(%family, "route refresh requested"));
                     self.resend_table(id, family);
                 }
@@ -184,14 +134,4 @@ impl Speaker {
         self.tables.dirty4.extend(changed4);
         self.tables.dirty6.extend(changed6);
     }
-}
-
-pub(super) fn find_dir(entry: &PeerEntry, serial: u64) -> Option<Direction> {
-    [Direction::Outgoing, Direction::Incoming]
-        .into_iter()
-        .find(|d| {
-            entry.conns[dir_index(*d)]
-                .as_ref()
-                .is_some_and(|c| c.serial == serial)
-        })
 }

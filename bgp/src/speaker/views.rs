@@ -34,7 +34,7 @@ impl Speaker {
                         members: g
                             .members
                             .iter()
-                            .filter_map(|m| self.peers.get(m).map(|e| e.cfg.address))
+                            .filter_map(|m| self.peers.get(m).map(|e| e.cfg().address))
                             .collect(),
                         advertised: g
                             .key
@@ -57,53 +57,13 @@ impl Speaker {
     }
 
     pub(super) fn peer_status(&self, p: &PeerEntry) -> PeerStatus {
-        let received = |f: Family| p.accepted[family_index(f)] + p.filtered.count(f);
-        PeerStatus {
-            address: p.cfg.address,
-            port: p.cfg.port,
-            as_number: p.cfg.as_number,
-            kind: if p.ebgp { "ebgp" } else { "ibgp" }.to_string(),
-            description: p.cfg.description.clone(),
-            state: p.fsm.state(),
-            state_age_seconds: p.state_since.elapsed().as_secs(),
-            established_since_unix: p
-                .session
-                .as_ref()
-                .and_then(|s| s.since.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
-            local_address: p.session.as_ref().map(|s| s.local.to_string()),
-            remote_address: p.session.as_ref().map(|s| s.remote.to_string()),
-            negotiated: p.session.as_ref().map(|s| s.neg.clone()),
-            last_error: match p.fsm.state() {
-                State::Established => None,
-                _ => p.fsm.last_error().map(describe_down),
-            },
-            prefixes: Family::ALL
-                .iter()
-                .filter(|f| p.cfg.families.contains(f))
-                .map(|&f| PrefixCounts {
-                    family: f,
-                    received: received(f),
-                    accepted: p.accepted[family_index(f)],
-                    advertised: p
-                        .group
-                        .and_then(|g| self.groups.get(&g))
-                        .map_or(0, |g| match f {
-                            Family::Ipv4Unicast => g.out4.len(),
-                            Family::Ipv6Unicast => g.out6.len(),
-                        }),
-                })
-                .collect(),
-            messages: p.counts.clone(),
-            established_transitions: p.established_transitions,
-            end_of_rib_received: sorted(&p.eor_received),
-            stale_families: sorted(&p.stale_families),
-            max_prefix_exceeded: p.max_prefix_tripped,
-            bfd: p.bfd_state,
-            write_queue_bytes: p.queued_bytes(),
-            paced_prefixes: p.backlog.as_ref().map_or(0, peer::Backlog::len),
-            routes_too_large: p.too_large,
-        }
+        let group = p.group().and_then(|g| self.groups.get(&g));
+        p.status(|f| {
+            group.map_or(0, |g| match f {
+                Family::Ipv4Unicast => g.out4.len(),
+                Family::Ipv6Unicast => g.out6.len(),
+            })
+        })
     }
 
     /// One page of the Loc-RIB in prefix order: a scan of the keys and a partial selection
@@ -154,30 +114,4 @@ impl Speaker {
             })
             .collect()
     }
-}
-
-fn describe_down(reason: &crate::fsm::DownReason) -> String {
-    use crate::fsm::DownReason::*;
-    match reason {
-        NotificationSent { code, subcode } => {
-            format!(
-                "sent NOTIFICATION: {}",
-                crate::packet::error::describe(*code, *subcode)
-            )
-        }
-        NotificationReceived { code, subcode } => {
-            format!(
-                "received NOTIFICATION: {}",
-                crate::packet::error::describe(*code, *subcode)
-            )
-        }
-        ConnectionLost => "connection lost".into(),
-        Stopped => "stopped".into(),
-    }
-}
-
-fn sorted(set: &std::collections::HashSet<Family>) -> Vec<Family> {
-    let mut v: Vec<Family> = set.iter().copied().collect();
-    v.sort_by_key(|f| f.afi());
-    v
 }

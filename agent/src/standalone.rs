@@ -32,6 +32,36 @@ fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9179))
 }
 
+/// What is wrong with the file's text, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not YAML of this schema (the message has line and column).
+    #[error("{0}")]
+    Yaml(String),
+    /// The speaker section.
+    #[error("speaker.{0}")]
+    Speaker(serval_bgp::config::ConfigError),
+    /// One peer.
+    #[error("peers[{index}]: {source}")]
+    Peer {
+        /// Position in `peers`.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: serval_bgp::config::ConfigError,
+    },
+    /// Two peers with one address.
+    #[error("peers[{index}]: address {address} repeats peers[{first}]")]
+    RepeatedPeer {
+        /// The later peer.
+        index: usize,
+        /// The earlier one.
+        first: usize,
+        /// Their address.
+        address: IpAddr,
+    },
+}
+
 /// Errors loading or applying the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,21 +74,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The YAML does not match the schema.
-    #[error("{path}: {message}")]
+    /// The YAML does not match the schema, or a value is out of range.
+    #[error("{path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Parser message with line and column.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Which field and why.
-        message: String,
+        /// What is wrong, and where.
+        #[source]
+        source: ParseError,
     },
 }
 
@@ -69,24 +92,27 @@ impl StandaloneConfig {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.into(),
-            message,
+            source,
         })
     }
 
     /// Parses and validates YAML text.
-    pub fn parse(text: &str) -> Result<StandaloneConfig, String> {
-        let cfg: StandaloneConfig = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        cfg.speaker.validate().map_err(|m| format!("speaker.{m}"))?;
+    pub fn parse(text: &str) -> Result<StandaloneConfig, ParseError> {
+        let cfg: StandaloneConfig =
+            serde_saphyr::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))?;
+        cfg.speaker.validate().map_err(ParseError::Speaker)?;
         let mut seen = HashMap::new();
-        for (i, p) in cfg.peers.iter().enumerate() {
-            p.validate().map_err(|m| format!("peers[{i}]: {m}"))?;
-            if let Some(j) = seen.insert(p.address, i) {
-                return Err(format!(
-                    "peers[{i}]: address {} repeats peers[{j}]",
-                    p.address
-                ));
+        for (index, p) in cfg.peers.iter().enumerate() {
+            p.validate()
+                .map_err(|source| ParseError::Peer { index, source })?;
+            if let Some(first) = seen.insert(p.address, index) {
+                return Err(ParseError::RepeatedPeer {
+                    index,
+                    first,
+                    address: p.address,
+                });
             }
         }
         Ok(cfg)
@@ -169,11 +195,17 @@ announce:
     #[test]
     fn errors_name_the_field() {
         let e = StandaloneConfig::parse("speaker:\n  routerId: 10.0.0.1\n  asNumber: 1\npeers:\n  - address: 10.0.0.2\n    asNumber: 2\n    holdTme: 3\n").unwrap_err();
+        assert!(matches!(e, ParseError::Yaml(_)));
+        let e = e.to_string();
         assert!(e.contains("holdTme"), "{e}");
         let e = StandaloneConfig::parse("speaker:\n  routerId: 10.0.0.1\n  asNumber: 1\npeers:\n  - address: 10.0.0.2\n    asNumber: 2\n    holdTime: 2\n").unwrap_err();
-        assert!(e.contains("peers[0]") && e.contains("holdTime"), "{e}");
+        assert!(
+            matches!(&e, ParseError::Peer { index: 0, source } if source.field == "holdTime"),
+            "{e}"
+        );
         let e = StandaloneConfig::parse("speaker:\n  routerId: not-an-ip\n  asNumber: 1\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("routerId") || e.contains("line"), "{e}");
     }
 }

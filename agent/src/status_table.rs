@@ -30,10 +30,13 @@ pub struct DataplaneStatus {
 }
 
 /// Fetches `/status` from a local speaker or agent.
-pub fn fetch(addr: SocketAddr) -> anyhow::Result<NodeStatus> {
-    Ok(serde_json::from_value(crate::ctl::bgp::get_json(
-        addr, "/status",
-    )?)?)
+pub fn fetch(addr: SocketAddr) -> Result<NodeStatus, crate::ctl::bgp::StatusError> {
+    let body = crate::ctl::bgp::get_json(addr, "/status")?;
+    serde_json::from_value(body).map_err(|source| crate::ctl::bgp::StatusError::Body {
+        addr,
+        path: "/status".into(),
+        source,
+    })
 }
 
 /// The peer tables, then anything the dataplane reports.

@@ -211,8 +211,8 @@ pub fn validate_rule(rule: &Rule) -> Vec<(String, String)> {
         }
         for (name, ports) in [("ports", &entity.ports), ("notPorts", &entity.not_ports)] {
             for (i, port) in ports.iter().enumerate() {
-                if let Err(msg) = check_port(port) {
-                    errors.push((format!("{side}.{name}[{i}]"), msg));
+                if let Err(e) = check_port(port) {
+                    errors.push((format!("{side}.{name}[{i}]"), e.to_string()));
                 }
             }
         }
@@ -229,33 +229,39 @@ pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     })
 }
 
-fn check_port(port: &IntOrString) -> Result<(), String> {
+/// Why a rule's port is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// A number outside 1..=65535.
+    #[error("port {0} is outside 1..=65535")]
+    OutOfRange(i64),
+    /// A `min:max` range that is not one.
+    #[error("range {0:?} must be min:max with 1 <= min <= max")]
+    BadRange(String),
+    /// Neither a number, a range nor a port name (lower case, digits, `-`, at most 15).
+    #[error("{0:?} is not a port number, a min:max range or a port name")]
+    NotAPort(String),
+}
+
+fn check_port(port: &IntOrString) -> Result<(), PortError> {
     match port {
-        IntOrString::Int(n) if *n == 0 || *n > 65535 => {
-            Err(format!("port {n} is outside 1..=65535"))
-        }
+        IntOrString::Int(n) if *n == 0 || *n > 65535 => Err(PortError::OutOfRange((*n).into())),
         IntOrString::Int(_) => Ok(()),
         IntOrString::String(s) => {
             if let Some((lo, hi)) = s.split_once(':') {
-                let lo: u16 = lo
-                    .parse()
-                    .map_err(|_| format!("bad range start in {s:?}"))?;
-                let hi: u16 = hi.parse().map_err(|_| format!("bad range end in {s:?}"))?;
-                if lo == 0 || lo > hi {
-                    return Err(format!("range {s:?} must be min:max with 1 <= min <= max"));
+                match (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    (Ok(lo), Ok(hi)) if lo != 0 && lo <= hi => Ok(()),
+                    _ => Err(PortError::BadRange(s.clone())),
                 }
-                Ok(())
-            } else if s.parse::<u16>().is_ok() {
-                check_port(&IntOrString::Int(s.parse().unwrap_or(0)))
+            } else if let Ok(n) = s.parse::<u16>() {
+                check_port(&IntOrString::Int(n.into()))
             } else if s.is_empty()
                 || s.len() > 15
                 || !s
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             {
-                Err(format!(
-                    "{s:?} is not a port number, a min:max range or a port name"
-                ))
+                Err(PortError::NotAPort(s.clone()))
             } else {
                 Ok(())
             }

@@ -181,7 +181,7 @@ async fn datastore(cli: &Cli) -> anyhow::Result<Datastore<AnyBackend>> {
             if etcd.endpoints.is_empty() {
                 bail!("DATASTORE_TYPE=etcdv3 needs ETCD_ENDPOINTS (or --etcd-endpoints)");
             }
-            etcd.validate().map_err(anyhow::Error::msg)?;
+            etcd.validate()?;
             AnyBackend::Etcd(Box::new(
                 EtcdBackend::connect_with(&etcd).await.with_context(|| {
                     format!("connecting to etcd at {}", etcd.endpoints.join(","))
@@ -347,8 +347,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_iter()
                 .find(|o| o["metadata"]["name"].as_str() == Some(name.as_str()))
                 .ok_or_else(|| anyhow::anyhow!("{} {name} not found", kind.name))?;
-            let p = ctl::label_patch(labels, &current["metadata"]["labels"], *overwrite)
-                .map_err(anyhow::Error::msg)?;
+            let p = ctl::label_patch(labels, &current["metadata"]["labels"], *overwrite)?;
             ctl::patch(&ds, &kind, namespace.clone(), name, &p).await?;
             println!("{} {name:?} labelled", kind.name);
             Ok(())

@@ -93,21 +93,20 @@ fn warn_unsupported_bgp(configs: &BTreeMap<String, BGPConfiguration>, object: &V
 /// One kind's objects by key: parsing an event's object into its type, and removing one.
 trait Store {
     /// Parses and stores `object`; whether anything changed.
-    fn upsert(&mut self, kind: &KindInfo, object: &Value) -> Result<bool, String>;
+    fn upsert(&mut self, kind: &KindInfo, object: &Value) -> Result<bool, serde_json::Error>;
     /// Removes `key`; whether it was there.
     fn remove(&mut self, key: &str) -> bool;
 }
 
 impl<R: ServalResource + PartialEq> Store for BTreeMap<String, R> {
-    fn upsert(&mut self, kind: &KindInfo, object: &Value) -> Result<bool, String> {
+    fn upsert(&mut self, kind: &KindInfo, object: &Value) -> Result<bool, serde_json::Error> {
         // Pods are kept as agents read them (labels, named ports): a status update then
         // changes nothing here.
         let r: R = if kind.kind == "Pod" {
             serde_json::from_value(crate::datastore::trim::trim(kind, object))
         } else {
             serde_json::from_value(object.clone())
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let k = key(r.namespace().as_deref(), &r.name_any());
         if self.get(&k) == Some(&r) {
             return Ok(false);
@@ -205,7 +204,8 @@ impl ClusterState {
                         Some(r) => {
                             store.remove(&key(namespace.as_deref(), &name));
                             tracing::error!(policy = %r, error = %e, "policy does not parse; what it governs is denied until it is fixed");
-                            self.unreadable_policies.insert(r, (object.clone(), e));
+                            self.unreadable_policies
+                                .insert(r, (object.clone(), e.to_string()));
                             true
                         }
                         None => {

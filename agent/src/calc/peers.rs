@@ -110,6 +110,24 @@ impl NodeBgp {
     }
 }
 
+/// Why a BGP password's Secret gives no password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    /// The Secret is missing, or serval-node may not read it.
+    #[error(
+        "password: Secret {0:?} not found or not readable (it is read from serval-node's namespace)"
+    )]
+    NoSecret(String),
+    /// The Secret lacks the key.
+    #[error("password: Secret {secret:?} has no key {key:?}")]
+    NoKey {
+        /// The Secret's name.
+        secret: String,
+        /// The key asked for.
+        key: String,
+    },
+}
+
 /// The resources the calculation reads.
 #[derive(Debug, Clone, Default)]
 pub struct BgpResources {
@@ -125,18 +143,18 @@ pub struct BgpResources {
 
 impl BgpResources {
     /// The TCP-MD5 password a `secretKeyRef` names, or why there is none.
-    pub fn password(&self, p: &BgpPassword) -> Result<Password, String> {
+    pub fn password(&self, p: &BgpPassword) -> Result<Password, PasswordError> {
         let r = &p.secret_key_ref;
-        match self.secrets.get(&r.name) {
-            None => Err(format!(
-                "password: Secret {:?} not found or not readable (it is read from serval-node's namespace)",
-                r.name
-            )),
-            Some(data) => data.get(&r.key).map(|v| Password(v.clone())).ok_or(format!(
-                "password: Secret {:?} has no key {:?}",
-                r.name, r.key
-            )),
-        }
+        let data = self
+            .secrets
+            .get(&r.name)
+            .ok_or_else(|| PasswordError::NoSecret(r.name.clone()))?;
+        data.get(&r.key)
+            .map(|v| Password(v.clone()))
+            .ok_or_else(|| PasswordError::NoKey {
+                secret: r.name.clone(),
+                key: r.key.clone(),
+            })
     }
 
     /// The Secret names BGP passwords refer to (peers and the mesh).
@@ -265,7 +283,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                 if let Some(p) = &cfg.mesh_password {
                     match res.password(p) {
                         Ok(pw) => pc.password = Some(pw),
-                        Err(e) => unsupported.push(e),
+                        Err(e) => unsupported.push(e.to_string()),
                     }
                 }
                 add(DesiredPeer {
@@ -384,7 +402,7 @@ fn session(
         // Without its password the session cannot come up against an MD5 peer; say why.
         match res.password(p) {
             Ok(pw) => pc.password = Some(pw),
-            Err(e) => unsupported.push(e),
+            Err(e) => unsupported.push(e.to_string()),
         }
     }
     pc.graceful_restart_time = seconds(spec.max_restart_time.as_deref());

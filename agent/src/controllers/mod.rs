@@ -180,7 +180,8 @@ pub fn etcd_settings(
             None => Ok(None),
         },
         "etcdv3" => {
-            etcd.validate().map_err(ControllerError::Config)?;
+            etcd.validate()
+                .map_err(|e| ControllerError::Config(e.to_string()))?;
             Ok(Some(etcd))
         }
         other => Err(ControllerError::Config(format!(

@@ -11,29 +11,74 @@ use serde_json::Value;
 use serval_bgp::fsm::State;
 use serval_bgp::status::Status;
 
+/// Why the local status endpoint gave no answer servalctl can use.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing listens there (or it does not answer in time).
+    #[error("cannot reach the status endpoint at {addr}: {source} (is serval-node running?)")]
+    Unreachable {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The socket's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer is not HTTP, or not a success.
+    #[error("{addr}{path}: {status}")]
+    Http {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// The status line and body, or what was wrong with the answer.
+        status: String,
+    },
+    /// The body is not the JSON expected.
+    #[error("{addr}{path}: unexpected body: {source}")]
+    Body {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// GETs `path` from the local endpoint and parses the JSON body.
-pub fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-        anyhow::anyhow!("cannot reach the status endpoint at {addr}: {e} (is serval-node running?)")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+pub fn get_json(addr: SocketAddr, path: &str) -> Result<Value, StatusError> {
+    let unreachable = |source| StatusError::Unreachable { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(unreachable)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(unreachable)?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
+    s.read_to_string(&mut resp).map_err(unreachable)?;
+    let http = |status: String| StatusError::Http {
+        addr,
+        path: path.to_string(),
+        status,
+    };
     let (head, body) = resp
         .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{addr}{path}: {} {}",
-        head.lines().next().unwrap_or(""),
-        body.trim()
-    );
-    Ok(serde_json::from_str(body)?)
+        .ok_or_else(|| http("malformed HTTP response".into()))?;
+    if !(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")) {
+        return Err(http(format!(
+            "{} {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
+        )));
+    }
+    serde_json::from_str(body).map_err(|source| StatusError::Body {
+        addr,
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// Every page of a `/routes` query (`path` without `after`/`limit`), as one JSON array.
-pub fn get_all_routes(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+pub fn get_all_routes(addr: SocketAddr, path: &str) -> Result<Value, StatusError> {
     const PAGE: usize = serval_bgp::status::RoutesQuery::MAX_LIMIT;
     let mut all = Vec::new();
     let mut after: Option<String> = None;

@@ -36,7 +36,7 @@ pub struct Kind {
     /// `-o wide` columns.
     pub wide_columns: &'static [(&'static str, &'static str)],
     /// Deserialises and validates an object.
-    pub check: fn(&Value) -> Result<(), String>,
+    pub check: fn(&Value) -> Result<(), CheckError>,
     /// Parses one YAML document as this kind and, if that fails, says where (line, column).
     pub locate: fn(&str) -> Option<(usize, usize)>,
     /// Creates and/or updates (flags: may create, may update); returns what happened.
@@ -47,16 +47,28 @@ pub struct Kind {
     pub list: ListFn,
 }
 
-fn check<R: ServalResource>(v: &Value) -> Result<(), String> {
-    let r: R = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
-        }
+/// Why an object is not a valid resource of its kind.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// It does not have the kind's shape: the field path (`.` for the top) and the problem.
+    #[error("{}{message}", if path == "." { String::new() } else { format!("{path}: ") })]
+    Shape {
+        /// Where, as `spec.peerIP`.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// It has the shape but breaks a rule of the kind.
+    #[error(transparent)]
+    Invalid(#[from] crate::resources::ValidationError),
+}
+
+fn check<R: ServalResource>(v: &Value) -> Result<(), CheckError> {
+    let r: R = serde_path_to_error::deserialize(v.clone()).map_err(|e| CheckError::Shape {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
     })?;
-    r.validate().map_err(|e| e.to_string())
+    Ok(r.validate()?)
 }
 
 fn locate<R: ServalResource>(doc: &str) -> Option<(usize, usize)> {

@@ -217,22 +217,42 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A `label` argument servalctl cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// Changing a value needs `--overwrite`, as with kubectl.
+    #[error("label {key:?} already has value {old}; use --overwrite to change it")]
+    WouldOverwrite {
+        /// The label.
+        key: String,
+        /// Its value now (JSON).
+        old: Value,
+    },
+    /// Neither `key=value` nor `key-`.
+    #[error("{0:?}: expected key=value or key-")]
+    Syntax(String),
+}
+
 /// `label` arguments: `k=v` sets, `k-` removes.
-pub fn label_patch(args: &[String], existing: &Value, overwrite: bool) -> Result<Value, String> {
+pub fn label_patch(
+    args: &[String],
+    existing: &Value,
+    overwrite: bool,
+) -> Result<Value, LabelError> {
     let mut labels = serde_json::Map::new();
     for a in args {
         if let Some(k) = a.strip_suffix('-') {
             labels.insert(k.to_string(), Value::Null);
         } else if let Some((k, v)) = a.split_once('=') {
             if !overwrite && existing.get(k).is_some_and(|old| old != v) {
-                return Err(format!(
-                    "label {k:?} already has value {}; use --overwrite to change it",
-                    existing[k]
-                ));
+                return Err(LabelError::WouldOverwrite {
+                    key: k.to_string(),
+                    old: existing[k].clone(),
+                });
             }
             labels.insert(k.to_string(), Value::String(v.to_string()));
         } else {
-            return Err(format!("{a:?}: expected key=value or key-"));
+            return Err(LabelError::Syntax(a.clone()));
         }
     }
     Ok(serde_json::json!({"metadata": {"labels": labels}}))
@@ -424,13 +444,20 @@ mod tests {
             p,
             serde_json::json!({"metadata": {"labels": {"rack": "r1", "old": null}}})
         );
-        assert!(
-            label_patch(&["zone=b".into()], &existing, false)
-                .unwrap_err()
-                .contains("--overwrite")
+        let e = label_patch(&["zone=b".into()], &existing, false).unwrap_err();
+        assert_eq!(
+            e,
+            LabelError::WouldOverwrite {
+                key: "zone".into(),
+                old: "a".into()
+            }
         );
+        assert!(e.to_string().contains("--overwrite"), "{e}");
         assert!(label_patch(&["zone=b".into()], &existing, true).is_ok());
-        assert!(label_patch(&["nonsense".into()], &existing, true).is_err());
+        assert_eq!(
+            label_patch(&["nonsense".into()], &existing, true),
+            Err(LabelError::Syntax("nonsense".into()))
+        );
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How long connecting to an endpoint may take.
 pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// An etcd setting that cannot work, named by Calico's variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct EtcdSettingsError {
+    /// The variable (or variables) at fault, as Calico names them.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
 /// Where etcd is and how to reach it securely: Calico's `ETCD_ENDPOINTS`,
 /// `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE` and `ETCD_KEY_FILE`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,11 +119,12 @@ impl EtcdConfig {
     }
 
     /// Checks the combination; the message names Calico's variable.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EtcdSettingsError> {
+        let err = |variable, reason: String| Err(EtcdSettingsError { variable, reason });
         if self.endpoints.is_empty() {
-            return Err(
-                "ETCD_ENDPOINTS: at least one endpoint is needed, e.g. https://10.0.0.1:2379"
-                    .into(),
+            return err(
+                "ETCD_ENDPOINTS",
+                "at least one endpoint is needed, e.g. https://10.0.0.1:2379".into(),
             );
         }
         if let Some(e) = self
@@ -121,9 +132,10 @@ impl EtcdConfig {
             .iter()
             .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
         {
-            return Err(format!(
-                "ETCD_ENDPOINTS: {e:?} must start with http:// or https://"
-            ));
+            return err(
+                "ETCD_ENDPOINTS",
+                format!("{e:?} must start with http:// or https://"),
+            );
         }
         let https = self
             .endpoints
@@ -131,28 +143,36 @@ impl EtcdConfig {
             .filter(|e| e.starts_with("https://"))
             .count();
         if https != 0 && https != self.endpoints.len() {
-            return Err("ETCD_ENDPOINTS: mix of http:// and https:// endpoints".into());
+            return err(
+                "ETCD_ENDPOINTS",
+                "mix of http:// and https:// endpoints".into(),
+            );
         }
         let tls_files =
             self.ca_cert_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
         if https == 0 && tls_files {
-            return Err("ETCD_CA_CERT_FILE/ETCD_CERT_FILE/ETCD_KEY_FILE are set but ETCD_ENDPOINTS are http:// (use https://)".into());
+            return err(
+                "ETCD_CA_CERT_FILE/ETCD_CERT_FILE/ETCD_KEY_FILE",
+                "set but ETCD_ENDPOINTS are http:// (use https://)".into(),
+            );
         }
         if https != 0 && self.ca_cert_file.is_none() {
-            return Err(
-                "ETCD_CA_CERT_FILE: https:// endpoints need the CA that signed etcd's certificate"
-                    .into(),
+            return err(
+                "ETCD_CA_CERT_FILE",
+                "https:// endpoints need the CA that signed etcd's certificate".into(),
             );
         }
         match (&self.cert_file, &self.key_file) {
             (Some(_), None) => {
-                return Err(
-                    "ETCD_KEY_FILE: the client certificate (ETCD_CERT_FILE) needs its key".into(),
+                return err(
+                    "ETCD_KEY_FILE",
+                    "the client certificate (ETCD_CERT_FILE) needs its key".into(),
                 );
             }
             (None, Some(_)) => {
-                return Err(
-                    "ETCD_CERT_FILE: the key (ETCD_KEY_FILE) needs its client certificate".into(),
+                return err(
+                    "ETCD_CERT_FILE",
+                    "the key (ETCD_KEY_FILE) needs its client certificate".into(),
                 );
             }
             _ => {}

@@ -61,24 +61,32 @@ fn warn_if_expiring(sa_dir: &std::path::Path) {
     }
 }
 
+/// Why install-cni could not give the plugin a token of its own (it keeps the copied one).
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Not running in a pod: the API server's address is unknown.
+    #[error("KUBERNETES_SERVICE_HOST is not set")]
+    NoApiServer,
+    /// The API server refused or could not be reached.
+    #[error("minting the token: {0}")]
+    Kube(#[from] kube::Error),
+    /// Writing the kubeconfig failed.
+    #[error(transparent)]
+    Install(#[from] super::install_cni::InstallError),
+}
+
 /// install-cni's step: mints serval-cni's first token with the pod's own account and
 /// writes the plugin's kubeconfig with it.
-pub async fn install_minted(args: &super::install_cni::InstallArgs) -> Result<(), String> {
-    let host = std::env::var("KUBERNETES_SERVICE_HOST")
-        .map_err(|_| "KUBERNETES_SERVICE_HOST is not set")?;
+pub async fn install_minted(args: &super::install_cni::InstallArgs) -> Result<(), MintError> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| MintError::NoApiServer)?;
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into());
     let account =
         std::env::var("SERVAL_CNI_SERVICE_ACCOUNT").unwrap_or_else(|_| "serval-cni".into());
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| e.to_string())?;
-    let token = mint(&client, &namespace, &account, TOKEN_LIFETIME)
-        .await
-        .map_err(|e| e.to_string())?;
-    let kc = render_kubeconfig_with(&args.service_account_dir, &token, &host, &port)
-        .map_err(|e| e.to_string())?;
-    write_kubeconfig_if_changed(&args.conf_dir, &kc).map_err(|e| e.to_string())?;
+    let client = kube::Client::try_default().await?;
+    let token = mint(&client, &namespace, &account, TOKEN_LIFETIME).await?;
+    let kc = render_kubeconfig_with(&args.service_account_dir, &token, &host, &port)?;
+    write_kubeconfig_if_changed(&args.conf_dir, &kc)?;
     Ok(())
 }
 

@@ -371,22 +371,7 @@ impl RunArgs {
             }
             "etcdv3" => {
                 let c = self.etcd.config();
-                c.validate().map_err(|e| {
-                    let var = [
-                        "ETCD_CA_CERT_FILE",
-                        "ETCD_CERT_FILE",
-                        "ETCD_KEY_FILE",
-                        "ETCD_ENDPOINTS",
-                    ]
-                    .into_iter()
-                    .find(|v| e.starts_with(&format!("{v}:")))
-                    .unwrap_or("ETCD_ENDPOINTS");
-                    let msg = e
-                        .split_once(": ")
-                        .map_or(e.as_str(), |(_, m)| m)
-                        .to_string();
-                    bad(var, msg)
-                })?;
+                c.validate().map_err(|e| bad(e.variable, e.reason))?;
                 Some(c)
             }
             other => {

@@ -217,7 +217,8 @@ async fn cni_add_check_del_and_errors_as_a_runtime_sees_them() {
         .unwrap()
         .expect("WorkloadEndpoint for pod1");
     assert_eq!(wep.spec.interface_name, host1);
-    assert_eq!(wep.spec.ip_networks, vec![format!("{ip1}/32")]);
+    let networks: Vec<&str> = wep.spec.ip_networks.iter().map(|n| n.text()).collect();
+    assert_eq!(networks, vec![format!("{ip1}/32")]);
     assert_eq!(wep.spec.node, "node-a");
 
     // CHECK with the previous result passes; with a wrong one it fails.

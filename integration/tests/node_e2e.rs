@@ -34,7 +34,10 @@ async fn scenario(test: &str, encap: Encap) {
             .unwrap()
             .expect("node-a registered");
     let bgp = a.spec.bgp.clone().unwrap();
-    assert_eq!(bgp.ipv4_address.as_deref(), Some(c.nodes[0].ip));
+    assert_eq!(
+        bgp.ipv4_address.as_ref().map(|a| a.text()),
+        Some(c.nodes[0].ip)
+    );
     if encap == Encap::Vxlan {
         assert!(a.spec.ipv4_vxlan_tunnel_addr.is_some() && a.spec.vxlan_tunnel_mac_addr.is_some());
     } else {

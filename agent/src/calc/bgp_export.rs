@@ -34,7 +34,7 @@ impl CommunityRules {
             .prefix_advertisements
             .iter()
             .filter_map(|a| {
-                let cidr: IpNet = a.cidr.parse().ok()?;
+                let cidr: IpNet = a.cidr.get()?;
                 let mut c = Communities::default();
                 for name_or_value in &a.communities {
                     let value = spec

@@ -224,10 +224,12 @@ impl ClusterState {
         }
         // Network sets, as rule selectors see them. An entry that does not parse (validation
         // refuses it at the door) is left out and reported with the set.
-        let nets_of = |key: String, list: &[String], failed: &mut BTreeMap<String, String>| {
+        let nets_of = |key: String,
+                       list: &[crate::resources::Parsed<IpNet>],
+                       failed: &mut BTreeMap<String, String>| {
             let nets: Vec<IpNet> = list
                 .iter()
-                .filter_map(|n| serval_policy::model::parse_net(n))
+                .filter_map(crate::resources::Parsed::get)
                 .collect();
             if nets.len() != list.len() {
                 failed.insert(

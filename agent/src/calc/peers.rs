@@ -16,7 +16,7 @@ use serval_policy::Selector;
 use crate::resources::bgp::{
     BgpPassword, FailureDetectionMode, NextHopMode as PeerNextHop, SourceAddress,
 };
-use crate::resources::validate::{parse_duration, parse_peer_ip};
+use crate::resources::validate::parse_duration;
 use crate::resources::{BGPConfiguration, BGPPeer, Node};
 
 /// Calico's default cluster AS.
@@ -81,7 +81,7 @@ pub struct NodeBgp {
     /// Effective AS.
     pub as_number: u32,
     /// Route-reflector cluster ID, when the node is a reflector.
-    pub cluster_id: Option<String>,
+    pub cluster_id: Option<std::net::Ipv4Addr>,
 }
 
 impl NodeBgp {
@@ -94,7 +94,7 @@ impl NodeBgp {
             v4: bgp.ipv4(),
             v6: bgp.ipv6(),
             as_number: bgp.as_number.unwrap_or(default_as),
-            cluster_id: bgp.route_reflector_cluster_id.clone(),
+            cluster_id: bgp.cluster_id(),
         })
     }
 
@@ -300,7 +300,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
         let mut targets: Vec<Target<'_>> = Vec::new();
         if applies_to(bp, &me) {
             if let Some(ip) = &spec.peer_ip {
-                if let Some((addr, port)) = parse_peer_ip(ip) {
+                if let Some(crate::resources::PeerAddress { ip: addr, port }) = ip.get() {
                     let node = nodes.iter().find(|n| n.addresses().any(|a| a == addr));
                     let port = port.unwrap_or(if node.is_some() {
                         cfg.listen_port

@@ -278,7 +278,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
             mac: Some(attached.container_mac.clone()),
             ip_networks: addresses
                 .iter()
-                .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                .map(|ip| ipnet::IpNet::from(*ip).into())
                 .collect(),
             profiles: vec![format!("kns.{namespace}")],
             ..WorkloadEndpointSpec::default()

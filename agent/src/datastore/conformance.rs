@@ -26,7 +26,7 @@ fn pool(name: &str, cidr: &str) -> IPPool {
             ..ObjectMeta::default()
         },
         spec: IPPoolSpec {
-            cidr: cidr.to_string(),
+            cidr: cidr.to_string().into(),
             ..IPPoolSpec::default()
         },
     }
@@ -43,7 +43,7 @@ fn endpoint(namespace: &str, name: &str) -> WorkloadEndpoint {
             node: "node-1".to_string(),
             pod: name.to_string(),
             interface_name: "sv0123456789a".to_string(),
-            ip_networks: vec!["10.0.0.1/32".to_string()],
+            ip_networks: vec!["10.0.0.1/32".into()],
             ..WorkloadEndpointSpec::default()
         },
     }

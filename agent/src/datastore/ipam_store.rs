@@ -177,7 +177,7 @@ impl<B: Backend> IpamStore for Datastore<B> {
         Ok(list
             .iter()
             .flat_map(|r| r.spec.reserved_cidrs.iter())
-            .filter_map(|c| serval_policy::model::parse_net(c))
+            .filter_map(crate::resources::Parsed::get)
             .collect())
     }
 }

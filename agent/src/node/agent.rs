@@ -54,7 +54,7 @@ pub struct Identity {
     /// Our AS.
     pub as_number: u32,
     /// Reflector cluster ID, if a reflector.
-    pub cluster_id: Option<String>,
+    pub cluster_id: Option<std::net::Ipv4Addr>,
     /// BGP port.
     pub listen_port: u16,
 }
@@ -68,7 +68,7 @@ pub fn identity(state: &ClusterState, me: &str) -> Identity {
             .as_ref()
             .and_then(|b| b.as_number)
             .unwrap_or(cfg.as_number),
-        cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
+        cluster_id: bgp.and_then(|b| b.cluster_id()),
         listen_port: cfg.listen_port,
     }
 }

@@ -311,7 +311,7 @@ impl RunArgs {
                 ..Default::default()
             },
             spec: IPPoolSpec {
-                cidr: self.ipv4pool_cidr.clone(),
+                cidr: self.ipv4pool_cidr.as_str().into(),
                 block_size: Some(self.ipv4pool_block_size),
                 ipip_mode: ipip,
                 vxlan_mode: vxlan,

@@ -106,7 +106,7 @@ pub async fn run(
                 .bgp
                 .then_some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
             listen_port: identity.listen_port,
-            cluster_id: identity.cluster_id.as_deref().and_then(|c| c.parse().ok()),
+            cluster_id: identity.cluster_id,
             next_hop_ipv4: None,
             next_hop_ipv6: None,
             default_local_pref: 100,

@@ -158,12 +158,12 @@ pub async fn register_node(
             spec: NodeSpec::default(),
         });
         let bgp = node.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
-        bgp.ipv4_address = address.map(|a| a.to_string());
+        bgp.ipv4_address = address.map(|a| a.to_string().into());
         if as_number.is_some() {
             bgp.as_number = as_number;
         }
         if let Some(id) = cfg.route_reflector_cluster_id {
-            bgp.route_reflector_cluster_id = Some(id.to_string());
+            bgp.route_reflector_cluster_id = Some(id.to_string().into());
         }
         if !cfg.node_labels.is_empty() {
             let labels = node.metadata.labels.get_or_insert_with(Default::default);
@@ -200,13 +200,8 @@ pub async fn tunnel_addresses(
     node: Node,
 ) -> Result<Node, StartupError> {
     let (pools, _) = ds.list::<IPPool>(None).await?;
-    let v4 = |p: &&IPPool| {
-        p.spec
-            .cidr
-            .parse::<IpNet>()
-            .is_ok_and(|c| c.addr().is_ipv4())
-            && !p.spec.disabled
-    };
+    let v4 =
+        |p: &&IPPool| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv4()) && !p.spec.disabled;
     let want_ipip = pools
         .iter()
         .filter(v4)
@@ -226,11 +221,11 @@ pub async fn tunnel_addresses(
         next.spec
             .bgp
             .get_or_insert_with(NodeBgpSpec::default)
-            .ipv4_ipip_tunnel_addr = Some(ip.to_string());
+            .ipv4_ipip_tunnel_addr = Some(ip.to_string().into());
     }
     if want_vxlan {
         let ip: IpAddr = ipam.assign_tunnel_address(&name, TunnelKind::Vxlan).await?;
-        next.spec.ipv4_vxlan_tunnel_addr = Some(ip.to_string());
+        next.spec.ipv4_vxlan_tunnel_addr = Some(ip.to_string().into());
         if next.spec.vxlan_tunnel_mac_addr.is_none() {
             next.spec.vxlan_tunnel_mac_addr = Some(format_mac(&vxlan_mac(&name)));
         }

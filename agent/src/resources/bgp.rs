@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CidrEntry {
     /// The prefix.
-    pub cidr: String,
+    pub cidr: super::Parsed<ipnet::IpNet>,
 }
 
 /// A named BGP community (`aa:nn` or large `aa:nn:mm`).
@@ -28,7 +28,7 @@ pub struct Community {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefixAdvertisement {
     /// The prefix.
-    pub cidr: String,
+    pub cidr: super::Parsed<ipnet::IpNet>,
     /// Community names or literal values.
     #[serde(default)]
     pub communities: Vec<String>,
@@ -178,7 +178,7 @@ pub struct BGPPeerSpec {
     pub node_selector: Option<String>,
     /// The peer: `IPv4`, `IPv4:port` or `[IPv6]:port`.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "peerIP")]
-    pub peer_ip: Option<String>,
+    pub peer_ip: Option<super::Parsed<super::PeerAddress>>,
     /// The peer's AS (required with peerIP, forbidden with peerSelector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,
@@ -222,7 +222,7 @@ pub struct BGPPeerSpec {
     pub ttl_security: Option<u8>,
     /// Gateway towards the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reachable_by: Option<String>,
+    pub reachable_by: Option<super::Parsed<std::net::IpAddr>>,
     /// Dead-peer detection besides the hold timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_detection_mode: Option<FailureDetectionMode>,

@@ -81,5 +81,5 @@ pub struct IPAMConfigSpec {
 pub struct IPReservationSpec {
     /// Reserved prefixes (or single addresses).
     #[serde(rename = "reservedCIDRs")]
-    pub reserved_cidrs: Vec<String>,
+    pub reserved_cidrs: Vec<super::Parsed<ipnet::IpNet>>,
 }

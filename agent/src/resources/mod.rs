@@ -5,6 +5,7 @@ pub mod bgp;
 pub mod ipam;
 pub mod netset;
 pub mod node;
+pub mod parsed;
 pub mod policy;
 pub mod pool;
 pub mod validate;
@@ -24,6 +25,7 @@ pub use ipam::{
 };
 pub use netset::{GlobalNetworkSet, NetworkSet};
 pub use node::{Node, NodeBgpSpec, NodeSpec};
+pub use parsed::{Parsed, PeerAddress};
 pub use policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec, NetworkPolicy, NetworkPolicySpec};
 pub use pool::{EncapMode, IPPool, IPPoolSpec};
 pub use validate::{FieldError, ValidationError};

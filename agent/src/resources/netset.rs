@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub struct NetworkSetSpec {
     /// Addresses and CIDRs (IPv4 and IPv6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nets: Vec<String>,
+    pub nets: Vec<super::Parsed<ipnet::IpNet>>,
 }
 
 /// A cluster-wide labelled set of networks.
@@ -39,5 +39,5 @@ pub struct NetworkSetSpec {
 pub struct GlobalNetworkSetSpec {
     /// Addresses and CIDRs (IPv4 and IPv6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nets: Vec<String>,
+    pub nets: Vec<super::Parsed<ipnet::IpNet>>,
 }

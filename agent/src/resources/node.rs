@@ -17,28 +17,28 @@ pub struct NodeBgpSpec {
         skip_serializing_if = "Option::is_none",
         rename = "ipv4Address"
     )]
-    pub ipv4_address: Option<String>,
+    pub ipv4_address: Option<super::Parsed<ipnet::IpNet>>,
     /// IPv6 address with its prefix length.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         rename = "ipv6Address"
     )]
-    pub ipv6_address: Option<String>,
+    pub ipv6_address: Option<super::Parsed<ipnet::IpNet>>,
     /// tunl0's address, from IPAM.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         rename = "ipv4IPIPTunnelAddr"
     )]
-    pub ipv4_ipip_tunnel_addr: Option<String>,
+    pub ipv4_ipip_tunnel_addr: Option<super::Parsed<std::net::Ipv4Addr>>,
     /// Makes the node a route reflector with this cluster ID (IPv4 format).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         rename = "routeReflectorClusterID"
     )]
-    pub route_reflector_cluster_id: Option<String>,
+    pub route_reflector_cluster_id: Option<super::Parsed<std::net::Ipv4Addr>>,
 }
 
 /// Link to the orchestrator's node object.
@@ -72,7 +72,7 @@ pub struct NodeSpec {
         skip_serializing_if = "Option::is_none",
         rename = "ipv4VXLANTunnelAddr"
     )]
-    pub ipv4_vxlan_tunnel_addr: Option<String>,
+    pub ipv4_vxlan_tunnel_addr: Option<super::Parsed<std::net::Ipv4Addr>>,
     /// The IPv4 VXLAN device's MAC address.
     #[serde(
         default,
@@ -92,18 +92,17 @@ pub struct NodeSpec {
     pub orch_refs: Vec<OrchRef>,
 }
 
-/// Typed views of the address fields, parsed in this one place (the wire keeps text so a bad
-/// value gets validation's message naming the field; a value that does not parse reads as
-/// unset here).
+/// Typed views of the address fields (parsed once, when the object was read; a value that
+/// does not parse reads as unset here and validation names it).
 impl NodeBgpSpec {
     /// The IPv4 address with its prefix length.
     pub fn ipv4(&self) -> Option<ipnet::IpNet> {
-        parse_in(&self.ipv4_address).filter(|n| n.addr().is_ipv4())
+        parsed(&self.ipv4_address).filter(|n| n.addr().is_ipv4())
     }
 
     /// The IPv6 address with its prefix length.
     pub fn ipv6(&self) -> Option<ipnet::IpNet> {
-        parse_in(&self.ipv6_address).filter(|n| n.addr().is_ipv6())
+        parsed(&self.ipv6_address).filter(|n| n.addr().is_ipv6())
     }
 
     /// The address of the node's own family: IPv4 for an IPv4 prefix, IPv6 for an IPv6 one.
@@ -115,20 +114,25 @@ impl NodeBgpSpec {
         .map(|n| n.addr())
     }
 
+    /// The route reflector cluster ID, when this node is a reflector.
+    pub fn cluster_id(&self) -> Option<std::net::Ipv4Addr> {
+        parsed(&self.route_reflector_cluster_id)
+    }
+
     /// tunl0's address.
     pub fn ipip_tunnel_addr(&self) -> Option<std::net::Ipv4Addr> {
-        self.ipv4_ipip_tunnel_addr.as_deref()?.parse().ok()
+        parsed(&self.ipv4_ipip_tunnel_addr)
     }
 }
 
 impl NodeSpec {
     /// The IPv4 VXLAN device's address.
     pub fn vxlan_tunnel_addr(&self) -> Option<std::net::Ipv4Addr> {
-        self.ipv4_vxlan_tunnel_addr.as_deref()?.parse().ok()
+        parsed(&self.ipv4_vxlan_tunnel_addr)
     }
 }
 
-/// An address or prefix field (`10.0.0.5/24` or a bare address).
-fn parse_in(field: &Option<String>) -> Option<ipnet::IpNet> {
-    field.as_deref().and_then(serval_policy::model::parse_net)
+/// An optional field's value, when set and valid.
+fn parsed<T: Copy>(field: &Option<super::Parsed<T>>) -> Option<T> {
+    field.as_ref().and_then(super::Parsed::get)
 }

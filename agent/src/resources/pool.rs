@@ -38,7 +38,7 @@ pub enum AllowedUse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IPPoolSpec {
     /// The pool's prefix (strictly masked; immutable).
-    pub cidr: String,
+    pub cidr: super::Parsed<ipnet::IpNet>,
     /// Prefix length of its blocks (default 26 for IPv4, 122 for IPv6; immutable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
@@ -70,7 +70,7 @@ pub struct IPPoolSpec {
 impl IPPoolSpec {
     /// Block size with the family default applied (None if the CIDR does not parse).
     pub fn effective_block_size(&self) -> Option<u8> {
-        let cidr: ipnet::IpNet = self.cidr.parse().ok()?;
+        let cidr = self.cidr_net()?;
         Some(self.block_size.unwrap_or(match cidr {
             ipnet::IpNet::V4(_) => 26,
             ipnet::IpNet::V6(_) => 122,
@@ -79,8 +79,8 @@ impl IPPoolSpec {
 }
 
 impl IPPoolSpec {
-    /// The pool's prefix, parsed (None when it does not parse; validation names that).
+    /// The pool's prefix (None when it does not parse; validation names that).
     pub fn cidr_net(&self) -> Option<ipnet::IpNet> {
-        self.cidr.parse().ok()
+        self.cidr.get()
     }
 }

@@ -175,6 +175,13 @@ fn bgp_configuration_rules() {
 fn node_and_endpoint_rules() {
     let ok = "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: node-1}\nspec: {bgp: {ipv4Address: 10.0.0.5/24, ipv6Address: 'fd00::5/64', asNumber: 64512, routeReflectorClusterID: 224.0.0.1}}\n";
     assert!(problems::<Node>(ok).is_empty());
+    // Addresses are typed once parsed; the text is kept as written.
+    let node: Node = parse(ok);
+    let bgp = node.spec.bgp.as_ref().unwrap();
+    assert_eq!(bgp.ipv4(), Some("10.0.0.5/24".parse().unwrap()));
+    assert_eq!(bgp.cluster_id(), Some("224.0.0.1".parse().unwrap()));
+    let json = serde_json::to_value(&node).unwrap();
+    assert_eq!(json["spec"]["bgp"]["ipv4Address"], "10.0.0.5/24");
     let bad = "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: node-1}\nspec: {bgp: {ipv4Address: 'fd00::5/64', routeReflectorClusterID: rr1, ipv4IPIPTunnelAddr: x}}\n";
     assert_eq!(
         problems::<Node>(bad),
@@ -183,6 +190,13 @@ fn node_and_endpoint_rules() {
             "spec.bgp.ipv4IPIPTunnelAddr",
             "spec.bgp.routeReflectorClusterID"
         ]
+    );
+    // A bad value keeps the object (validation names it) and reads as unset.
+    let node: Node = parse(bad);
+    let bgp = node.spec.bgp.as_ref().unwrap();
+    assert_eq!(
+        (bgp.ipv4(), bgp.cluster_id(), bgp.ipip_tunnel_addr()),
+        (None, None, None)
     );
     let wep = "apiVersion: serval.dev/v1\nkind: WorkloadEndpoint\nmetadata: {name: n1-k8s-web-eth0}\nspec: {node: n1, pod: web, interfaceName: sv0123456789abcdef, ipNetworks: [10.0.0.1/32, bad]}\n";
     assert_eq!(

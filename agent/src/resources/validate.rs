@@ -2,17 +2,17 @@
 //! all call before trusting a resource. Each problem names the field and what was expected.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use serval_policy::Selector;
-use serval_policy::model::{parse_net, validate_rule};
+use serval_policy::model::validate_rule;
 
 use super::bgp::{BGPConfigurationSpec, BGPPeerSpec};
 use super::ipam::{
     BlockAffinitySpec, IPAMBlockSpec, IPAMConfigSpec, IPAMHandleSpec, IPReservationSpec,
 };
 use super::node::NodeSpec;
+use super::parsed::Parsed;
 use super::policy::{GlobalNetworkPolicySpec, NetworkPolicySpec};
 use super::pool::{EncapMode, IPPoolSpec};
 use super::workload::WorkloadEndpointSpec;
@@ -81,11 +81,11 @@ impl Problems {
         }
     }
 
-    fn cidr(&mut self, field: &str, text: &str) -> Option<IpNet> {
-        match parse_net(text) {
+    fn cidr(&mut self, field: &str, net: &Parsed<IpNet>) -> Option<IpNet> {
+        match net.get() {
             Some(net) => Some(net),
             None => {
-                self.add(field, format!("{text:?} is not an IP address or CIDR"));
+                self.add(field, format!("{net:?} is not an IP address or CIDR"));
                 None
             }
         }
@@ -157,15 +157,6 @@ pub fn check_name(problems: &mut Problems, name: &str) {
             ),
         );
     }
-}
-
-/// A peer IP as BGPPeer.peerIP allows: `IP`, `IPv4:port` or `[IPv6]:port`.
-pub fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    let sock: std::net::SocketAddr = text.parse().ok()?;
-    Some((sock.ip(), Some(sock.port())))
 }
 
 /// BGPConfiguration fields Serval parses but does not act on yet: refused by name rather
@@ -298,7 +289,7 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
         ),
         (None, None) => p.add("spec", "one of peerIP or peerSelector is required"),
         (Some(ip), None) => {
-            if parse_peer_ip(ip).is_none() {
+            if ip.value().is_none() {
                 p.add(
                     "spec.peerIP",
                     format!("{ip:?} is not IP, IPv4:port or [IPv6]:port"),
@@ -340,7 +331,7 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
         );
     }
     if let Some(gw) = &s.reachable_by {
-        if gw.parse::<IpAddr>().is_err() {
+        if gw.value().is_none() {
             p.add("spec.reachableBy", format!("{gw:?} is not an IP address"));
         }
         if s.peer_ip.is_none() {
@@ -376,13 +367,13 @@ pub(crate) fn node(s: &NodeSpec, p: &mut Problems) {
         ("spec.ipv4VXLANTunnelAddr", &s.ipv4_vxlan_tunnel_addr),
     ] {
         if let Some(text) = value
-            && text.parse::<Ipv4Addr>().is_err()
+            && text.value().is_none()
         {
             p.add(field, format!("{text:?} is not an IPv4 address"));
         }
     }
     if let Some(id) = &bgp.route_reflector_cluster_id
-        && id.parse::<Ipv4Addr>().is_err()
+        && id.value().is_none()
     {
         p.add(
             "spec.bgp.routeReflectorClusterID",
@@ -399,9 +390,9 @@ pub fn allowed_uses_supported(uses: &[crate::resources::pool::AllowedUse]) -> bo
 }
 
 /// A network set's `spec.nets`: every entry an address or a CIDR.
-pub(crate) fn nets(nets: &[String], p: &mut Problems) {
+pub(crate) fn nets(nets: &[Parsed<IpNet>], p: &mut Problems) {
     for (i, n) in nets.iter().enumerate() {
-        if serval_policy::model::parse_net(n).is_none() {
+        if n.value().is_none() {
             p.add(
                 format!("spec.nets[{i}]"),
                 format!("{n:?} is not an address or a CIDR such as 198.51.100.0/28"),
@@ -418,7 +409,8 @@ pub(crate) fn ip_pool(s: &IPPoolSpec, p: &mut Problems) {
             "only both Workload and Tunnel (the default) are supported by Serval yet; remove it",
         );
     }
-    let Ok(cidr) = s.cidr.parse::<IpNet>() else {
+    // A pool is a prefix: a bare address (which other fields read as its /32) is refused.
+    let Some(cidr) = s.cidr.get().filter(|_| s.cidr.text().contains('/')) else {
         p.add(
             "spec.cidr",
             format!("{:?} is not a CIDR such as 10.244.0.0/16", s.cidr),

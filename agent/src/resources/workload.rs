@@ -49,7 +49,7 @@ pub struct WorkloadEndpointSpec {
     pub mac: Option<String>,
     /// The pod's addresses as /32 or /128 prefixes.
     #[serde(rename = "ipNetworks")]
-    pub ip_networks: Vec<String>,
+    pub ip_networks: Vec<super::Parsed<ipnet::IpNet>>,
     /// Profiles (namespace and service account) whose labels apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
@@ -62,11 +62,9 @@ pub struct WorkloadEndpointSpec {
 }
 
 impl WorkloadEndpointSpec {
-    /// The pod's addresses as prefixes, parsed (entries that do not parse are left out;
-    /// validation names them).
+    /// The pod's addresses as prefixes (entries that do not parse are left out; validation
+    /// names them).
     pub fn networks(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
-        self.ip_networks
-            .iter()
-            .filter_map(|n| serval_policy::model::parse_net(n))
+        self.ip_networks.iter().filter_map(super::Parsed::get)
     }
 }

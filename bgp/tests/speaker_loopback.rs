@@ -449,3 +449,95 @@ async fn reflector_clients_share_one_update_group() {
     rr.shutdown().await.unwrap();
     c0.shutdown().await.unwrap();
 }
+
+/// Rejects one prefix on import, on export, or neither.
+struct Refuse {
+    prefix: ipnet::IpNet,
+    on_import: bool,
+    on_export: bool,
+}
+
+impl serval_bgp::policy::RoutePolicy for Refuse {
+    fn import(
+        &self,
+        _: &serval_bgp::policy::PolicyPeer,
+        prefix: ipnet::IpNet,
+        _: &serval_bgp::packet::attribute::PathAttributes,
+    ) -> serval_bgp::policy::Verdict {
+        if self.on_import && prefix == self.prefix {
+            serval_bgp::policy::Verdict::Reject
+        } else {
+            serval_bgp::policy::Verdict::Accept
+        }
+    }
+
+    fn export(
+        &self,
+        _: &serval_bgp::policy::PolicyPeer,
+        prefix: ipnet::IpNet,
+        _: &serval_bgp::packet::attribute::PathAttributes,
+    ) -> serval_bgp::policy::Verdict {
+        if self.on_export && prefix == self.prefix {
+            serval_bgp::policy::Verdict::Reject
+        } else {
+            serval_bgp::policy::Verdict::Accept
+        }
+    }
+}
+
+async fn b_holds(p: &Pair) -> Vec<String> {
+    let routes = p.b.routes(Family::Ipv4Unicast, None).await.unwrap();
+    routes.iter().map(|r| r.prefix.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_new_policy_refilters_routes_held_and_routes_sent_without_a_session_reset() {
+    let p = pair(65002).await;
+    established(&p.a).await;
+    established(&p.b).await;
+    for prefix in ["10.30.0.0/24", "10.30.1.0/24"] {
+        p.a.announce(LocalRoute::new(prefix.parse().unwrap()))
+            .await
+            .unwrap();
+    }
+    eventually("B holds both", || async {
+        (b_holds(&p).await.len() == 2).then_some(p.b.status().await.unwrap())
+    })
+    .await;
+    let refuse = |on_import, on_export| {
+        std::sync::Arc::new(Refuse {
+            prefix: "10.30.1.0/24".parse().unwrap(),
+            on_import,
+            on_export,
+        })
+    };
+
+    // B's import filter now refuses one prefix: the route held is dropped (A sends its table
+    // again on B's ROUTE-REFRESH), and comes back when the filter is lifted.
+    p.b.set_policy(refuse(true, false)).await.unwrap();
+    eventually("B drops the refused prefix", || async {
+        (b_holds(&p).await == ["10.30.0.0/24"]).then_some(p.b.status().await.unwrap())
+    })
+    .await;
+    let s = p.b.status().await.unwrap();
+    assert_eq!(s.peers[0].prefixes[0].received, 2, "received, one filtered");
+    p.b.set_policy(std::sync::Arc::new(serval_bgp::policy::AcceptAll))
+        .await
+        .unwrap();
+    eventually("B takes it again", || async {
+        (b_holds(&p).await.len() == 2).then_some(p.b.status().await.unwrap())
+    })
+    .await;
+
+    // A's export filter now refuses it: A withdraws it from B at once.
+    p.a.set_policy(refuse(false, true)).await.unwrap();
+    eventually("A withdrew it", || async {
+        (b_holds(&p).await == ["10.30.0.0/24"]).then_some(p.b.status().await.unwrap())
+    })
+    .await;
+    let s = p.b.status().await.unwrap();
+    assert_eq!(
+        s.peers[0].established_transitions, 1,
+        "no session was reset for any of it"
+    );
+}

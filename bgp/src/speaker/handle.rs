@@ -48,6 +48,7 @@ pub(crate) enum Command {
     Subscribe(mpsc::UnboundedSender<Vec<BestPathChange>>),
     Status(oneshot::Sender<Status>),
     Routes(RoutesQuery, oneshot::Sender<Vec<RouteView>>),
+    SetPolicy(Arc<dyn RoutePolicy>, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -154,6 +155,13 @@ impl SpeakerHandle {
     pub async fn routes_page(&self, mut q: RoutesQuery) -> Result<Vec<RouteView>, SpeakerError> {
         q.limit = q.limit.clamp(1, RoutesQuery::MAX_LIMIT);
         self.call(|r| Command::Routes(q, r)).await
+    }
+
+    /// Replaces the import/export policy: routes sent are re-filtered at once, routes held
+    /// are re-filtered as peers send their tables again (ROUTE-REFRESH; a peer that cannot
+    /// refresh has its session restarted).
+    pub async fn set_policy(&self, policy: Arc<dyn RoutePolicy>) -> Result<(), SpeakerError> {
+        self.call(|r| Command::SetPolicy(policy, r)).await
     }
 
     /// Sends every peer a Cease (administrative shutdown) and stops the task.

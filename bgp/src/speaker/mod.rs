@@ -17,6 +17,7 @@ mod handle;
 mod ingest;
 mod outbound;
 mod peer;
+mod reconfigure;
 mod session;
 mod views;
 
@@ -299,6 +300,10 @@ impl Speaker {
                     Family::Ipv4Unicast => self.routes::<Ipv4Net>(&q),
                     Family::Ipv6Unicast => self.routes::<Ipv6Net>(&q),
                 });
+            }
+            Command::SetPolicy(policy, reply) => {
+                self.set_policy(policy);
+                let _ = reply.send(());
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }

@@ -47,7 +47,7 @@ impl Batch {
         &mut self.touched6
     }
 
-    fn append(&mut self, other: Batch) {
+    pub(super) fn append(&mut self, other: Batch) {
         self.msgs.extend(other.msgs);
         self.touched4.extend(other.touched4);
         self.touched6.extend(other.touched6);
@@ -263,7 +263,7 @@ impl Speaker {
 
     /// Recomputes a group's whole table for one family; returns the UPDATEs for the change
     /// when `encode` (nobody to tell: skip the encoding).
-    fn rebuild_group<P: FamilyRib>(&mut self, gid: GroupId, encode: bool) -> Batch {
+    pub(super) fn rebuild_group<P: FamilyRib>(&mut self, gid: GroupId, encode: bool) -> Batch {
         if !self.groups[&gid].key.families.contains(&P::FAMILY) {
             return Batch::default();
         }
@@ -279,7 +279,7 @@ impl Speaker {
     /// Sends one encoded batch to the members of a group (or to `only` among them). A
     /// member that is paced, or whose queue is over budget, records the batch's prefixes in
     /// its backlog instead.
-    fn send_to_members(&mut self, gid: GroupId, batch: Batch, only: Option<&[PeerId]>) {
+    pub(super) fn send_to_members(&mut self, gid: GroupId, batch: Batch, only: Option<&[PeerId]>) {
         if batch.msgs.is_empty() {
             return;
         }

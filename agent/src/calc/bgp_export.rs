@@ -1,7 +1,9 @@
-//! What a node tells its BGP peers beyond the speaker's RFC rules: a route learned from one
-//! external peer is never passed to another (a node is not a transit router between its
-//! ToRs). Without this, a node re-announces one ToR's routes to the other ToR with the
-//! first ToR as third-party next hop, and traffic keeps going to a ToR that is gone.
+//! What a node tells its BGP peers, and takes from them, beyond the speaker's RFC rules: a
+//! route learned from one external peer is never passed to another (a node is not a transit
+//! router between its ToRs; without this, a node re-announces one ToR's routes to the other
+//! ToR with the first ToR as third-party next hop, and traffic keeps going to a ToR that is
+//! gone), and no route inside the advertised service ranges is taken from any peer (see
+//! `calc::services`).
 
 use ipnet::IpNet;
 use serval_bgp::packet::attribute::PathAttributes;
@@ -77,9 +79,12 @@ impl CommunityRules {
     }
 }
 
-/// The node agent's export policy.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NodeExportPolicy;
+/// The node agent's import and export policy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodeRoutePolicy {
+    /// Service ranges: their routes are this node's own to advertise, never learned.
+    pub service_ranges: crate::calc::services::ServiceRanges,
+}
 
 /// Whether a route, as it is about to be sent to an external peer (our AS already in
 /// front), came to us from another AS: our own and our iBGP peers' routes carry only ours.
@@ -87,7 +92,15 @@ fn learned_from_another_as(attrs: &PathAttributes) -> bool {
     attrs.as_path.path_len() > 1
 }
 
-impl RoutePolicy for NodeExportPolicy {
+impl RoutePolicy for NodeRoutePolicy {
+    fn import(&self, _peer: &PolicyPeer, prefix: IpNet, _attrs: &PathAttributes) -> Verdict {
+        if self.service_ranges.covers(&prefix) {
+            Verdict::Reject
+        } else {
+            Verdict::Accept
+        }
+    }
+
     fn export(&self, peer: &PolicyPeer, _prefix: IpNet, attrs: &PathAttributes) -> Verdict {
         if peer.ebgp && learned_from_another_as(attrs) {
             Verdict::Reject
@@ -155,7 +168,7 @@ mod tests {
 
     #[test]
     fn no_transit_between_external_peers() {
-        let p = NodeExportPolicy;
+        let p = NodeRoutePolicy::default();
         let block: IpNet = "10.244.1.0/26".parse().unwrap();
         // Our own block and an iBGP-learned one, as sent to a ToR: only our AS.
         assert_eq!(
@@ -175,6 +188,34 @@ mod tests {
         assert!(
             !p.export_depends_on_peer_address(),
             "update groups stay shared"
+        );
+    }
+
+    #[test]
+    fn service_routes_are_never_learned() {
+        let spec: BGPConfigurationSpec = serde_json::from_value(serde_json::json!({
+            "serviceClusterIPs": [{"cidr": "10.96.0.0/16"}],
+        }))
+        .unwrap();
+        let p = NodeRoutePolicy {
+            service_ranges: crate::calc::services::ServiceRanges::from_config(Some(&spec)),
+        };
+        let attrs = path(&[65001]);
+        for prefix in ["10.96.0.0/16", "10.96.0.10/32"] {
+            assert_eq!(
+                p.import(&peer(false), prefix.parse().unwrap(), &attrs),
+                Verdict::Reject,
+                "{prefix}"
+            );
+        }
+        assert_eq!(
+            p.import(&peer(true), "10.244.1.0/26".parse().unwrap(), &attrs),
+            Verdict::Accept
+        );
+        assert_eq!(
+            p.import(&peer(true), "10.0.0.0/8".parse().unwrap(), &attrs),
+            Verdict::Accept,
+            "a range wider than the service range is not a service route"
         );
     }
 }

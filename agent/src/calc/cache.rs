@@ -23,6 +23,8 @@ use crate::resources::{
 
 type K8sNode = k8s_openapi::api::core::v1::Node;
 type K8sServiceAccount = k8s_openapi::api::core::v1::ServiceAccount;
+type K8sService = k8s_openapi::api::core::v1::Service;
+type K8sEndpointSlice = k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Everything the agent knows, keyed by `namespace/name`.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +49,10 @@ pub struct ClusterState {
     /// NetworkSets and GlobalNetworkSets: labelled networks rule selectors match.
     pub(super) network_sets: BTreeMap<String, NetworkSet>,
     pub(super) global_network_sets: BTreeMap<String, GlobalNetworkSet>,
+    /// Services and EndpointSlices (trimmed to what advertisement reads): which service
+    /// addresses this node advertises.
+    pub(super) services: BTreeMap<String, K8sService>,
+    pub(super) endpoint_slices: BTreeMap<String, K8sEndpointSlice>,
     /// BGP best paths learned from peers: prefix → next hops.
     pub(super) remote: BTreeMap<IpNet, Vec<IpAddr>>,
     /// Secrets BGP passwords name, as last read: Secret → key → value.
@@ -100,9 +106,9 @@ trait Store {
 
 impl<R: ServalResource + PartialEq> Store for BTreeMap<String, R> {
     fn upsert(&mut self, kind: &KindInfo, object: &Value) -> Result<bool, serde_json::Error> {
-        // Pods are kept as agents read them (labels, named ports): a status update then
-        // changes nothing here.
-        let r: R = if kind.kind == "Pod" {
+        // Pods, Services and EndpointSlices are kept as agents read them: a status or
+        // address update that does not matter here then changes nothing.
+        let r: R = if crate::datastore::trim::trims(kind) {
             serde_json::from_value(crate::datastore::trim::trim(kind, object))
         } else {
             serde_json::from_value(object.clone())
@@ -168,6 +174,8 @@ watched! {
     service_accounts: K8sServiceAccount,
     network_sets: NetworkSet,
     global_network_sets: GlobalNetworkSet,
+    services: K8sService,
+    endpoint_slices: K8sEndpointSlice,
     k8s_nodes: K8sNode => kubernetes,
 }
 

@@ -63,6 +63,8 @@ pub struct Desired {
     pub exports: BTreeSet<IpNet>,
     /// The communities announced prefixes carry (BGPConfiguration prefixAdvertisements).
     pub communities: crate::calc::bgp_export::CommunityRules,
+    /// What the speaker takes from peers and passes on (the service ranges it never learns).
+    pub route_policy: crate::calc::bgp_export::NodeRoutePolicy,
     /// Kernel routes.
     pub routes: KernelTable,
     /// The IPIP device, when a pool uses IPIP.
@@ -371,6 +373,18 @@ impl ClusterState {
                 exports.insert(*pod);
             }
         }
+        // Service addresses: the ranges from every node, Local services' addresses from the
+        // nodes with their endpoints. Never learned from peers, so never a kernel route.
+        let default_config = self.configs.get("default").map(|c| &c.spec);
+        let service_ranges = crate::calc::services::ServiceRanges::from_config(default_config);
+        exports.extend(crate::calc::services::service_exports(
+            &service_ranges,
+            self.services.values(),
+            self.endpoint_slices.values(),
+            me,
+        ));
+        let mut remote = self.remote.clone();
+        remote.retain(|prefix, _| !service_ranges.covers(prefix));
         let pools = self.pool_routing();
         let block_owners = self.block_owners(me);
         let inputs = RouteInputs {
@@ -380,7 +394,7 @@ impl ClusterState {
             vxlan_tunnels,
             local_pods,
             local_blocks,
-            remote: self.remote.clone(),
+            remote,
             block_owners,
             without_bgp: !settings.bgp,
         };
@@ -426,9 +440,8 @@ impl ClusterState {
             nat: self.nat_spec(),
             peers,
             exports,
-            communities: crate::calc::bgp_export::CommunityRules::from_config(
-                self.configs.get("default").map(|c| &c.spec),
-            ),
+            communities: crate::calc::bgp_export::CommunityRules::from_config(default_config),
+            route_policy: crate::calc::bgp_export::NodeRoutePolicy { service_ranges },
             bgp_log_level: [format!("node.{me}"), "default".to_string()]
                 .iter()
                 .filter_map(|name| self.configs.get(name)?.spec.log_severity_screen.as_deref())

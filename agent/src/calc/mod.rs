@@ -17,6 +17,7 @@ pub mod kernel_table;
 pub mod peers;
 pub mod policy;
 pub mod routes;
+pub mod services;
 pub mod tunnels;
 
 #[cfg(test)]

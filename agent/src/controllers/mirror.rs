@@ -1,6 +1,7 @@
 //! etcd mode: the Kubernetes objects agents need, copied from the API server into etcd, as
 //! Calico's kube-controllers do for its etcd datastore. Without it an etcd-mode cluster has
-//! no Kubernetes NetworkPolicy, no Namespace or Pod labels and no node labels.
+//! no Kubernetes NetworkPolicy, no Namespace or Pod labels, no node labels and no Services
+//! or EndpointSlices for service advertisement.
 //!
 //! ```text
 //!  API server ── Syncer (list + watch) ──► want (trimmed objects, Nodes' labels)
@@ -19,8 +20,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod, ServiceAccount,
+    Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use serde_json::Value;
 
@@ -42,6 +44,8 @@ pub fn mirrored_kinds() -> Vec<KindInfo> {
         KindInfo::of::<K8sNamespace>(),
         KindInfo::of::<K8sPod>(),
         KindInfo::of::<ServiceAccount>(),
+        KindInfo::of::<Service>(),
+        KindInfo::of::<EndpointSlice>(),
     ]
 }
 

@@ -43,12 +43,27 @@ const NOTES: &[(&str, &str, &str)] = &[
     (
         "BGPConfiguration",
         "communities",
-        "pod blocks carry them; service addresses are not advertised yet",
+        "`default` only; pod blocks and service addresses carry them",
     ),
     (
         "BGPConfiguration",
         "prefixAdvertisements",
-        "pod blocks carry them; service addresses are not advertised yet",
+        "`default` only; pod blocks and service addresses carry them",
+    ),
+    (
+        "BGPConfiguration",
+        "serviceClusterIPs",
+        "`default` only; Local services' /32s need the Services (Kubernetes datastore, or the controllers' copy in etcd)",
+    ),
+    (
+        "BGPConfiguration",
+        "serviceExternalIPs",
+        "`default` only; advertised as the range from every node, Local services' IPs as /32 from their endpoints' nodes",
+    ),
+    (
+        "BGPConfiguration",
+        "serviceLoadBalancerIPs",
+        "`default` only; aggregated (the range from every node), Local services' ingress IPs as /32",
     ),
     (
         "IPPool",

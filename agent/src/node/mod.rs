@@ -112,7 +112,7 @@ pub async fn run(
             default_local_pref: 100,
             write_queue_bytes: serval_bgp::config::DEFAULT_WRITE_QUEUE_BYTES,
         },
-        std::sync::Arc::new(crate::calc::bgp_export::NodeExportPolicy),
+        std::sync::Arc::new(crate::calc::bgp_export::NodeRoutePolicy::default()),
     )
     .await?;
 

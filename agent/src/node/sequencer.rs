@@ -43,6 +43,8 @@ pub struct Sequencer {
     peers: BTreeMap<IpAddr, PeerConfig>,
     /// Announced prefixes and the communities they were announced with.
     exports: BTreeMap<IpNet, crate::calc::bgp_export::Communities>,
+    /// The speaker's import/export policy (it starts with the default one).
+    route_policy: crate::calc::bgp_export::NodeRoutePolicy,
     mtu_written: Option<u32>,
     /// The iptables and ipset manager (created with the detected backend on first use).
     firewall: Option<FirewallManager>,
@@ -78,6 +80,7 @@ impl Sequencer {
             var_dir,
             peers: BTreeMap::new(),
             exports: BTreeMap::new(),
+            route_policy: crate::calc::bgp_export::NodeRoutePolicy::default(),
             mtu_written: None,
             firewall: None,
             firewall_written: None,
@@ -134,6 +137,14 @@ impl Sequencer {
             tracing::info!(level = ?desired.bgp_log_level, "BGP log level (BGPConfiguration logSeverityScreen)");
             control(desired.bgp_log_level);
             *level = desired.bgp_log_level;
+        }
+        // The filter first: service routes are refused before any are announced or learned.
+        if self.route_policy != desired.route_policy {
+            tracing::info!(service_ranges = ?desired.route_policy.service_ranges, "BGP route policy");
+            self.speaker
+                .set_policy(std::sync::Arc::new(desired.route_policy.clone()))
+                .await?;
+            self.route_policy = desired.route_policy.clone();
         }
         self.apply_peers(desired).await?;
         self.apply_exports(desired).await?;
@@ -229,7 +240,7 @@ impl Sequencer {
                 continue;
             }
             // New, or its communities changed: announcing again replaces the route.
-            tracing::info!(block = %prefix, communities = ?want, "announcing block");
+            tracing::info!(prefix = %prefix, communities = ?want, "announcing");
             self.speaker
                 .announce(LocalRoute {
                     prefix: *prefix,

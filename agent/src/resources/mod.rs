@@ -126,6 +126,8 @@ core_kind!(k8s_openapi::api::core::v1::ServiceAccount, true);
 core_kind!(k8s_openapi::api::core::v1::Secret, true);
 core_kind!(k8s_openapi::api::core::v1::Node, false);
 core_kind!(k8s_openapi::api::networking::v1::NetworkPolicy, true);
+core_kind!(k8s_openapi::api::core::v1::Service, true);
+core_kind!(k8s_openapi::api::discovery::v1::EndpointSlice, true);
 
 /// Adds CEL rules to a CRD's `spec` that refuse fields Serval parses but does not implement
 /// (`(field, rule that holds when it is unset)`), so `kubectl apply` is refused by name as
@@ -158,20 +160,12 @@ fn refuse_unsupported(
 
 /// The CRDs for every kind Serval owns, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let unset_list = |f: &'static str| (f, format!("!has(self.{f}) || size(self.{f}) == 0"));
     let unset_flag = |f: &'static str| (f, format!("!has(self.{f}) || !self.{f}"));
     let unset = |f: &'static str| (f, format!("!has(self.{f})"));
-    let bgp = [
-        "serviceClusterIPs",
-        "serviceExternalIPs",
-        "serviceLoadBalancerIPs",
-    ]
-    .map(unset_list);
-    let mut bgp = bgp.to_vec();
-    bgp.push((
+    let bgp = [(
         "bindMode",
         "!has(self.bindMode) || self.bindMode == 'None'".to_string(),
-    ));
+    )];
     vec![
         refuse_unsupported(BGPConfiguration::crd(), &bgp),
         refuse_unsupported(

@@ -124,27 +124,9 @@ fn bgp_peer_rules() {
 fn bgp_configuration_rules() {
     let ok = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: true\n  communities: [{name: c1, value: '65000:100'}]\n  prefixAdvertisements: [{cidr: 10.96.0.0/12, communities: [c1, '65000:1:2']}]\n  nodeMeshMaxRestartTime: 2m\n";
     assert!(problems::<BGPConfiguration>(ok).is_empty());
-    // Calico's service advertisement is not implemented yet: refused by
-    // name, never accepted and left doing nothing.
-    let unsupported = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n  serviceExternalIPs: [{cidr: 192.0.2.0/24}]\n  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n  communities: [{name: c1, value: '65000:100'}]\n  prefixAdvertisements: [{cidr: 10.96.0.0/12, communities: [c1, '65000:1:2']}]\n";
-    let e = parse::<BGPConfiguration>(unsupported)
-        .validate()
-        .unwrap_err();
-    let named: Vec<&str> = e.errors.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(
-        named,
-        [
-            "spec.serviceClusterIPs",
-            "spec.serviceExternalIPs",
-            "spec.serviceLoadBalancerIPs"
-        ]
-    );
-    assert!(
-        e.errors
-            .iter()
-            .all(|p| p.message.contains("not supported yet")),
-        "{e}"
-    );
+    // Service advertisement, with communities on the ranges.
+    let services = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n  serviceExternalIPs: [{cidr: 192.0.2.0/24}]\n  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n  communities: [{name: c1, value: '65000:100'}]\n  prefixAdvertisements: [{cidr: 10.96.0.0/12, communities: [c1, '65000:1:2']}]\n";
+    assert!(problems::<BGPConfiguration>(services).is_empty());
     // bindMode: None is what Serval does; NodeIP is not implemented and so refused.
     let none = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {bindMode: None}\n";
     assert!(problems::<BGPConfiguration>(none).is_empty());
@@ -165,6 +147,7 @@ fn bgp_configuration_rules() {
             "spec.logSeverityScreen",
             "spec.serviceClusterIPs[0].cidr",
             "spec.serviceClusterIPs",
+            "spec.prefixAdvertisements",
             "spec.prefixAdvertisements[0].communities[0]",
             "spec.nodeMeshMaxRestartTime"
         ]

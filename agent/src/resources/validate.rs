@@ -161,23 +161,14 @@ pub fn check_name(problems: &mut Problems, name: &str) {
 
 /// BGPConfiguration fields Serval parses but does not act on yet: refused by name rather
 /// than accepted and left doing nothing.
-pub const UNSUPPORTED_BGP: &str =
-    "is not supported yet (Serval would advertise nothing for it); remove it or wait for support";
+pub const UNSUPPORTED_BGP: &str = "is not supported yet; remove it or wait for support";
 
 /// The unsupported BGPConfiguration fields that are set, by their names in `spec`.
 pub fn unsupported_bgp_fields(s: &BGPConfigurationSpec) -> Vec<&'static str> {
-    [
-        ("serviceClusterIPs", !s.service_cluster_ips.is_empty()),
-        ("serviceExternalIPs", !s.service_external_ips.is_empty()),
-        (
-            "serviceLoadBalancerIPs",
-            !s.service_load_balancer_ips.is_empty(),
-        ),
-        (
-            "bindMode",
-            s.bind_mode == Some(crate::resources::bgp::BindMode::NodeIP),
-        ),
-    ]
+    [(
+        "bindMode",
+        s.bind_mode == Some(crate::resources::bgp::BindMode::NodeIP),
+    )]
     .into_iter()
     .filter_map(|(f, set)| set.then_some(f))
     .collect()
@@ -210,6 +201,23 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
     ] {
         for (i, c) in list.iter().enumerate() {
             p.cidr(&format!("spec.{field}[{i}].cidr"), &c.cidr);
+        }
+        if !is_default && !list.is_empty() {
+            p.add(
+                format!("spec.{field}"),
+                "is read from the cluster-wide \"default\" BGPConfiguration only",
+            );
+        }
+    }
+    for (field, set) in [
+        ("communities", !s.communities.is_empty()),
+        ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
+    ] {
+        if set && !is_default {
+            p.add(
+                format!("spec.{field}"),
+                "is read from the cluster-wide \"default\" BGPConfiguration only",
+            );
         }
     }
     for field in unsupported_bgp_fields(s) {

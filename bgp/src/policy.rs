@@ -20,6 +20,18 @@ pub enum Verdict {
     Modify(PathAttributes),
 }
 
+/// Where a route about to be exported came from: filters that pass on only the speaker's
+/// own routes, or treat re-advertised ones differently, need to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// Originated by this speaker.
+    Local,
+    /// Learned from an iBGP peer.
+    Internal,
+    /// Learned from an eBGP peer.
+    External,
+}
+
 /// The peer a route is coming from or going to.
 #[derive(Debug, Clone, Copy)]
 pub struct PolicyPeer {
@@ -40,14 +52,21 @@ pub trait RoutePolicy: Send + Sync + 'static {
     }
 
     /// Decides on a route about to be sent to `peer` (after the RFC's export rules).
-    fn export(&self, peer: &PolicyPeer, prefix: IpNet, attrs: &PathAttributes) -> Verdict {
-        let _ = (peer, prefix, attrs);
+    fn export(
+        &self,
+        peer: &PolicyPeer,
+        prefix: IpNet,
+        attrs: &PathAttributes,
+        origin: RouteOrigin,
+    ) -> Verdict {
+        let _ = (peer, prefix, attrs, origin);
         Verdict::Accept
     }
 
-    /// Whether `export` looks at the peer's address (not just its AS and type): if so, each
-    /// peer gets its own update group.
-    fn export_depends_on_peer_address(&self) -> bool {
+    /// Whether `export` to the peer at `address` looks at that address (not just the
+    /// peer's AS and type): if so, the peer gets an update group of its own.
+    fn export_depends_on_peer(&self, address: IpAddr) -> bool {
+        let _ = address;
         true
     }
 }
@@ -57,7 +76,7 @@ pub trait RoutePolicy: Send + Sync + 'static {
 pub struct AcceptAll;
 
 impl RoutePolicy for AcceptAll {
-    fn export_depends_on_peer_address(&self) -> bool {
+    fn export_depends_on_peer(&self, _: IpAddr) -> bool {
         false
     }
 }

@@ -7,7 +7,9 @@
 
 use ipnet::IpNet;
 use serval_bgp::packet::attribute::PathAttributes;
-use serval_bgp::policy::{PolicyPeer, RoutePolicy, Verdict};
+use serval_bgp::policy::{PolicyPeer, RouteOrigin, RoutePolicy, Verdict};
+
+use crate::calc::bgp_filter::PeerFilterState;
 
 use crate::resources::BGPConfigurationSpec;
 
@@ -84,6 +86,9 @@ impl CommunityRules {
 pub struct NodeRoutePolicy {
     /// Service ranges: their routes are this node's own to advertise, never learned.
     pub service_ranges: crate::calc::services::ServiceRanges,
+    /// BGPFilters of the peers that have some, by peer address. They apply after the rules
+    /// above (no transit, service ranges), which no filter can override.
+    pub peer_filters: std::collections::BTreeMap<std::net::IpAddr, PeerFilterState>,
 }
 
 /// Whether a route, as it is about to be sent to an external peer (our AS already in
@@ -93,24 +98,34 @@ fn learned_from_another_as(attrs: &PathAttributes) -> bool {
 }
 
 impl RoutePolicy for NodeRoutePolicy {
-    fn import(&self, _peer: &PolicyPeer, prefix: IpNet, _attrs: &PathAttributes) -> Verdict {
+    fn import(&self, peer: &PolicyPeer, prefix: IpNet, attrs: &PathAttributes) -> Verdict {
         if self.service_ranges.covers(&prefix) {
-            Verdict::Reject
-        } else {
-            Verdict::Accept
+            return Verdict::Reject;
+        }
+        match self.peer_filters.get(&peer.address) {
+            Some(f) => f.import(prefix, attrs, peer.ebgp),
+            None => Verdict::Accept,
         }
     }
 
-    fn export(&self, peer: &PolicyPeer, _prefix: IpNet, attrs: &PathAttributes) -> Verdict {
+    fn export(
+        &self,
+        peer: &PolicyPeer,
+        prefix: IpNet,
+        attrs: &PathAttributes,
+        origin: RouteOrigin,
+    ) -> Verdict {
         if peer.ebgp && learned_from_another_as(attrs) {
-            Verdict::Reject
-        } else {
-            Verdict::Accept
+            return Verdict::Reject;
+        }
+        match self.peer_filters.get(&peer.address) {
+            Some(f) => f.export(prefix, attrs, peer.ebgp, origin),
+            None => Verdict::Accept,
         }
     }
 
-    fn export_depends_on_peer_address(&self) -> bool {
-        false
+    fn export_depends_on_peer(&self, address: std::net::IpAddr) -> bool {
+        self.peer_filters.contains_key(&address)
     }
 }
 
@@ -172,21 +187,31 @@ mod tests {
         let block: IpNet = "10.244.1.0/26".parse().unwrap();
         // Our own block and an iBGP-learned one, as sent to a ToR: only our AS.
         assert_eq!(
-            p.export(&peer(true), block, &path(&[65001])),
+            p.export(&peer(true), block, &path(&[65001]), RouteOrigin::Local),
             Verdict::Accept
         );
         // Learned from the other ToR: not passed on to this one.
         assert_eq!(
-            p.export(&peer(true), block, &path(&[65001, 65102, 65002])),
+            p.export(
+                &peer(true),
+                block,
+                &path(&[65001, 65102, 65002]),
+                RouteOrigin::External
+            ),
             Verdict::Reject
         );
         // iBGP peers (mesh, reflectors) get everything the speaker's rules allow.
         assert_eq!(
-            p.export(&peer(false), block, &path(&[65102, 65002])),
+            p.export(
+                &peer(false),
+                block,
+                &path(&[65102, 65002]),
+                RouteOrigin::External
+            ),
             Verdict::Accept
         );
         assert!(
-            !p.export_depends_on_peer_address(),
+            !p.export_depends_on_peer("10.97.1.1".parse().unwrap()),
             "update groups stay shared"
         );
     }
@@ -199,6 +224,7 @@ mod tests {
         .unwrap();
         let p = NodeRoutePolicy {
             service_ranges: crate::calc::services::ServiceRanges::from_config(Some(&spec)),
+            ..NodeRoutePolicy::default()
         };
         let attrs = path(&[65001]);
         for prefix in ["10.96.0.0/16", "10.96.0.10/32"] {

@@ -17,8 +17,8 @@ use serval_ipam::AffinityState;
 use crate::calc::peers::BgpResources;
 use crate::datastore::{KindInfo, SyncEvent};
 use crate::resources::{
-    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet, IPPool,
-    NetworkPolicy, NetworkSet, Node, ServalResource, WorkloadEndpoint,
+    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet,
+    IPPool, NetworkPolicy, NetworkSet, Node, ServalResource, WorkloadEndpoint,
 };
 
 type K8sNode = k8s_openapi::api::core::v1::Node;
@@ -31,6 +31,8 @@ type K8sEndpointSlice = k8s_openapi::api::discovery::v1::EndpointSlice;
 pub struct ClusterState {
     pub(super) configs: BTreeMap<String, BGPConfiguration>,
     pub(super) peers: BTreeMap<String, BGPPeer>,
+    /// BGPFilters by name: the rules the peers that name them apply.
+    pub(super) bgp_filters: BTreeMap<String, BGPFilter>,
     pub(super) nodes: BTreeMap<String, Node>,
     pub(super) pools: BTreeMap<String, IPPool>,
     pub(super) affinities: BTreeMap<String, BlockAffinity>,
@@ -162,6 +164,7 @@ macro_rules! watched {
 watched! {
     configs: BGPConfiguration,
     peers: BGPPeer,
+    bgp_filters: BGPFilter,
     nodes: Node,
     pools: IPPool,
     affinities: BlockAffinity,

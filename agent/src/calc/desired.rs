@@ -303,6 +303,26 @@ impl ClusterState {
             .collect()
     }
 
+    /// The BGPFilters of the peers that name some, by peer address.
+    fn peer_filters(
+        &self,
+        peers: &[crate::calc::peers::DesiredPeer],
+    ) -> BTreeMap<IpAddr, crate::calc::bgp_filter::PeerFilterState> {
+        let specs: BTreeMap<String, crate::resources::BGPFilterSpec> = self
+            .bgp_filters
+            .iter()
+            .map(|(name, f)| (name.clone(), f.spec.clone()))
+            .collect();
+        peers
+            .iter()
+            .filter(|p| !p.filters.is_empty())
+            .map(|p| {
+                let state = crate::calc::bgp_filter::PeerFilterState::of(&p.filters, &specs);
+                (p.config.address, state)
+            })
+            .collect()
+    }
+
     /// What `me` should hold.
     pub fn desired(&self, me: &str, host_mtu: u32) -> Result<Desired, PeerCalcError> {
         self.desired_with(me, &NodeSettings::with_host_mtu(host_mtu))
@@ -429,6 +449,7 @@ impl ClusterState {
             },
             _ => None,
         };
+        let peer_filters = self.peer_filters(&peers);
         let (mut policy, policy_failures) = self.policy_inputs(me);
         policy.vxlan_port = Some(settings.vxlan_port);
         if !settings.bgp {
@@ -441,7 +462,10 @@ impl ClusterState {
             peers,
             exports,
             communities: crate::calc::bgp_export::CommunityRules::from_config(default_config),
-            route_policy: crate::calc::bgp_export::NodeRoutePolicy { service_ranges },
+            route_policy: crate::calc::bgp_export::NodeRoutePolicy {
+                service_ranges,
+                peer_filters,
+            },
             bgp_log_level: [format!("node.{me}"), "default".to_string()]
                 .iter()
                 .filter_map(|name| self.configs.get(name)?.spec.log_severity_screen.as_deref())

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bgp_export;
+pub mod bgp_filter;
 pub mod cache;
 pub mod desired;
 pub mod kernel_table;

@@ -54,6 +54,8 @@ pub struct DesiredPeer {
     pub peer_type: PeerType,
     /// Settings not honoured yet (the MD5 key from its Secret, local AS), for a warning.
     pub unsupported: Vec<String>,
+    /// The BGPFilters applied to the session, in order (BGPPeer `filters`).
+    pub filters: Vec<String>,
 }
 
 /// Why peers could not be computed.
@@ -290,6 +292,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                     config: pc,
                     peer_type: PeerType::NodeMesh,
                     unsupported,
+                    filters: Vec::new(),
                 });
             }
         }
@@ -441,5 +444,6 @@ fn session(
         config: pc,
         peer_type,
         unsupported,
+        filters: spec.filters.clone(),
     }
 }

@@ -53,6 +53,7 @@ pub(crate) fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
             "localWorkloadSelector",
             "reversePeering",
         ],
+        "BGPFilter" => &["exportV4", "importV4", "exportV6", "importV6"],
         "IPPool" => &[
             "cidr",
             "blockSize",

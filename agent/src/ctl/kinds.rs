@@ -8,9 +8,9 @@ use serde_json::Value;
 use super::CtlError;
 use crate::datastore::{AnyBackend, Datastore, DatastoreError};
 use crate::resources::{
-    BGPConfiguration, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet, IPAMBlock,
-    IPAMConfig, IPAMHandle, IPPool, IPReservation, NetworkPolicy, NetworkSet, Node, ServalResource,
-    WorkloadEndpoint,
+    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet,
+    IPAMBlock, IPAMConfig, IPAMHandle, IPPool, IPReservation, NetworkPolicy, NetworkSet, Node,
+    ServalResource, WorkloadEndpoint,
 };
 
 type Ds = Datastore<AnyBackend>;
@@ -206,6 +206,13 @@ pub fn all() -> Vec<Kind> {
                 ("PEERSELECTOR", "/spec/peerSelector"),
                 ("ASN", "/spec/asNumber")
             ]
+        ),
+        kind!(
+            BGPFilter,
+            "BGPFilter",
+            ["bgpfilter", "bgpfilters"],
+            &[],
+            &[]
         ),
         kind!(
             BGPConfiguration,

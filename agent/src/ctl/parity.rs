@@ -11,7 +11,6 @@ use super::calico::calico_spec_fields;
 
 /// Kinds Calico has and Serval does not (servalctl refuses them as unknown kinds).
 const UNSUPPORTED_KINDS: &[(&str, &str)] = &[
-    ("BGPFilter", "not yet (issue 17: import/export filters)"),
     (
         "HostEndpoint",
         "not yet (issue 17: host interfaces with failsafe ports)",
@@ -65,6 +64,18 @@ const NOTES: &[(&str, &str, &str)] = &[
         "serviceLoadBalancerIPs",
         "`default` only; aggregated (the range from every node), Local services' ingress IPs as /32",
     ),
+    (
+        "BGPFilter",
+        "exportV4",
+        "rules' `interface`, `priority` and `setPriority` refused by name; evaluated after Serval's own rules (no transit between external peers, service ranges never learned)",
+    ),
+    (
+        "BGPFilter",
+        "importV4",
+        "rules' `interface`, `priority` and `setPriority` refused by name",
+    ),
+    ("BGPFilter", "exportV6", "as exportV4"),
+    ("BGPFilter", "importV6", "as importV4"),
     (
         "IPPool",
         "allowedUses",
@@ -148,6 +159,7 @@ pub fn rows() -> Vec<Row> {
     let kinds = [
         "BGPConfiguration",
         "BGPPeer",
+        "BGPFilter",
         "IPPool",
         "IPReservation",
         "IPAMConfiguration",
@@ -267,7 +279,8 @@ mod tests {
         assert!(status("BGPConfiguration", "bindMode").contains("only `None`"));
         assert_eq!(status("BGPPeer", "maxPrefix"), "Serval extension");
         assert_eq!(status("IPPool", "natOutgoing"), "supported");
-        assert!(status("BGPFilter", "").starts_with("kind refused"));
+        assert!(status("HostEndpoint", "").starts_with("kind refused"));
+        assert!(status("BGPFilter", "importV4").starts_with("supported"));
         assert_eq!(status("IPAMConfiguration", ""), "supported as `IPAMConfig`");
     }
 }

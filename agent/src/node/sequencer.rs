@@ -140,7 +140,12 @@ impl Sequencer {
         }
         // The filter first: service routes are refused before any are announced or learned.
         if self.route_policy != desired.route_policy {
-            tracing::info!(service_ranges = ?desired.route_policy.service_ranges, "BGP route policy");
+            tracing::info!(service_ranges = ?desired.route_policy.service_ranges, filtered_peers = desired.route_policy.peer_filters.len(), "BGP route policy");
+            for (peer, state) in &desired.route_policy.peer_filters {
+                if let crate::calc::bgp_filter::PeerFilterState::Closed(why) = state {
+                    tracing::error!(%peer, error = %why, "BGP filter cannot be applied: nothing is taken from or sent to this peer until it is fixed");
+                }
+            }
             self.speaker
                 .set_policy(std::sync::Arc::new(desired.route_policy.clone()))
                 .await?;

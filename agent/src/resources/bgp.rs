@@ -229,4 +229,7 @@ pub struct BGPPeerSpec {
     /// Serval extension: an import guard, the most prefixes this peer may send per family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prefix: Option<BgpPeerMaxPrefix>,
+    /// BGPFilters applied to this session, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }

@@ -2,6 +2,7 @@
 //! core kinds Serval reads, their validation, and the CRDs generated from the types.
 
 pub mod bgp;
+pub mod bgpfilter;
 pub mod ipam;
 pub mod netset;
 pub mod node;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};
+pub use bgpfilter::{BGPFilter, BGPFilterSpec};
 pub use ipam::{
     BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec,
     IPAMHandle, IPAMHandleSpec, IPReservation, IPReservationSpec,
@@ -104,6 +106,7 @@ owned!(NetworkPolicy, true, |name, s, p| validate::network_policy(
 owned!(GlobalNetworkPolicy, false, |name, s, p| {
     validate::global_network_policy(s, p)
 });
+owned!(BGPFilter, false, |name, s, p| validate::bgp_filter(s, p));
 owned!(NetworkSet, true, |name, s, p| validate::nets(&s.nets, p));
 owned!(GlobalNetworkSet, false, |name, s, p| validate::nets(
     &s.nets, p
@@ -172,6 +175,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             BGPPeer::crd(),
             &[unset("localASNumber"), unset("reachableBy")],
         ),
+        BGPFilter::crd(),
         refuse_unsupported(Node::crd(), &[unset("ipv6VXLANTunnelAddr")]),
         refuse_unsupported(
             IPPool::crd(),

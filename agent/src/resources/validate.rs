@@ -263,6 +263,131 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
     }
 }
 
+/// A BGPFilter's rules: what Serval cannot evaluate is refused by name (the agent would
+/// otherwise close the peers that use the filter).
+pub(crate) fn bgp_filter(s: &super::bgpfilter::BGPFilterSpec, p: &mut Problems) {
+    use super::bgpfilter::FilterAction;
+    for (list, rules, v6, export) in [
+        ("exportV4", &s.export_v4, false, true),
+        ("importV4", &s.import_v4, false, false),
+        ("exportV6", &s.export_v6, true, true),
+        ("importV6", &s.import_v6, true, false),
+    ] {
+        let max_len = if v6 { 128 } else { 32 };
+        for (i, r) in rules.iter().enumerate() {
+            let f = format!("spec.{list}[{i}]");
+            if r.action.is_none() {
+                p.add(format!("{f}.action"), "is required: Accept or Reject");
+            }
+            match (&r.cidr, &r.match_operator) {
+                (Some(c), Some(_)) => {
+                    if let Some(net) = p.cidr(&format!("{f}.cidr"), c)
+                        && net.addr().is_ipv6() != v6
+                    {
+                        p.add(
+                            format!("{f}.cidr"),
+                            format!("{c:?} is not an IPv{} prefix", if v6 { 6 } else { 4 }),
+                        );
+                    }
+                }
+                (None, None) => {}
+                _ => p.add(
+                    format!("{f}.matchOperator"),
+                    "cidr and matchOperator are set together or not at all",
+                ),
+            }
+            if let Some(l) = r.prefix_length {
+                let (min, max) = (l.min.unwrap_or(0), l.max.unwrap_or(max_len));
+                if min > max || max > max_len {
+                    p.add(
+                        format!("{f}.prefixLength"),
+                        format!("must satisfy min <= max <= {max_len}"),
+                    );
+                }
+            }
+            if r.source.is_some() && !export {
+                p.add(
+                    format!("{f}.source"),
+                    "applies to export rules only (routes re-advertised from peers)",
+                );
+            }
+            if r.interface.is_some() {
+                p.add(
+                    format!("{f}.interface"),
+                    "is not supported (Serval's speaker holds no interface routes to match); remove it",
+                );
+            }
+            if r.priority.is_some() {
+                p.add(
+                    format!("{f}.priority"),
+                    "is not supported (Serval's routes carry no priority to match); remove it",
+                );
+            }
+            if let Some(c) = &r.communities {
+                match c.values.as_slice() {
+                    [v] if is_community(v) => {}
+                    [v] => p.add(
+                        format!("{f}.communities.values[0]"),
+                        format!("{v:?} is not aa:nn or aa:nn:mm"),
+                    ),
+                    _ => p.add(
+                        format!("{f}.communities.values"),
+                        "must hold exactly one value",
+                    ),
+                }
+            }
+            if r.as_path_prefix.contains(&0) {
+                p.add(format!("{f}.asPathPrefix"), "AS 0 is not an AS number");
+            }
+            if !r.operations.is_empty() && r.action != Some(FilterAction::Accept) {
+                p.add(
+                    format!("{f}.operations"),
+                    "are allowed only with action Accept",
+                );
+            }
+            if r.operations.len() > 10 {
+                p.add(format!("{f}.operations"), "at most 10");
+            }
+            for (j, op) in r.operations.iter().enumerate() {
+                let o = format!("{f}.operations[{j}]");
+                let set = [
+                    op.add_community.is_some(),
+                    op.prepend_as_path.is_some(),
+                    op.set_priority.is_some(),
+                ];
+                if set.iter().filter(|s| **s).count() != 1 {
+                    p.add(
+                        &o,
+                        "must set exactly one of addCommunity, prependASPath, setPriority",
+                    );
+                }
+                if let Some(c) = &op.add_community
+                    && !is_community(&c.value)
+                {
+                    p.add(
+                        format!("{o}.addCommunity.value"),
+                        format!("{:?} is not aa:nn or aa:nn:mm", c.value),
+                    );
+                }
+                if let Some(pp) = &op.prepend_as_path
+                    && (pp.prefix.is_empty() || pp.prefix.contains(&0))
+                {
+                    p.add(
+                        format!("{o}.prependASPath.prefix"),
+                        "must list AS numbers (not 0)",
+                    );
+                }
+                if op.set_priority.is_some() {
+                    p.add(
+                        format!("{o}.setPriority"),
+                        "is not supported (Serval's routes keep their metric); remove it",
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn is_community(v: &str) -> bool {
     let parts: Vec<&str> = v.split(':').collect();
     match parts.len() {
@@ -273,6 +398,11 @@ fn is_community(v: &str) -> bool {
 }
 
 pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
+    for (i, name) in s.filters.iter().enumerate() {
+        if name.is_empty() {
+            p.add(format!("spec.filters[{i}]"), "must name a BGPFilter");
+        }
+    }
     if s.local_as_number.is_some() {
         p.add(
             "spec.localASNumber",

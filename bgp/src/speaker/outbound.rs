@@ -26,7 +26,7 @@ use crate::packet::attribute::{EncodeContext, PathAttributes};
 use crate::packet::message::{
     Message, Update, announcement_room, pack_announcements, pack_withdrawals,
 };
-use crate::policy::{PolicyPeer, Verdict};
+use crate::policy::{PolicyPeer, RouteOrigin, Verdict};
 use crate::rib::{AdjRibOut, DecideCtx, OutChange};
 
 /// Encoded UPDATEs for a group and the prefixes they concern (what a paced member records
@@ -157,7 +157,7 @@ impl Speaker {
             self_v6,
             policy_address: self
                 .policy
-                .export_depends_on_peer_address()
+                .export_depends_on_peer(entry.cfg().address)
                 .then_some(entry.cfg().address),
         })
     }
@@ -531,9 +531,16 @@ impl Speaker {
                             .map(|a| interner.intern(a))
                     })
                     .clone()?;
+                let origin = if best.peer == LOCAL_PEER {
+                    RouteOrigin::Local
+                } else if src.ebgp {
+                    RouteOrigin::External
+                } else {
+                    RouteOrigin::Internal
+                };
                 match self
                     .policy
-                    .export(&policy_peer, prefix.into_ipnet(), &exported)
+                    .export(&policy_peer, prefix.into_ipnet(), &exported, origin)
                 {
                     Verdict::Accept => Some(exported),
                     Verdict::Reject => None,

@@ -98,10 +98,10 @@ fn the_manifests_pass_a_real_api_servers_validation() {
     // (CEL rules in the CRDs), as servalctl refuses them.
     for (file, yaml, want) in [
         (
-            "svc.yaml",
-            "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: svc}\n\
-             spec: {serviceClusterIPs: [{cidr: 10.96.0.0/12}]}\n",
-            "spec.serviceClusterIPs is not supported by Serval yet",
+            "bind.yaml",
+            "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+             spec: {bindMode: NodeIP}\n",
+            "spec.bindMode is not supported by Serval yet",
         ),
         (
             "dnt.yaml",

@@ -342,6 +342,16 @@ router bgp 65003
         }
     }
 
+    /// bgpd with a config of the test's own (vty socket and pid file as usual).
+    pub fn with_config(ns: &'a Netns, dir: &'a Path, conf: &str) -> Self {
+        std::fs::write(dir.join("bgpd.conf"), conf).expect("write bgpd.conf");
+        Frr {
+            ns,
+            dir,
+            daemon: None,
+        }
+    }
+
     fn vtysh(&self, cmds: &[&str]) -> String {
         let dir = self.dir.to_str().expect("utf-8 path").to_string();
         let mut args = vec!["vtysh", "--vty_socket", dir.as_str()];

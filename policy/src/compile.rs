@@ -23,6 +23,7 @@ use crate::model::{Action, EntityRule, IntOrString, PolicyType, Rule, parse_net}
 use crate::selector::{Labels, Selector};
 
 mod endpoint;
+mod host;
 mod incremental;
 mod scope;
 
@@ -112,6 +113,53 @@ pub struct PolicyInputs {
     pub vxlan_port: Option<u16>,
     /// Labelled sets of networks rule selectors match (NetworkSet, GlobalNetworkSet).
     pub network_sets: Vec<NetworkSetDef>,
+    /// This node's host endpoints (HostEndpoint with an interface name), as endpoints with
+    /// an empty namespace: global policies without namespaceSelector select them.
+    pub host_endpoints: Vec<Endpoint>,
+    /// Ports always open on host endpoints, so a policy cannot lock the operator out.
+    pub failsafe: Failsafe,
+}
+
+/// Felix's failsafe ports: `(protocol number, port)`, inbound (to the host) and outbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failsafe {
+    /// Allowed to the host through a host endpoint whatever the policy.
+    pub inbound: Vec<(u8, u16)>,
+    /// Allowed from the host through a host endpoint whatever the policy.
+    pub outbound: Vec<(u8, u16)>,
+}
+
+impl Default for Failsafe {
+    /// Felix's defaults: SSH, DHCP, BGP, etcd, Typha, the API server, kube-proxy health
+    /// checks in; DNS, DHCP, BGP, etcd, Typha, the API server out.
+    fn default() -> Failsafe {
+        let tcp = |p| (6, p);
+        let udp = |p| (17, p);
+        Failsafe {
+            inbound: vec![
+                tcp(22),
+                udp(68),
+                tcp(179),
+                tcp(2379),
+                tcp(2380),
+                tcp(5473),
+                tcp(6443),
+                tcp(6666),
+                tcp(6667),
+            ],
+            outbound: vec![
+                udp(53),
+                udp(67),
+                tcp(179),
+                tcp(2379),
+                tcp(2380),
+                tcp(5473),
+                tcp(6443),
+                tcp(6666),
+                tcp(6667),
+            ],
+        }
+    }
 }
 
 /// A NetworkSet (with a namespace) or GlobalNetworkSet (without).
@@ -570,6 +618,23 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
             }
         }
     }
+    // Host endpoints: global policies without namespaceSelector select them.
+    let mut host_applied: Vec<[Vec<(&PolicyDef, String)>; 2]> =
+        vec![[Vec::new(), Vec::new()]; inputs.host_endpoints.len()];
+    for &pi in &order {
+        let p = &inputs.policies[pi];
+        for (d, dir) in DIRS.into_iter().enumerate() {
+            if !applies_in(p, dir) {
+                continue;
+            }
+            for (hi, hep) in inputs.host_endpoints.iter().enumerate() {
+                if scopes[pi].contains_host(hep) {
+                    host_applied[hi][d].push((p, policy_chain(p, dir)));
+                    counts[pi][d] += 1;
+                }
+            }
+        }
+    }
     for &pi in &order {
         let p = &inputs.policies[pi];
         for (d, dir) in DIRS.into_iter().enumerate() {
@@ -684,7 +749,15 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
             "serval:policy accepted the packet",
         ),
     ]);
+    let (host_in, host_in_chains) = host::host_endpoint_rules(&mut fam, &host_applied, true);
+    input.extend(host_in);
+    chains.extend(host_in_chains);
     chains.insert("serval-INPUT".into(), input);
+    let (host_out, host_out_chains) = host::host_endpoint_rules(&mut fam, &host_applied, false);
+    if !host_out.is_empty() {
+        chains.extend(host_out_chains);
+        chains.insert("serval-OUTPUT".into(), host_out);
+    }
     Compiled {
         ruleset: Ruleset {
             chains: chains

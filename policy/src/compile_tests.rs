@@ -48,6 +48,7 @@ fn world(policies: Vec<PolicyDef>) -> PolicyInputs {
         hosts: vec![],
         vxlan_port: None,
         network_sets: vec![],
+        ..PolicyInputs::default()
     }
 }
 
@@ -603,4 +604,108 @@ fn network_sets_are_matched_by_rule_selectors_with_calicos_scoping() {
             .values()
             .all(|s| s.members.iter().all(|m| m.contains(':')))
     );
+}
+
+/// A packet on a host endpoint: inbound to the host (`serval-INPUT`) or out of it.
+fn host_packet(rs: &Ruleset, inbound: bool, peer: &str, proto: u8, dport: u16) -> Verdict {
+    let (me, other): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), peer.parse().unwrap());
+    let p = Packet {
+        src: if inbound { other } else { me },
+        dst: if inbound { me } else { other },
+        protocol: proto,
+        sport: 40000,
+        dport,
+        icmp: None,
+        in_iface: inbound.then(|| "eth0".to_string()),
+        out_iface: (!inbound).then(|| "eth0".to_string()),
+    };
+    evaluate(
+        rs,
+        if inbound {
+            "serval-INPUT"
+        } else {
+            "serval-OUTPUT"
+        },
+        &p,
+    )
+}
+
+#[test]
+fn host_endpoints_deny_by_default_except_failsafe_and_node_tunnels() {
+    let hep = Endpoint {
+        namespace: String::new(),
+        name: "node-1-eth0".into(),
+        iface: "eth0".into(),
+        addrs: vec!["192.0.2.1".parse().unwrap()],
+        labels: labels(&[("role", "edge")]),
+        ports: vec![],
+    };
+    let mut global = np("", "edge-web", "role == 'edge'", &[PolicyType::Ingress]);
+    global.namespace = None;
+    global.ingress = vec![tcp_ports(
+        Rule {
+            source: EntityRule {
+                nets: vec!["198.51.100.0/24".into()],
+                ..EntityRule::default()
+            },
+            ..Rule::any(Action::Allow)
+        },
+        &[IntOrString::Int(8080)],
+    )];
+    // A namespaced policy with the same selector never reaches a host endpoint.
+    let mut namespaced = np("x", "all-x", "role == 'edge'", &[PolicyType::Ingress]);
+    namespaced.ingress = vec![Rule::any(Action::Allow)];
+    let mut w = world(vec![global, namespaced]);
+    w.hosts = vec!["192.0.2.1".parse().unwrap(), "192.0.2.9".parse().unwrap()];
+    w.host_endpoints = vec![hep];
+    let rs = compile(&w, false);
+    use Verdict::{Accept, Drop};
+    assert_eq!(host_packet(&rs, true, "198.51.100.7", 6, 8080), Accept);
+    assert_eq!(
+        host_packet(&rs, true, "203.0.113.7", 6, 8080),
+        Drop,
+        "not from the allowed net"
+    );
+    assert_eq!(
+        host_packet(&rs, true, "198.51.100.7", 6, 9090),
+        Drop,
+        "another port"
+    );
+    assert_eq!(
+        host_packet(&rs, true, "203.0.113.7", 6, 22),
+        Accept,
+        "failsafe SSH"
+    );
+    assert_eq!(
+        host_packet(&rs, true, "203.0.113.7", 6, 179),
+        Accept,
+        "failsafe BGP"
+    );
+    assert_eq!(
+        host_packet(&rs, true, "192.0.2.9", 17, 4789),
+        Accept,
+        "VXLAN from a node"
+    );
+    assert_eq!(
+        host_packet(&rs, true, "203.0.113.7", 17, 4789),
+        Drop,
+        "VXLAN from a stranger"
+    );
+    // No egress policy selects it: only failsafe and tunnels leave.
+    assert_eq!(host_packet(&rs, false, "203.0.113.7", 6, 80), Drop);
+    assert_eq!(
+        host_packet(&rs, false, "203.0.113.7", 17, 53),
+        Accept,
+        "failsafe DNS"
+    );
+    assert_eq!(
+        host_packet(&rs, false, "192.0.2.9", 17, 4789),
+        Accept,
+        "VXLAN to a node"
+    );
+    // Pods' forwarded traffic is not host endpoint traffic.
+    assert!(allowed(&rs, &w, "x/a", "x/b", 6, 80));
+    // Without host endpoints there is no OUTPUT chain (and so no hook).
+    let plain = compile(&world(vec![]), false);
+    assert!(!plain.chains.contains_key("serval-OUTPUT"));
 }

@@ -100,5 +100,6 @@ pub fn cluster() -> PolicyInputs {
         hosts: vec![],
         vxlan_port: None,
         network_sets: vec![],
+        ..PolicyInputs::default()
     }
 }

@@ -18,7 +18,7 @@ use crate::calc::peers::BgpResources;
 use crate::datastore::{KindInfo, SyncEvent};
 use crate::resources::{
     BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet,
-    IPPool, NetworkPolicy, NetworkSet, Node, ServalResource, WorkloadEndpoint,
+    HostEndpoint, IPPool, NetworkPolicy, NetworkSet, Node, ServalResource, WorkloadEndpoint,
 };
 
 type K8sNode = k8s_openapi::api::core::v1::Node;
@@ -50,6 +50,8 @@ pub struct ClusterState {
     pub(super) service_accounts: BTreeMap<String, K8sServiceAccount>,
     /// NetworkSets and GlobalNetworkSets: labelled networks rule selectors match.
     pub(super) network_sets: BTreeMap<String, NetworkSet>,
+    /// HostEndpoints: node interfaces under policy.
+    pub(super) host_endpoints: BTreeMap<String, HostEndpoint>,
     pub(super) global_network_sets: BTreeMap<String, GlobalNetworkSet>,
     /// Services and EndpointSlices (trimmed to what advertisement reads): which service
     /// addresses this node advertises.
@@ -177,6 +179,7 @@ watched! {
     service_accounts: K8sServiceAccount,
     network_sets: NetworkSet,
     global_network_sets: GlobalNetworkSet,
+    host_endpoints: HostEndpoint,
     services: K8sService,
     endpoint_slices: K8sEndpointSlice,
     k8s_nodes: K8sNode => kubernetes,

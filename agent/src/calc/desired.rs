@@ -38,6 +38,8 @@ pub struct NodeSettings {
     pub ipip_mtu: Option<u32>,
     /// The VXLAN device's MTU when set (Felix's vxlanMTU); else host MTU − 50.
     pub vxlan_mtu: Option<u32>,
+    /// The ports host endpoints always let through (Felix's failsafe ports).
+    pub failsafe: serval_policy::compile::Failsafe,
 }
 
 impl NodeSettings {
@@ -50,6 +52,7 @@ impl NodeSettings {
             vxlan_port: VXLAN_PORT,
             ipip_mtu: None,
             vxlan_mtu: None,
+            failsafe: serval_policy::compile::Failsafe::default(),
         }
     }
 }
@@ -195,6 +198,45 @@ impl ClusterState {
             .collect();
         inputs.hosts.sort();
         inputs.hosts.dedup();
+        // This node's host endpoints: named interfaces under global policy.
+        for (key, h) in self
+            .host_endpoints
+            .iter()
+            .filter(|(_, h)| h.spec.node == me)
+        {
+            let iface = h.spec.interface_name.clone().unwrap_or_default();
+            if iface == "*" || !serval_policy::ipt::valid_iface(&iface) {
+                failed.insert(
+                    format!("HostEndpoint {key}"),
+                    format!("interfaceName {iface:?} is not one interface; not applied"),
+                );
+                continue;
+            }
+            let unused: Vec<&str> = [
+                ("expectedIPs", !h.spec.expected_ips.is_empty()),
+                ("profiles", !h.spec.profiles.is_empty()),
+                ("ports", !h.spec.ports.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(f, set)| set.then_some(f))
+            .collect();
+            if !unused.is_empty() {
+                failed.insert(
+                    format!("HostEndpoint {key}"),
+                    format!("{unused:?} are not supported and not used; the interface is policed"),
+                );
+            }
+            inputs
+                .host_endpoints
+                .push(serval_policy::compile::Endpoint {
+                    namespace: String::new(),
+                    name: h.name_any(),
+                    iface,
+                    addrs: Vec::new(),
+                    labels: h.labels().clone().into_iter().collect(),
+                    ports: Vec::new(),
+                });
+        }
         let mut add =
             |key: String,
              r: Result<serval_policy::compile::PolicyDef, crate::calc::policy::TranslateError>,
@@ -452,6 +494,7 @@ impl ClusterState {
         let peer_filters = self.peer_filters(&peers);
         let (mut policy, policy_failures) = self.policy_inputs(me);
         policy.vxlan_port = Some(settings.vxlan_port);
+        policy.failsafe = settings.failsafe.clone();
         if !settings.bgp {
             exports.clear();
         }

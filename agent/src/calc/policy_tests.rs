@@ -67,6 +67,7 @@ fn model(policies: &[serde_json::Value]) -> (PolicyInputs, Ruleset) {
         hosts: vec![],
         vxlan_port: None,
         network_sets: vec![],
+        ..PolicyInputs::default()
     };
     let rs = compile(&inputs, false);
     (inputs, rs)

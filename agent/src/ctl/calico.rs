@@ -54,6 +54,7 @@ pub(crate) fn calico_spec_fields(kind: &str) -> &'static [&'static str] {
             "reversePeering",
         ],
         "BGPFilter" => &["exportV4", "importV4", "exportV6", "importV6"],
+        "HostEndpoint" => &["node", "interfaceName", "expectedIPs", "profiles", "ports"],
         "IPPool" => &[
             "cidr",
             "blockSize",

@@ -9,8 +9,8 @@ use super::CtlError;
 use crate::datastore::{AnyBackend, Datastore, DatastoreError};
 use crate::resources::{
     BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, GlobalNetworkPolicy, GlobalNetworkSet,
-    IPAMBlock, IPAMConfig, IPAMHandle, IPPool, IPReservation, NetworkPolicy, NetworkSet, Node,
-    ServalResource, WorkloadEndpoint,
+    HostEndpoint, IPAMBlock, IPAMConfig, IPAMHandle, IPPool, IPReservation, NetworkPolicy,
+    NetworkSet, Node, ServalResource, WorkloadEndpoint,
 };
 
 type Ds = Datastore<AnyBackend>;
@@ -206,6 +206,13 @@ pub fn all() -> Vec<Kind> {
                 ("PEERSELECTOR", "/spec/peerSelector"),
                 ("ASN", "/spec/asNumber")
             ]
+        ),
+        kind!(
+            HostEndpoint,
+            "HostEndpoint",
+            ["hostendpoint", "hostendpoints", "hep", "heps"],
+            &[("NODE", "/spec/node"), ("INTERFACE", "/spec/interfaceName")],
+            &[("NODE", "/spec/node"), ("INTERFACE", "/spec/interfaceName")]
         ),
         kind!(
             BGPFilter,

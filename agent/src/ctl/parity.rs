@@ -11,10 +11,6 @@ use super::calico::calico_spec_fields;
 
 /// Kinds Calico has and Serval does not (servalctl refuses them as unknown kinds).
 const UNSUPPORTED_KINDS: &[(&str, &str)] = &[
-    (
-        "HostEndpoint",
-        "not yet (issue 17: host interfaces with failsafe ports)",
-    ),
     ("Tier", "no: policy order only, one tier"),
     (
         "FelixConfiguration",
@@ -76,6 +72,11 @@ const NOTES: &[(&str, &str, &str)] = &[
     ),
     ("BGPFilter", "exportV6", "as exportV4"),
     ("BGPFilter", "importV6", "as importV4"),
+    (
+        "HostEndpoint",
+        "interfaceName",
+        "required, one named interface (`*` refused); policed by global policies without namespaceSelector, default deny except the failsafe ports (SERVAL_FAILSAFE_INBOUND_HOST_PORTS / FELIX_FAILSAFEINBOUNDHOSTPORTS and the outbound pair); rule selectors do not match host endpoints yet",
+    ),
     (
         "IPPool",
         "allowedUses",
@@ -169,6 +170,7 @@ pub fn rows() -> Vec<Row> {
         "GlobalNetworkPolicy",
         "NetworkSet",
         "GlobalNetworkSet",
+        "HostEndpoint",
     ];
     for kind in kinds {
         let serval_kind = RENAMED
@@ -279,7 +281,8 @@ mod tests {
         assert!(status("BGPConfiguration", "bindMode").contains("only `None`"));
         assert_eq!(status("BGPPeer", "maxPrefix"), "Serval extension");
         assert_eq!(status("IPPool", "natOutgoing"), "supported");
-        assert!(status("HostEndpoint", "").starts_with("kind refused"));
+        assert!(status("Tier", "").starts_with("kind refused"));
+        assert!(status("HostEndpoint", "profiles").starts_with("refused"));
         assert!(status("BGPFilter", "importV4").starts_with("supported"));
         assert_eq!(status("IPAMConfiguration", ""), "supported as `IPAMConfig`");
     }

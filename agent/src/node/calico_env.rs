@@ -46,6 +46,14 @@ pub const ALIASES: &[Alias] = &[
     alias("FELIX_VXLANPORT", "SERVAL_VXLAN_PORT"),
     alias("FELIX_IPINIPMTU", "SERVAL_IPIP_MTU"),
     alias("FELIX_VXLANMTU", "SERVAL_VXLAN_MTU"),
+    alias(
+        "FELIX_FAILSAFEINBOUNDHOSTPORTS",
+        "SERVAL_FAILSAFE_INBOUND_HOST_PORTS",
+    ),
+    alias(
+        "FELIX_FAILSAFEOUTBOUNDHOSTPORTS",
+        "SERVAL_FAILSAFE_OUTBOUND_HOST_PORTS",
+    ),
 ];
 
 const fn alias(calico: &'static str, serval: &'static str) -> Alias {

@@ -81,6 +81,22 @@ pub struct RunArgs {
     /// The VXLAN UDP port (Felix's vxlanPort).
     #[arg(long, env = "SERVAL_VXLAN_PORT", default_value_t = 4789)]
     pub vxlan_port: u16,
+    /// Ports always open to the host through a HostEndpoint, `proto:port,...` or `none`
+    /// (Felix's failsafeInboundHostPorts; the default is Felix's).
+    #[arg(
+        long,
+        env = "SERVAL_FAILSAFE_INBOUND_HOST_PORTS",
+        default_value = "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
+    )]
+    pub failsafe_inbound_host_ports: String,
+    /// Ports always open from the host through a HostEndpoint (Felix's
+    /// failsafeOutboundHostPorts; the default is Felix's).
+    #[arg(
+        long,
+        env = "SERVAL_FAILSAFE_OUTBOUND_HOST_PORTS",
+        default_value = "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
+    )]
+    pub failsafe_outbound_host_ports: String,
     /// tunl0's MTU; 0 (the default) is the host MTU less 20 (Felix's ipipMTU).
     #[arg(long, env = "SERVAL_IPIP_MTU", default_value_t = 0)]
     pub ipip_mtu: u32,
@@ -182,6 +198,45 @@ pub struct NodeConfig {
     pub iptables_backend: String,
     /// VXLAN VNI and port, tunnel MTUs (None: from the host MTU).
     pub tunnels: TunnelConfig,
+    /// The ports host endpoints always let through.
+    pub failsafe: serval_policy::compile::Failsafe,
+}
+
+/// Parses Felix's failsafe port list: `proto:port` entries (tcp, udp, sctp) or `none`.
+fn failsafe_ports(variable: &'static str, text: &str) -> Result<Vec<(u8, u16)>, ConfigError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") || text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(str::trim)
+        .map(|entry| {
+            let parts: Vec<&str> = entry.split(':').collect();
+            let [proto, port] = parts[..] else {
+                return Err(bad(
+                    variable,
+                    format!(
+                        "{entry:?}: expected protocol:port such as tcp:22 (a network in the entry is not supported)"
+                    ),
+                ));
+            };
+            let proto = match proto.to_ascii_lowercase().as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                "sctp" => 132,
+                other => {
+                    return Err(bad(
+                        variable,
+                        format!("{entry:?}: {other:?} is not tcp, udp or sctp"),
+                    ));
+                }
+            };
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => Ok((proto, p)),
+                _ => Err(bad(variable, format!("{entry:?}: {port:?} is not a port"))),
+            }
+        })
+        .collect()
 }
 
 /// The tunnel settings Felix exposes.
@@ -446,6 +501,16 @@ impl RunArgs {
             ipip_mtu: tunnel_mtu("SERVAL_IPIP_MTU", self.ipip_mtu)?,
             vxlan_mtu: tunnel_mtu("SERVAL_VXLAN_MTU", self.vxlan_mtu)?,
         };
+        let failsafe = serval_policy::compile::Failsafe {
+            inbound: failsafe_ports(
+                "SERVAL_FAILSAFE_INBOUND_HOST_PORTS",
+                &self.failsafe_inbound_host_ports,
+            )?,
+            outbound: failsafe_ports(
+                "SERVAL_FAILSAFE_OUTBOUND_HOST_PORTS",
+                &self.failsafe_outbound_host_ports,
+            )?,
+        };
         let default_pool = if self.no_default_pools {
             None
         } else {
@@ -477,6 +542,7 @@ impl RunArgs {
             })
             .transpose()?;
         Ok(NodeConfig {
+            failsafe,
             bgp,
             iptables_backend,
             tunnels,
@@ -580,6 +646,24 @@ mod tests {
             crate::resources::EncapMode::CrossSubnet
         );
         assert_eq!(c.iptables_backend, "auto");
+        assert_eq!(c.failsafe, serval_policy::compile::Failsafe::default());
+        // Failsafe ports, Felix's syntax; a network in an entry is refused by name.
+        let c = ok(&[
+            "--failsafe-inbound-host-ports",
+            "tcp:22, UDP:68",
+            "--failsafe-outbound-host-ports",
+            "none",
+        ]);
+        assert_eq!(c.failsafe.inbound, [(6, 22), (17, 68)]);
+        assert!(c.failsafe.outbound.is_empty());
+        assert_eq!(
+            e(&["--failsafe-inbound-host-ports", "tcp:10.0.0.0/8:22"]).variable,
+            "SERVAL_FAILSAFE_INBOUND_HOST_PORTS"
+        );
+        assert_eq!(
+            e(&["--failsafe-outbound-host-ports", "icmp:1"]).variable,
+            "SERVAL_FAILSAFE_OUTBOUND_HOST_PORTS"
+        );
         // vxlan: no BGP, VXLAN Always unless the pool says otherwise.
         let c = ok(&["--networking-backend", "vxlan"]);
         assert!(!c.bgp);

@@ -201,6 +201,7 @@ pub async fn run(
         vxlan_port: cfg.tunnels.vxlan_port,
         ipip_mtu: cfg.tunnels.ipip_mtu,
         vxlan_mtu: cfg.tunnels.vxlan_mtu,
+        failsafe: cfg.failsafe.clone(),
     };
     let agent = Agent::new(
         cfg.node_name.clone(),

@@ -3,6 +3,7 @@
 
 pub mod bgp;
 pub mod bgpfilter;
+pub mod hostendpoint;
 pub mod ipam;
 pub mod netset;
 pub mod node;
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};
 pub use bgpfilter::{BGPFilter, BGPFilterSpec};
+pub use hostendpoint::{HostEndpoint, HostEndpointSpec};
 pub use ipam::{
     BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec,
     IPAMHandle, IPAMHandleSpec, IPReservation, IPReservationSpec,
@@ -107,6 +109,9 @@ owned!(GlobalNetworkPolicy, false, |name, s, p| {
     validate::global_network_policy(s, p)
 });
 owned!(BGPFilter, false, |name, s, p| validate::bgp_filter(s, p));
+owned!(HostEndpoint, false, |name, s, p| validate::host_endpoint(
+    s, p
+));
 owned!(NetworkSet, true, |name, s, p| validate::nets(&s.nets, p));
 owned!(GlobalNetworkSet, false, |name, s, p| validate::nets(
     &s.nets, p
@@ -163,6 +168,7 @@ fn refuse_unsupported(
 
 /// The CRDs for every kind Serval owns, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
+    let unset_list = |f: &'static str| (f, format!("!has(self.{f}) || size(self.{f}) == 0"));
     let unset_flag = |f: &'static str| (f, format!("!has(self.{f}) || !self.{f}"));
     let unset = |f: &'static str| (f, format!("!has(self.{f})"));
     let bgp = [(
@@ -176,6 +182,18 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             &[unset("localASNumber"), unset("reachableBy")],
         ),
         BGPFilter::crd(),
+        refuse_unsupported(
+            HostEndpoint::crd(),
+            &[
+                unset_list("expectedIPs"),
+                unset_list("profiles"),
+                unset_list("ports"),
+                (
+                    "interfaceName",
+                    "has(self.interfaceName) && self.interfaceName != '*'".to_string(),
+                ),
+            ],
+        ),
         refuse_unsupported(Node::crd(), &[unset("ipv6VXLANTunnelAddr")]),
         refuse_unsupported(
             IPPool::crd(),

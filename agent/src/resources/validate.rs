@@ -263,6 +263,37 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
     }
 }
 
+/// A HostEndpoint: a named interface on a node; what Serval does not use is refused by name.
+pub(crate) fn host_endpoint(s: &super::hostendpoint::HostEndpointSpec, p: &mut Problems) {
+    if s.node.is_empty() {
+        p.add("spec.node", "is required");
+    }
+    match s.interface_name.as_deref() {
+        None | Some("") => p.add(
+            "spec.interfaceName",
+            "is required (Serval polices named interfaces)",
+        ),
+        Some("*") => p.add(
+            "spec.interfaceName",
+            "\"*\" (all interfaces) is not supported; name the interface",
+        ),
+        Some(i) if i.len() > 15 || i.contains(['/', ' ']) => p.add(
+            "spec.interfaceName",
+            format!("{i:?} is not an interface name"),
+        ),
+        Some(_) => {}
+    }
+    for (field, set) in [
+        ("expectedIPs", !s.expected_ips.is_empty()),
+        ("profiles", !s.profiles.is_empty()),
+        ("ports", !s.ports.is_empty()),
+    ] {
+        if set {
+            p.add(format!("spec.{field}"), UNSUPPORTED_BY_SERVAL);
+        }
+    }
+}
+
 /// A BGPFilter's rules: what Serval cannot evaluate is refused by name (the agent would
 /// otherwise close the peers that use the filter).
 pub(crate) fn bgp_filter(s: &super::bgpfilter::BGPFilterSpec, p: &mut Problems) {

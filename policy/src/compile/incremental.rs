@@ -86,6 +86,8 @@ fn patch(old: &mut PolicyInputs, compiled: &mut Compiled, new: &PolicyInputs, v6
         || old.hosts != new.hosts
         || old.vxlan_port != new.vxlan_port
         || old.network_sets != new.network_sets
+        || old.host_endpoints != new.host_endpoints
+        || old.failsafe != new.failsafe
     {
         return false;
     }

@@ -67,6 +67,15 @@ impl Scope {
         self.pods.matches_with(&get)
     }
 
+    /// Whether a host endpoint is in this scope: only a global policy's selector without a
+    /// namespace selector reaches one (host endpoints are in no namespace).
+    pub(super) fn contains_host(&self, ep: &Endpoint) -> bool {
+        !self.global_only
+            && self.namespace.is_none()
+            && self.ns_selector.is_none()
+            && self.pods.matches(&ep.labels)
+    }
+
     pub(super) fn contains(&self, ep: &Endpoint, namespaces: &BTreeMap<String, Labels>) -> bool {
         if self.global_only {
             return false;

@@ -28,9 +28,10 @@ use super::tools::{Backend, SystemTools, ToolRunner};
 use crate::dataplane::DataplaneError;
 
 /// The hooks: (table, kernel chain, our chain). A hook exists while our chain does.
-pub const HOOKS: [(Table, &str, &str); 3] = [
+pub const HOOKS: [(Table, &str, &str); 4] = [
     (Table::Filter, "FORWARD", "serval-FORWARD"),
     (Table::Filter, "INPUT", "serval-INPUT"),
+    (Table::Filter, "OUTPUT", "serval-OUTPUT"),
     (Table::Nat, "POSTROUTING", "serval-POSTROUTING"),
 ];
 

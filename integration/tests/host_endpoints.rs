@@ -101,3 +101,124 @@ async fn a_host_endpoint_polices_the_node_but_never_its_failsafe_ports_or_pods()
         "the OUTPUT hook goes with the last host endpoint: {output}"
     );
 }
+
+const TIERS: &str = "do_not_track_pre_dnat_and_apply_on_forward_on_a_real_kernel";
+
+fn ping(ns: &serval_integration::Netns, ip: std::net::IpAddr) -> bool {
+    ns.exec(&["ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn do_not_track_pre_dnat_and_apply_on_forward_on_a_real_kernel() {
+    let Some(mut c) = three_nodes(TIERS, Encap::Vxlan).await else {
+        return;
+    };
+    c.add_pod(0, "pa");
+    c.add_pod(1, "pb");
+    let a = &c.nodes[0].ns;
+    for (port, reply) in [(9090, "nine"), (8080, "eight"), (7070, "seven")] {
+        a.serve_tcp(port, reply).unwrap();
+    }
+    let pa = c.pods[0].3;
+    assert!(ping(&c.pods[1].2, pa), "pb pings pa before");
+    let gnp = |name: &str, spec: serde_json::Value| {
+        serde_json::json!({"apiVersion": "serval.dev/v1", "kind": "GlobalNetworkPolicy",
+                           "metadata": {"name": name}, "spec": spec})
+    };
+    // Normal policy: 9090 and 8080 to the host from anywhere.
+    create::<serval_agent::resources::GlobalNetworkPolicy>(
+        &c,
+        gnp(
+            "host-ports",
+            serde_json::json!({"selector": "role == 'edge'", "types": ["Ingress"], "ingress": [
+                {"action": "Allow", "protocol": "TCP", "destination": {"ports": [9090, 8080]}}]}),
+        ),
+    )
+    .await;
+    // Untracked: node-c is dropped on 9090 before conntrack; 7070 passes untracked both ways.
+    create::<serval_agent::resources::GlobalNetworkPolicy>(
+        &c,
+        gnp(
+            "untracked",
+            serde_json::json!({"selector": "role == 'edge'", "doNotTrack": true,
+                "applyOnForward": true, "types": ["Ingress", "Egress"],
+                "ingress": [
+                    {"action": "Deny", "protocol": "TCP", "source": {"nets": ["192.168.2.0/24"]},
+                     "destination": {"ports": [9090]}},
+                    {"action": "Allow", "protocol": "TCP", "destination": {"ports": [7070]}}],
+                "egress": [{"action": "Allow", "protocol": "TCP", "source": {"ports": [7070]}}]}),
+        ),
+    )
+    .await;
+    // Before DNAT: node-b may not reach 8080.
+    create::<serval_agent::resources::GlobalNetworkPolicy>(
+        &c,
+        gnp(
+            "pre-dnat",
+            serde_json::json!({"selector": "role == 'edge'", "preDNAT": true,
+                "applyOnForward": true, "types": ["Ingress"], "ingress": [
+                    {"action": "Deny", "protocol": "TCP", "source": {"nets": ["192.168.1.3/32"]},
+                     "destination": {"ports": [8080]}}]}),
+        ),
+    )
+    .await;
+    // Forwarded in through eth0: only TCP 8080 (so pb's ping to pa stops, its TCP works).
+    create::<serval_agent::resources::GlobalNetworkPolicy>(
+        &c,
+        gnp(
+            "forward",
+            serde_json::json!({"selector": "role == 'edge'", "applyOnForward": true,
+                "types": ["Ingress"], "ingress": [
+                    {"action": "Allow", "protocol": "TCP", "destination": {"ports": [8080]}}]}),
+        ),
+    )
+    .await;
+    create::<serval_agent::resources::HostEndpoint>(
+        &c,
+        serde_json::json!({
+            "apiVersion": "serval.dev/v1", "kind": "HostEndpoint",
+            "metadata": {"name": "node-a-eth0", "labels": {"role": "edge"}},
+            "spec": {"node": "node-a", "interfaceName": "eth0"}
+        }),
+    )
+    .await;
+    until(&c, "the untracked deny drops node-c on 9090", || {
+        match (reach(&c, 1, 9090), reach(&c, 2, 9090)) {
+            (Ok(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(
+        reach(&c, 1, 7070).as_deref(),
+        Ok("seven"),
+        "untracked both ways, no normal policy needed"
+    );
+    assert!(reach(&c, 1, 8080).is_err(), "node-b is denied before DNAT");
+    assert_eq!(reach(&c, 2, 8080).as_deref(), Ok("eight"));
+    let pb = &c.pods[1].2;
+    assert_eq!(
+        pb.tcp_fetch(SocketAddr::new(pa, 8080)).as_deref().ok(),
+        Some("pa"),
+        "forwarded TCP 8080 through eth0 is allowed"
+    );
+    assert!(!ping(pb, pa), "forwarded ICMP through eth0 is not");
+    let raw = c.nodes[0]
+        .ns
+        .output(&["iptables-save", "-t", "raw"])
+        .unwrap_or_default();
+    assert!(
+        raw.contains("serval-PREROUTING") && raw.contains("--notrack"),
+        "{raw}"
+    );
+    c.ds.delete::<serval_agent::resources::HostEndpoint>(None, "node-a-eth0", None)
+        .await
+        .unwrap();
+    until(&c, "everything open again", || {
+        if ping(&c.pods[1].2, pa) && reach(&c, 2, 9090).is_ok() && reach(&c, 1, 8080).is_ok() {
+            Ok(())
+        } else {
+            Err("still policed".into())
+        }
+    });
+}

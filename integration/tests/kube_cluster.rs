@@ -104,10 +104,10 @@ fn the_manifests_pass_a_real_api_servers_validation() {
             "spec.bindMode is not supported by Serval yet",
         ),
         (
-            "dnt.yaml",
-            "apiVersion: serval.dev/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: dnt}\n\
-             spec: {selector: all(), doNotTrack: true, applyOnForward: true}\n",
-            "spec.doNotTrack is not supported by Serval yet",
+            "hep.yaml",
+            "apiVersion: serval.dev/v1\nkind: HostEndpoint\nmetadata: {name: hep}\n\
+             spec: {node: n1, interfaceName: eth0, profiles: [kns.default]}\n",
+            "spec.profiles is not supported by Serval yet",
         ),
         (
             "las.yaml",

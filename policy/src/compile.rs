@@ -84,6 +84,27 @@ pub struct PolicyDef {
     pub ingress: Vec<Rule>,
     /// Egress rules.
     pub egress: Vec<Rule>,
+    /// Where it applies on host endpoints (GlobalNetworkPolicy's doNotTrack, preDNAT and
+    /// applyOnForward); the default is the normal, tracked policy of a host endpoint.
+    pub host: HostPolicy,
+}
+
+/// A global policy's host endpoint flags (Calico's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Evaluated in the raw table, before connection tracking; what it allows is untracked.
+    pub do_not_track: bool,
+    /// Evaluated in the mangle table before DNAT (ingress only).
+    pub pre_dnat: bool,
+    /// Also applied to traffic forwarded through the host endpoint.
+    pub apply_on_forward: bool,
+}
+
+impl HostPolicy {
+    /// A normal (tracked, after DNAT) policy.
+    pub fn is_normal(&self) -> bool {
+        !self.do_not_track && !self.pre_dnat
+    }
 }
 
 impl PolicyDef {
@@ -585,9 +606,42 @@ fn applying<'p>(
     let mut out: [Vec<(&PolicyDef, String)>; 2] = [Vec::new(), Vec::new()];
     for &pi in order {
         let p = &inputs.policies[pi];
+        if !p.host.is_normal() {
+            continue;
+        }
         for (d, dir) in DIRS.into_iter().enumerate() {
             if applies_in(p, dir) && scopes[pi].contains(ep, &inputs.namespaces) {
                 out[d].push((p, policy_chain(p, dir)));
+            }
+        }
+    }
+    out
+}
+
+/// Per host endpoint, the policies of one tier (`keep`) that apply, per direction, in order;
+/// counted so their chains are compiled.
+fn host_applied<'p>(
+    inputs: &'p PolicyInputs,
+    order: &[usize],
+    scopes: &[Scope],
+    counts: &mut [[usize; 2]],
+    keep: impl Fn(&HostPolicy) -> bool,
+) -> Vec<[Vec<(&'p PolicyDef, String)>; 2]> {
+    let mut out = vec![[Vec::new(), Vec::new()]; inputs.host_endpoints.len()];
+    for &pi in order {
+        let p = &inputs.policies[pi];
+        if !keep(&p.host) {
+            continue;
+        }
+        for (d, dir) in DIRS.into_iter().enumerate() {
+            if !applies_in(p, dir) {
+                continue;
+            }
+            for (hi, hep) in inputs.host_endpoints.iter().enumerate() {
+                if scopes[pi].contains_host(hep) {
+                    out[hi][d].push((p, policy_chain(p, dir)));
+                    counts[pi][d] += 1;
+                }
             }
         }
     }
@@ -605,6 +659,10 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
         vec![[Vec::new(), Vec::new()]; inputs.local.len()];
     for &pi in &order {
         let p = &inputs.policies[pi];
+        // doNotTrack and preDNAT policies apply to host endpoints only (as in Calico).
+        if !p.host.is_normal() {
+            continue;
+        }
         for (d, dir) in DIRS.into_iter().enumerate() {
             if !applies_in(p, dir) {
                 continue;
@@ -618,23 +676,19 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
             }
         }
     }
-    // Host endpoints: global policies without namespaceSelector select them.
-    let mut host_applied: Vec<[Vec<(&PolicyDef, String)>; 2]> =
-        vec![[Vec::new(), Vec::new()]; inputs.host_endpoints.len()];
-    for &pi in &order {
-        let p = &inputs.policies[pi];
-        for (d, dir) in DIRS.into_iter().enumerate() {
-            if !applies_in(p, dir) {
-                continue;
-            }
-            for (hi, hep) in inputs.host_endpoints.iter().enumerate() {
-                if scopes[pi].contains_host(hep) {
-                    host_applied[hi][d].push((p, policy_chain(p, dir)));
-                    counts[pi][d] += 1;
-                }
-            }
-        }
-    }
+    // Host endpoints (global policies without namespaceSelector select them), by tier:
+    // normal policy on INPUT/OUTPUT, the applyOnForward ones on FORWARD too, doNotTrack in
+    // raw, preDNAT in mangle.
+    let tiers = host::Tiers {
+        filter: host_applied(inputs, &order, &scopes, &mut counts, |h| h.is_normal()),
+        forward: host_applied(inputs, &order, &scopes, &mut counts, |h| {
+            h.is_normal() && h.apply_on_forward
+        }),
+        untracked: host_applied(inputs, &order, &scopes, &mut counts, |h| h.do_not_track),
+        pre_dnat: host_applied(inputs, &order, &scopes, &mut counts, |h| h.pre_dnat),
+    };
+    let mut raw: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
+    let mut mangle: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
     for &pi in &order {
         let p = &inputs.policies[pi];
         for (d, dir) in DIRS.into_iter().enumerate() {
@@ -646,7 +700,14 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
                 PolicyType::Egress => &p.egress,
             };
             let compiled = policy_rules(&mut fam, p, rules, dir);
-            chains.insert(policy_chain(p, dir), compiled);
+            let table = if p.host.do_not_track {
+                &mut raw
+            } else if p.host.pre_dnat {
+                &mut mangle
+            } else {
+                &mut chains
+            };
+            table.insert(policy_chain(p, dir), compiled);
         }
     }
     let mut to_dispatch = Vec::new();
@@ -685,47 +746,51 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
             "serval:clear marks",
         )
     };
-    chains.insert(
-        "serval-FORWARD".into(),
-        vec![
-            IptRule::new(
-                vec![Match::InIface(pods.clone()), Match::Established],
-                Target::Accept,
-                "serval:pod connection already allowed",
-            ),
-            IptRule::new(
-                vec![Match::OutIface(pods.clone()), Match::Established],
-                Target::Accept,
-                "serval:pod connection already allowed",
-            ),
-            IptRule::new(
-                vec![Match::InIface(pods.clone()), Match::Invalid],
-                Target::Drop,
-                "serval:invalid",
-            ),
-            IptRule::new(
-                vec![Match::OutIface(pods.clone()), Match::Invalid],
-                Target::Drop,
-                "serval:invalid",
-            ),
-            clear(),
-            IptRule::new(
-                vec![Match::InIface(pods.clone())],
-                Target::Jump("serval-from-wl-dispatch".into()),
-                "serval:from pods",
-            ),
-            IptRule::new(
-                vec![Match::OutIface(pods.clone())],
-                Target::Jump("serval-to-wl-dispatch".into()),
-                "serval:to pods",
-            ),
-            IptRule::new(
-                vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
-                Target::Accept,
-                "serval:policy accepted the packet",
-            ),
-        ],
-    );
+    let mut forward = vec![
+        IptRule::new(
+            vec![Match::InIface(pods.clone()), Match::Established],
+            Target::Accept,
+            "serval:pod connection already allowed",
+        ),
+        IptRule::new(
+            vec![Match::OutIface(pods.clone()), Match::Established],
+            Target::Accept,
+            "serval:pod connection already allowed",
+        ),
+        IptRule::new(
+            vec![Match::InIface(pods.clone()), Match::Invalid],
+            Target::Drop,
+            "serval:invalid",
+        ),
+        IptRule::new(
+            vec![Match::OutIface(pods.clone()), Match::Invalid],
+            Target::Drop,
+            "serval:invalid",
+        ),
+        clear(),
+    ];
+    // Forwarded through host endpoints: their applyOnForward policies, before the pods'.
+    let (host_fwd, host_fwd_chains) = host::forward_rules(&mut fam, &tiers);
+    forward.extend(host_fwd);
+    chains.extend(host_fwd_chains);
+    forward.extend([
+        IptRule::new(
+            vec![Match::InIface(pods.clone())],
+            Target::Jump("serval-from-wl-dispatch".into()),
+            "serval:from pods",
+        ),
+        IptRule::new(
+            vec![Match::OutIface(pods.clone())],
+            Target::Jump("serval-to-wl-dispatch".into()),
+            "serval:to pods",
+        ),
+        IptRule::new(
+            vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
+            Target::Accept,
+            "serval:policy accepted the packet",
+        ),
+    ]);
+    chains.insert("serval-FORWARD".into(), forward);
     let mut input = tunnel_guard(&mut fam);
     input.extend([
         IptRule::new(
@@ -749,21 +814,38 @@ fn compile_indexed(inputs: &PolicyInputs, v6: bool) -> Compiled {
             "serval:policy accepted the packet",
         ),
     ]);
-    let (host_in, host_in_chains) = host::host_endpoint_rules(&mut fam, &host_applied, true);
+    let (host_in, host_in_chains) = host::host_endpoint_rules(&mut fam, &tiers, true);
     input.extend(host_in);
     chains.extend(host_in_chains);
     chains.insert("serval-INPUT".into(), input);
-    let (host_out, host_out_chains) = host::host_endpoint_rules(&mut fam, &host_applied, false);
+    let (host_out, host_out_chains) = host::host_endpoint_rules(&mut fam, &tiers, false);
     if !host_out.is_empty() {
         chains.extend(host_out_chains);
         chains.insert("serval-OUTPUT".into(), host_out);
     }
+    // raw: doNotTrack; mangle: preDNAT. Each hook chain exists only when it has rules.
+    for (inbound, hook) in [(true, "serval-PREROUTING"), (false, "serval-OUTPUT")] {
+        let (rules, tier_chains) = host::untracked_rules(&mut fam, &tiers, inbound);
+        if !rules.is_empty() {
+            raw.extend(tier_chains);
+            raw.insert(hook.into(), rules);
+        }
+    }
+    let (rules, tier_chains) = host::pre_dnat_rules(&mut fam, &tiers);
+    if !rules.is_empty() {
+        mangle.extend(tier_chains);
+        mangle.insert("serval-PREROUTING".into(), rules);
+    }
+    let shared = |m: BTreeMap<String, Vec<IptRule>>| -> crate::ipt::Chains {
+        m.into_iter()
+            .map(|(name, rules)| (name, std::sync::Arc::new(rules)))
+            .collect()
+    };
     Compiled {
         ruleset: Ruleset {
-            chains: chains
-                .into_iter()
-                .map(|(name, rules)| (name, std::sync::Arc::new(rules)))
-                .collect(),
+            chains: shared(chains),
+            raw: shared(raw),
+            mangle: shared(mangle),
             sets: fam.sets,
         },
         sources: fam.sources,

@@ -106,6 +106,7 @@ fn allowed(rs: &Ruleset, w: &PolicyInputs, from: &str, to: &str, proto: u8, port
 
 fn np(ns: &str, name: &str, selector: &str, types: &[PolicyType]) -> PolicyDef {
     PolicyDef {
+        host: Default::default(),
         name: name.into(),
         namespace: Some(ns.into()),
         order: None,
@@ -219,6 +220,7 @@ fn selectors_are_scoped_to_the_policy_namespace_unless_a_namespace_selector_is_g
 #[test]
 fn order_deny_pass_and_log() {
     let deny_y = PolicyDef {
+        host: Default::default(),
         name: "deny-y".into(),
         namespace: None,
         order: Some(10.0),
@@ -250,6 +252,7 @@ fn order_deny_pass_and_log() {
 
     // Pass skips the remaining policies: the namespace profile allows.
     let pass = PolicyDef {
+        host: Default::default(),
         name: "pass-y".into(),
         order: Some(5.0),
         ingress: vec![Rule {
@@ -271,6 +274,7 @@ fn order_deny_pass_and_log() {
 
     // Log is not terminal.
     let log = PolicyDef {
+        host: Default::default(),
         name: "log".into(),
         order: Some(1.0),
         ingress: vec![Rule {
@@ -708,4 +712,169 @@ fn host_endpoints_deny_by_default_except_failsafe_and_node_tunnels() {
     // Without host endpoints there is no OUTPUT chain (and so no hook).
     let plain = compile(&world(vec![]), false);
     assert!(!plain.chains.contains_key("serval-OUTPUT"));
+}
+
+fn edge_hep() -> Endpoint {
+    Endpoint {
+        namespace: String::new(),
+        name: "node-1-eth0".into(),
+        iface: "eth0".into(),
+        addrs: vec![],
+        labels: labels(&[("role", "edge")]),
+        ports: vec![],
+    }
+}
+
+fn global(name: &str, types: &[PolicyType], host: crate::compile::HostPolicy) -> PolicyDef {
+    let mut p = np("", name, "role == 'edge'", types);
+    p.namespace = None;
+    p.host = host;
+    p
+}
+
+fn deny_from(net: &str) -> Rule {
+    Rule {
+        action: Action::Deny,
+        source: EntityRule {
+            nets: vec![net.into()],
+            ..EntityRule::default()
+        },
+        ..Rule::any(Action::Deny)
+    }
+}
+
+#[test]
+fn do_not_track_policies_decide_in_raw_before_conntrack_and_fall_through_otherwise() {
+    use crate::compile::HostPolicy;
+    use crate::eval::evaluate_in;
+    let mut dnt = global(
+        "dnt",
+        &[PolicyType::Ingress],
+        HostPolicy {
+            do_not_track: true,
+            apply_on_forward: true,
+            ..HostPolicy::default()
+        },
+    );
+    dnt.ingress = vec![
+        deny_from("203.0.113.0/24"),
+        tcp_ports(Rule::any(Action::Allow), &[IntOrString::Int(6379)]),
+    ];
+    let mut w = world(vec![dnt]);
+    w.host_endpoints = vec![edge_hep()];
+    let rs = compile(&w, false);
+    let pkt = |src: &str, dport: u16| Packet {
+        src: src.parse().unwrap(),
+        dst: "192.0.2.1".parse().unwrap(),
+        protocol: 6,
+        sport: 40000,
+        dport,
+        icmp: None,
+        in_iface: Some("eth0".into()),
+        out_iface: None,
+    };
+    let raw =
+        |src: &str, dport: u16| evaluate_in(&rs, &rs.raw, "serval-PREROUTING", &pkt(src, dport));
+    assert_eq!(
+        raw("198.51.100.7", 6379),
+        Verdict::Accept,
+        "allowed untracked"
+    );
+    assert_eq!(
+        raw("203.0.113.7", 6379),
+        Verdict::Drop,
+        "denied before conntrack"
+    );
+    assert_eq!(raw("203.0.113.7", 22), Verdict::Accept, "failsafe first");
+    assert_eq!(
+        raw("198.51.100.7", 80),
+        Verdict::Continue,
+        "no decision: normal processing"
+    );
+    let notrack = rs.raw["serval-PREROUTING"]
+        .iter()
+        .any(|r| r.target == crate::ipt::Target::NoTrack);
+    assert!(notrack, "what doNotTrack allows is taken out of conntrack");
+    // Untracked packets then pass the filter table's host endpoint rules.
+    let untracked_accept = rs.chains["serval-INPUT"]
+        .iter()
+        .any(|r| r.matches.contains(&crate::ipt::Match::Untracked));
+    assert!(untracked_accept);
+    // The policy is not a normal one: the filter's host chain has no policy (default deny).
+    assert_eq!(
+        evaluate(&rs, "serval-INPUT", &pkt("198.51.100.7", 6379)),
+        Verdict::Drop,
+        "a tracked packet gets the normal tier, where no policy allows it"
+    );
+    assert!(rs.mangle.is_empty(), "no preDNAT policy, no mangle chains");
+    // A workload is never selected by a doNotTrack policy.
+    assert!(allowed(&rs, &w, "x/a", "x/b", 6, 6379));
+}
+
+#[test]
+fn pre_dnat_denies_before_dnat_and_apply_on_forward_polices_forwarded_traffic() {
+    use crate::compile::HostPolicy;
+    use crate::eval::evaluate_in;
+    let mut pre = global(
+        "no-nodeports-from-outside",
+        &[PolicyType::Ingress],
+        HostPolicy {
+            pre_dnat: true,
+            apply_on_forward: true,
+            ..HostPolicy::default()
+        },
+    );
+    pre.ingress = vec![Rule {
+        destination: EntityRule {
+            ports: vec![IntOrString::String("30000:32767".into())],
+            ..EntityRule::default()
+        },
+        protocol: Some(IntOrString::String("TCP".into())),
+        ..deny_from("0.0.0.0/0")
+    }];
+    let mut fwd = global(
+        "forward-web-only",
+        &[PolicyType::Ingress],
+        HostPolicy {
+            apply_on_forward: true,
+            ..HostPolicy::default()
+        },
+    );
+    fwd.ingress = vec![tcp_ports(Rule::any(Action::Allow), &[IntOrString::Int(80)])];
+    let mut w = world(vec![pre, fwd]);
+    w.host_endpoints = vec![edge_hep()];
+    let rs = compile(&w, false);
+    let pkt = |dst: &str, dport: u16, out: &str| Packet {
+        src: "198.51.100.7".parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: 6,
+        sport: 40000,
+        dport,
+        icmp: None,
+        in_iface: Some("eth0".into()),
+        out_iface: Some(out.into()),
+    };
+    let mangle = |dport| {
+        evaluate_in(
+            &rs,
+            &rs.mangle,
+            "serval-PREROUTING",
+            &pkt("192.0.2.1", dport, "lo"),
+        )
+    };
+    assert_eq!(mangle(30080), Verdict::Drop, "a NodePort, before DNAT");
+    assert_eq!(mangle(80), Verdict::Continue);
+    assert_eq!(mangle(22), Verdict::Accept, "failsafe");
+    // Forwarded in through eth0 to a remote address: only what the forward policy allows.
+    let routed = |dport| evaluate(&rs, "serval-FORWARD", &pkt("10.9.9.9", dport, "eth1"));
+    assert_eq!(routed(80), Verdict::Accept);
+    assert_eq!(routed(8080), Verdict::Drop);
+    // Without an applyOnForward policy, forwarded traffic is not the host endpoint's.
+    let mut plain = world(vec![]);
+    plain.host_endpoints = vec![edge_hep()];
+    let rs = compile(&plain, false);
+    assert_eq!(
+        evaluate(&rs, "serval-FORWARD", &pkt("10.9.9.9", 8080, "eth1")),
+        Verdict::Continue
+    );
 }

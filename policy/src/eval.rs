@@ -99,12 +99,18 @@ fn matches(rs: &Ruleset, m: &Match, p: &Packet, mark: u32) -> bool {
             hit != *neg
         }
         // The first packet of a connection is NEW and valid.
-        Match::Established | Match::Invalid => false,
+        Match::Established | Match::Invalid | Match::Untracked => false,
     }
 }
 
-/// Evaluates `p` from the chain `hook` (`serval-FORWARD` or `serval-INPUT`).
+/// Evaluates `p` from the filter-table chain `hook` (`serval-FORWARD`, `serval-INPUT`, ...).
 pub fn evaluate(rs: &Ruleset, hook: &str, p: &Packet) -> Verdict {
+    evaluate_in(rs, &rs.chains, hook, p)
+}
+
+/// Evaluates `p` from `hook` in one table's chains (`rs.raw`, `rs.mangle`); a packet taken
+/// out of connection tracking (`CT --notrack`) and then accepted reads as accepted.
+pub fn evaluate_in(rs: &Ruleset, chains: &crate::ipt::Chains, hook: &str, p: &Packet) -> Verdict {
     let mut mark = 0u32;
     // Call stack of (chain, next rule index).
     let mut stack: Vec<(&str, usize)> = vec![(hook, 0)];
@@ -112,7 +118,7 @@ pub fn evaluate(rs: &Ruleset, hook: &str, p: &Packet) -> Verdict {
     while let Some((chain, idx)) = stack.pop() {
         steps += 1;
         assert!(steps < 100_000, "rule evaluation does not terminate");
-        let Some(rules) = rs.chains.get(chain) else {
+        let Some(rules) = chains.get(chain) else {
             panic!("jump to missing chain {chain}");
         };
         let Some(rule) = rules.get(idx) else {
@@ -135,7 +141,7 @@ pub fn evaluate(rs: &Ruleset, hook: &str, p: &Packet) -> Verdict {
                 mark = (mark & !m) | (v & m);
                 stack.push((chain, idx + 1));
             }
-            Target::Log(_) => stack.push((chain, idx + 1)),
+            Target::Log(_) | Target::NoTrack => stack.push((chain, idx + 1)),
         }
     }
     Verdict::Continue

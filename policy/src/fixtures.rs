@@ -67,6 +67,7 @@ pub fn cluster() -> PolicyInputs {
                 },
             };
             PolicyDef {
+                host: Default::default(),
                 name: format!("policy-{i}"),
                 namespace: Some(format!("ns{}", i % 10)),
                 order: Some(f64::from(i as u32 % 7)),

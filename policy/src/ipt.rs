@@ -62,6 +62,8 @@ pub enum Match {
     Established,
     /// `-m conntrack --ctstate INVALID`.
     Invalid,
+    /// `-m conntrack --ctstate UNTRACKED` (let through by doNotTrack policy in raw).
+    Untracked,
 }
 
 /// What a rule does.
@@ -83,6 +85,8 @@ pub enum Target {
     Log(String),
     /// `-j MASQUERADE --random-fully` (nat table only).
     Masquerade,
+    /// `-j CT --notrack` (raw table only): the packet bypasses connection tracking.
+    NoTrack,
 }
 
 /// One rule.
@@ -130,11 +134,15 @@ pub struct IpSet {
 /// pointer before any rule is looked at.
 pub type Chains = BTreeMap<String, Arc<Vec<IptRule>>>;
 
-/// Everything Serval wants in one family's filter table.
+/// Everything Serval wants in one family's policy tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    /// Chains by name.
+    /// filter-table chains by name.
     pub chains: Chains,
+    /// raw-table chains (doNotTrack policy on host endpoints).
+    pub raw: Chains,
+    /// mangle-table chains (preDNAT policy on host endpoints).
+    pub mangle: Chains,
     /// Sets by name.
     pub sets: BTreeMap<String, IpSet>,
 }
@@ -185,6 +193,10 @@ pub enum Table {
     Filter,
     /// `nat`: natOutgoing.
     Nat,
+    /// `raw`: doNotTrack policy (before connection tracking).
+    Raw,
+    /// `mangle`: preDNAT policy (before DNAT).
+    Mangle,
 }
 
 impl Table {
@@ -193,6 +205,8 @@ impl Table {
         match self {
             Table::Filter => "filter",
             Table::Nat => "nat",
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
         }
     }
 }
@@ -286,6 +300,7 @@ fn render_body(r: &IptRule, v6: bool) -> String {
             }
             Match::Established => out.push_str("-m conntrack --ctstate RELATED,ESTABLISHED"),
             Match::Invalid => out.push_str("-m conntrack --ctstate INVALID"),
+            Match::Untracked => out.push_str("-m conntrack --ctstate UNTRACKED"),
         }
     }
     if !out.is_empty() {
@@ -308,6 +323,7 @@ fn render_body(r: &IptRule, v6: bool) -> String {
             let _ = write!(out, "-j LOG --log-prefix \"{p}\"");
         }
         Target::Masquerade => out.push_str("-j MASQUERADE --random-fully"),
+        Target::NoTrack => out.push_str("-j CT --notrack"),
     }
     out
 }

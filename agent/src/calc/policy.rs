@@ -54,9 +54,6 @@ pub enum TranslateError {
         /// What is wrong with it.
         message: String,
     },
-    /// A field Serval cannot enforce yet.
-    #[error("spec.{0} {unsupported}", unsupported = crate::resources::validate::UNSUPPORTED_POLICY)]
-    Unsupported(&'static str),
 }
 
 /// A Kubernetes label selector as a Calico selector (empty: all()).
@@ -202,6 +199,7 @@ pub fn k8s_policy(np: &K8sNetworkPolicy) -> Result<PolicyDef, TranslateError> {
         }
     };
     checked(PolicyDef {
+        host: Default::default(),
         name: format!("knp.default.{}", np.name_any()),
         namespace: Some(ns),
         order: Some(K8S_POLICY_ORDER),
@@ -251,6 +249,7 @@ pub fn fail_closed(
     };
     let deny = || vec![Rule::any(Action::Deny)];
     PolicyDef {
+        host: Default::default(),
         name,
         namespace,
         order,
@@ -411,15 +410,6 @@ fn types_or_inferred(types: &[PolicyType], ingress: &[Rule], egress: &[Rule]) ->
     t
 }
 
-/// Refuses a policy that sets a field Serval cannot enforce yet, naming it: enforced
-/// without it, the policy would govern other endpoints or traffic than its author meant.
-fn supported(field: Option<&'static str>) -> Result<(), TranslateError> {
-    match field {
-        Some(f) => Err(TranslateError::Unsupported(f)),
-        None => Ok(()),
-    }
-}
-
 /// A policy's own selector.
 fn selector(field: &'static str, text: &str) -> Result<Selector, TranslateError> {
     Selector::parse(text).map_err(|source| TranslateError::Selector { field, source })
@@ -451,6 +441,7 @@ fn endpoint_selector(
 /// A Serval NetworkPolicy.
 pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, TranslateError> {
     checked(PolicyDef {
+        host: Default::default(),
         name: p.name_any(),
         namespace: Some(p.namespace().unwrap_or_else(|| "default".into())),
         order: p.spec.order,
@@ -464,11 +455,12 @@ pub fn serval_policy(p: &NetworkPolicy) -> Result<PolicyDef, TranslateError> {
 
 /// A Serval GlobalNetworkPolicy.
 pub fn global_policy(p: &GlobalNetworkPolicy) -> Result<PolicyDef, TranslateError> {
-    supported(crate::resources::validate::unsupported_policy_field(
-        p.spec.do_not_track,
-        p.spec.pre_dnat,
-    ))?;
     checked(PolicyDef {
+        host: serval_policy::compile::HostPolicy {
+            do_not_track: p.spec.do_not_track,
+            pre_dnat: p.spec.pre_dnat,
+            apply_on_forward: p.spec.apply_on_forward,
+        },
         name: p.name_any(),
         namespace: None,
         order: p.spec.order,

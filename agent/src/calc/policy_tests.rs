@@ -404,27 +404,20 @@ fn service_account_selector_narrows_the_policy_to_pods_of_matching_accounts() {
 }
 
 #[test]
-fn calico_policy_fields_serval_cannot_enforce_refuse_the_policy() {
-    for (field, spec) in [
-        (
-            "doNotTrack",
-            json!({"selector": "all()", "doNotTrack": true, "applyOnForward": true}),
-        ),
-        (
-            "preDNAT",
-            json!({"selector": "all()", "preDNAT": true, "applyOnForward": true}),
-        ),
-    ] {
-        let gnp: crate::resources::GlobalNetworkPolicy = serde_json::from_value(json!({
-            "apiVersion": "serval.dev/v1", "kind": "GlobalNetworkPolicy",
-            "metadata": {"name": "g"}, "spec": spec
-        }))
-        .unwrap();
-        let e = global_policy(&gnp).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with(&format!("spec.{field} is not supported")),
-            "{e}"
-        );
-    }
+fn do_not_track_pre_dnat_and_apply_on_forward_reach_the_compiler() {
+    let gnp: crate::resources::GlobalNetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "serval.dev/v1", "kind": "GlobalNetworkPolicy",
+        "metadata": {"name": "g"},
+        "spec": {"selector": "all()", "doNotTrack": true, "applyOnForward": true}
+    }))
+    .unwrap();
+    let p = global_policy(&gnp).unwrap();
+    assert_eq!(
+        p.host,
+        serval_policy::compile::HostPolicy {
+            do_not_track: true,
+            pre_dnat: false,
+            apply_on_forward: true
+        }
+    );
 }

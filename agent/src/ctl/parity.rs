@@ -90,7 +90,17 @@ const NOTES: &[(&str, &str, &str)] = &[
     (
         "GlobalNetworkPolicy",
         "applyOnForward",
-        "accepted only with doNotTrack/preDNAT, which are refused",
+        "host endpoints' forwarded traffic (FORWARD) is policed by the applyOnForward policies that select them",
+    ),
+    (
+        "GlobalNetworkPolicy",
+        "doNotTrack",
+        "host endpoints only, in the raw table: allowed packets skip connection tracking, failsafe ports first, no decision falls through to normal policy",
+    ),
+    (
+        "GlobalNetworkPolicy",
+        "preDNAT",
+        "host endpoints only, ingress, in the mangle table before DNAT; no decision falls through to normal policy",
     ),
 ];
 

@@ -145,6 +145,7 @@ mod tests {
 
     fn allow_all(name: &str) -> PolicyDef {
         PolicyDef {
+            host: Default::default(),
             name: name.into(),
             namespace: Some("ns".into()),
             order: None,

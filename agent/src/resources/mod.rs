@@ -169,7 +169,6 @@ fn refuse_unsupported(
 /// The CRDs for every kind Serval owns, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let unset_list = |f: &'static str| (f, format!("!has(self.{f}) || size(self.{f}) == 0"));
-    let unset_flag = |f: &'static str| (f, format!("!has(self.{f}) || !self.{f}"));
     let unset = |f: &'static str| (f, format!("!has(self.{f})"));
     let bgp = [(
         "bindMode",
@@ -212,10 +211,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         IPReservation::crd(),
         WorkloadEndpoint::crd(),
         NetworkPolicy::crd(),
-        refuse_unsupported(
-            GlobalNetworkPolicy::crd(),
-            &[unset_flag("doNotTrack"), unset_flag("preDNAT")],
-        ),
+        GlobalNetworkPolicy::crd(),
         NetworkSet::crd(),
         GlobalNetworkSet::crd(),
     ]

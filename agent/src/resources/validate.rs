@@ -730,17 +730,6 @@ fn rules(p: &mut Problems, direction: &str, rules: &[serval_policy::model::Rule]
 /// What the CRDs say of a field Serval parses but does not implement.
 pub const UNSUPPORTED_BY_SERVAL: &str = "is not supported by Serval yet; remove it";
 
-/// Calico policy fields Serval parses but does not enforce yet: refused by name, since a
-/// policy applied without them would govern other endpoints or traffic than its author meant.
-pub const UNSUPPORTED_POLICY: &str = "is not supported yet (Serval would enforce the policy without it); remove it or wait for support";
-
-/// The first unsupported Calico policy field set, by its name in `spec`.
-pub fn unsupported_policy_field(do_not_track: bool, pre_dnat: bool) -> Option<&'static str> {
-    [("doNotTrack", do_not_track), ("preDNAT", pre_dnat)]
-        .into_iter()
-        .find_map(|(f, set)| set.then_some(f))
-}
-
 pub(crate) fn network_policy(s: &NetworkPolicySpec, p: &mut Problems) {
     p.selector("spec.selector", Some(&s.selector));
     p.selector(
@@ -775,9 +764,7 @@ pub(crate) fn global_network_policy(s: &GlobalNetworkPolicySpec, p: &mut Problem
     if s.pre_dnat && s.do_not_track {
         p.add("spec.preDNAT", "cannot be combined with doNotTrack");
     }
-    for (field, set) in [("doNotTrack", s.do_not_track), ("preDNAT", s.pre_dnat)] {
-        if set {
-            p.add(format!("spec.{field}"), UNSUPPORTED_POLICY);
-        }
+    if s.pre_dnat && s.types.contains(&serval_policy::model::PolicyType::Egress) {
+        p.add("spec.types", "preDNAT policies apply to ingress only");
     }
 }

@@ -1,34 +1,62 @@
-//! Host endpoints (Calico's HostEndpoint with an interface name): traffic to the host that
-//! arrives on the interface (INPUT) and traffic from the host that leaves by it (OUTPUT) is
-//! policed by the global policies that select the endpoint, in order; what no policy allows
-//! is dropped (Calico's default for a host endpoint). Always allowed first, so neither an
-//! empty policy set nor a mistake cuts the node off: replies on established connections, the
-//! failsafe ports, and the tunnel traffic of other nodes. Forwarded traffic (pods, routing)
-//! is not affected.
+//! Host endpoints (Calico's HostEndpoint with an interface name), policed by the global
+//! policies that select them, in four tiers as Felix programs them:
 //!
 //! ```text
-//!  INPUT  ─► serval-INPUT  ─ -i ethX: established / failsafe / tunnel from nodes ─► ACCEPT
-//!                            -i ethX ─► serval-th-ethX (policies) ─ accepted ─► ACCEPT, else DROP
-//!  OUTPUT ─► serval-OUTPUT ─ -o ethX: established / failsafe / tunnel to nodes ─► ACCEPT
-//!                            -o ethX ─► serval-fh-ethX (policies) ─ accepted ─► ACCEPT, else DROP
+//!  raw    PREROUTING/OUTPUT ─► serval-PREROUTING / serval-OUTPUT: failsafe ─► ACCEPT;
+//!         doNotTrack policies (serval-thu-/fhu-ethX): allowed ─► CT --notrack + ACCEPT,
+//!         denied ─► DROP, no decision ─► on to normal (tracked) processing
+//!  mangle PREROUTING ─► serval-PREROUTING: established, failsafe ─► ACCEPT; preDNAT
+//!         policies (serval-thpd-ethX): allowed ─► ACCEPT, denied ─► DROP, else on
+//!  filter INPUT  ─► serval-INPUT  ─ -i ethX: established / untracked-allowed / failsafe /
+//!         tunnel from nodes ─► ACCEPT; serval-th-ethX (policies) ─ accepted ─► ACCEPT, else DROP
+//!  filter OUTPUT ─► serval-OUTPUT ─ -o ethX: the same, outbound, through serval-fh-ethX
+//!  filter FORWARD ─► serval-FORWARD ─ -i/-o ethX: applyOnForward policies
+//!         (serval-thfw-/fhfw-ethX) when any applies; none allowing ─► DROP
 //! ```
+//!
+//! What no normal policy allows to or from the host is dropped (Calico's host endpoint
+//! default), but replies, the failsafe ports and other nodes' tunnel traffic always pass, so
+//! neither an empty policy set nor a mistake cuts the node off. Forwarded traffic is policed
+//! only by applyOnForward policies (allowed when none applies), and pod traffic is not host
+//! endpoint traffic otherwise.
 
 use ipnet::IpNet;
 
 use super::{Endpoint, Family, PolicyDef, VXLAN_UDP_PORT};
 use crate::ipt::{IptRule, MARK_ACCEPT, MARK_PASS, Match, PortRange, Target};
 
+/// Per host endpoint, per direction (ingress, egress): the policies of each tier in order.
+type Applied<'p> = Vec<[Vec<(&'p PolicyDef, String)>; 2]>;
+
+/// The policies that apply to each host endpoint, by tier.
+pub(super) struct Tiers<'p> {
+    /// Normal policies: INPUT and OUTPUT.
+    pub(super) filter: Applied<'p>,
+    /// Normal policies with applyOnForward: FORWARD.
+    pub(super) forward: Applied<'p>,
+    /// doNotTrack policies: raw.
+    pub(super) untracked: Applied<'p>,
+    /// preDNAT policies: mangle (ingress).
+    pub(super) pre_dnat: Applied<'p>,
+}
+
 fn port(n: u16) -> Vec<PortRange> {
     vec![PortRange { first: n, last: n }]
 }
 
-/// A host endpoint's policy chain for one direction: its policies in order; a packet none
-/// of them accepts is dropped.
-fn host_chain(ep: &Endpoint, policies: &[(&PolicyDef, String)], word: &str) -> Vec<IptRule> {
+/// A tier's chain for one endpoint and direction: its policies in order, then `end` for a
+/// packet none of them accepted (DROP where the tier denies by default, RETURN where it
+/// hands the packet on).
+fn tier_chain(
+    ep: &Endpoint,
+    policies: &[(&PolicyDef, String)],
+    what: &str,
+    end: Target,
+) -> Vec<IptRule> {
     let mut rules = vec![IptRule::new(
         vec![],
         Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
-        format!("serval:{word} host endpoint {}: clear marks", ep.name),
+        format!("serval:{what} {}: clear marks", ep.name),
     )];
     for (p, chain) in policies {
         rules.push(IptRule::new(
@@ -42,22 +70,63 @@ fn host_chain(ep: &Endpoint, policies: &[(&PolicyDef, String)], word: &str) -> V
             "serval:return if policy accepted",
         ));
     }
+    let why = if end == Target::Drop {
+        "no policy allowed it"
+    } else {
+        "no policy decided: on to normal processing"
+    };
     rules.push(IptRule::new(
         vec![],
-        Target::Drop,
-        format!(
-            "serval:{word} host endpoint {}: no policy allowed it",
-            ep.name
-        ),
+        end,
+        format!("serval:{what} {}: {why}", ep.name),
     ));
     rules
 }
 
+fn iface(ep: &Endpoint, inbound: bool) -> Match {
+    if inbound {
+        Match::InIface(ep.iface.clone())
+    } else {
+        Match::OutIface(ep.iface.clone())
+    }
+}
+
+fn on(ep: &Endpoint, inbound: bool, more: Vec<Match>) -> Vec<Match> {
+    let mut m = vec![iface(ep, inbound)];
+    m.extend(more);
+    m
+}
+
+fn failsafe(fam: &Family<'_>, ep: &Endpoint, inbound: bool) -> Vec<IptRule> {
+    let ports = if inbound {
+        &fam.inputs.failsafe.inbound
+    } else {
+        &fam.inputs.failsafe.outbound
+    };
+    ports
+        .iter()
+        .map(|(proto, n)| {
+            IptRule::new(
+                on(
+                    ep,
+                    inbound,
+                    vec![
+                        Match::Protocol(*proto, false),
+                        Match::DstPorts(port(*n), false),
+                    ],
+                ),
+                Target::Accept,
+                format!("serval:failsafe {proto}:{n}"),
+            )
+        })
+        .collect()
+}
+
 /// The rules `serval-INPUT` (inbound) or `serval-OUTPUT` (outbound) gets for the host
-/// endpoints, and their policy chains.
+/// endpoints' normal tier, and their chains.
 pub(super) fn host_endpoint_rules(
     fam: &mut Family<'_>,
-    applied: &[[Vec<(&PolicyDef, String)>; 2]],
+    tiers: &Tiers<'_>,
     inbound: bool,
 ) -> (Vec<IptRule>, Vec<(String, Vec<IptRule>)>) {
     let inputs = fam.inputs;
@@ -72,81 +141,197 @@ pub(super) fn host_endpoint_rules(
         .collect();
     let nodes = (!hosts.is_empty()).then(|| fam.net_set(&hosts));
     let vxlan_port = inputs.vxlan_port.unwrap_or(VXLAN_UDP_PORT);
-    let failsafe = if inbound {
-        &inputs.failsafe.inbound
-    } else {
-        &inputs.failsafe.outbound
-    };
     let (word, prefix) = if inbound {
-        ("to", "serval-th-")
+        ("to host endpoint", "serval-th-")
     } else {
-        ("from", "serval-fh-")
+        ("from host endpoint", "serval-fh-")
     };
+    let d = usize::from(!inbound);
     let mut rules = Vec::new();
     let mut chains = Vec::new();
-    for (ep, applied) in inputs.host_endpoints.iter().zip(applied) {
-        let iface = if inbound {
-            Match::InIface(ep.iface.clone())
-        } else {
-            Match::OutIface(ep.iface.clone())
-        };
-        let with = |more: Vec<Match>| {
-            let mut m = vec![iface.clone()];
-            m.extend(more);
-            m
-        };
+    for (hi, ep) in inputs.host_endpoints.iter().enumerate() {
         rules.push(IptRule::new(
-            with(vec![Match::Established]),
+            on(ep, inbound, vec![Match::Established]),
             Target::Accept,
             "serval:host endpoint connection already allowed",
         ));
-        for (proto, n) in failsafe {
+        if !tiers.untracked[hi][d].is_empty() {
             rules.push(IptRule::new(
-                with(vec![
-                    Match::Protocol(*proto, false),
-                    Match::DstPorts(port(*n), false),
-                ]),
+                on(ep, inbound, vec![Match::Untracked]),
                 Target::Accept,
-                format!("serval:failsafe {proto}:{n}"),
+                "serval:allowed untracked by doNotTrack policy",
             ));
         }
+        rules.extend(failsafe(fam, ep, inbound));
         if let Some(nodes) = &nodes {
-            let node = |name: &str| {
-                if inbound {
-                    Match::SrcSet(name.to_string(), false)
-                } else {
-                    Match::DstSet(name.to_string(), false)
-                }
+            let node = if inbound {
+                Match::SrcSet(nodes.clone(), false)
+            } else {
+                Match::DstSet(nodes.clone(), false)
             };
             rules.push(IptRule::new(
-                with(vec![
-                    Match::Protocol(17, false),
-                    Match::DstPorts(port(vxlan_port), false),
-                    node(nodes),
-                ]),
+                on(
+                    ep,
+                    inbound,
+                    vec![
+                        Match::Protocol(17, false),
+                        Match::DstPorts(port(vxlan_port), false),
+                        node.clone(),
+                    ],
+                ),
                 Target::Accept,
                 "serval:VXLAN between nodes",
             ));
             if !fam.v6 {
                 rules.push(IptRule::new(
-                    with(vec![Match::Protocol(4, false), node(nodes)]),
+                    on(ep, inbound, vec![Match::Protocol(4, false), node]),
                     Target::Accept,
                     "serval:IPIP between nodes",
                 ));
             }
         }
         let chain = format!("{prefix}{}", ep.iface);
-        let policies = &applied[usize::from(!inbound)];
-        chains.push((chain.clone(), host_chain(ep, policies, word)));
-        rules.push(IptRule::new(
-            with(vec![]),
-            Target::Jump(chain),
-            format!("serval:{word} host endpoint {}", ep.name),
+        chains.push((
+            chain.clone(),
+            tier_chain(ep, &tiers.filter[hi][d], word, Target::Drop),
         ));
         rules.push(IptRule::new(
-            with(vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)]),
+            on(ep, inbound, vec![]),
+            Target::Jump(chain),
+            format!("serval:{word} {}", ep.name),
+        ));
+        rules.push(IptRule::new(
+            on(ep, inbound, vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)]),
             Target::Accept,
             "serval:policy accepted the packet",
+        ));
+    }
+    (rules, chains)
+}
+
+/// `serval-FORWARD`'s rules for traffic forwarded in or out through a host endpoint that
+/// applyOnForward policies select (nothing for one they do not).
+pub(super) fn forward_rules(
+    fam: &mut Family<'_>,
+    tiers: &Tiers<'_>,
+) -> (Vec<IptRule>, Vec<(String, Vec<IptRule>)>) {
+    let mut rules = Vec::new();
+    let mut chains = Vec::new();
+    for (hi, ep) in fam.inputs.host_endpoints.iter().enumerate() {
+        for (inbound, prefix, word) in [
+            (true, "serval-thfw-", "forwarded in through host endpoint"),
+            (false, "serval-fhfw-", "forwarded out through host endpoint"),
+        ] {
+            let d = usize::from(!inbound);
+            let untracked = !tiers.untracked[hi][d].is_empty();
+            let policies = &tiers.forward[hi][d];
+            if untracked {
+                rules.push(IptRule::new(
+                    on(ep, inbound, vec![Match::Untracked]),
+                    Target::Accept,
+                    "serval:allowed untracked by doNotTrack policy",
+                ));
+            }
+            if policies.is_empty() {
+                continue;
+            }
+            rules.push(IptRule::new(
+                on(ep, inbound, vec![Match::Established]),
+                Target::Accept,
+                "serval:forwarded connection already allowed",
+            ));
+            let chain = format!("{prefix}{}", ep.iface);
+            chains.push((chain.clone(), tier_chain(ep, policies, word, Target::Drop)));
+            rules.push(IptRule::new(
+                on(ep, inbound, vec![]),
+                Target::Jump(chain),
+                format!("serval:{word} {}", ep.name),
+            ));
+        }
+    }
+    (rules, chains)
+}
+
+/// raw-table rules (`serval-PREROUTING` inbound, `serval-OUTPUT` outbound) for the
+/// doNotTrack tier, and their chains; nothing when no doNotTrack policy applies.
+pub(super) fn untracked_rules(
+    fam: &mut Family<'_>,
+    tiers: &Tiers<'_>,
+    inbound: bool,
+) -> (Vec<IptRule>, Vec<(String, Vec<IptRule>)>) {
+    let d = usize::from(!inbound);
+    let (prefix, word) = if inbound {
+        ("serval-thu-", "untracked to host endpoint")
+    } else {
+        ("serval-fhu-", "untracked from host endpoint")
+    };
+    let mut rules = Vec::new();
+    let mut chains = Vec::new();
+    for (hi, ep) in fam.inputs.host_endpoints.iter().enumerate() {
+        let policies = &tiers.untracked[hi][d];
+        if policies.is_empty() {
+            continue;
+        }
+        rules.extend(failsafe(fam, ep, inbound));
+        let chain = format!("{prefix}{}", ep.iface);
+        chains.push((
+            chain.clone(),
+            tier_chain(ep, policies, word, Target::Return),
+        ));
+        rules.push(IptRule::new(
+            on(ep, inbound, vec![]),
+            Target::Jump(chain),
+            format!("serval:{word} {}", ep.name),
+        ));
+        let accepted = vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)];
+        rules.push(IptRule::new(
+            on(ep, inbound, accepted.clone()),
+            Target::NoTrack,
+            "serval:doNotTrack policy allowed it: no connection tracking",
+        ));
+        rules.push(IptRule::new(
+            on(ep, inbound, accepted),
+            Target::Accept,
+            "serval:doNotTrack policy allowed it",
+        ));
+    }
+    (rules, chains)
+}
+
+/// mangle-table rules (`serval-PREROUTING`) for the preDNAT tier, and their chains; nothing
+/// when no preDNAT policy applies.
+pub(super) fn pre_dnat_rules(
+    fam: &mut Family<'_>,
+    tiers: &Tiers<'_>,
+) -> (Vec<IptRule>, Vec<(String, Vec<IptRule>)>) {
+    let mut rules = Vec::new();
+    let mut chains = Vec::new();
+    for (hi, ep) in fam.inputs.host_endpoints.iter().enumerate() {
+        let policies = &tiers.pre_dnat[hi][0];
+        if policies.is_empty() {
+            continue;
+        }
+        rules.push(IptRule::new(
+            on(ep, true, vec![Match::Established]),
+            Target::Accept,
+            "serval:connection already allowed",
+        ));
+        rules.extend(failsafe(fam, ep, true));
+        let chain = format!("serval-thpd-{}", ep.iface);
+        let word = "before DNAT to host endpoint";
+        chains.push((
+            chain.clone(),
+            tier_chain(ep, policies, word, Target::Return),
+        ));
+        rules.push(IptRule::new(
+            on(ep, true, vec![]),
+            Target::Jump(chain),
+            format!("serval:{word} {}", ep.name),
+        ));
+        rules.push(IptRule::new(
+            on(ep, true, vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)]),
+            Target::Accept,
+            "serval:preDNAT policy allowed it",
         ));
     }
     (rules, chains)

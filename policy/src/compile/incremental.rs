@@ -103,6 +103,9 @@ fn patch(old: &mut PolicyInputs, compiled: &mut Compiled, new: &PolicyInputs, v6
     for &i in &local {
         let (before, after) = (&old.local[i], &new.local[i]);
         for (pi, p) in new.policies.iter().enumerate() {
+            if !p.host.is_normal() {
+                continue;
+            }
             for (d, dir) in super::DIRS.into_iter().enumerate() {
                 if !super::applies_in(p, dir) {
                     continue;

@@ -28,15 +28,18 @@ use super::tools::{Backend, SystemTools, ToolRunner};
 use crate::dataplane::DataplaneError;
 
 /// The hooks: (table, kernel chain, our chain). A hook exists while our chain does.
-pub const HOOKS: [(Table, &str, &str); 4] = [
+pub const HOOKS: [(Table, &str, &str); 7] = [
     (Table::Filter, "FORWARD", "serval-FORWARD"),
     (Table::Filter, "INPUT", "serval-INPUT"),
     (Table::Filter, "OUTPUT", "serval-OUTPUT"),
     (Table::Nat, "POSTROUTING", "serval-POSTROUTING"),
+    (Table::Raw, "PREROUTING", "serval-PREROUTING"),
+    (Table::Raw, "OUTPUT", "serval-OUTPUT"),
+    (Table::Mangle, "PREROUTING", "serval-PREROUTING"),
 ];
 
 /// The tables the manager writes.
-const TABLES: [Table; 2] = [Table::Filter, Table::Nat];
+const TABLES: [Table; 4] = [Table::Filter, Table::Nat, Table::Raw, Table::Mangle];
 
 /// What Serval wants in one family's tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +48,10 @@ pub struct FamilyRules {
     pub filter: Chains,
     /// nat-table chains (natOutgoing).
     pub nat: Chains,
+    /// raw-table chains (doNotTrack policy).
+    pub raw: Chains,
+    /// mangle-table chains (preDNAT policy).
+    pub mangle: Chains,
     /// Every ipset either refers to.
     pub sets: BTreeMap<String, IpSet>,
 }
@@ -57,6 +64,8 @@ impl FamilyRules {
         FamilyRules {
             filter: filter.chains,
             nat: nat.chains,
+            raw: filter.raw,
+            mangle: filter.mangle,
             sets,
         }
     }
@@ -65,6 +74,8 @@ impl FamilyRules {
         match table {
             Table::Filter => &self.filter,
             Table::Nat => &self.nat,
+            Table::Raw => &self.raw,
+            Table::Mangle => &self.mangle,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct NodeNs {
     pub name: &'static str,
     /// Its address with prefix.
     pub ip: &'static str,
+    /// Its IPv6 address with prefix (dual-stack clusters).
+    pub ip6: Option<&'static str>,
     _forward: LoopbackForward,
     /// Its namespace.
     pub ns: Netns,
@@ -61,6 +63,10 @@ pub struct Cluster {
     pub store: Store,
     /// Settings every node's serval-node gets on top of the usual ones.
     extra_env: Vec<String>,
+    /// Dual-stack: pods get an IPv6 address too.
+    dual_stack: bool,
+    /// Pod name → its addresses after the first (its IPv6 one, dual-stack).
+    pub more_ips: std::collections::BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// How the cross-subnet path is encapsulated.
@@ -217,7 +223,7 @@ impl Cluster {
     /// The CNI network configuration for node `i`.
     pub fn cni_conf(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        match &self.store {
+        let mut conf = match &self.store {
             Store::Etcd(_) => json!({
                 "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "serval-cni",
                 "nodename": n.name, "datastore_type": "etcdv3",
@@ -233,8 +239,11 @@ impl Cluster {
                 "kubernetes": {"kubeconfig": self.cni_dir(i).join(
                     serval_agent::node::install_cni::KUBECONFIG_NAME).display().to_string()}
             }),
+        };
+        if self.dual_stack {
+            conf["ipam"]["assign_ipv6"] = json!(true);
         }
-        .to_string()
+        conf.to_string()
     }
 
     /// Serval's routes on node `i`.
@@ -262,7 +271,13 @@ impl Cluster {
     /// Like [`Cluster::all_pairs_reach`], for the pairs of node indexes `which` accepts.
     pub fn pairs_reach(&self, what: &str, which: impl Fn(usize, usize) -> bool) {
         for (ni, from_name, from, _) in &self.pods {
-            for (nj, to_name, _, to_ip) in &self.pods {
+            let targets = self.pods.iter().flat_map(|(nj, to_name, _, first)| {
+                let more = self.more_ips.get(to_name).into_iter().flatten();
+                std::iter::once(first)
+                    .chain(more)
+                    .map(move |ip| (nj, to_name, ip))
+            });
+            for (nj, to_name, to_ip) in targets {
                 if from_name == to_name || !which(*ni, *nj) {
                     continue;
                 }
@@ -325,11 +340,21 @@ fn encap_ready(test: &str, encap: Encap) -> bool {
 
 /// The router and the three node namespaces, each with a loopback forwarder to `store_addr`
 /// at `store_port` (etcd, or the API server).
-fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netns, Vec<NodeNs>) {
+fn topology(
+    scratch: &Scratch,
+    store_port: u16,
+    store_addr: SocketAddr,
+    dual_stack: bool,
+) -> (Netns, Vec<NodeNs>) {
     let router = Netns::new("rt").unwrap();
     router
         .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         .unwrap();
+    if dual_stack {
+        router
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+            .unwrap();
+    }
     router
         .ip(&["link", "add", "br0", "type", "bridge"])
         .unwrap();
@@ -338,13 +363,23 @@ fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netn
     // An "outside" address the router has no route back to pods from: only masqueraded
     // (natOutgoing) traffic gets answers.
     router.addr("lo", "203.0.113.1/32").unwrap();
+    if dual_stack {
+        router.addr("br0", V6_SUBNET_1_ROUTER).unwrap();
+        router.addr("lo", V6_OUTSIDE).unwrap();
+    }
     router.serve_tcp_echo_peer(8081).unwrap();
     let mut nodes = Vec::new();
-    for (name, ip, gw) in [
+    for ((name, ip, gw), (ip6, gw6)) in [
         ("node-a", "192.168.1.2/24", "192.168.1.1"),
         ("node-b", "192.168.1.3/24", "192.168.1.1"),
         ("node-c", "192.168.2.2/24", "192.168.2.1"),
-    ] {
+    ]
+    .into_iter()
+    .zip([
+        ("2001:db8:1::2/64", "2001:db8:1::1"),
+        ("2001:db8:1::3/64", "2001:db8:1::1"),
+        ("2001:db8:2::2/64", "2001:db8:2::1"),
+    ]) {
         let ns = Netns::new(name).unwrap();
         let port = format!("p-{}", &name[5..]);
         link(&ns, "eth0", &router, &port).unwrap();
@@ -355,11 +390,20 @@ fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netn
         }
         ns.addr("eth0", ip).unwrap();
         ns.ip(&["route", "add", "default", "via", gw]).unwrap();
+        if dual_stack {
+            if gw == "192.168.2.1" {
+                router.addr(&port, "2001:db8:2::1/64").unwrap();
+            }
+            ns.addr("eth0", ip6).unwrap();
+            ns.ip(&["-6", "route", "add", "default", "via", gw6])
+                .unwrap();
+        }
         let forward = LoopbackForward::start(&ns, store_port, store_addr).unwrap();
         let var_dir = scratch.path(name);
         nodes.push(NodeNs {
             name,
             ip,
+            ip6: dual_stack.then_some(ip6),
             _forward: forward,
             ns,
             agent: None,
@@ -369,6 +413,11 @@ fn topology(scratch: &Scratch, store_port: u16, store_addr: SocketAddr) -> (Netn
     (router, nodes)
 }
 
+/// The router's address on a and b's IPv6 subnet (dual-stack clusters).
+const V6_SUBNET_1_ROUTER: &str = "2001:db8:1::1/64";
+/// The IPv6 "outside" address (natOutgoing checks), on the router's loopback.
+pub const V6_OUTSIDE: &str = "2001:db8:ff::1/128";
+
 /// Builds the three-node cluster on etcd with running agents and no pods yet; `None`
 /// (after saying why) when the kernel or the machine cannot.
 pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
@@ -377,6 +426,29 @@ pub async fn three_nodes(test: &str, encap: Encap) -> Option<Cluster> {
 
 /// [`three_nodes`] with extra serval-node settings (`NAME=value`) on every node.
 pub async fn three_nodes_with(test: &str, encap: Encap, env: &[&str]) -> Option<Cluster> {
+    three_nodes_on_etcd(test, encap, env, false).await
+}
+
+/// The three-node cluster dual-stack (VXLAN CrossSubnet in both families): the nodes have
+/// IPv6 addresses too (2001:db8:1::/64 for a and b, 2001:db8:2::/64 for c), serval-node runs
+/// with Calico's IPv6 settings (`IP6=autodetect`, `CALICO_IPV6POOL_CIDR=fd00:10:244::/48`
+/// with natOutgoing; the first agent creates that pool) and pods get both families.
+pub async fn three_nodes_dual_stack(test: &str) -> Option<Cluster> {
+    let env = [
+        "IP6=autodetect",
+        "IP6_AUTODETECTION_METHOD=interface=eth0",
+        "CALICO_IPV6POOL_CIDR=fd00:10:244::/48",
+        "CALICO_IPV6POOL_NAT_OUTGOING=true",
+    ];
+    three_nodes_on_etcd(test, Encap::Vxlan, &env, true).await
+}
+
+async fn three_nodes_on_etcd(
+    test: &str,
+    encap: Encap,
+    env: &[&str],
+    dual_stack: bool,
+) -> Option<Cluster> {
     if !require::lab_ready(test, &["ip", "etcd", "ping"]) || !encap_ready(test, encap) {
         return None;
     }
@@ -396,7 +468,7 @@ pub async fn three_nodes_with(test: &str, encap: Encap, env: &[&str]) -> Option<
     .unwrap();
     ds.create(&pool).await.unwrap();
     let scratch = Scratch::new("e2e");
-    let (router, nodes) = topology(&scratch, 2379, etcd.addr());
+    let (router, nodes) = topology(&scratch, 2379, etcd.addr(), dual_stack);
     Some(Cluster::running(
         nodes,
         router,
@@ -404,6 +476,7 @@ pub async fn three_nodes_with(test: &str, encap: Encap, env: &[&str]) -> Option<
         scratch,
         Store::Etcd(etcd),
         env.iter().map(|e| e.to_string()).collect(),
+        dual_stack,
     ))
 }
 
@@ -430,7 +503,7 @@ pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
             .await
             .expect("admin connection"),
     ));
-    let (router, nodes) = topology(&scratch, api.port(), api.addr());
+    let (router, nodes) = topology(&scratch, api.port(), api.addr(), false);
     let store = Store::Kubernetes {
         api,
         agent_kubeconfig,
@@ -442,6 +515,7 @@ pub async fn three_nodes_kubernetes(test: &str) -> Option<Cluster> {
         scratch,
         store,
         Vec::new(),
+        false,
     ))
 }
 
@@ -454,6 +528,7 @@ impl Cluster {
         scratch: Scratch,
         store: Store,
         extra_env: Vec<String>,
+        dual_stack: bool,
     ) -> Cluster {
         let mut c = Cluster {
             nodes,
@@ -463,6 +538,8 @@ impl Cluster {
             scratch,
             store,
             extra_env,
+            dual_stack,
+            more_ips: Default::default(),
         };
         for i in 0..3 {
             if matches!(c.store, Store::Kubernetes { .. }) {
@@ -494,6 +571,10 @@ impl Cluster {
         let ip = add.first_ip();
         let reply: &'static str = Box::leak(name.to_string().into_boxed_str());
         pod.serve_tcp(8080, reply).expect("pod server");
+        let more: Vec<IpAddr> = add.ips().into_iter().skip(1).collect();
+        if !more.is_empty() {
+            self.more_ips.insert(name.to_string(), more);
+        }
         self.pods.push((i, name.to_string(), pod, ip));
         ip
     }

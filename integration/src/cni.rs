@@ -35,6 +35,19 @@ impl CniCall {
         self.json()["code"].as_u64().expect("error code")
     }
 
+    /// Every address of an ADD result (IPv4 first, as serval-cni lists them), without
+    /// prefix lengths.
+    pub fn ips(&self) -> Vec<std::net::IpAddr> {
+        let r = self.json();
+        r["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str())
+            .map(|a| a.split('/').next().unwrap_or(a).parse().expect("an IP"))
+            .collect()
+    }
+
     /// The first address of an ADD result, without its prefix length.
     pub fn first_ip(&self) -> std::net::IpAddr {
         let r = self.json();

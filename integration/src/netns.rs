@@ -144,13 +144,23 @@ impl Netns {
                     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(io::Error::from)
                 })
-                .and_then(|()| std::net::TcpListener::bind(("0.0.0.0", port)));
+                // Both families on one socket ([::] takes IPv4 as mapped addresses), IPv4
+                // alone where the namespace has no IPv6.
+                .and_then(|()| {
+                    std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+                        .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
+                });
             match bound {
                 Ok(l) => {
                     let _ = tx.send(Ok(()));
                     for mut conn in l.incoming().flatten() {
                         use std::io::Write;
-                        let text = conn.peer_addr().map(&reply).unwrap_or_default();
+                        let text = conn
+                            .peer_addr()
+                            .map(|a| {
+                                reply(std::net::SocketAddr::new(a.ip().to_canonical(), a.port()))
+                            })
+                            .unwrap_or_default();
                         let _ = conn.write_all(text.as_bytes());
                     }
                 }

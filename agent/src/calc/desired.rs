@@ -14,12 +14,13 @@ use super::cache::ClusterState;
 use super::kernel_table::{KernelTable, kernel_table};
 use super::peers::{DesiredPeer, PeerCalcError, compute_peers};
 use super::routes::{
-    IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, desired_routes, pod_mtu_with,
+    IPIP_DEVICE, PoolRouting, RouteInputs, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_V6_DEVICE,
+    VXLAN_V6_OVERHEAD, desired_routes, pod_mtu_with,
 };
 use super::tunnels::{
-    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, parse_mac, vxlan_mac,
+    IpipDevice, RemoteVtep, VXLAN_PORT, VXLAN_VNI, VxlanDevice, parse_mac, vxlan_mac, vxlan_mac_v6,
 };
-use crate::resources::{EncapMode, IPPool};
+use crate::resources::{EncapMode, IPPool, Node};
 
 /// This node's own settings (serval-node's configuration) that calc decides with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,10 +73,14 @@ pub struct Desired {
     pub routes: KernelTable,
     /// The IPIP device, when a pool uses IPIP.
     pub ipip: Option<IpipDevice>,
-    /// The VXLAN device, when a pool uses VXLAN.
+    /// The IPv4 VXLAN device, when an IPv4 pool uses VXLAN.
     pub vxlan: Option<VxlanDevice>,
-    /// Remote VXLAN endpoints.
+    /// Remote IPv4 VXLAN endpoints.
     pub vteps: Vec<RemoteVtep>,
+    /// The IPv6 VXLAN device, when an IPv6 pool uses VXLAN.
+    pub vxlan_v6: Option<VxlanDevice>,
+    /// Remote IPv6 VXLAN endpoints.
+    pub vteps_v6: Vec<RemoteVtep>,
     /// The MTU pods get.
     pub pod_mtu: u32,
     /// natOutgoing.
@@ -117,15 +122,79 @@ impl ClusterState {
 
     /// Whether an IPv4 pool asks for IPIP / VXLAN at all.
     pub fn encapsulation_wanted(&self) -> (bool, bool) {
-        let v4: Vec<&IPPool> = self
-            .pools
-            .values()
-            .filter(|p| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv4()))
-            .collect();
         (
-            v4.iter().any(|p| p.spec.ipip_mode != EncapMode::Never),
-            v4.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never),
+            self.family_pools(false)
+                .any(|p| p.spec.ipip_mode != EncapMode::Never),
+            self.vxlan_wanted(false),
         )
+    }
+
+    /// Whether a pool of the family (`v6`) asks for VXLAN.
+    pub fn vxlan_wanted(&self, v6: bool) -> bool {
+        self.family_pools(v6)
+            .any(|p| p.spec.vxlan_mode != EncapMode::Never)
+    }
+
+    fn family_pools(&self, v6: bool) -> impl Iterator<Item = &IPPool> {
+        self.pools
+            .values()
+            .filter(move |p| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv6() == v6))
+    }
+
+    /// The other nodes' VXLAN endpoints of one family, from their Node resources.
+    fn remote_vteps(&self, me: &str, v6: bool) -> Vec<RemoteVtep> {
+        let mut vteps: Vec<RemoteVtep> = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| *name != me)
+            .filter_map(|(_, n)| {
+                let bgp = n.spec.bgp.as_ref()?;
+                let node_ip = if v6 { bgp.ipv6() } else { bgp.ipv4() }?.addr();
+                let (tunnel_addr, mac) = n.spec.vxlan_tunnel(v6);
+                Some(RemoteVtep {
+                    node_ip,
+                    tunnel_addr: tunnel_addr?,
+                    mac: parse_mac(mac?)?,
+                })
+            })
+            .collect();
+        vteps.sort();
+        vteps
+    }
+
+    /// This node's VXLAN device of one family, when a pool of the family uses VXLAN and the
+    /// node has an address of that family.
+    fn vxlan_device(
+        &self,
+        node: &Node,
+        me: &str,
+        local: Option<IpNet>,
+        settings: &NodeSettings,
+    ) -> Option<VxlanDevice> {
+        let local = local?.addr();
+        let v6 = local.is_ipv6();
+        if !self.vxlan_wanted(v6) {
+            return None;
+        }
+        let (address, mac) = node.spec.vxlan_tunnel(v6);
+        let (name, overhead, default_mac) = if v6 {
+            (VXLAN_V6_DEVICE, VXLAN_V6_OVERHEAD, vxlan_mac_v6(me))
+        } else {
+            (VXLAN_DEVICE, VXLAN_OVERHEAD, vxlan_mac(me))
+        };
+        Some(VxlanDevice {
+            name: name.into(),
+            vni: settings.vxlan_vni,
+            port: settings.vxlan_port,
+            local,
+            mac: mac.and_then(parse_mac).unwrap_or(default_mac),
+            // Felix's vxlanMTU is the IPv4 device's; the IPv6 one has its own overhead.
+            mtu: match settings.vxlan_mtu {
+                Some(mtu) if !v6 => mtu,
+                _ => settings.host_mtu.saturating_sub(overhead),
+            },
+            address,
+        })
     }
 
     /// What the policy compiler needs for node `me`: its endpoints (chains are built for
@@ -399,26 +468,14 @@ impl ClusterState {
             .copied()
             .collect();
 
-        // Remote VXLAN endpoints from the other nodes' resources.
-        let mut vteps = Vec::new();
-        let mut vxlan_tunnels = BTreeMap::new();
-        for (name, n) in &self.nodes {
-            if name == me {
-                continue;
-            }
-            let node_ip = n.spec.bgp.as_ref().and_then(|b| b.ipv4()).map(|a| a.addr());
-            let tunnel = n.spec.vxlan_tunnel_addr().map(IpAddr::V4);
-            let mac = n.spec.vxlan_tunnel_mac_addr.as_deref().and_then(parse_mac);
-            if let (Some(node_ip), Some(tunnel_addr), Some(mac)) = (node_ip, tunnel, mac) {
-                vteps.push(RemoteVtep {
-                    node_ip,
-                    tunnel_addr,
-                    mac,
-                });
-                vxlan_tunnels.insert(node_ip, tunnel_addr);
-            }
-        }
-        vteps.sort();
+        // Remote VXLAN endpoints from the other nodes' resources, per family.
+        let vteps = self.remote_vteps(me, false);
+        let vteps_v6 = self.remote_vteps(me, true);
+        let vxlan_tunnels = vteps
+            .iter()
+            .chain(&vteps_v6)
+            .map(|v| (v.node_ip, v.tunnel_addr))
+            .collect();
 
         let mut local_pods = BTreeMap::new();
         for wep in self.endpoints.values().filter(|w| w.spec.node == me) {
@@ -461,7 +518,7 @@ impl ClusterState {
             without_bgp: !settings.bgp,
         };
         let routes = kernel_table(&desired_routes(&inputs));
-        let (want_ipip, want_vxlan) = self.encapsulation_wanted();
+        let (want_ipip, _) = self.encapsulation_wanted();
         let ipip = want_ipip.then(|| IpipDevice {
             name: IPIP_DEVICE.into(),
             mtu: settings
@@ -469,28 +526,8 @@ impl ClusterState {
                 .unwrap_or_else(|| host_mtu.saturating_sub(crate::calc::routes::IPIP_OVERHEAD)),
             address: bgp.ipip_tunnel_addr(),
         });
-        let vxlan = match (want_vxlan, local_v4) {
-            (true, Some(v4)) => match v4.addr() {
-                IpAddr::V4(local) => Some(VxlanDevice {
-                    name: VXLAN_DEVICE.into(),
-                    vni: settings.vxlan_vni,
-                    port: settings.vxlan_port,
-                    local,
-                    mac: node
-                        .spec
-                        .vxlan_tunnel_mac_addr
-                        .as_deref()
-                        .and_then(parse_mac)
-                        .unwrap_or_else(|| vxlan_mac(me)),
-                    mtu: settings.vxlan_mtu.unwrap_or_else(|| {
-                        host_mtu.saturating_sub(crate::calc::routes::VXLAN_OVERHEAD)
-                    }),
-                    address: node.spec.vxlan_tunnel_addr(),
-                }),
-                IpAddr::V6(_) => None,
-            },
-            _ => None,
-        };
+        let vxlan = self.vxlan_device(node, me, local_v4, settings);
+        let vxlan_v6 = self.vxlan_device(node, me, local_v6, settings);
         let peer_filters = self.peer_filters(&peers);
         let (mut policy, policy_failures) = self.policy_inputs(me);
         policy.vxlan_port = Some(settings.vxlan_port);
@@ -517,6 +554,8 @@ impl ClusterState {
             ipip,
             vxlan,
             vteps,
+            vxlan_v6,
+            vteps_v6,
             pod_mtu: pod_mtu_with(host_mtu, &pools, settings.ipip_mtu, settings.vxlan_mtu),
         })
     }

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::routes::{DesiredRoutes, IPIP_DEVICE, NextHop, RouteTarget, VXLAN_DEVICE};
+use super::routes::{
+    DesiredRoutes, IPIP_DEVICE, NextHop, RouteTarget, VXLAN_DEVICE, VXLAN_V6_DEVICE,
+};
 
 /// One next hop of a kernel route.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,7 +103,14 @@ fn hop(nh: &NextHop) -> Hop {
         },
         NextHop::Vxlan(gateway) => Hop {
             gateway: *gateway,
-            dev: Some(VXLAN_DEVICE.to_string()),
+            dev: Some(
+                if gateway.is_ipv6() {
+                    VXLAN_V6_DEVICE
+                } else {
+                    VXLAN_DEVICE
+                }
+                .to_string(),
+            ),
             onlink: true,
         },
     }
@@ -139,6 +148,10 @@ mod tests {
             net("10.0.3.0/26"),
             RouteTarget::Unicast(vec![NextHop::Vxlan("10.0.3.0".parse().unwrap())]),
         );
+        d.insert(
+            net("fd00:10:0:3::/122"),
+            RouteTarget::Unicast(vec![NextHop::Vxlan("fd00:10:0:3::".parse().unwrap())]),
+        );
         let t = kernel_table(&d);
         assert_eq!(t[&net("10.0.1.0/26")], RouteKind::Blackhole);
         assert_eq!(t[&net("10.0.1.5/32")], RouteKind::Link("sv123".into()));
@@ -170,6 +183,7 @@ mod tests {
                 "10.0.1.5/32 dev sv123 scope link",
                 "10.0.2.0/26 nexthop via 192.168.1.2 nexthop via 192.168.2.2 dev tunl0 onlink",
                 "10.0.3.0/26 via 10.0.3.0 dev vxlan.serval onlink",
+                "fd00:10:0:3::/122 via fd00:10:0:3:: dev vxlan-v6.serval onlink",
             ]
         );
     }

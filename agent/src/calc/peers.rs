@@ -104,6 +104,20 @@ impl NodeBgp {
         self.v4.iter().chain(self.v6.iter()).map(|n| n.addr())
     }
 
+    /// The one session this node has with another of ours: over IPv4 when both have IPv4
+    /// (else over IPv6), carrying every family both have, so dual-stack nodes exchange their
+    /// IPv6 routes over the IPv4 session (MP-BGP). (peer address, our source, families.)
+    fn session_with(&self, other: &NodeBgp) -> Option<(IpAddr, IpAddr, Vec<Family>)> {
+        let both = |a: Option<IpNet>, b: Option<IpNet>| Some((b?.addr(), a?.addr()));
+        let (v4, v6) = (both(self.v4, other.v4), both(self.v6, other.v6));
+        let families = [(v4, Family::Ipv4Unicast), (v6, Family::Ipv6Unicast)]
+            .into_iter()
+            .filter_map(|(pair, f)| pair.map(|_| f))
+            .collect();
+        let (peer, source) = v4.or(v6)?;
+        Some((peer, source, families))
+    }
+
     fn address_for(&self, peer: &IpAddr) -> Option<IpAddr> {
         match peer {
             IpAddr::V4(_) => self.v4.map(|n| n.addr()),
@@ -269,16 +283,13 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
             .iter()
             .filter(|n| n.name != me.name && n.cluster_id.is_none())
         {
-            for addr in other.addresses() {
-                let Some(source) = me.address_for(&addr) else {
-                    continue;
-                };
+            if let Some((addr, source, families)) = me.session_with(other) {
                 let mut pc = PeerConfig::new(addr, other.as_number);
                 pc.port = cfg.listen_port;
                 pc.source_address = Some(source);
                 // One side dials (as Calico: the side whose peer has the higher address listens).
                 pc.passive = addr > source;
-                pc.families = vec![family_of(&addr)];
+                pc.families = families;
                 pc.graceful_restart_time = cfg.mesh_restart_time;
                 pc.description = Some(format!("Mesh_{}", other.name));
                 let mut unsupported = Vec::new();
@@ -321,7 +332,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                     .iter()
                     .filter(|n| n.name != me.name && sel.matches(&n.labels))
                 {
-                    for addr in other.addresses() {
+                    if let Some((addr, _, _)) = me.session_with(other) {
                         targets.push((addr, cfg.listen_port, other.as_number, Some(other)));
                     }
                 }
@@ -340,7 +351,7 @@ pub fn compute_peers(local: &str, res: &BgpResources) -> Result<Vec<DesiredPeer>
                 .iter()
                 .filter(|n| n.name != me.name && applies_to(bp, n))
             {
-                for addr in other.addresses() {
+                if let Some((addr, _, _)) = me.session_with(other) {
                     targets.push((addr, cfg.listen_port, other.as_number, Some(other)));
                 }
             }
@@ -391,7 +402,11 @@ fn session(
     }
     let mut pc = PeerConfig::new(addr, as_number);
     pc.port = port;
-    pc.families = vec![family_of(&addr)];
+    // Towards one of our nodes at its session address, every family both have.
+    pc.families = node
+        .and_then(|n| me.session_with(n))
+        .filter(|(session_addr, _, _)| *session_addr == addr)
+        .map_or_else(|| vec![family_of(&addr)], |(_, _, families)| families);
     pc.next_hop = match (spec.next_hop_mode, spec.keep_original_next_hop) {
         (Some(PeerNextHop::Keep), _) | (None, Some(true)) => NextHopMode::Keep,
         (Some(PeerNextHop::SelfAddress), _) => NextHopMode::SelfAddress,

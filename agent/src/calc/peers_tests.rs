@@ -345,3 +345,45 @@ fn passwords_come_from_secrets_for_peers_and_the_mesh() {
         ["password: Secret \"bgp-secrets\" has no key \"nope\""]
     );
 }
+
+#[test]
+fn dual_stack_nodes_carry_ipv6_over_their_ipv4_session() {
+    use serval_bgp::af::Family;
+    let v6_only: Node = serde_saphyr::from_str(
+        "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: n4}\nspec:\n  bgp: {ipv6Address: 'fd00:1::4/64'}\n",
+    )
+    .unwrap();
+    let res = BgpResources {
+        nodes: vec![
+            node("n1", "10.0.0.1/24", ", ipv6Address: 'fd00:1::1/64'"),
+            node("n2", "10.0.0.2/24", ", ipv6Address: 'fd00:1::2/64'"),
+            node("n3", "10.0.1.3/24", ""),
+            v6_only,
+        ],
+        ..Default::default()
+    };
+    let p1 = compute_peers("n1", &res).unwrap();
+    // One session per node, never a second one over IPv6 to a node that has IPv4.
+    assert_eq!(addrs(&p1), ["10.0.0.2", "10.0.1.3", "fd00:1::4"]);
+    let families = |p: &DesiredPeer| p.config.families.clone();
+    assert_eq!(
+        families(&p1[0]),
+        [Family::Ipv4Unicast, Family::Ipv6Unicast],
+        "both dual-stack: IPv6 routes ride the IPv4 session"
+    );
+    assert_eq!(families(&p1[1]), [Family::Ipv4Unicast], "n3 has no IPv6");
+    assert_eq!(families(&p1[2]), [Family::Ipv6Unicast], "n4 has only IPv6");
+    assert_eq!(
+        p1[2].config.source_address,
+        Some("fd00:1::1".parse::<IpAddr>().unwrap())
+    );
+    // A BGPPeer selecting nodes picks the same one session per node, with both families.
+    let res = BgpResources {
+        peers: vec![peer("{nodeSelector: all(), peerSelector: all()}")],
+        configs: vec![config("default", "{nodeToNodeMeshEnabled: false}")],
+        ..res
+    };
+    let p1 = compute_peers("n1", &res).unwrap();
+    assert_eq!(addrs(&p1), ["10.0.0.2", "10.0.1.3", "fd00:1::4"]);
+    assert_eq!(families(&p1[0]), [Family::Ipv4Unicast, Family::Ipv6Unicast]);
+}

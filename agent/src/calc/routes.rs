@@ -17,6 +17,8 @@ pub const ROUTE_PROTOCOL: u8 = 81;
 pub const IPIP_DEVICE: &str = "tunl0";
 /// The IPv4 VXLAN device.
 pub const VXLAN_DEVICE: &str = "vxlan.serval";
+/// The IPv6 VXLAN device (Felix's `vxlan-v6.calico`; 15 characters, the kernel's limit).
+pub const VXLAN_V6_DEVICE: &str = "vxlan-v6.serval";
 /// IPIP header overhead.
 pub const IPIP_OVERHEAD: u32 = 20;
 /// VXLAN over IPv4 overhead (outer IP + UDP + VXLAN + inner Ethernet).
@@ -53,8 +55,8 @@ pub enum NextHop {
     Via(IpAddr),
     /// `via <node IP> dev tunl0 onlink`.
     Ipip(IpAddr),
-    /// `via <remote VTEP address> dev vxlan.serval onlink`, with the neighbour/FDB entries
-    /// for that VTEP.
+    /// `via <remote VTEP address> dev vxlan.serval onlink` (`vxlan-v6.serval` for an IPv6
+    /// VTEP), with the neighbour/FDB entries for that VTEP.
     Vxlan(IpAddr),
 }
 

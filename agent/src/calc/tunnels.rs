@@ -1,6 +1,6 @@
 //! The tunnel devices and VXLAN endpoints a node wants, as calc decides them: `tunl0`
-//! (IPIP), `vxlan.serval` (VXLAN: VNI, port, MAC, MTU, address) and the remote VTEPs; and
-//! the node's stable VXLAN MAC. The tunnel manager in `dataplane::tunnel` applies them.
+//! (IPIP), `vxlan.serval` and `vxlan-v6.serval` (VXLAN over IPv4 and over IPv6: VNI, port,
+//! MAC, MTU, address) and the remote VTEPs of each; and the node's stable VXLAN MACs. The tunnel manager in `dataplane::tunnel` applies them.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -9,7 +9,8 @@ pub const VXLAN_VNI: u32 = 4096;
 /// The IANA VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
 
-/// The VXLAN device this node wants.
+/// A VXLAN device this node wants (one per family, as Felix: the family of its outer
+/// addresses is the family of the pod addresses it carries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanDevice {
     /// Device name.
@@ -18,14 +19,14 @@ pub struct VxlanDevice {
     pub vni: u32,
     /// UDP port.
     pub port: u16,
-    /// Outer source address (the node's IP).
-    pub local: Ipv4Addr,
+    /// Outer source address (the node's IP of the device's family).
+    pub local: IpAddr,
     /// The device MAC (published in the Node resource for the other nodes' FDBs).
     pub mac: [u8; 6],
-    /// MTU (host MTU − 50).
+    /// MTU (host MTU − 50 over IPv4, − 70 over IPv6).
     pub mtu: u32,
-    /// The device's tunnel address from IPAM (as a /32).
-    pub address: Option<Ipv4Addr>,
+    /// The device's tunnel address from IPAM (as a /32 or /128).
+    pub address: Option<IpAddr>,
 }
 
 /// The IPIP device this node wants.
@@ -59,6 +60,12 @@ pub fn vxlan_mac(node: &str) -> [u8; 6] {
     [(d[0] & 0xfe) | 0x02, d[1], d[2], d[3], d[4], d[5]]
 }
 
+/// The MAC of a node's IPv6 VXLAN device: stable like [`vxlan_mac`] and different from it,
+/// so both devices can sit on one host and in the peers' FDBs.
+pub fn vxlan_mac_v6(node: &str) -> [u8; 6] {
+    vxlan_mac(&format!("{node}/v6"))
+}
+
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -85,6 +92,8 @@ mod tests {
         let m = vxlan_mac("node-a");
         assert_eq!(m, vxlan_mac("node-a"));
         assert_ne!(m, vxlan_mac("node-b"));
+        assert_ne!(m, vxlan_mac_v6("node-a"));
+        assert_eq!(vxlan_mac_v6("node-a")[0] & 0x03, 0x02);
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");
         assert_eq!(parse_mac(&format_mac(&m)), Some(m));

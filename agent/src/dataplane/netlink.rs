@@ -62,7 +62,7 @@ pub struct LinkState {
     /// Hardware address.
     pub mac: Option<[u8; 6]>,
     /// VXLAN parameters (VNI, UDP port, local address), for VXLAN links.
-    pub vxlan: Option<(u32, u16, Option<Ipv4Addr>)>,
+    pub vxlan: Option<(u32, u16, Option<IpAddr>)>,
     /// The interface alias (`ip link set DEV alias ...`); on pod veths, the owning
     /// container's ID.
     pub alias: Option<String>,
@@ -253,17 +253,16 @@ impl Netlink {
         name: &str,
         vni: u32,
         port: u16,
-        local: Ipv4Addr,
+        local: IpAddr,
         mac: [u8; 6],
         mtu: u32,
     ) -> Result<(), DataplaneError> {
-        let msg = rtnetlink::LinkVxlan::new(name, vni)
-            .port(port)
-            .local(local)
-            .learning(false)
-            .mtu(mtu)
-            .address(mac.to_vec())
-            .build();
+        let msg = rtnetlink::LinkVxlan::new(name, vni).port(port);
+        let msg = match local {
+            IpAddr::V4(v4) => msg.local(v4),
+            IpAddr::V6(v6) => msg.local6(v6),
+        };
+        let msg = msg.learning(false).mtu(mtu).address(mac.to_vec()).build();
         self.handle
             .link()
             .add(msg)
@@ -544,7 +543,8 @@ fn link_state(m: &LinkMessage) -> LinkState {
                                 match x {
                                     InfoVxlan::Id(id) => vni = *id,
                                     InfoVxlan::Port(p) => port = *p,
-                                    InfoVxlan::Local(l) => local = Some(*l),
+                                    InfoVxlan::Local(l) => local = Some(IpAddr::V4(*l)),
+                                    InfoVxlan::Local6(l) => local = Some(IpAddr::V6(*l)),
                                     _ => {}
                                 }
                             }

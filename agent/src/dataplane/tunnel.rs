@@ -1,10 +1,10 @@
-//! Tunnel devices and their static entries: `tunl0` (IPIP) and `vxlan.serval` (VXLAN, with a
-//! permanent ARP entry and FDB entry per remote VTEP, as Felix does, so no flooding or
-//! learning is ever needed). The decisions (create, recreate, tune, which addresses and
+//! Tunnel devices and their static entries: `tunl0` (IPIP), `vxlan.serval` and
+//! `vxlan-v6.serval` (VXLAN over IPv4 and IPv6, each with a permanent ARP/ND entry and FDB
+//! entry per remote VTEP, as Felix does, so no flooding or learning is ever needed). The decisions (create, recreate, tune, which addresses and
 //! entries to add or remove) are pure functions tested without a kernel; `ensure_*` applies them.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -56,13 +56,19 @@ pub fn ipip_fix(want: &IpipDevice, have: Option<&LinkState>) -> DeviceFix {
     }
 }
 
-/// Addresses to add and remove so a tunnel device holds exactly `want` (as a /32).
-pub fn address_fix(want: Option<Ipv4Addr>, have: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
-    let want: Option<IpNet> = want.map(|a| IpNet::new(IpAddr::V4(a), 32).expect("/32 is valid"));
+/// Addresses to add and remove so a tunnel device holds exactly `want` (as a /32 or /128)
+/// among the addresses of the device's family (`v6`). The kernel's own IPv6 link-local
+/// address stays.
+pub fn address_fix(want: Option<IpAddr>, v6: bool, have: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let want: Option<IpNet> = want.map(IpNet::from);
     let add = want.filter(|w| !have.contains(w)).into_iter().collect();
+    let ours = |n: &IpNet| match n {
+        IpNet::V4(_) => !v6,
+        IpNet::V6(n6) => v6 && !n6.addr().is_unicast_link_local(),
+    };
     let del = have
         .iter()
-        .filter(|h| h.addr().is_ipv4() && Some(**h) != want)
+        .filter(|h| ours(h) && Some(**h) != want)
         .copied()
         .collect();
     (add, del)
@@ -116,10 +122,11 @@ pub fn vtep_plan(
 async fn fix_addresses(
     nl: &Netlink,
     index: u32,
-    want: Option<Ipv4Addr>,
+    want: Option<IpAddr>,
+    v6: bool,
 ) -> Result<(), DataplaneError> {
     let have = nl.addresses(index).await?;
-    let (add, del) = address_fix(want, &have);
+    let (add, del) = address_fix(want, v6, &have);
     for a in del {
         nl.del_address(index, a).await?;
     }
@@ -146,16 +153,17 @@ pub async fn ensure_vxlan(nl: &Netlink, want: &VxlanDevice) -> Result<u32, Datap
             .await?;
         }
     }
-    finish_device(nl, &want.name, want.mtu, want.address).await
+    finish_device(nl, &want.name, want.mtu, want.address, want.local.is_ipv6()).await
 }
 
-/// The step both tunnel devices end with: the device as it is now, up with `mtu`, holding
-/// exactly `address`; returns its index.
+/// The step every tunnel device ends with: the device as it is now, up with `mtu`, holding
+/// exactly `address` among its family's (`v6`) addresses; returns its index.
 async fn finish_device(
     nl: &Netlink,
     name: &str,
     mtu: u32,
-    address: Option<Ipv4Addr>,
+    address: Option<IpAddr>,
+    v6: bool,
 ) -> Result<u32, DataplaneError> {
     let link = nl
         .link(name)
@@ -164,7 +172,7 @@ async fn finish_device(
     if !link.up || link.mtu != mtu {
         nl.set_mtu_up(link.index, mtu).await?;
     }
-    fix_addresses(nl, link.index, address).await?;
+    fix_addresses(nl, link.index, address, v6).await?;
     Ok(link.index)
 }
 
@@ -182,7 +190,14 @@ pub async fn ensure_ipip(nl: &Netlink, want: &IpipDevice) -> Result<u32, Datapla
             nl.add_ipip(&want.name, want.mtu).await?;
         }
     }
-    finish_device(nl, &want.name, want.mtu, want.address).await
+    finish_device(
+        nl,
+        &want.name,
+        want.mtu,
+        want.address.map(IpAddr::V4),
+        false,
+    )
+    .await
 }
 
 /// Writes the VXLAN device's ARP and FDB entries for `vteps` and removes the others.
@@ -290,15 +305,32 @@ mod tests {
     fn tunnel_addresses_are_exactly_the_ipam_one() {
         let n = |s: &str| s.parse::<IpNet>().unwrap();
         let want = Some("10.244.1.1".parse().unwrap());
-        assert_eq!(address_fix(want, &[]), (vec![n("10.244.1.1/32")], vec![]));
-        assert_eq!(address_fix(want, &[n("10.244.1.1/32")]), (vec![], vec![]));
         assert_eq!(
-            address_fix(want, &[n("10.244.9.9/32"), n("fe80::1/64")]),
+            address_fix(want, false, &[]),
+            (vec![n("10.244.1.1/32")], vec![])
+        );
+        assert_eq!(
+            address_fix(want, false, &[n("10.244.1.1/32")]),
+            (vec![], vec![])
+        );
+        assert_eq!(
+            address_fix(want, false, &[n("10.244.9.9/32"), n("fe80::1/64")]),
             (vec![n("10.244.1.1/32")], vec![n("10.244.9.9/32")])
         );
         assert_eq!(
-            address_fix(None, &[n("10.244.1.1/32")]),
+            address_fix(None, false, &[n("10.244.1.1/32")]),
             (vec![], vec![n("10.244.1.1/32")])
+        );
+        // The IPv6 device: its /128 from IPAM; the kernel's link-local address stays, and
+        // IPv4 addresses are not its business.
+        let want6 = Some("fd00:10::1:0".parse().unwrap());
+        assert_eq!(
+            address_fix(
+                want6,
+                true,
+                &[n("fe80::1/64"), n("fd00:10::9:0/128"), n("10.0.0.1/32")]
+            ),
+            (vec![n("fd00:10::1:0/128")], vec![n("fd00:10::9:0/128")])
         );
     }
 

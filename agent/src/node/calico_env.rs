@@ -32,6 +32,17 @@ pub const ALIASES: &[Alias] = &[
         "CALICO_IPV4POOL_NODE_SELECTOR",
         "SERVAL_IPV4POOL_NODE_SELECTOR",
     ),
+    alias("CALICO_IPV6POOL_CIDR", "SERVAL_IPV6POOL_CIDR"),
+    alias("CALICO_IPV6POOL_BLOCK_SIZE", "SERVAL_IPV6POOL_BLOCK_SIZE"),
+    alias("CALICO_IPV6POOL_VXLAN", "SERVAL_IPV6POOL_VXLAN"),
+    alias(
+        "CALICO_IPV6POOL_NAT_OUTGOING",
+        "SERVAL_IPV6POOL_NAT_OUTGOING",
+    ),
+    alias(
+        "CALICO_IPV6POOL_NODE_SELECTOR",
+        "SERVAL_IPV6POOL_NODE_SELECTOR",
+    ),
     alias("CALICO_NETWORKING_BACKEND", "SERVAL_NETWORKING_BACKEND"),
     alias("FELIX_IPTABLESBACKEND", "SERVAL_IPTABLES_BACKEND"),
     alias(
@@ -82,7 +93,7 @@ pub struct Resolved {
     pub flags: Vec<OsString>,
     /// (flag, Calico variable) for each appended flag, to name the variable in a parse error.
     pub sources: Vec<(String, &'static str)>,
-    /// `CALICO_*` / `FELIX_*` variables (and `IP6`) that are set and do nothing here.
+    /// `CALICO_*` / `FELIX_*` variables that are set and do nothing here.
     pub unsupported: Vec<String>,
 }
 
@@ -138,8 +149,7 @@ pub fn resolve(
         let calico = name.starts_with("CALICO_") || name.starts_with("FELIX_");
         let known =
             ALIASES.iter().any(|a| a.calico == name.as_str()) || HANDLED.contains(&name.as_str());
-        let ipv6 = name == "IP6" && env(name).is_some_and(|v| !matches!(v.trim(), "" | "none"));
-        if (calico && !known) || ipv6 {
+        if calico && !known {
             out.unsupported.push(name.clone());
         }
     }
@@ -258,6 +268,7 @@ mod tests {
         let r = resolve_with(
             &[
                 ("CALICO_IPV6POOL_CIDR", "fd00::/48"),
+                ("CALICO_IPV6POOL_IPIP", "Always"),
                 ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"),
                 ("FELIX_LOGSEVERITYSCREEN", "Warning"),
                 ("IP6", "autodetect"),
@@ -269,17 +280,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.unsupported,
-            [
-                "CALICO_IPV6POOL_CIDR",
-                "FELIX_DEFAULTENDPOINTTOHOSTACTION",
-                "IP6"
-            ]
-        );
-        assert!(
-            resolve_with(&[("IP6", "none")], &[])
-                .unwrap()
-                .unsupported
-                .is_empty()
+            ["CALICO_IPV6POOL_IPIP", "FELIX_DEFAULTENDPOINTTOHOSTACTION"]
         );
         assert_eq!(log_filter("Warning"), Some("warn"));
         assert_eq!(log_filter("fatal"), Some("error"));

@@ -29,6 +29,13 @@ pub struct RunArgs {
     /// can-reach=ADDR.
     #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
     pub ip_autodetection_method: String,
+    /// `none` (the default, as Calico's: IPv4 only), `autodetect`, or the node's IPv6 address
+    /// with its prefix length: turns on dual-stack (IPv6 pool, addresses and routes).
+    #[arg(long, env = "IP6", default_value = "none")]
+    pub ip6: String,
+    /// How to autodetect the IPv6 address (the same methods as IP_AUTODETECTION_METHOD).
+    #[arg(long, env = "IP6_AUTODETECTION_METHOD", default_value = "first-found")]
+    pub ip6_autodetection_method: String,
     /// This node's AS (default: the cluster's, from BGPConfiguration, else 64512).
     #[arg(long = "as", env = "AS")]
     pub as_number: Option<u32>,
@@ -67,6 +74,22 @@ pub struct RunArgs {
     /// The default pool's nodeSelector.
     #[arg(long, env = "SERVAL_IPV4POOL_NODE_SELECTOR", default_value = "all()")]
     pub ipv4pool_node_selector: String,
+    /// The default IPv6 pool created, with IP6 on, when the cluster has no IPv6 pool
+    /// (Calico's CALICO_IPV6POOL_CIDR); empty (the default): a random ULA /48, as Calico.
+    #[arg(long, env = "SERVAL_IPV6POOL_CIDR", default_value = "")]
+    pub ipv6pool_cidr: String,
+    /// The default IPv6 pool's block size.
+    #[arg(long, env = "SERVAL_IPV6POOL_BLOCK_SIZE", default_value_t = 122)]
+    pub ipv6pool_block_size: u8,
+    /// The default IPv6 pool's vxlanMode (the same default as the IPv4 pool's).
+    #[arg(long, env = "SERVAL_IPV6POOL_VXLAN")]
+    pub ipv6pool_vxlan: Option<String>,
+    /// The default IPv6 pool's natOutgoing (off by default, as Calico's).
+    #[arg(long, env = "SERVAL_IPV6POOL_NAT_OUTGOING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ipv6pool_nat_outgoing: bool,
+    /// The default IPv6 pool's nodeSelector.
+    #[arg(long, env = "SERVAL_IPV6POOL_NODE_SELECTOR", default_value = "all()")]
+    pub ipv6pool_node_selector: String,
     /// How pod traffic between nodes is carried (Calico's CALICO_NETWORKING_BACKEND): `bird`
     /// (BGP; the default), `vxlan` (no BGP: VXLAN between nodes, routes from IPAM block
     /// affinities), `none` (no BGP; policy, and whatever encapsulation pools ask for).
@@ -150,7 +173,7 @@ pub enum AddressSource {
     Detect(Method),
     /// Given (with its prefix length).
     Fixed(ipnet::IpNet),
-    /// No IPv4 address (policy-only or IPv6-only nodes).
+    /// No address of the family (IPv4: policy-only or IPv6-only nodes; IPv6: IPv4 only).
     None,
 }
 
@@ -161,8 +184,10 @@ pub struct NodeConfig {
     pub node_name: String,
     /// Datastore: how to reach etcd, or `None` for Kubernetes.
     pub etcd: Option<crate::datastore::etcd::EtcdConfig>,
-    /// The address source.
+    /// The IPv4 address source.
     pub address: AddressSource,
+    /// The IPv6 address source (`None`: IPv6 off).
+    pub address_v6: AddressSource,
     /// The AS to record on the Node.
     pub as_number: Option<u32>,
     /// HTTP endpoint (loopback).
@@ -182,8 +207,10 @@ pub struct NodeConfig {
     pub route_refresh: Duration,
     /// Firewall read-back period.
     pub iptables_refresh: Duration,
-    /// The pool to create when there is none.
+    /// The IPv4 pool to create when there is none.
     pub default_pool: Option<crate::resources::IPPool>,
+    /// The IPv6 pool to create when there is none (IPv6 on).
+    pub default_pool_v6: Option<crate::resources::IPPool>,
     /// Labels to put on the Node resource.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// Route-reflector cluster ID to put on the Node resource.
@@ -331,15 +358,100 @@ fn encap_mode(
     }
 }
 
+/// The variables that set one family's default pool, for errors that name them.
+struct PoolVars {
+    cidr: &'static str,
+    ipip: &'static str,
+    vxlan: &'static str,
+    node_selector: &'static str,
+}
+
+const V4_POOL_VARS: PoolVars = PoolVars {
+    cidr: "SERVAL_IPV4POOL_CIDR",
+    ipip: "SERVAL_IPV4POOL_IPIP",
+    vxlan: "SERVAL_IPV4POOL_VXLAN",
+    node_selector: "SERVAL_IPV4POOL_NODE_SELECTOR",
+};
+
+const V6_POOL_VARS: PoolVars = PoolVars {
+    cidr: "SERVAL_IPV6POOL_CIDR",
+    ipip: "SERVAL_IPV6POOL_IPIP",
+    vxlan: "SERVAL_IPV6POOL_VXLAN",
+    node_selector: "SERVAL_IPV6POOL_NODE_SELECTOR",
+};
+
+/// One family's default pool settings.
+struct PoolArgs<'a> {
+    name: &'static str,
+    vars: &'static PoolVars,
+    cidr: &'a str,
+    block_size: u8,
+    ipip: &'a str,
+    vxlan: Option<&'a str>,
+    nat_outgoing: bool,
+    node_selector: &'a str,
+}
+
+/// A random unique local /48 (RFC 4193's `fd` + 40 random bits), Calico's default IPv6 pool.
+fn random_ula() -> String {
+    let mut id = [0u8; 5];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut id);
+    }
+    format!(
+        "fd{:02x}:{:02x}{:02x}:{:02x}{:02x}::/48",
+        id[0], id[1], id[2], id[3], id[4]
+    )
+}
+
 impl RunArgs {
     /// The default pool from the SERVAL_IPV4POOL_* settings, validated like any IPPool.
     fn default_pool(&self) -> Result<crate::resources::IPPool, ConfigError> {
+        self.family_pool(&PoolArgs {
+            name: "default-ipv4-ippool",
+            vars: &V4_POOL_VARS,
+            cidr: &self.ipv4pool_cidr,
+            block_size: self.ipv4pool_block_size,
+            ipip: &self.ipv4pool_ipip,
+            vxlan: self.ipv4pool_vxlan.as_deref(),
+            nat_outgoing: self.ipv4pool_nat_outgoing,
+            node_selector: &self.ipv4pool_node_selector,
+        })
+    }
+
+    /// The default IPv6 pool from the SERVAL_IPV6POOL_* settings (no IPIP: IPv4 only).
+    fn default_pool_v6(&self) -> Result<crate::resources::IPPool, ConfigError> {
+        let cidr = match self.ipv6pool_cidr.trim() {
+            "" => random_ula(),
+            given => given.to_string(),
+        };
+        let pool = self.family_pool(&PoolArgs {
+            name: "default-ipv6-ippool",
+            vars: &V6_POOL_VARS,
+            cidr: &cidr,
+            block_size: self.ipv6pool_block_size,
+            ipip: "Never",
+            vxlan: self.ipv6pool_vxlan.as_deref(),
+            nat_outgoing: self.ipv6pool_nat_outgoing,
+            node_selector: &self.ipv6pool_node_selector,
+        })?;
+        if !pool.spec.cidr_net().is_some_and(|c| c.addr().is_ipv6()) {
+            return Err(bad(
+                "SERVAL_IPV6POOL_CIDR",
+                format!("{cidr:?} is not an IPv6 prefix"),
+            ));
+        }
+        Ok(pool)
+    }
+
+    fn family_pool(&self, a: &PoolArgs<'_>) -> Result<crate::resources::IPPool, ConfigError> {
         use crate::resources::{EncapMode, IPPool, IPPoolSpec, ServalResource};
         let backend = networking_backend(&self.networking_backend)?;
-        let ipip = encap_mode("SERVAL_IPV4POOL_IPIP", &self.ipv4pool_ipip)?;
+        let ipip = encap_mode(a.vars.ipip, a.ipip)?;
         if ipip != EncapMode::Never && backend != NetworkingBackend::Bird {
             return Err(bad(
-                "SERVAL_IPV4POOL_IPIP",
+                a.vars.ipip,
                 "IPIP routes are learned over BGP: it needs the bird networking backend (use VXLAN with vxlan)",
             ));
         }
@@ -348,12 +460,9 @@ impl RunArgs {
             NetworkingBackend::Vxlan => "Always",
             NetworkingBackend::None => "Never",
         };
-        let vxlan = encap_mode(
-            "SERVAL_IPV4POOL_VXLAN",
-            self.ipv4pool_vxlan.as_deref().unwrap_or(vxlan_default),
-        )?;
-        serval_policy::Selector::parse(&self.ipv4pool_node_selector)
-            .map_err(|e| bad("SERVAL_IPV4POOL_NODE_SELECTOR", e.to_string()))?;
+        let vxlan = encap_mode(a.vars.vxlan, a.vxlan.unwrap_or(vxlan_default))?;
+        serval_policy::Selector::parse(a.node_selector)
+            .map_err(|e| bad(a.vars.node_selector, e.to_string()))?;
         // Both on is invalid; IPIP given explicitly wins over the VXLAN default.
         let vxlan = if ipip != EncapMode::Never {
             EncapMode::Never
@@ -362,23 +471,69 @@ impl RunArgs {
         };
         let pool = IPPool {
             metadata: kube::api::ObjectMeta {
-                name: Some("default-ipv4-ippool".into()),
+                name: Some(a.name.into()),
                 ..Default::default()
             },
             spec: IPPoolSpec {
-                cidr: self.ipv4pool_cidr.as_str().into(),
-                block_size: Some(self.ipv4pool_block_size),
+                cidr: a.cidr.into(),
+                block_size: Some(a.block_size),
                 ipip_mode: ipip,
                 vxlan_mode: vxlan,
-                nat_outgoing: self.ipv4pool_nat_outgoing,
-                node_selector: Some(self.ipv4pool_node_selector.clone())
+                nat_outgoing: a.nat_outgoing,
+                node_selector: Some(a.node_selector.to_string())
                     .filter(|s| !s.trim().is_empty() && s.trim() != "all()"),
                 ..IPPoolSpec::default()
             },
         };
         pool.validate()
-            .map_err(|e| bad("SERVAL_IPV4POOL_CIDR", e.to_string()))?;
+            .map_err(|e| bad(a.vars.cidr, e.to_string()))?;
         Ok(pool)
+    }
+
+    /// One family's address source from its IP / IP6 and autodetection variables.
+    fn address_source(&self, v6: bool) -> Result<AddressSource, ConfigError> {
+        let (ip_var, method_var, text, method, family, example) = if v6 {
+            (
+                "IP6",
+                "IP6_AUTODETECTION_METHOD",
+                &self.ip6,
+                &self.ip6_autodetection_method,
+                "IPv6",
+                "fd00:1::5/64",
+            )
+        } else {
+            (
+                "IP",
+                "IP_AUTODETECTION_METHOD",
+                &self.ip,
+                &self.ip_autodetection_method,
+                "IPv4",
+                "10.0.0.5/24",
+            )
+        };
+        Ok(match text.trim() {
+            "" | "autodetect" => AddressSource::Detect(
+                method
+                    .parse()
+                    .map_err(|e: crate::autodetect::MethodError| bad(method_var, e.to_string()))?,
+            ),
+            "none" => AddressSource::None,
+            given => {
+                let net: ipnet::IpNet = given.parse().map_err(|_| {
+                    bad(
+                        ip_var,
+                        format!(
+                            "{given:?}: expected autodetect, none, or an {family} address with its \
+                             prefix length ({example}; the prefix decides CrossSubnet)"
+                        ),
+                    )
+                })?;
+                if net.addr().is_ipv6() != v6 {
+                    return Err(bad(ip_var, format!("{given:?} is not an {family} address")));
+                }
+                AddressSource::Fixed(net)
+            }
+        })
     }
 
     /// Validates; `hostname` is the fallback node name.
@@ -436,30 +591,12 @@ impl RunArgs {
                 ));
             }
         };
-        let address = match self.ip.trim() {
-            "" | "autodetect" => {
-                AddressSource::Detect(self.ip_autodetection_method.parse().map_err(
-                    |e: crate::autodetect::MethodError| {
-                        bad("IP_AUTODETECTION_METHOD", e.to_string())
-                    },
-                )?)
-            }
-            "none" => AddressSource::None,
-            given => {
-                let net: ipnet::IpNet = given.parse().map_err(|_| {
-                    bad(
-                        "IP",
-                        format!(
-                            "{given:?}: expected autodetect, none, or an IPv4 address with its \
-                             prefix length (10.0.0.5/24; the prefix decides CrossSubnet)"
-                        ),
-                    )
-                })?;
-                if !net.addr().is_ipv4() {
-                    return Err(bad("IP", format!("{given:?} is not an IPv4 address")));
-                }
-                AddressSource::Fixed(net)
-            }
+        let address = self.address_source(false)?;
+        // Calico's IP6 default is none; an empty IP6 means the same here, not autodetect.
+        let address_v6 = if self.ip6.trim().is_empty() {
+            AddressSource::None
+        } else {
+            self.address_source(true)?
         };
         if self.as_number == Some(0) {
             return Err(bad("AS", "0 is not a valid AS number"));
@@ -516,6 +653,12 @@ impl RunArgs {
         } else {
             Some(self.default_pool()?)
         };
+        let ipv6_on = !matches!(address_v6, AddressSource::None);
+        let default_pool_v6 = if self.no_default_pools || !ipv6_on {
+            None
+        } else {
+            Some(self.default_pool_v6()?)
+        };
         let mut node_labels = std::collections::BTreeMap::new();
         for pair in self
             .node_labels
@@ -551,9 +694,11 @@ impl RunArgs {
             node_labels,
             route_reflector_cluster_id,
             default_pool,
+            default_pool_v6,
             node_name,
             etcd,
             address,
+            address_v6,
             as_number: self.as_number,
             http_address: self.http_address,
             cni_conf_dir: self.cni_conf_dir.clone(),
@@ -630,6 +775,73 @@ mod tests {
                 crate::resources::EncapMode::Always,
                 crate::resources::EncapMode::Never
             )
+        );
+    }
+
+    #[test]
+    fn ipv6_is_off_by_default_and_ip6_turns_on_dual_stack() {
+        use crate::resources::EncapMode;
+        let c = args(&[]).validate("h").unwrap();
+        assert!(matches!(c.address_v6, AddressSource::None));
+        assert!(c.default_pool_v6.is_none(), "no IPv6 pool without IP6");
+        let c = args(&[
+            "--ip6",
+            "autodetect",
+            "--ip6-autodetection-method",
+            "interface=eth0",
+        ])
+        .validate("h")
+        .unwrap();
+        assert!(matches!(
+            c.address_v6,
+            AddressSource::Detect(Method::Interface(_))
+        ));
+        let pool = c.default_pool_v6.expect("a default IPv6 pool");
+        assert_eq!(pool.metadata.name.as_deref(), Some("default-ipv6-ippool"));
+        let cidr = pool.spec.cidr_net().unwrap();
+        assert!(
+            cidr.prefix_len() == 48 && pool.spec.cidr.text().starts_with("fd"),
+            "a random ULA /48: {cidr}"
+        );
+        assert_eq!(pool.spec.block_size, Some(122));
+        assert!(!pool.spec.nat_outgoing, "Calico's IPv6 default");
+        assert_eq!(pool.spec.vxlan_mode, EncapMode::CrossSubnet);
+        let c = args(&[
+            "--ip6",
+            "fd00:1::5/64",
+            "--ipv6pool-cidr",
+            "fd00:10::/48",
+            "--ipv6pool-vxlan",
+            "Never",
+            "--ipv6pool-nat-outgoing",
+            "true",
+        ])
+        .validate("h")
+        .unwrap();
+        assert!(matches!(c.address_v6, AddressSource::Fixed(n) if n.prefix_len() == 64));
+        let pool = c.default_pool_v6.unwrap();
+        assert_eq!(pool.spec.cidr, "fd00:10::/48");
+        assert!(pool.spec.nat_outgoing && pool.spec.vxlan_mode == EncapMode::Never);
+        let e = |flags: &[&str]| args(flags).validate("h").unwrap_err();
+        assert_eq!(e(&["--ip6", "10.0.0.5/24"]).variable, "IP6");
+        assert_eq!(e(&["--ip", "fd00::5/64"]).variable, "IP");
+        assert_eq!(
+            e(&[
+                "--ip6",
+                "autodetect",
+                "--ip6-autodetection-method",
+                "sideways"
+            ])
+            .variable,
+            "IP6_AUTODETECTION_METHOD"
+        );
+        assert_eq!(
+            e(&["--ip6", "autodetect", "--ipv6pool-cidr", "10.0.0.0/16"]).variable,
+            "SERVAL_IPV6POOL_CIDR"
+        );
+        assert_eq!(
+            e(&["--ip6", "autodetect", "--ipv6pool-block-size", "64"]).variable,
+            "SERVAL_IPV6POOL_CIDR"
         );
     }
 

@@ -79,16 +79,23 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let ds = startup::connect(&cfg).await;
     let detected = startup::node_address(&cfg, &ds).await?;
-    let (address, host_mtu) = match detected {
-        Some((a, m)) => (Some(a), m),
-        None => (None, 1500),
+    let detected_v6 = startup::node_address_v6(&cfg, &ds).await?;
+    let address_v6 = detected_v6.map(|(a, _)| a);
+    // The MTU of the IPv4 address's interface, else the IPv6 one's.
+    let (address, host_mtu) = match (detected, detected_v6) {
+        (Some((a, m)), _) => (Some(a), m),
+        (None, Some((_, m))) => (None, m),
+        (None, None) => (None, 1500),
     };
-    tracing::info!(node = %cfg.node_name, address = ?address, host_mtu, "starting");
+    tracing::info!(node = %cfg.node_name, address = ?address, address_v6 = ?address_v6, host_mtu, "starting");
     startup::ensure_default_pool(&ds, cfg.default_pool.as_ref()).await?;
-    let node = startup::register_node(&ds, &cfg, address).await?;
+    if address_v6.is_some() {
+        startup::ensure_default_pool(&ds, cfg.default_pool_v6.as_ref()).await?;
+    }
+    let node = startup::register_node(&ds, &cfg, address, address_v6).await?;
     let node = startup::tunnel_addresses(&ds, node).await?;
     startup::write_file(&cfg.var_dir.join("nodename"), &cfg.node_name)?;
-    startup::enable_forwarding()?;
+    startup::enable_forwarding(address_v6.is_some())?;
 
     // The speaker's identity from what the datastore says now.
     let identity = initial_identity(&ds, &cfg.node_name, &node).await?;
@@ -108,7 +115,12 @@ pub async fn run(
             listen_port: identity.listen_port,
             cluster_id: identity.cluster_id,
             next_hop_ipv4: None,
-            next_hop_ipv6: None,
+            // IPv6 routes carried over an IPv4 session (dual-stack mesh) need a global IPv6
+            // next hop: the node's own IPv6 address.
+            next_hop_ipv6: address_v6.and_then(|a| match a.addr() {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            }),
             default_local_pref: 100,
             write_queue_bytes: serval_bgp::config::DEFAULT_WRITE_QUEUE_BYTES,
         },

@@ -395,14 +395,15 @@ impl Sequencer {
                 Err(e) => tracing::warn!(error = %e, "IPIP device"),
             }
         }
-        if let Some(vx) = &d.vxlan {
+        for (vx, vteps) in [(&d.vxlan, &d.vteps), (&d.vxlan_v6, &d.vteps_v6)] {
+            let Some(vx) = vx else { continue };
             match tunnel::ensure_vxlan(&self.netlink, vx).await {
                 Ok(index) => {
-                    if let Err(e) = tunnel::ensure_vteps(&self.netlink, index, &d.vteps).await {
-                        tracing::warn!(error = %e, "VXLAN neighbour/FDB entries");
+                    if let Err(e) = tunnel::ensure_vteps(&self.netlink, index, vteps).await {
+                        tracing::warn!(device = %vx.name, error = %e, "VXLAN neighbour/FDB entries");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "VXLAN device"),
+                Err(e) => tracing::warn!(device = %vx.name, error = %e, "VXLAN device"),
             }
         }
     }

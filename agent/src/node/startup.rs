@@ -14,7 +14,7 @@ use serval_ipam::{Ipam, TunnelKind};
 
 use super::config::{AddressSource, NodeConfig};
 use crate::autodetect;
-use crate::calc::tunnels::{format_mac, vxlan_mac};
+use crate::calc::tunnels::{format_mac, vxlan_mac, vxlan_mac_v6};
 use crate::datastore::{
     AnyBackend, Datastore, DatastoreError, etcd::EtcdBackend, kubernetes::KubeBackend,
 };
@@ -23,9 +23,11 @@ use crate::resources::{EncapMode, IPPool, Node, NodeBgpSpec, NodeSpec};
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// No address could be found.
-    #[error("no IPv4 address found for this node with {0}; set IP or IP_AUTODETECTION_METHOD")]
-    NoAddress(String),
+    /// No address of the family could be found.
+    #[error(
+        "no {0} address found for this node with {1}; set IP / IP_AUTODETECTION_METHOD (IPv4) or IP6 / IP6_AUTODETECTION_METHOD (IPv6)"
+    )]
+    NoAddress(&'static str, String),
     /// Reading interfaces failed.
     #[error("cannot read the node's interfaces: {0}")]
     Interfaces(#[source] std::io::Error),
@@ -72,19 +74,24 @@ pub async fn connect(cfg: &NodeConfig) -> Datastore<AnyBackend> {
     }
 }
 
-/// Creates the default pool when the cluster has none (as calico-node does on first start).
+/// Creates a default pool when the cluster has no pool of its family (as calico-node does
+/// on first start, for IPv4 and, with IPv6 on, for IPv6).
 pub async fn ensure_default_pool(
     ds: &Datastore<AnyBackend>,
     pool: Option<&IPPool>,
 ) -> Result<(), StartupError> {
     let Some(pool) = pool else { return Ok(()) };
+    let v6 = pool.spec.cidr_net().is_some_and(|c| c.addr().is_ipv6());
     let (pools, _) = ds.list::<IPPool>(None).await?;
-    if !pools.is_empty() {
+    if pools
+        .iter()
+        .any(|p| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv6() == v6))
+    {
         return Ok(());
     }
     match ds.create(pool).await {
         Ok(_) => {
-            tracing::info!(cidr = %pool.spec.cidr, "no IP pool yet: created default-ipv4-ippool");
+            tracing::info!(cidr = %pool.spec.cidr, name = %pool.name_any(), "no IP pool of its family yet: created the default");
             Ok(())
         }
         // Another node got there first.
@@ -99,8 +106,27 @@ pub async fn node_address(
     cfg: &NodeConfig,
     ds: &Datastore<AnyBackend>,
 ) -> Result<Option<(IpNet, u32)>, StartupError> {
+    family_address(cfg, &cfg.address, false, ds).await
+}
+
+/// The node's IPv6 address with its prefix length (IP6, IP6_AUTODETECTION_METHOD), and the
+/// MTU of its interface; None when IPv6 is off (IP6 unset or `none`, Calico's default).
+pub async fn node_address_v6(
+    cfg: &NodeConfig,
+    ds: &Datastore<AnyBackend>,
+) -> Result<Option<(IpNet, u32)>, StartupError> {
+    family_address(cfg, &cfg.address_v6, true, ds).await
+}
+
+async fn family_address(
+    cfg: &NodeConfig,
+    source: &AddressSource,
+    v6: bool,
+    ds: &Datastore<AnyBackend>,
+) -> Result<Option<(IpNet, u32)>, StartupError> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
     let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
-    let chosen = match &cfg.address {
+    let chosen = match source {
         AddressSource::None => return Ok(None),
         AddressSource::Fixed(n) => *n,
         AddressSource::Detect(autodetect::Method::KubernetesInternalIp) => {
@@ -108,25 +134,34 @@ pub async fn node_address(
                 .get::<k8s_openapi::api::core::v1::Node>(None, &cfg.node_name)
                 .await?
                 .ok_or_else(|| {
-                    StartupError::NoAddress(format!(
-                        "kubernetes-internal-ip: no Kubernetes Node named {:?}",
-                        cfg.node_name
-                    ))
+                    StartupError::NoAddress(
+                        family,
+                        format!(
+                            "kubernetes-internal-ip: no Kubernetes Node named {:?}",
+                            cfg.node_name
+                        ),
+                    )
                 })?;
-            let ip = autodetect::node_internal_ip(&node, false).ok_or_else(|| {
-                StartupError::NoAddress(format!(
-                    "kubernetes-internal-ip: Node {:?} lists no IPv4 InternalIP",
-                    cfg.node_name
-                ))
+            let ip = autodetect::node_internal_ip(&node, v6).ok_or_else(|| {
+                StartupError::NoAddress(
+                    family,
+                    format!(
+                        "kubernetes-internal-ip: Node {:?} lists no {family} InternalIP",
+                        cfg.node_name
+                    ),
+                )
             })?;
             autodetect::with_prefix(&interfaces, ip).ok_or_else(|| {
-                StartupError::NoAddress(format!(
-                    "kubernetes-internal-ip: {ip} (the Node's InternalIP) is on no local interface"
-                ))
+                StartupError::NoAddress(
+                    family,
+                    format!(
+                        "kubernetes-internal-ip: {ip} (the Node's InternalIP) is on no local interface"
+                    ),
+                )
             })?
         }
-        AddressSource::Detect(method) => autodetect::choose(method, &interfaces, false)
-            .ok_or_else(|| StartupError::NoAddress(format!("{method:?}")))?,
+        AddressSource::Detect(method) => autodetect::choose(method, &interfaces, v6)
+            .ok_or_else(|| StartupError::NoAddress(family, format!("{method:?}")))?,
     };
     let iface = interfaces
         .iter()
@@ -145,6 +180,7 @@ pub async fn register_node(
     ds: &Datastore<AnyBackend>,
     cfg: &super::config::NodeConfig,
     address: Option<IpNet>,
+    address_v6: Option<IpNet>,
 ) -> Result<Node, StartupError> {
     let name = cfg.node_name.as_str();
     let as_number = cfg.as_number;
@@ -159,6 +195,7 @@ pub async fn register_node(
         });
         let bgp = node.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
         bgp.ipv4_address = address.map(|a| a.to_string().into());
+        bgp.ipv6_address = address_v6.map(|a| a.to_string().into());
         if as_number.is_some() {
             bgp.as_number = as_number;
         }
@@ -181,7 +218,7 @@ pub async fn register_node(
         };
         match res {
             Ok(n) => {
-                tracing::info!(node = %name, address = ?address, "Node resource registered");
+                tracing::info!(node = %name, address = ?address, address_v6 = ?address_v6, "Node resource registered");
                 return Ok(n);
             }
             Err(DatastoreError::Conflict { .. } | DatastoreError::AlreadyExists { .. }) => continue,
@@ -193,24 +230,23 @@ pub async fn register_node(
     )))
 }
 
-/// Allocates the IPIP and/or VXLAN tunnel addresses the pools need and records them (and the
-/// VXLAN MAC) on the Node.
+/// Allocates the IPIP and VXLAN tunnel addresses the pools need and records them (and the
+/// VXLAN MACs) on the Node: an IPv6 VXLAN address only on a node with an IPv6 address.
 pub async fn tunnel_addresses(
     ds: &Datastore<AnyBackend>,
     node: Node,
 ) -> Result<Node, StartupError> {
     let (pools, _) = ds.list::<IPPool>(None).await?;
-    let v4 =
-        |p: &&IPPool| p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv4()) && !p.spec.disabled;
-    let want_ipip = pools
-        .iter()
-        .filter(v4)
-        .any(|p| p.spec.ipip_mode != EncapMode::Never);
-    let want_vxlan = pools
-        .iter()
-        .filter(v4)
-        .any(|p| p.spec.vxlan_mode != EncapMode::Never);
-    if !want_ipip && !want_vxlan {
+    let of_family = |v6: bool| {
+        pools.iter().filter(move |p| {
+            p.spec.cidr_net().is_some_and(|c| c.addr().is_ipv6() == v6) && !p.spec.disabled
+        })
+    };
+    let want_ipip = of_family(false).any(|p| p.spec.ipip_mode != EncapMode::Never);
+    let want_vxlan = of_family(false).any(|p| p.spec.vxlan_mode != EncapMode::Never);
+    let has_v6 = node.spec.bgp.as_ref().and_then(|b| b.ipv6()).is_some();
+    let want_vxlan_v6 = has_v6 && of_family(true).any(|p| p.spec.vxlan_mode != EncapMode::Never);
+    if !want_ipip && !want_vxlan && !want_vxlan_v6 {
         return Ok(node);
     }
     let name = node.name_any();
@@ -230,6 +266,15 @@ pub async fn tunnel_addresses(
             next.spec.vxlan_tunnel_mac_addr = Some(format_mac(&vxlan_mac(&name)));
         }
     }
+    if want_vxlan_v6 {
+        let ip: IpAddr = ipam
+            .assign_tunnel_address(&name, TunnelKind::VxlanV6)
+            .await?;
+        next.spec.ipv6_vxlan_tunnel_addr = Some(ip.to_string().into());
+        if next.spec.vxlan_tunnel_mac_addr_v6.is_none() {
+            next.spec.vxlan_tunnel_mac_addr_v6 = Some(format_mac(&vxlan_mac_v6(&name)));
+        }
+    }
     if next == node {
         return Ok(node);
     }
@@ -237,6 +282,7 @@ pub async fn tunnel_addresses(
     tracing::info!(
         ipip = ?saved.spec.bgp.as_ref().and_then(|b| b.ipv4_ipip_tunnel_addr.clone()),
         vxlan = ?saved.spec.ipv4_vxlan_tunnel_addr,
+        vxlan_v6 = ?saved.spec.ipv6_vxlan_tunnel_addr,
         "tunnel addresses allocated"
     );
     Ok(saved)
@@ -256,15 +302,22 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), StartupError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Turns on IPv4 forwarding (pods are routed through the host). Already on (the DaemonSet's
-/// privileged init container sets it, so the agent itself need not write /proc/sys) is fine.
-pub fn enable_forwarding() -> Result<(), StartupError> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
+/// Turns on IPv4 forwarding, and IPv6 forwarding when the node has IPv6 (pods are routed
+/// through the host). Already on (the DaemonSet's privileged init container sets it, so the
+/// agent itself need not write /proc/sys) is fine.
+pub fn enable_forwarding(v6: bool) -> Result<(), StartupError> {
+    let paths = [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ];
+    for path in &paths[..1 + usize::from(v6)] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|source| StartupError::File {
+            path: (*path).into(),
+            source,
+        })?;
     }
-    std::fs::write(path, "1").map_err(|source| StartupError::File {
-        path: path.into(),
-        source,
-    })
+    Ok(())
 }

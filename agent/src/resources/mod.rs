@@ -193,7 +193,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 ),
             ],
         ),
-        refuse_unsupported(Node::crd(), &[unset("ipv6VXLANTunnelAddr")]),
+        Node::crd(),
         refuse_unsupported(
             IPPool::crd(),
             &[(

@@ -86,7 +86,14 @@ pub struct NodeSpec {
         skip_serializing_if = "Option::is_none",
         rename = "ipv6VXLANTunnelAddr"
     )]
-    pub ipv6_vxlan_tunnel_addr: Option<String>,
+    pub ipv6_vxlan_tunnel_addr: Option<super::Parsed<std::net::Ipv6Addr>>,
+    /// The IPv6 VXLAN device's MAC address.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "vxlanTunnelMACAddrV6"
+    )]
+    pub vxlan_tunnel_mac_addr_v6: Option<String>,
     /// The orchestrator's records of this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orch_refs: Vec<OrchRef>,
@@ -129,6 +136,26 @@ impl NodeSpec {
     /// The IPv4 VXLAN device's address.
     pub fn vxlan_tunnel_addr(&self) -> Option<std::net::Ipv4Addr> {
         parsed(&self.ipv4_vxlan_tunnel_addr)
+    }
+
+    /// The IPv6 VXLAN device's address.
+    pub fn vxlan_tunnel_addr_v6(&self) -> Option<std::net::Ipv6Addr> {
+        parsed(&self.ipv6_vxlan_tunnel_addr)
+    }
+
+    /// The VXLAN device's address and MAC text for one family (IPv6: `vxlan-v6.serval`).
+    pub fn vxlan_tunnel(&self, v6: bool) -> (Option<std::net::IpAddr>, Option<&str>) {
+        if v6 {
+            (
+                self.vxlan_tunnel_addr_v6().map(std::net::IpAddr::V6),
+                self.vxlan_tunnel_mac_addr_v6.as_deref(),
+            )
+        } else {
+            (
+                self.vxlan_tunnel_addr().map(std::net::IpAddr::V4),
+                self.vxlan_tunnel_mac_addr.as_deref(),
+            )
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -31,6 +31,12 @@ impl FieldValue for IpAddr {
 }
 
 impl FieldValue for Ipv4Addr {
+    fn parse_field(text: &str) -> Option<Self> {
+        text.parse().ok()
+    }
+}
+
+impl FieldValue for Ipv6Addr {
     fn parse_field(text: &str) -> Option<Self> {
         text.parse().ok()
     }

@@ -53,9 +53,16 @@ fn pool_errors_name_each_field() {
         .is_empty()
     );
     let v6node = problems::<crate::resources::Node>(
-        "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {ipv6VXLANTunnelAddr: 'fd00::1'}\n",
+        "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {ipv6VXLANTunnelAddr: 'fd00::1', vxlanTunnelMACAddrV6: '66:5f:00:00:00:01'}\n",
     );
-    assert_eq!(v6node, ["spec.ipv6VXLANTunnelAddr"]);
+    assert!(v6node.is_empty(), "{v6node:?}");
+    let bad_v6node = problems::<crate::resources::Node>(
+        "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {ipv6VXLANTunnelAddr: '10.0.0.1', vxlanTunnelMACAddrV6: 'nope'}\n",
+    );
+    assert_eq!(
+        bad_v6node,
+        ["spec.ipv6VXLANTunnelAddr", "spec.vxlanTunnelMACAddrV6"]
+    );
     let v6 = problems::<IPPool>(
         "apiVersion: serval.dev/v1\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00::/48', blockSize: 64, ipipMode: Always}\n",
     );

@@ -510,8 +510,26 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
 }
 
 pub(crate) fn node(s: &NodeSpec, p: &mut Problems) {
-    if s.ipv6_vxlan_tunnel_addr.is_some() {
-        p.add("spec.ipv6VXLANTunnelAddr", UNSUPPORTED_BY_SERVAL);
+    if let Some(text) = &s.ipv6_vxlan_tunnel_addr
+        && text.value().is_none()
+    {
+        p.add(
+            "spec.ipv6VXLANTunnelAddr",
+            format!("{text:?} is not an IPv6 address"),
+        );
+    }
+    for (field, mac) in [
+        ("spec.vxlanTunnelMACAddr", &s.vxlan_tunnel_mac_addr),
+        ("spec.vxlanTunnelMACAddrV6", &s.vxlan_tunnel_mac_addr_v6),
+    ] {
+        if let Some(text) = mac
+            && crate::calc::tunnels::parse_mac(text).is_none()
+        {
+            p.add(
+                field,
+                format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            );
+        }
     }
     let Some(bgp) = &s.bgp else {
         return;

@@ -306,14 +306,42 @@ impl ClusterState {
                     ports: Vec::new(),
                 });
         }
+        // Network sets with an entry that does not parse (validation refuses them at the
+        // door; one written straight into the datastore still arrives): a policy whose rule
+        // could select such a set cannot say what it means, so it fails closed too.
+        let broken_sets: Vec<(String, Option<String>, &BTreeMap<String, String>)> = self
+            .network_sets
+            .iter()
+            .filter(|(_, s)| s.spec.nets.iter().any(|n| n.get().is_none()))
+            .map(|(k, s)| (format!("NetworkSet {k}"), s.namespace(), s.labels()))
+            .chain(
+                self.global_network_sets
+                    .iter()
+                    .filter(|(_, s)| s.spec.nets.iter().any(|n| n.get().is_none()))
+                    .map(|(k, s)| (format!("GlobalNetworkSet {k}"), None, s.labels())),
+            )
+            .collect();
         let mut add =
             |key: String,
              r: Result<serval_policy::compile::PolicyDef, crate::calc::policy::TranslateError>,
-             closed: &dyn Fn() -> serval_policy::compile::PolicyDef| match r {
-                Ok(p) => inputs.policies.push(p),
-                Err(e) => {
-                    inputs.policies.push(closed());
-                    failed.insert(key, e.to_string());
+             closed: &dyn Fn() -> serval_policy::compile::PolicyDef| {
+                let r = r.map_err(|e| e.to_string()).and_then(|p| {
+                    match broken_sets
+                        .iter()
+                        .find(|(_, ns, labels)| cp::rules_may_select(&p, ns.as_deref(), labels))
+                    {
+                        Some((set, _, _)) => Err(format!(
+                            "a rule selector matches {set}, whose nets are not all addresses or CIDRs"
+                        )),
+                        None => Ok(p),
+                    }
+                });
+                match r {
+                    Ok(p) => inputs.policies.push(p),
+                    Err(why) => {
+                        inputs.policies.push(closed());
+                        failed.insert(key, why);
+                    }
                 }
             };
         for (k, p) in &self.policies {
@@ -335,8 +363,8 @@ impl ClusterState {
                 &|| cp::k8s_fail_closed(p),
             );
         }
-        // Network sets, as rule selectors see them. An entry that does not parse (validation
-        // refuses it at the door) is left out and reported with the set.
+        // Network sets, as rule selectors see them. An entry that does not parse is left out
+        // and reported with the set; the policies that may select the set fail closed above.
         let nets_of = |key: String,
                        list: &[crate::resources::Parsed<IpNet>],
                        failed: &mut BTreeMap<String, String>| {
@@ -347,7 +375,7 @@ impl ClusterState {
             if nets.len() != list.len() {
                 failed.insert(
                     key,
-                    "some nets are not addresses or CIDRs; they are left out".into(),
+                    "some nets are not addresses or CIDRs; the policies whose rules select this set are enforced as deny-all".into(),
                 );
             }
             nets

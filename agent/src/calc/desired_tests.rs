@@ -228,6 +228,98 @@ fn objects_from_the_watch_that_cannot_be_enforced_fail_closed_and_are_listed() {
 }
 
 #[test]
+fn a_network_set_with_a_bad_entry_closes_the_policies_that_may_select_it() {
+    use crate::resources::{GlobalNetworkSet, NetworkSet};
+    let mut s = cluster("Never");
+    // Written straight into the datastore (validation would refuse it).
+    upsert_json(
+        &mut s,
+        KindInfo::of::<NetworkSet>(),
+        json!({"apiVersion":"serval.dev/v1","kind":"NetworkSet",
+               "metadata":{"name":"office","namespace":"prod","labels":{"role":"office"}},
+               "spec":{"nets":["192.168.60.0/30","not-a-net"]}}),
+    );
+    let policy = |name: &str, ns: &str, source: Value| {
+        json!({"apiVersion":"serval.dev/v1","kind":"NetworkPolicy",
+               "metadata":{"name":name,"namespace":ns},
+               "spec":{"selector":"all()","types":["Ingress"],
+                       "ingress":[{"action":"Allow","source":source}]}})
+    };
+    for (name, ns, source) in [
+        (
+            "uses-office",
+            "prod",
+            json!({"selector":"role == 'office'"}),
+        ),
+        ("other-role", "prod", json!({"selector":"role == 'lab'"})),
+        // Another namespace's rule does not see prod's set...
+        ("elsewhere", "dev", json!({"selector":"role == 'office'"})),
+        // ...unless it has a namespaceSelector.
+        (
+            "cross-ns",
+            "dev",
+            json!({"selector":"role == 'office'","namespaceSelector":"all()"}),
+        ),
+    ] {
+        upsert_json(
+            &mut s,
+            KindInfo::of::<NetworkPolicy>(),
+            policy(name, ns, source),
+        );
+    }
+    let (inputs, failed) = s.policy_inputs("a");
+    let keys: Vec<&String> = failed.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "NetworkPolicy dev/cross-ns",
+            "NetworkPolicy prod/uses-office",
+            "NetworkSet prod/office"
+        ],
+        "{failed:?}"
+    );
+    assert!(failed["NetworkPolicy prod/uses-office"].contains("NetworkSet prod/office"));
+    let rules_of = |name: &str| {
+        inputs
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ingress
+            .clone()
+    };
+    assert_eq!(
+        rules_of("uses-office")[0].action,
+        serval_policy::model::Action::Deny,
+        "enforced as deny-all"
+    );
+    assert_eq!(
+        rules_of("other-role")[0].action,
+        serval_policy::model::Action::Allow
+    );
+    // A broken GlobalNetworkSet: only rules that can see global sets.
+    let mut s = cluster("Never");
+    upsert_json(
+        &mut s,
+        KindInfo::of::<GlobalNetworkSet>(),
+        json!({"apiVersion":"serval.dev/v1","kind":"GlobalNetworkSet",
+               "metadata":{"name":"office","labels":{"role":"office"}},
+               "spec":{"nets":["bad"]}}),
+    );
+    upsert_json(
+        &mut s,
+        KindInfo::of::<NetworkPolicy>(),
+        policy("ns-only", "prod", json!({"selector":"role == 'office'"})),
+    );
+    let (_, failed) = s.policy_inputs("a");
+    assert_eq!(
+        failed.keys().collect::<Vec<_>>(),
+        ["GlobalNetworkSet office"],
+        "{failed:?}"
+    );
+}
+
+#[test]
 fn a_kubernetes_pod_label_change_reaches_policy_inputs() {
     let mut s = cluster("Never");
     assert!(s.apply(&SyncEvent::Upsert {

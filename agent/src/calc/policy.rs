@@ -229,6 +229,25 @@ fn checked(def: PolicyDef) -> Result<PolicyDef, TranslateError> {
     Ok(def)
 }
 
+/// Whether any rule of `def` has a selector (or negated selector) that matches a network
+/// set with `labels` in `set_namespace` (None: a GlobalNetworkSet) within the rule's scope:
+/// a namespaced policy's rule sees its own namespace's sets unless it has a
+/// namespaceSelector (then any set is counted), a global policy's rule sees every set.
+pub fn rules_may_select(def: &PolicyDef, set_namespace: Option<&str>, labels: &Labels) -> bool {
+    def.ingress
+        .iter()
+        .chain(&def.egress)
+        .flat_map(|r| [&r.source, &r.destination])
+        .filter(|side| {
+            def.namespace.is_none()
+                || side.namespace_selector.is_some()
+                || def.namespace.as_deref() == set_namespace
+        })
+        .flat_map(|side| [&side.selector, &side.not_selector])
+        .flatten()
+        .any(|text| Selector::parse(text).is_ok_and(|sel| sel.matches(labels)))
+}
+
 /// What stands in for a policy that cannot be translated, so it fails closed: it applies
 /// where the original would (every endpoint of its namespace, or of the node for a global
 /// policy, when even its selector is unreadable) and denies everything in its directions

@@ -4,7 +4,9 @@
 //! configured community; a Service with `externalTrafficPolicy: Local` has its cluster IP,
 //! external IP and LoadBalancer IP advertised as /32 only by the node whose endpoint is ready,
 //! following the endpoint when it moves and withdrawn when none is left. No node learns
-//! another node's service routes (none becomes a kernel route). Traffic to a service address
+//! another node's service routes (none becomes a kernel route). With
+//! `serviceLoadBalancerAggregation: Disabled` the LoadBalancer range goes and each address
+//! comes as a /32 (from every node for a Cluster-policy Service). Traffic to a service address
 //! still needs kube-proxy on the node; this test checks the routing only.
 
 use std::collections::BTreeSet;
@@ -181,6 +183,35 @@ async fn services_are_advertised_by_every_node_and_local_ones_by_their_endpoints
     for h in &hosts {
         expect_hops(&c, &bird, h, &[]);
     }
+    expect_hops(&c, &bird, "10.96.0.0/16", &all);
+
+    // serviceLoadBalancerAggregation: Disabled: the LoadBalancer range is withdrawn and a
+    // Cluster-policy Service's LoadBalancer address comes from every node as a /32.
+    kubectl_apply(
+        &c,
+        &scratch,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: shop, namespace: default}\n\
+         spec: {type: LoadBalancer, selector: {app: shop}, ports: [{port: 80}]}\n",
+    );
+    c.api().kubectl_ok(&[
+        "patch",
+        "service",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"198.18.0.9"}]}}}"#,
+    ]);
+    c.api().kubectl_ok(&[
+        "patch",
+        "bgpconfigurations.serval.dev",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"serviceLoadBalancerAggregation":"Disabled"}}"#,
+    ]);
+    expect_hops(&c, &bird, "198.18.0.0/24", &[]);
+    expect_hops(&c, &bird, "198.18.0.9/32", &all);
     expect_hops(&c, &bird, "10.96.0.0/16", &all);
     drop(bird);
 }

@@ -5,6 +5,10 @@
 //! inside those ranges advertised as host routes (/32, /128) by exactly the nodes that have
 //! a ready endpoint of it (EndpointSlices), withdrawn when the last one goes.
 //!
+//! With `serviceLoadBalancerAggregation: Disabled` the LoadBalancer ranges themselves are
+//! not advertised: each LoadBalancer ingress IP inside them is, as a host route, by every
+//! node (by the nodes with a ready endpoint for `externalTrafficPolicy: Local`).
+//!
 //! Nodes never learn service routes from peers (the import filter refuses prefixes inside
 //! the ranges): another node's host route would otherwise be passed on to the ToR by every
 //! node, and a learned range would become a kernel route that loops. Traffic reaching a
@@ -32,6 +36,8 @@ pub struct ServiceRanges {
     pub external: Vec<IpNet>,
     /// `serviceLoadBalancerIPs`.
     pub load_balancer: Vec<IpNet>,
+    /// `serviceLoadBalancerAggregation: Disabled`: LoadBalancer addresses one by one.
+    pub load_balancer_one_by_one: bool,
 }
 
 impl ServiceRanges {
@@ -47,6 +53,8 @@ impl ServiceRanges {
             cluster: nets(&spec.service_cluster_ips),
             external: nets(&spec.service_external_ips),
             load_balancer: nets(&spec.service_load_balancer_ips),
+            load_balancer_one_by_one: spec.service_load_balancer_aggregation
+                == Some(crate::resources::bgp::Aggregation::Disabled),
         }
     }
 
@@ -96,20 +104,42 @@ pub fn service_exports<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
     node: &str,
 ) -> BTreeSet<IpNet> {
-    let mut out: BTreeSet<IpNet> = ranges.all().copied().collect();
-    if out.is_empty() {
-        return out;
+    if ranges.all().next().is_none() {
+        return BTreeSet::new();
+    }
+    let mut out: BTreeSet<IpNet> = ranges
+        .cluster
+        .iter()
+        .chain(&ranges.external)
+        .copied()
+        .collect();
+    if !ranges.load_balancer_one_by_one {
+        out.extend(ranges.load_balancer.iter().copied());
     }
     let local = services_with_local_endpoints(slices, node);
+    let within = |list: &[IpNet], ip: IpNet| list.iter().any(|r| r.contains(&ip));
     for svc in services {
         let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
         let Some(spec) = &svc.spec else { continue };
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let ingress_ips = || {
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref().and_then(host_route))
+                .filter(|ip| within(&ranges.load_balancer, *ip))
+        };
+        // Without aggregation a Cluster-policy LoadBalancer address comes from every node.
+        if ranges.load_balancer_one_by_one && !external_local {
+            out.extend(ingress_ips());
+        }
         if !local.contains(&key) {
             continue;
         }
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let within = |list: &[IpNet], ip: IpNet| list.iter().any(|r| r.contains(&ip));
         if external_local || internal_local {
             let cluster_ips = spec
                 .cluster_ips
@@ -130,19 +160,7 @@ pub fn service_exports<'a>(
                     .filter_map(|ip| host_route(ip))
                     .filter(|ip| within(&ranges.external, *ip)),
             );
-            let ingress = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref());
-            out.extend(
-                ingress
-                    .iter()
-                    .copied()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref().and_then(host_route))
-                    .filter(|ip| within(&ranges.load_balancer, *ip)),
-            );
+            out.extend(ingress_ips());
         }
     }
     out
@@ -248,6 +266,52 @@ mod tests {
             exports(&[service("web", "Cluster", "Local")], &local_here, "node-a"),
             want
         );
+    }
+
+    #[test]
+    fn without_aggregation_load_balancer_addresses_go_one_by_one() {
+        let mut one_by_one = ranges();
+        one_by_one.load_balancer_one_by_one = true;
+        let local_here = [slice(
+            "local",
+            serde_json::json!([{"addresses": ["10.244.0.5"], "nodeName": "node-a"}]),
+        )];
+        let services = [
+            service("cluster", "Cluster", "Cluster"),
+            service("local", "Local", "Cluster"),
+        ];
+        let exports_of = |node: &str| -> Vec<String> {
+            service_exports(&one_by_one, services.iter(), local_here.iter(), node)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        // The Cluster service's address from every node, the range itself from none; the
+        // Local one's (the same test address here) adds its cluster and external IPs on a.
+        assert_eq!(
+            exports_of("node-b"),
+            ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.5/32"]
+        );
+        assert_eq!(
+            exports_of("node-a"),
+            [
+                "10.96.0.0/16",
+                "10.96.0.10/32",
+                "198.51.100.0/24",
+                "198.51.100.7/32",
+                "203.0.113.5/32"
+            ]
+        );
+        // Only a Local service: its address only where an endpoint is.
+        let only_local = [service("local", "Local", "Cluster")];
+        let b: Vec<String> =
+            service_exports(&one_by_one, only_local.iter(), local_here.iter(), "node-b")
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        assert_eq!(b, ["10.96.0.0/16", "198.51.100.0/24"]);
+        // The ranges are still never learned from peers.
+        assert!(one_by_one.covers(&"203.0.113.9/32".parse().unwrap()));
     }
 
     #[test]

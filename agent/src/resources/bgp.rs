@@ -102,6 +102,10 @@ pub struct BGPConfigurationSpec {
         rename = "serviceLoadBalancerIPs"
     )]
     pub service_load_balancer_ips: Vec<CidrEntry>,
+    /// `Enabled` (the default): `serviceLoadBalancerIPs` are advertised as the ranges;
+    /// `Disabled`: each LoadBalancer ingress IP inside them as its own /32 or /128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_load_balancer_aggregation: Option<Aggregation>,
     /// Named communities.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub communities: Vec<Community>,
@@ -117,6 +121,15 @@ pub struct BGPConfigurationSpec {
     /// `None` (listen on all addresses) or `NodeIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind_mode: Option<BindMode>,
+}
+
+/// Whether LoadBalancer addresses are advertised as their ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Aggregation {
+    /// As the ranges.
+    Enabled,
+    /// One host route per address.
+    Disabled,
 }
 
 /// Where the BGP listener binds.

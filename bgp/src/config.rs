@@ -180,6 +180,10 @@ pub struct PeerConfig {
     pub address: IpAddr,
     /// Peer AS; equal to ours means iBGP.
     pub as_number: u32,
+    /// Our AS on this session when not the speaker's (BIRD's `local as`, Calico's
+    /// BGPPeer `localASNumber`): sent in OPEN, prepended on eBGP export, checked for loops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_as: Option<u32>,
     /// Peer's TCP port.
     #[serde(default = "default_port")]
     pub port: u16,
@@ -288,6 +292,7 @@ impl PeerConfig {
         PeerConfig {
             address,
             as_number,
+            local_as: None,
             port: BGP_PORT,
             source_address: None,
             passive: false,
@@ -316,6 +321,9 @@ impl PeerConfig {
         let bad = |field, reason: &str| Err(ConfigError::peer(self.address, field, reason));
         if self.as_number == 0 {
             return bad("asNumber", "0 is reserved");
+        }
+        if self.local_as == Some(0) {
+            return bad("localAs", "0 is reserved");
         }
         if self.hold_time == 1 || self.hold_time == 2 {
             return bad("holdTime", "must be 0 or at least 3 seconds (RFC 4271)");
@@ -395,9 +403,15 @@ impl PeerConfig {
         }
     }
 
-    /// Whether the session with this peer is external.
-    pub fn is_ebgp(&self, local_as: u32) -> bool {
-        self.as_number != local_as
+    /// Our AS on this session, given the speaker's.
+    pub fn local_as(&self, speaker_as: u32) -> u32 {
+        self.local_as.unwrap_or(speaker_as)
+    }
+
+    /// Whether the session with this peer is external (`speaker_as` is the speaker's AS;
+    /// the session's own `local_as` wins over it).
+    pub fn is_ebgp(&self, speaker_as: u32) -> bool {
+        self.as_number != self.local_as(speaker_as)
     }
 
     /// The TTL our packets to this peer carry.

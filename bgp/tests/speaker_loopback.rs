@@ -372,6 +372,74 @@ async fn own_as_in_the_path_is_a_loop_unless_allowed_as_in_a_rack() {
 }
 
 #[tokio::test]
+async fn a_session_local_as_is_what_the_peer_sees() {
+    // A node of AS 64512 meets a ToR (AS 65100) that expects it as AS 65010 (BIRD's
+    // `local as`, Calico's BGPPeer localASNumber); its other sessions keep 64512.
+    let (node, node_ip, node_port) = speaker_on("127.0.0.1", 1, 64512).await;
+    let (tor, tor_ip, tor_port) = speaker_on("127.0.0.2", 2, 65100).await;
+    let (other, other_ip, other_port) = speaker_on("127.0.0.3", 3, 65200).await;
+    let mut to_tor = to(tor_ip, tor_port, 65100, node_ip);
+    to_tor.local_as = Some(65010);
+    node.add_peer(to_tor).await.unwrap();
+    tor.add_peer(to(node_ip, node_port, 65010, tor_ip))
+        .await
+        .unwrap();
+    node.add_peer(to(other_ip, other_port, 65200, node_ip))
+        .await
+        .unwrap();
+    other
+        .add_peer(to(node_ip, node_port, 64512, other_ip))
+        .await
+        .unwrap();
+    node.announce(LocalRoute::new("10.244.1.0/26".parse().unwrap()))
+        .await
+        .unwrap();
+    for (h, who) in [(&tor, "the ToR"), (&other, "the other peer")] {
+        eventually(&format!("{who} has the node's block"), || async {
+            let s = h.status().await.unwrap();
+            (s.families[0].prefixes == 1).then_some(s)
+        })
+        .await;
+    }
+    let path_at = async |h: &SpeakerHandle| {
+        let routes = h.routes(Family::Ipv4Unicast, None).await.unwrap();
+        routes[0].paths[0].attributes.as_path.segments[0]
+            .asns
+            .clone()
+    };
+    assert_eq!(path_at(&tor).await, vec![65010], "the session's local AS");
+    assert_eq!(
+        path_at(&other).await,
+        vec![64512],
+        "the speaker's AS elsewhere"
+    );
+    // The ToR's own route reaches the node and is passed on to the other peer from 64512.
+    tor.announce(LocalRoute::new("10.0.100.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+    eventually(
+        "the other peer has the ToR's route through the node",
+        || async {
+            let s = other.status().await.unwrap();
+            (s.families[0].prefixes == 2).then_some(s)
+        },
+    )
+    .await;
+    let routes = other.routes(Family::Ipv4Unicast, None).await.unwrap();
+    let via_node = routes
+        .iter()
+        .find(|r| r.prefix.to_string() == "10.0.100.0/24")
+        .unwrap();
+    assert_eq!(
+        via_node.paths[0].attributes.as_path.segments[0].asns,
+        vec![64512, 65100]
+    );
+    for h in [node, tor, other] {
+        h.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn reflector_clients_share_one_update_group() {
     // A reflector and three clients on 127.0.0.1-4.
     let mut rr_cfg = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 1), 65000);

@@ -1,7 +1,8 @@
 //! BGPFilter against real peers (issue 17, item 3): node-a of the three-node cluster peers
 //! with BIRD on the router and with FRR in a namespace of its own on the same bridge, each
-//! through a BGPPeer that names filters. An import filter picks BIRD's routes by prefix and
-//! another refuses FRR's routes by community; an export filter sends FRR only node-a's own
+//! through a BGPPeer that names filters (and node-b meets BIRD with its own
+//! localASNumber). An import filter picks BIRD's routes by prefix and another refuses FRR's
+//! routes by community; an export filter sends FRR only node-a's own
 //! block, with a community added and our AS prepended once more, and none of the routes
 //! node-a learned from the other nodes (source RemotePeers). Editing a filter takes effect on
 //! the running sessions (the routes already held are filtered again), and a peer whose filter
@@ -93,7 +94,9 @@ async fn bgp_filters_choose_what_node_a_takes_from_and_sends_to_bird_and_frr() {
         "router id 192.168.1.1;\nlog stderr all;\nprotocol device {}\n\
          protocol static { ipv4; route 10.200.0.0/24 unreachable; route 10.201.0.0/24 unreachable; }\n\
          protocol bgp na { local as 65002; neighbor 192.168.1.2 as 64512; \
-         connect retry time 1; error wait time 1, 2; ipv4 { import all; export all; }; }\n",
+         connect retry time 1; error wait time 1, 2; ipv4 { import all; export all; }; }\n\
+         protocol bgp nb { local as 65002; neighbor 192.168.1.3 as 65010; \
+         connect retry time 1; error wait time 1, 2; ipv4 { import all; export none; }; }\n",
     );
     bird.start();
     // FRR on the bridge at 192.168.1.10: two prefixes, one marked with 65003:666.
@@ -189,6 +192,22 @@ async fn bgp_filters_choose_what_node_a_takes_from_and_sends_to_bird_and_frr() {
     until(&c, "BIRD has both blocks", || {
         let out = bird.birdc(&format!("show route {block_b}"));
         if out.contains(&block_b) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+
+    // BGPPeer localASNumber: node-b meets BIRD as AS 65010, not the cluster's 64512.
+    apply(
+        &c,
+        "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: bird-b}\n\
+         spec: {node: node-b, peerIP: 192.168.1.1, asNumber: 65002, localASNumber: 65010}\n",
+    )
+    .await;
+    until(&c, "BIRD has node-b's block from AS 65010", || {
+        let out = bird.birdc(&format!("show route {block_b} protocol nb all"));
+        if out.contains("BGP.as_path: 65010") {
             Ok(())
         } else {
             Err(out)

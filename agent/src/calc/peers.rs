@@ -394,14 +394,13 @@ fn session(
     };
     let mut unsupported = Vec::new();
 
-    if spec.local_as_number.is_some() {
-        unsupported.push("localASNumber".to_string());
-    }
     if spec.reachable_by.is_some() {
         unsupported.push("reachableBy (static route to the peer)".to_string());
     }
     let mut pc = PeerConfig::new(addr, as_number);
     pc.port = port;
+    // Our AS on this session (validation allows it with peerIP only).
+    pc.local_as = spec.local_as_number.filter(|_| spec.peer_ip.is_some());
     // Towards one of our nodes at its session address, every family both have.
     pc.families = node
         .and_then(|n| me.session_with(n))

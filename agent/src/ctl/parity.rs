@@ -58,7 +58,12 @@ const NOTES: &[(&str, &str, &str)] = &[
     (
         "BGPConfiguration",
         "serviceLoadBalancerIPs",
-        "`default` only; aggregated (the range from every node), Local services' ingress IPs as /32",
+        "`default` only; the range from every node (each address as /32 with serviceLoadBalancerAggregation Disabled), Local services' ingress IPs as /32 from their endpoints' nodes",
+    ),
+    (
+        "BGPPeer",
+        "localASNumber",
+        "with peerIP only (refused by name on node-to-node peerings, which run with the node's AS)",
     ),
     (
         "BGPFilter",
@@ -287,7 +292,7 @@ mod tests {
         };
         assert_eq!(status("BGPPeer", "peerIP"), "supported");
         assert!(status("BGPPeer", "reversePeering").starts_with("refused"));
-        assert!(status("BGPPeer", "localASNumber").starts_with("refused"));
+        assert!(status("BGPPeer", "localASNumber").starts_with("supported"));
         assert!(status("BGPConfiguration", "bindMode").contains("only `None`"));
         assert_eq!(status("BGPPeer", "maxPrefix"), "Serval extension");
         assert_eq!(status("IPPool", "natOutgoing"), "supported");

@@ -178,7 +178,13 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         refuse_unsupported(BGPConfiguration::crd(), &bgp),
         refuse_unsupported(
             BGPPeer::crd(),
-            &[unset("localASNumber"), unset("reachableBy")],
+            &[
+                unset("reachableBy"),
+                (
+                    "localASNumber",
+                    "!has(self.localASNumber) || has(self.peerIP)".to_string(),
+                ),
+            ],
         ),
         BGPFilter::crd(),
         refuse_unsupported(

@@ -139,9 +139,14 @@ fn bgp_configuration_rules() {
     assert!(problems::<BGPConfiguration>(none).is_empty());
     let node_ip = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {bindMode: NodeIP}\n";
     assert_eq!(problems::<BGPConfiguration>(node_ip), ["spec.bindMode"]);
-    // A per-peer local AS or a gateway route would be silently missing: refused.
+    // A per-peer local AS towards an external peer; not on node-to-node peerings.
     let peer = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n";
-    assert_eq!(problems::<BGPPeer>(peer), ["spec.localASNumber"]);
+    assert!(problems::<BGPPeer>(peer).is_empty());
+    let nodes = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: rr}\nspec: {peerSelector: all(), localASNumber: 65100}\n";
+    assert_eq!(problems::<BGPPeer>(nodes), ["spec.localASNumber"]);
+    let zero = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 0}\n";
+    assert_eq!(problems::<BGPPeer>(zero), ["spec.localASNumber"]);
+    // A gateway route would be silently missing: refused.
     let via = "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, reachableBy: 10.0.0.254}\n";
     assert_eq!(problems::<BGPPeer>(via), ["spec.reachableBy"]);
     let bad = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: node-1}\nspec:\n  asNumber: 0\n  listenPort: 0\n  logSeverityScreen: Loud\n  serviceClusterIPs: [{cidr: nope}]\n  prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: [unknown]}]\n  nodeMeshMaxRestartTime: 2m\n";

@@ -434,10 +434,10 @@ pub(crate) fn bgp_peer(s: &BGPPeerSpec, p: &mut Problems) {
             p.add(format!("spec.filters[{i}]"), "must name a BGPFilter");
         }
     }
-    if s.local_as_number.is_some() {
+    if s.local_as_number.is_some() && s.peer_ip.is_none() {
         p.add(
             "spec.localASNumber",
-            "is not supported yet (the session would run with the node's own AS); remove it",
+            "applies to a peerIP peering only (a node-to-node session runs with the node's AS)",
         );
     }
     if s.reachable_by.is_some() {

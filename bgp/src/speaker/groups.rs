@@ -28,6 +28,8 @@ pub(crate) struct GroupKey {
     /// Extended messages (RFC 8654) were negotiated: UPDATEs may reach 65,535 bytes.
     pub extended_messages: bool,
     pub as_number: u32,
+    /// Our AS towards the group (the speaker's, or the peers' `local_as`).
+    pub local_as: u32,
     pub ebgp: bool,
     pub rr_client: bool,
     pub next_hop: NextHopMode,

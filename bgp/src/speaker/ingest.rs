@@ -78,7 +78,10 @@ impl Speaker {
     fn rejects_path(&self, id: PeerId, attrs: &PathAttributes) -> bool {
         let entry = &self.peers[&id];
         let why = if entry.ebgp()
-            && attrs.as_path.count(self.cfg.as_number) > usize::from(entry.cfg().allow_local_as)
+            && attrs
+                .as_path
+                .count(entry.cfg().local_as(self.cfg.as_number))
+                > usize::from(entry.cfg().allow_local_as)
         {
             Some("AS path contains our AS (loop)")
         } else if entry.ebgp()

@@ -150,6 +150,7 @@ impl Speaker {
             four_octet_as: session.neg.four_octet_as,
             extended_messages: session.neg.extended_messages,
             as_number: entry.cfg().as_number,
+            local_as: entry.cfg().local_as(self.cfg.as_number),
             ebgp: entry.ebgp(),
             rr_client: entry.cfg().route_reflector_client,
             next_hop: entry.cfg().next_hop,
@@ -489,7 +490,7 @@ impl Speaker {
             self_v6: key.self_v6,
         };
         let me = SpeakerSide {
-            local_as: self.cfg.as_number,
+            local_as: key.local_as,
             router_id: self.cfg.router_id,
             cluster_id: self.cfg.cluster_id,
             default_local_pref: self.cfg.default_local_pref,

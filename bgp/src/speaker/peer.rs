@@ -125,7 +125,7 @@ impl PeerEntry {
         let bfd_state = cfg.bfd.as_ref().map(|_| crate::bfd::BfdState::Down);
         let ebgp = cfg.is_ebgp(speaker.as_number);
         let fsm = Fsm::new(FsmConfig {
-            local_as: speaker.as_number,
+            local_as: cfg.local_as(speaker.as_number),
             remote_as: cfg.as_number,
             router_id: speaker.router_id,
             hold_time: cfg.hold_time,

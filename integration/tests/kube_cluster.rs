@@ -112,7 +112,7 @@ fn the_manifests_pass_a_real_api_servers_validation() {
         (
             "las.yaml",
             "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: las}\n\
-             spec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n",
+             spec: {peerSelector: all(), localASNumber: 65100}\n",
             "spec.localASNumber is not supported by Serval yet",
         ),
         (
@@ -122,10 +122,10 @@ fn the_manifests_pass_a_real_api_servers_validation() {
             "spec.allowedUses is not supported by Serval yet",
         ),
         (
-            "v6vx.yaml",
-            "apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: v6vx}\n\
-             spec: {ipv6VXLANTunnelAddr: 'fd00::1'}\n",
-            "spec.ipv6VXLANTunnelAddr is not supported by Serval yet",
+            "via.yaml",
+            "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: via}\n\
+             spec: {peerIP: 10.0.0.1, asNumber: 65000, reachableBy: 10.0.0.254}\n",
+            "spec.reachableBy is not supported by Serval yet",
         ),
     ] {
         let path = scratch.path(file);
@@ -153,6 +153,18 @@ fn the_manifests_pass_a_real_api_servers_validation() {
     )
     .unwrap();
     let out = apply(&api, &both, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Supported now: a session's own AS towards a peerIP, a node's IPv6 VXLAN endpoint.
+    let now = scratch.path("now-supported.yaml");
+    std::fs::write(
+        &now,
+        "apiVersion: serval.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\n\
+         spec: {peerIP: 10.0.0.1, asNumber: 65000, localASNumber: 65100}\n---\n\
+         apiVersion: serval.dev/v1\nkind: Node\nmetadata: {name: v6vx}\n\
+         spec: {ipv6VXLANTunnelAddr: 'fd00::1', vxlanTunnelMACAddrV6: '66:00:00:00:00:01'}\n",
+    )
+    .unwrap();
+    let out = apply(&api, &now, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
 

@@ -429,6 +429,13 @@ pub async fn three_nodes_with(test: &str, encap: Encap, env: &[&str]) -> Option<
     three_nodes_on_etcd(test, encap, env, false).await
 }
 
+/// [`three_nodes`] with etcd's data on the machine's disk (every write waits for fsync), as
+/// a real cluster runs: for benchmarks of datastore round trips.
+pub async fn three_nodes_etcd_on_disk(test: &str, encap: Encap) -> Option<Cluster> {
+    let etcd = EtcdServer::start_on_disk(test)?;
+    three_nodes_with_etcd(test, encap, &[], false, etcd).await
+}
+
 /// The three-node cluster dual-stack (VXLAN CrossSubnet in both families): the nodes have
 /// IPv6 addresses too (2001:db8:1::/64 for a and b, 2001:db8:2::/64 for c), serval-node runs
 /// with Calico's IPv6 settings (`IP6=autodetect`, `CALICO_IPV6POOL_CIDR=fd00:10:244::/48`
@@ -453,6 +460,19 @@ async fn three_nodes_on_etcd(
         return None;
     }
     let etcd = EtcdServer::start(test)?;
+    three_nodes_with_etcd(test, encap, env, dual_stack, etcd).await
+}
+
+async fn three_nodes_with_etcd(
+    test: &str,
+    encap: Encap,
+    env: &[&str],
+    dual_stack: bool,
+    etcd: EtcdServer,
+) -> Option<Cluster> {
+    if !require::lab_ready(test, &["ip", "etcd", "ping"]) || !encap_ready(test, encap) {
+        return None;
+    }
     let ds = Datastore::new(AnyBackend::Etcd(Box::new(
         EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap(),
     )));

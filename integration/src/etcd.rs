@@ -96,13 +96,23 @@ impl EtcdServer {
 
     /// [`EtcdServer::start`] with extra etcd flags.
     pub fn start_with(test: &str, extra: &[&str]) -> Option<EtcdServer> {
+        Self::start_where(test, extra, false)
+    }
+
+    /// etcd with its data on the machine's disk, as a cluster runs it (every write waits for
+    /// fsync): for benchmarks of what a datastore round trip costs.
+    pub fn start_on_disk(test: &str) -> Option<EtcdServer> {
+        Self::start_where(test, &[], true)
+    }
+
+    fn start_where(test: &str, extra: &[&str], on_disk: bool) -> Option<EtcdServer> {
         if !require::tools_present(test, &["etcd"]) {
             return None;
         }
         let dir = Scratch::new("etcd");
         // On tmpfs when there is one: etcd fsyncs every write, which a test need not wait for.
         let shm = std::path::Path::new("/dev/shm");
-        let data = if shm.is_dir() {
+        let data = if shm.is_dir() && !on_disk {
             shm.join(dir.0.file_name().expect("scratch dir has a name"))
         } else {
             dir.path("data")
@@ -110,6 +120,44 @@ impl EtcdServer {
         let mut server = EtcdServer::launch(dir, data, None, extra);
         server.spawn();
         Some(server)
+    }
+
+    /// Counters from etcd's `/metrics`: requests by gRPC method (`Range`, `Txn`, `Put`,
+    /// `DeleteRange`, ...), `proposals` (writes committed through raft) and the WAL's
+    /// `fsync_count` / `fsync_us` (total microseconds), to count what a client operation costs
+    /// the datastore.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        use std::io::{Read, Write};
+        let mut out = std::collections::BTreeMap::new();
+        let port = self.tls.as_ref().map_or(self.client_port, |(_, m)| *m);
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return out;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        if conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
+            return out;
+        }
+        let mut text = String::new();
+        let _ = conn.read_to_string(&mut text);
+        for line in text.lines() {
+            let value = || line.rsplit(' ').next()?.parse::<f64>().ok();
+            if let Some(rest) = line.strip_prefix("grpc_server_handled_total{")
+                && rest.contains("grpc_service=\"etcdserverpb.KV\"")
+                && let Some(method) = rest
+                    .split("grpc_method=\"")
+                    .nth(1)
+                    .and_then(|m| m.split('"').next())
+            {
+                *out.entry(method.to_string()).or_default() += value().unwrap_or(0.0) as u64;
+            } else if line.starts_with("etcd_server_proposals_committed_total ") {
+                out.insert("proposals".into(), value().unwrap_or(0.0) as u64);
+            } else if line.starts_with("etcd_disk_wal_fsync_duration_seconds_count ") {
+                out.insert("fsync_count".into(), value().unwrap_or(0.0) as u64);
+            } else if line.starts_with("etcd_disk_wal_fsync_duration_seconds_sum ") {
+                out.insert("fsync_us".into(), (value().unwrap_or(0.0) * 1e6) as u64);
+            }
+        }
+        out
     }
 
     /// The server's settings; [`EtcdServer::spawn`] starts it.

@@ -70,6 +70,10 @@ impl LoopbackForward {
                         let _ = inner.shutdown(Shutdown::Both);
                         return;
                     };
+                    // A relay must not hold small writes back (Nagle against the peer's
+                    // delayed ACK costs ~40 ms per request/response round trip).
+                    let _ = inner.set_nodelay(true);
+                    let _ = outer.set_nodelay(true);
                     let (Ok(inner2), Ok(outer2)) = (inner.try_clone(), outer.try_clone()) else {
                         return;
                     };

@@ -48,6 +48,7 @@ fn calico_names_are_read_and_errors_name_what_the_operator_set() {
     // datastore check: etcd settings with the Kubernetes datastore).
     let (ok, err) = run(&[
         ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"),
+        ("CALICO_IPV6POOL_IPIP", "Always"),
         ("CALICO_IPV6POOL_CIDR", "fd00::/48"),
         ("CALICO_IPV4POOL_CIDR", "10.1.0.0/16"),
         ("ETCD_ENDPOINTS", "http://127.0.0.1:1"),
@@ -55,10 +56,12 @@ fn calico_names_are_read_and_errors_name_what_the_operator_set() {
     assert!(!ok);
     assert!(
         err.contains("FELIX_DEFAULTENDPOINTTOHOSTACTION")
-            && err.contains("CALICO_IPV6POOL_CIDR")
+            && err.contains("variable=CALICO_IPV6POOL_IPIP")
             && err.contains("not supported"),
         "{err}"
     );
+    // Both pool families' CIDRs are read (IPv6 ones are used once IP6 is set).
     assert!(!err.contains("variable=CALICO_IPV4POOL_CIDR"), "{err}");
+    assert!(!err.contains("variable=CALICO_IPV6POOL_CIDR"), "{err}");
     assert!(err.contains("ETCD_ENDPOINTS"), "{err}");
 }

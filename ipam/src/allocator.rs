@@ -19,7 +19,7 @@ use crate::error::{Family, IpamError};
 use crate::model::{
     ATTR_NODE, ATTR_TYPE, AffinityState, AllocationAttribute, Block, BlockAffinity, Handle, Pool,
 };
-use crate::store::{IpamStore, Versioned, affinity_key};
+use crate::store::{IpamStore, StoreError, Versioned, affinity_key};
 
 /// Bound on compare-and-swap attempts for one object before giving up.
 pub const MAX_CAS_ATTEMPTS: u32 = 100;
@@ -48,6 +48,20 @@ pub struct Assigned {
     pub v4: Vec<IpAddr>,
     /// IPv6 addresses.
     pub v6: Vec<IpAddr>,
+    /// The handle held addresses before this request (a repeated ADD): undoing it must not
+    /// release them.
+    pub held_before: bool,
+}
+
+/// What one family's assignment starts from, read concurrently: one round trip to the
+/// datastore instead of six in a row.
+struct AssignStart {
+    held: Vec<IpAddr>,
+    handle_absent: bool,
+    pools: Vec<Pool>,
+    config: crate::model::IpamConfig,
+    reserved: Vec<IpNet>,
+    affine: Vec<IpNet>,
 }
 
 /// Which tunnel a node address is for; decides the handle and the `type` attribute.
@@ -138,9 +152,10 @@ impl<S: IpamStore> Ipam<S> {
         family: Family,
         names: &[String],
     ) -> Result<Vec<Pool>, IpamError> {
-        let labels = self.store.node_labels(node).await?.unwrap_or_default();
+        let (labels, pools) = futures::try_join!(self.store.node_labels(node), self.store.pools())?;
+        let labels = labels.unwrap_or_default();
         let mut out = Vec::new();
-        for pool in self.store.pools().await? {
+        for pool in pools {
             if pool.disabled || family_of(&pool.cidr) != family {
                 continue;
             }
@@ -185,18 +200,22 @@ impl<S: IpamStore> Ipam<S> {
 
     /// Assigns addresses for a request; idempotent per handle.
     pub async fn auto_assign(&self, req: &AssignRequest) -> Result<Assigned, IpamError> {
-        let v4 = self.assign_family(req, Family::V4, req.num_v4).await?;
-        let v6 = match self.assign_family(req, Family::V6, req.num_v6).await {
+        let (v4, held_v4) = self.assign_family(req, Family::V4, req.num_v4).await?;
+        let (v6, held_v6) = match self.assign_family(req, Family::V6, req.num_v6).await {
             Ok(v6) => v6,
             Err(e) => {
                 // All or nothing: do not keep the IPv4 half of a failed dual-stack request.
-                if !v4.is_empty() {
+                if !v4.is_empty() && !held_v4 {
                     self.release_ips(&v4).await?;
                 }
                 return Err(e);
             }
         };
-        Ok(Assigned { v4, v6 })
+        Ok(Assigned {
+            v4,
+            v6,
+            held_before: held_v4 || held_v6,
+        })
     }
 
     /// The node's tunnel address of the given kind, allocated once and then returned again.
@@ -233,8 +252,17 @@ impl<S: IpamStore> Ipam<S> {
         handle: &str,
         family: Option<Family>,
     ) -> Result<Vec<IpAddr>, IpamError> {
+        Ok(self.held_by_handle(handle, family).await?.0)
+    }
+
+    /// Addresses `handle` already holds (of `family`), and whether the handle is absent.
+    async fn held_by_handle(
+        &self,
+        handle: &str,
+        family: Option<Family>,
+    ) -> Result<(Vec<IpAddr>, bool), IpamError> {
         let Some(h) = self.store.get::<Handle>(handle).await? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         };
         let mut out = Vec::new();
         for cidr in h.value.block.keys() {
@@ -243,24 +271,56 @@ impl<S: IpamStore> Ipam<S> {
             }
         }
         out.retain(|ip| family.is_none_or(|f| family_of_ip(ip) == f));
-        Ok(out)
+        Ok((out, false))
     }
 
+    /// Everything an assignment of `family` starts from, read at once.
+    async fn assign_start(
+        &self,
+        req: &AssignRequest,
+        family: Family,
+    ) -> Result<AssignStart, IpamError> {
+        let store_err = |e: StoreError| IpamError::from(e);
+        let ((held, handle_absent), pools, config, reserved, affine) = futures::try_join!(
+            self.held_by_handle(&req.handle, Some(family)),
+            self.pools_for(&req.node, family, &req.pools),
+            async { self.store.config().await.map_err(store_err) },
+            async { self.store.reservations().await.map_err(store_err) },
+            self.affine_blocks(&req.node),
+        )?;
+        Ok(AssignStart {
+            held,
+            handle_absent,
+            pools,
+            config,
+            reserved,
+            affine,
+        })
+    }
+
+    /// The family's addresses for the request, and whether the handle held some before.
     async fn assign_family(
         &self,
         req: &AssignRequest,
         family: Family,
         wanted: usize,
-    ) -> Result<Vec<IpAddr>, IpamError> {
+    ) -> Result<(Vec<IpAddr>, bool), IpamError> {
         if wanted == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
-        let mut got = self.ips_for_handle(&req.handle, Some(family)).await?;
+        let AssignStart {
+            held: mut got,
+            handle_absent,
+            pools,
+            config,
+            reserved,
+            affine: first_affine,
+        } = self.assign_start(req, family).await?;
+        let held_before = !got.is_empty();
         if got.len() >= wanted {
             got.truncate(wanted);
-            return Ok(got);
+            return Ok((got, held_before));
         }
-        let pools = self.pools_for(&req.node, family, &req.pools).await?;
         if pools.is_empty() {
             return Err(IpamError::NoPool {
                 family,
@@ -272,8 +332,6 @@ impl<S: IpamStore> Ipam<S> {
                 },
             });
         }
-        let config = self.store.config().await?;
-        let reserved = self.store.reservations().await?;
         let mut secondary = req.attrs.clone();
         secondary.insert(ATTR_NODE.to_string(), req.node.clone());
         let attr = AllocationAttribute {
@@ -282,25 +340,31 @@ impl<S: IpamStore> Ipam<S> {
         };
         let host = Block::host_affinity(&req.node);
         let newly_got_from = got.len();
+        // Known absent (no read before the first write); after any write, read as usual.
+        let mut handle_absent = handle_absent;
+        let mut first_affine = Some(first_affine);
         let result = async {
             for _ in 0..MAX_CAS_ATTEMPTS {
                 if got.len() >= wanted {
                     return Ok(());
                 }
-                // 1. The node's own blocks.
-                let affine: Vec<IpNet> = self
-                    .affine_blocks(&req.node)
-                    .await?
+                // 1. The node's own blocks (read again after a claim).
+                let affine_now = match first_affine.take() {
+                    Some(a) => a,
+                    None => self.affine_blocks(&req.node).await?,
+                };
+                let affine: Vec<IpNet> = affine_now
                     .into_iter()
                     .filter(|b| pools.iter().any(|p| p.cidr.contains(b)))
                     .collect();
                 for cidr in &affine {
                     let need = wanted - got.len();
                     let ips = self
-                        .assign_in_block(cidr, need, &attr, &reserved, |b| {
+                        .assign_in_block(cidr, need, &attr, &reserved, handle_absent, |b| {
                             b.affinity.as_deref() == Some(host.as_str())
                         })
                         .await?;
+                    handle_absent &= ips.is_empty();
                     got.extend(ips);
                     if got.len() >= wanted {
                         return Ok(());
@@ -330,8 +394,9 @@ impl<S: IpamStore> Ipam<S> {
                     }
                     let need = wanted - got.len();
                     let ips = self
-                        .assign_in_block(&cidr, need, &attr, &reserved, |_| true)
+                        .assign_in_block(&cidr, need, &attr, &reserved, handle_absent, |_| true)
                         .await?;
+                    handle_absent &= ips.is_empty();
                     self.stats
                         .borrowed
                         .fetch_add(ips.len() as u64, Ordering::Relaxed);
@@ -360,16 +425,18 @@ impl<S: IpamStore> Ipam<S> {
                 got: got.len() + fresh.len(),
             });
         }
-        Ok(got)
+        Ok((got, held_before))
     }
 
-    /// Assigns up to `count` addresses in one block (block write, then handle write).
+    /// Assigns up to `count` addresses in one block (block write, then handle write; the
+    /// handle is created without reading it first when `handle_absent`).
     async fn assign_in_block(
         &self,
         cidr: &IpNet,
         count: usize,
         attr: &AllocationAttribute,
         reserved: &[IpNet],
+        handle_absent: bool,
         still_usable: impl Fn(&Block) -> bool,
     ) -> Result<Vec<IpAddr>, IpamError> {
         let key = cidr.to_string();
@@ -390,7 +457,12 @@ impl<S: IpamStore> Ipam<S> {
                         .handle_id
                         .as_deref()
                         .expect("allocations carry a handle");
-                    if let Err(e) = self.add_to_handle(handle, &key, ips.len() as u32).await {
+                    let added = self
+                        .change_handle_from(handle, handle_absent, |h| {
+                            *h.block.entry(key.clone()).or_insert(0) += ips.len() as u32;
+                        })
+                        .await;
+                    if let Err(e) = added {
                         // Undo the block write so nothing is held without a handle.
                         self.release_ips(&ips).await?;
                         return Err(e);
@@ -586,8 +658,25 @@ impl<S: IpamStore> Ipam<S> {
         handle: &str,
         change: impl Fn(&mut Handle),
     ) -> Result<(), IpamError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let result = match self.store.get::<Handle>(handle).await? {
+        self.change_handle_from(handle, false, change).await
+    }
+
+    /// [`Ipam::change_handle`]; with `assume_absent` the first attempt creates the handle
+    /// without reading it (a create is itself the compare-and-swap: if the handle appeared
+    /// meanwhile it fails as a race and the next attempt reads it).
+    async fn change_handle_from(
+        &self,
+        handle: &str,
+        assume_absent: bool,
+        change: impl Fn(&mut Handle),
+    ) -> Result<(), IpamError> {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let current = if attempt == 0 && assume_absent {
+                None
+            } else {
+                self.store.get::<Handle>(handle).await?
+            };
+            let result = match current {
                 None => {
                     let mut h = Handle {
                         handle_id: handle.to_string(),

@@ -53,12 +53,29 @@ async fn handles(ipam: &Ipam<MemoryStore>) -> Vec<Handle> {
 }
 
 #[test]
+fn an_assignment_in_an_existing_block_costs_two_writes_and_no_handle_read() {
+    run(async {
+        let ipam = ipam(vec![pool("p", "10.0.0.0/24", 26)], &["n1"]);
+        ipam.auto_assign(&req("h1", "n1", 1, 0)).await.unwrap();
+        let (reads0, writes0) = ipam.store().requests();
+        ipam.auto_assign(&req("h2", "n1", 1, 0)).await.unwrap();
+        let (reads, writes) = ipam.store().requests();
+        // The block (compare-and-swap) and the new handle (created without reading it).
+        assert_eq!(writes - writes0, 2);
+        // The starting reads (handle, node labels, pools, config, reservations, affinities)
+        // go out together, then the block itself: nothing else.
+        assert_eq!(reads - reads0, 7);
+    });
+}
+
+#[test]
 fn same_handle_gets_the_same_address_back() {
     run(async {
         let ipam = ipam(vec![pool("p", "10.0.0.0/24", 26)], &["n1"]);
         let a = ipam.auto_assign(&req("h1", "n1", 1, 0)).await.unwrap();
         let again = ipam.auto_assign(&req("h1", "n1", 1, 0)).await.unwrap();
-        assert_eq!(a, again);
+        assert!(!a.held_before && again.held_before);
+        assert_eq!(a.v4, again.v4);
         let b = ipam.auto_assign(&req("h2", "n1", 1, 0)).await.unwrap();
         assert_ne!(a.v4, b.v4);
         assert_eq!(ipam.affine_blocks("n1").await.unwrap().len(), 1);

@@ -18,6 +18,8 @@ struct State {
     config: IpamConfig,
     nodes: BTreeMap<String, Labels>,
     reservations: Vec<IpNet>,
+    /// Requests served: (reads, writes).
+    requests: (u64, u64),
 }
 
 /// A process-local store with the same compare-and-swap rules as the real ones.
@@ -81,10 +83,16 @@ impl MemoryStore {
     pub fn set_pools(&self, pools: Vec<Pool>) {
         self.with(|s| s.pools = pools);
     }
+
+    /// Requests served so far, (reads, writes): what an operation costs a real datastore.
+    pub fn requests(&self) -> (u64, u64) {
+        self.with(|s| s.requests)
+    }
 }
 
 impl IpamStore for MemoryStore {
     async fn get<T: IpamObject>(&self, key: &str) -> Result<Option<Versioned<T>>, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         self.with(|s| match s.objects.get(&(T::KIND, key.to_string())) {
             Some((v, rev)) => decode(v, *rev).map(Some),
             None => Ok(None),
@@ -92,6 +100,7 @@ impl IpamStore for MemoryStore {
     }
 
     async fn list<T: IpamObject>(&self) -> Result<Vec<Versioned<T>>, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         self.with(|s| {
             s.objects
                 .iter()
@@ -104,6 +113,7 @@ impl IpamStore for MemoryStore {
     async fn create<T: IpamObject>(&self, value: &T) -> Result<Versioned<T>, StoreError> {
         let json = serde_json::to_value(value).map_err(|e| StoreError::Backend(e.into()))?;
         self.with(|s| {
+            s.requests.1 += 1;
             let key = (T::KIND, value.key());
             if s.objects.contains_key(&key) {
                 return Err(StoreError::AlreadyExists {
@@ -126,6 +136,7 @@ impl IpamStore for MemoryStore {
     ) -> Result<Versioned<T>, StoreError> {
         let json = serde_json::to_value(&value.value).map_err(|e| StoreError::Backend(e.into()))?;
         self.with(|s| {
+            s.requests.1 += 1;
             let key = (T::KIND, value.value.key());
             match s.objects.get(&key) {
                 Some((_, rev)) if rev.to_string() == value.revision => {}
@@ -147,6 +158,7 @@ impl IpamStore for MemoryStore {
 
     async fn delete<T: IpamObject>(&self, key: &str, revision: &str) -> Result<(), StoreError> {
         self.with(|s| {
+            s.requests.1 += 1;
             let k = (T::KIND, key.to_string());
             match s.objects.get(&k) {
                 Some((_, rev)) if rev.to_string() == revision => {
@@ -162,18 +174,22 @@ impl IpamStore for MemoryStore {
     }
 
     async fn pools(&self) -> Result<Vec<Pool>, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         Ok(self.with(|s| s.pools.clone()))
     }
 
     async fn config(&self) -> Result<IpamConfig, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         Ok(self.with(|s| s.config.clone()))
     }
 
     async fn node_labels(&self, node: &str) -> Result<Option<Labels>, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         Ok(self.with(|s| s.nodes.get(node).cloned()))
     }
 
     async fn reservations(&self) -> Result<Vec<IpNet>, StoreError> {
+        self.with(|s| s.requests.0 += 1);
         Ok(self.with(|s| s.reservations.clone()))
     }
 }

@@ -199,10 +199,6 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
     let ds = connect(conf).await?;
     let ipam = Ipam::new(ds.clone());
     let handle = handle_id(conf, env);
-    let held_before = ipam
-        .ips_for_handle(&handle, None)
-        .await
-        .map_err(ipam_error)?;
     let req = AssignRequest {
         handle: handle.clone(),
         node: node.clone(),
@@ -228,7 +224,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<AddResult, CniError> {
     let addresses: Vec<IpAddr> = assigned.v4.iter().chain(&assigned.v6).copied().collect();
     // Undo only what this call allocated.
     let undo_ipam = |e: CniError| async {
-        if held_before.is_empty() {
+        if !assigned.held_before {
             let _ = ipam.release_by_handle(&handle).await;
         }
         e

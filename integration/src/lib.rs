@@ -4,6 +4,7 @@
 //! (skip with a printed reason when the kernel lacks something; fail when `CI=true` and
 //! an installed tool is missing).
 
+pub mod bench_table;
 pub mod clab;
 pub mod cluster;
 pub mod cni;

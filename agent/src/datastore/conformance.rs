@@ -323,11 +323,13 @@ pub async fn ipam_basics<B: Backend>(ds: Datastore<B>) {
         ..AssignRequest::default()
     };
     let got = ipam.auto_assign(&req).await.unwrap();
+    let again = ipam.auto_assign(&req).await.unwrap();
     assert_eq!(
-        ipam.auto_assign(&req).await.unwrap(),
-        got,
+        (&again.v4, &again.v6),
+        (&got.v4, &got.v6),
         "idempotent by handle"
     );
+    assert!(!got.held_before && again.held_before);
     let blocks = ipam.affine_blocks("node-1").await.unwrap();
     assert_eq!(blocks.len(), 1);
     // Stored as Calico names them.

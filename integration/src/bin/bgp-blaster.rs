@@ -1,7 +1,8 @@
 //! A minimal BGP load generator and sink for benchmarks, built on serval-bgp's codec.
 //!
 //! `bgp-blaster feed ...` connects, exchanges OPENs and sends N IPv4 prefixes (packed by
-//! attribute set) then End-of-RIB; `bgp-blaster sink ...` accepts one session and prints
+//! attribute set; `--profile shared|sets1000|realistic`, `--offset`, `--source`) then
+//! End-of-RIB; `bgp-blaster sink ...` accepts one session and prints
 //! `COMPLETE <unix-ms>` once it holds N distinct prefixes. Both keep the session alive
 //! until killed. `bgp-blaster stall ...` is a peer that stops reading: it connects with a
 //! tiny receive buffer, exchanges OPENs, then only sends KEEPALIVEs and prints
@@ -14,11 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use serval_bgp::af::Family;
-use serval_bgp::packet::attribute::{AsPath, DecodeContext, EncodeContext, PathAttributes};
+use serval_bgp::packet::attribute::{DecodeContext, EncodeContext};
 use serval_bgp::packet::capability::Capability;
 use serval_bgp::packet::message::{
     HEADER_LEN, Message, Open, Update, decode_header, pack_announcements,
 };
+use serval_integration::bench_table::{self, Profile};
 
 fn now_ms() -> u128 {
     SystemTime::now()
@@ -32,6 +34,26 @@ fn arg(args: &[String], name: &str) -> String {
         .find(|w| w[0] == name)
         .map(|w| w[1].clone())
         .unwrap_or_else(|| panic!("missing {name}"))
+}
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+}
+
+/// A TCP connection to `peer`, from `source` when given.
+fn connect_from(peer: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(peer),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(ip) = source {
+        sock.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    sock.connect(&peer.into())?;
+    Ok(sock.into())
 }
 
 fn read_msg(s: &mut TcpStream, ctx: DecodeContext) -> std::io::Result<Message> {
@@ -106,47 +128,33 @@ fn feed(args: &[String]) -> std::io::Result<()> {
     // `--ibgp`: a client of a reflector, so no own AS in the path and a LOCAL_PREF.
     let ibgp = args.iter().any(|a| a == "--ibgp");
     // `--rounds N`: send the table N times, each round with other communities (churn).
-    let rounds: u32 = args
-        .windows(2)
-        .find(|w| w[0] == "--rounds")
-        .map_or(1, |w| w[1].parse().expect("--rounds N"));
+    let rounds: u32 = opt(args, "--rounds").map_or(1, |v| v.parse().expect("--rounds N"));
+    // `--profile`: the table's shape (see `bench_table`); `--offset N`: start at the N-th
+    // prefix, so several feeders announce disjoint tables.
+    let profile: Profile = opt(args, "--profile")
+        .map_or(Ok(Profile::Sets1000), |v| v.parse())
+        .expect("--profile");
+    let offset: u32 = opt(args, "--offset").map_or(0, |v| v.parse().expect("--offset N"));
+    let source: Option<IpAddr> = opt(args, "--source").map(|v| v.parse().expect("--source IP"));
     // Pre-encode everything so the measurement is the receiver's speed, not ours.
-    let sets = 1000u32;
+    let table = bench_table::table(profile, count, offset, asn, ibgp, nh);
     let mut msgs = Vec::new();
-    for (round, set) in (0..rounds).flat_map(|r| (0..sets).map(move |s| (r, s))) {
-        let path: Vec<u32> = if ibgp {
-            vec![3356, 64_000 + set % 1000]
-        } else {
-            vec![asn, 3356, 64_000 + set % 1000]
-        };
-        let attrs = PathAttributes {
-            as_path: AsPath::from_sequence(path),
-            next_hop: Some(IpAddr::V4(nh)),
-            med: Some(set),
-            local_pref: ibgp.then_some(100),
-            communities: if round == 0 {
-                vec![asn << 16 | (set & 0xffff)]
-            } else {
-                vec![asn << 16 | (set & 0xffff), 0xfff0_0000 | round]
-            },
-            ..Default::default()
-        };
-        let per = count / sets + u32::from(set < count % sets);
-        let base = (0..set)
-            .map(|s| count / sets + u32::from(s < count % sets))
-            .sum::<u32>();
-        let prefixes: Vec<Ipv4Net> = (0..per)
-            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x1000_0000 + ((base + i) << 8)), 24).unwrap())
-            .collect();
-        pack_announcements(
-            &attrs,
-            &prefixes,
-            EncodeContext {
-                four_octet_as: true,
-                extended_messages: false,
-            },
-            &mut msgs,
-        );
+    for round in 0..rounds {
+        for (attrs, prefixes) in &table {
+            let mut attrs = attrs.clone();
+            if round > 0 {
+                attrs.communities.push(0xfff0_0000 | round);
+            }
+            pack_announcements(
+                &attrs,
+                prefixes,
+                EncodeContext {
+                    four_octet_as: true,
+                    extended_messages: false,
+                },
+                &mut msgs,
+            );
+        }
     }
     msgs.push(
         Message::Update(Update::end_of_rib_marker(Family::Ipv4Unicast)).encode(EncodeContext {
@@ -155,7 +163,7 @@ fn feed(args: &[String]) -> std::io::Result<()> {
         }),
     );
     let mut s = loop {
-        match TcpStream::connect(peer) {
+        match connect_from(peer, source) {
             Ok(s) => break s,
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
@@ -272,7 +280,7 @@ fn main() -> std::io::Result<()> {
         Some("stall") => stall(&args),
         _ => {
             eprintln!(
-                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP [--ibgp] [--rounds N]\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N\n       bgp-blaster stall --peer ADDR:PORT --as N --id IP [--source IP]"
+                "usage: bgp-blaster feed --peer ADDR:PORT --as N --id IP --count N --next-hop IP [--ibgp] [--rounds N] [--profile shared|sets1000|realistic] [--offset N] [--source IP]\n       bgp-blaster sink --listen ADDR:PORT --as N --id IP --count N\n       bgp-blaster stall --peer ADDR:PORT --as N --id IP [--source IP]"
             );
             std::process::exit(2)
         }

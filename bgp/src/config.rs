@@ -225,6 +225,10 @@ pub struct PeerConfig {
     /// Families to offer.
     #[serde(default = "default_families")]
     pub families: Vec<Family>,
+    /// Whether this peer is sent routes at all; `false` is BIRD's `export none` (a feed
+    /// that only gives routes): the peer is in no update group and gets only End-of-RIB.
+    #[serde(default = "default_true")]
+    pub export: bool,
     /// Treat this iBGP peer as a route-reflector client (needs a cluster ID).
     #[serde(default)]
     pub route_reflector_client: bool,
@@ -293,6 +297,7 @@ impl PeerConfig {
             address,
             as_number,
             local_as: None,
+            export: true,
             port: BGP_PORT,
             source_address: None,
             passive: false,

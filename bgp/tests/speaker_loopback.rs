@@ -440,6 +440,65 @@ async fn a_session_local_as_is_what_the_peer_sees() {
 }
 
 #[tokio::test]
+async fn a_peer_with_export_off_is_sent_nothing() {
+    // BIRD's `export none`: a feed that only gives routes. The node learns the feed's
+    // route and passes it to the other peer, and sends the feed nothing of the other's.
+    let (node, node_ip, node_port) = speaker_on("127.0.0.1", 1, 65001).await;
+    let (feed, feed_ip, feed_port) = speaker_on("127.0.0.2", 2, 65002).await;
+    let (other, other_ip, other_port) = speaker_on("127.0.0.3", 3, 65003).await;
+    let mut to_feed = to(feed_ip, feed_port, 65002, node_ip);
+    to_feed.export = false;
+    node.add_peer(to_feed.clone()).await.unwrap();
+    feed.add_peer(to(node_ip, node_port, 65001, feed_ip))
+        .await
+        .unwrap();
+    node.add_peer(to(other_ip, other_port, 65003, node_ip))
+        .await
+        .unwrap();
+    other
+        .add_peer(to(node_ip, node_port, 65001, other_ip))
+        .await
+        .unwrap();
+    feed.announce(LocalRoute::new("10.1.0.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+    other
+        .announce(LocalRoute::new("10.3.0.0/24".parse().unwrap()))
+        .await
+        .unwrap();
+    eventually(
+        "the other peer has the feed's route through the node",
+        || async {
+            let s = other.status().await.unwrap();
+            (s.families[0].prefixes == 2).then_some(s)
+        },
+    )
+    .await;
+    eventually("the node has both routes", || async {
+        let s = node.status().await.unwrap();
+        (s.families[0].prefixes == 2).then_some(s)
+    })
+    .await;
+    // The node's status says it sent the feed nothing, and the feed holds only its own.
+    let s = node.status().await.unwrap();
+    let to_feed_status = s.peers.iter().find(|p| p.address == feed_ip).unwrap();
+    assert_eq!(to_feed_status.state, State::Established);
+    assert_eq!(to_feed_status.prefixes[0].advertised, 0);
+    assert_eq!(feed.status().await.unwrap().families[0].prefixes, 1);
+    // Exporting again (the session restarts with the change) sends the other's route.
+    to_feed.export = true;
+    node.update_peer(to_feed).await.unwrap();
+    eventually("the feed gets the other peer's route", || async {
+        let s = feed.status().await.unwrap();
+        (s.families[0].prefixes == 2).then_some(s)
+    })
+    .await;
+    for h in [node, feed, other] {
+        h.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn reflector_clients_share_one_update_group() {
     // A reflector and three clients on 127.0.0.1-4.
     let mut rr_cfg = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 1), 65000);

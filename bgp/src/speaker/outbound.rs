@@ -167,6 +167,14 @@ impl Speaker {
     /// right update group and sends it what it is missing; `initial` adds End-of-RIB
     /// markers after the table (RFC 4724 §2).
     pub(super) fn full_export(&mut self, id: PeerId, initial: bool) {
+        if self.peers.get(&id).is_some_and(|e| !e.cfg().export) {
+            // `export none`: no update group, no per-prefix work; the (empty) table still
+            // ends with End-of-RIB.
+            if initial {
+                self.send_end_of_rib(id);
+            }
+            return;
+        }
         let Some(key) = self.group_key(id) else {
             return;
         };

@@ -579,8 +579,23 @@ impl Speaker {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                if !entry.timer_fired(timer, serial) {
-                    return;
+                match entry.timer_fired(timer, serial, tokio::time::Instant::now()) {
+                    peer::TimerReport::Stale => return,
+                    peer::TimerReport::Extended(rest) => {
+                        // Restarted since its task began: wait out the rest.
+                        let serial = self.next_serial;
+                        self.next_serial += 1;
+                        let handle = crate::connection::spawn_timer(
+                            peer,
+                            timer,
+                            serial,
+                            rest,
+                            self.input_tx.clone(),
+                        );
+                        entry.arm_timer(timer, serial, handle, tokio::time::Instant::now() + rest);
+                        return;
+                    }
+                    peer::TimerReport::Due => {}
                 }
                 let event = match timer {
                     crate::fsm::Timer::ConnectRetry => Event::ConnectRetryTimerExpires,

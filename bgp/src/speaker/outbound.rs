@@ -10,7 +10,7 @@
 //! drains to the low-water mark. Memory per slow peer is therefore the byte budget plus
 //! one entry per distinct prefix, never a copy of every UPDATE it missed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use crate::packet::message::{
     Message, Update, announcement_room, pack_announcements, pack_withdrawals,
 };
 use crate::policy::{PolicyPeer, RouteOrigin, Verdict};
-use crate::rib::{AdjRibOut, DecideCtx, OutChange};
+use crate::rib::{AdjRibOut, DecideCtx, FastMap, FastSet, OutChange};
 
 /// Encoded UPDATEs for a group and the prefixes they concern (what a paced member records
 /// instead of receiving them).
@@ -60,7 +60,7 @@ use crate::status::{BestPathChange, BestRoute};
 
 /// Announcements grouped by attribute set, plus withdrawals, for one peer.
 struct PeerOut<P> {
-    groups: HashMap<usize, (Arc<PathAttributes>, Vec<P>)>,
+    groups: FastMap<usize, (Arc<PathAttributes>, Vec<P>)>,
     withdraw: Vec<P>,
 }
 
@@ -96,7 +96,7 @@ impl<P: FamilyRib> PeerOut<P> {
 impl<P> Default for PeerOut<P> {
     fn default() -> Self {
         PeerOut {
-            groups: HashMap::new(),
+            groups: FastMap::default(),
             withdraw: Vec::new(),
         }
     }
@@ -279,7 +279,7 @@ impl Speaker {
         let mut prefixes: Vec<P> = P::table(&self.tables).iter().map(|(p, _)| *p).collect();
         let out = P::adj_out_ref(&self.groups[&gid]);
         if !out.is_empty() {
-            let in_table: HashSet<P> = prefixes.iter().copied().collect();
+            let in_table: FastSet<P> = prefixes.iter().copied().collect();
             prefixes.extend(out.keys().filter(|p| !in_table.contains(p)));
         }
         self.export_group(gid, &prefixes, encode)
@@ -377,7 +377,7 @@ impl Speaker {
     fn catch_up<P: FamilyRib>(
         &self,
         gid: GroupId,
-        backlog: &mut HashSet<P>,
+        backlog: &mut FastSet<P>,
         bytes: usize,
     ) -> Vec<Vec<u8>> {
         let group = &self.groups[&gid];
@@ -385,11 +385,16 @@ impl Speaker {
         let now = P::adj_out_ref(group);
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         let mut produced = 0;
-        while !backlog.is_empty() && produced < bytes {
-            let step: Vec<P> = backlog.iter().take(CATCH_UP_STEP).copied().collect();
+        // Taken out whole and walked once (taking steps from the front of a set after
+        // removals would rescan the emptied slots every step); the rest goes back.
+        let mut rest = std::mem::take(backlog).into_iter();
+        while produced < bytes {
+            let step: Vec<P> = rest.by_ref().take(CATCH_UP_STEP).collect();
+            if step.is_empty() {
+                break;
+            }
             let mut out = PeerOut::<P>::default();
             for prefix in step {
-                backlog.remove(&prefix);
                 match now.get(&prefix) {
                     Some(attrs) => out
                         .groups
@@ -406,6 +411,7 @@ impl Speaker {
             produced += encoded.iter().map(Vec::len).sum::<usize>();
             msgs.extend(encoded);
         }
+        backlog.extend(rest);
         msgs
     }
 
@@ -520,11 +526,11 @@ impl Speaker {
         let sources = self.route_sources();
         // The RFC transformation depends only on the attribute set and the source peer,
         // so it runs once per distinct pair however many prefixes share it.
-        let mut cache: HashMap<(usize, PeerId), Option<Arc<PathAttributes>>> = HashMap::new();
+        let mut cache: FastMap<(usize, PeerId), Option<Arc<PathAttributes>>> = FastMap::default();
         // Whether each exported attribute set fits one UPDATE of this group's sessions, and
         // the prefixes withheld because it does not (for one log line per set).
-        let mut fits: HashMap<usize, bool> = HashMap::new();
-        let mut too_large: HashMap<usize, (usize, P)> = HashMap::new();
+        let mut fits: FastMap<usize, bool> = FastMap::default();
+        let mut too_large: FastMap<usize, (usize, P)> = FastMap::default();
         let mut out = PeerOut::<P>::default();
         let table = P::table(&self.tables);
         let group = self.groups.get_mut(&gid).expect("checked above");
@@ -592,7 +598,7 @@ impl Speaker {
         &mut self,
         gid: GroupId,
         ctx: EncodeContext,
-        too_large: &HashMap<usize, (usize, P)>,
+        too_large: &FastMap<usize, (usize, P)>,
     ) {
         let total: usize = too_large.values().map(|(n, _)| n).sum();
         let members = self.groups[&gid].members.clone();

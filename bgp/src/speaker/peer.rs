@@ -26,6 +26,26 @@ pub(crate) struct Session {
     pub since: SystemTime,
 }
 
+/// An FSM timer's task and when the timer is really due (later than the task's report
+/// when the timer was restarted meanwhile; see [`PeerEntry::extend_timer`]).
+struct ArmedTimer {
+    serial: u64,
+    _task: OwnedTask,
+    reports_at: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+/// What a timer task's report means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerReport {
+    /// Stopped or replaced since: ignore.
+    Stale,
+    /// Restarted since: due after this much more.
+    Extended(std::time::Duration),
+    /// Due now.
+    Due,
+}
+
 /// Everything about one peer. Its fields are private: the speaker changes a peer only
 /// through the methods below, each of which keeps the related fields in step (a session
 /// going down clears its backlog, End-of-RIB record and, unless routes are kept stale, its
@@ -39,7 +59,7 @@ pub(crate) struct PeerEntry {
     conns: [Option<ConnIo>; 2],
     connect_attempt: u64,
     connect_task: Option<OwnedTask>,
-    timers: HashMap<Timer, (u64, OwnedTask)>,
+    timers: HashMap<Timer, ArmedTimer>,
     session: Option<Session>,
     /// The update group this peer's session is in (its Adj-RIB-Out is the group's).
     group: Option<super::groups::GroupId>,
@@ -104,8 +124,8 @@ impl Filtered {
 /// repeated ROUTE-REFRESH requests coalesce and memory stays bounded by the table.
 #[derive(Debug, Default)]
 pub(crate) struct Backlog {
-    pub v4: HashSet<ipnet::Ipv4Net>,
-    pub v6: HashSet<ipnet::Ipv6Net>,
+    pub v4: crate::rib::FastSet<ipnet::Ipv4Net>,
+    pub v6: crate::rib::FastSet<ipnet::Ipv6Net>,
     /// Send End-of-RIB markers once caught up (the session's first table, RFC 4724 §2).
     pub end_of_rib: bool,
 }
@@ -288,8 +308,36 @@ impl PeerEntry {
     }
 
     /// Starts (or restarts: the old one stops) an FSM timer.
-    pub fn arm_timer(&mut self, timer: Timer, serial: u64, task: tokio::task::JoinHandle<()>) {
-        self.timers.insert(timer, (serial, OwnedTask::new(task)));
+    pub fn arm_timer(
+        &mut self,
+        timer: Timer,
+        serial: u64,
+        task: tokio::task::JoinHandle<()>,
+        deadline: tokio::time::Instant,
+    ) {
+        self.timers.insert(
+            timer,
+            ArmedTimer {
+                serial,
+                _task: OwnedTask::new(task),
+                reports_at: deadline,
+                deadline,
+            },
+        );
+    }
+
+    /// Restarts an armed timer without a new task when its task reports no later than
+    /// `deadline`: the report is then re-checked against the new deadline. The hold timer
+    /// restarts on every message received, which would otherwise cost a task per UPDATE.
+    /// False when a new task is needed (none armed, or the deadline moved earlier).
+    pub fn extend_timer(&mut self, timer: Timer, deadline: tokio::time::Instant) -> bool {
+        match self.timers.get_mut(&timer) {
+            Some(t) if t.reports_at <= deadline => {
+                t.deadline = deadline;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Stops an FSM timer.
@@ -297,15 +345,23 @@ impl PeerEntry {
         self.timers.remove(&timer);
     }
 
-    /// A timer fired: whether it is the one currently armed (a stopped or replaced timer's
-    /// late report is ignored); the current one is forgotten.
-    pub fn timer_fired(&mut self, timer: Timer, serial: u64) -> bool {
+    /// A timer's task reported: stale (stopped or replaced since), extended (it must be
+    /// re-armed for the time left), or due (the current one is forgotten).
+    pub fn timer_fired(
+        &mut self,
+        timer: Timer,
+        serial: u64,
+        now: tokio::time::Instant,
+    ) -> TimerReport {
         match self.timers.get(&timer) {
-            Some((s, _)) if *s == serial => {
-                self.timers.remove(&timer);
-                true
+            Some(t) if t.serial == serial && t.deadline > now => {
+                TimerReport::Extended(t.deadline - now)
             }
-            _ => false,
+            Some(t) if t.serial == serial => {
+                self.timers.remove(&timer);
+                TimerReport::Due
+            }
+            _ => TimerReport::Stale,
         }
     }
 
@@ -728,11 +784,36 @@ mod tests {
     async fn late_timer_and_connect_reports_are_recognised_by_serial() {
         let mut p = entry();
         let idle = || tokio::spawn(std::future::pending::<()>());
-        p.arm_timer(Timer::ConnectRetry, 1, idle());
-        p.arm_timer(Timer::ConnectRetry, 2, idle());
-        assert!(!p.timer_fired(Timer::ConnectRetry, 1), "replaced");
-        assert!(p.timer_fired(Timer::ConnectRetry, 2));
-        assert!(!p.timer_fired(Timer::ConnectRetry, 2), "already fired");
+        let now = tokio::time::Instant::now();
+        p.arm_timer(Timer::ConnectRetry, 1, idle(), now);
+        p.arm_timer(Timer::ConnectRetry, 2, idle(), now);
+        assert_eq!(
+            p.timer_fired(Timer::ConnectRetry, 1, now),
+            TimerReport::Stale,
+            "replaced"
+        );
+        assert_eq!(p.timer_fired(Timer::ConnectRetry, 2, now), TimerReport::Due);
+        assert_eq!(
+            p.timer_fired(Timer::ConnectRetry, 2, now),
+            TimerReport::Stale,
+            "already fired"
+        );
+
+        // A restart to a later deadline keeps the task; its report asks for the rest.
+        let hold = Timer::Hold(crate::fsm::Direction::Outgoing);
+        let secs = std::time::Duration::from_secs;
+        p.arm_timer(hold, 3, idle(), now + secs(90));
+        assert!(p.extend_timer(hold, now + secs(100)));
+        assert!(
+            !p.extend_timer(hold, now + secs(50)),
+            "earlier needs a new task"
+        );
+        assert_eq!(
+            p.timer_fired(hold, 3, now + secs(90)),
+            TimerReport::Extended(secs(10))
+        );
+        assert_eq!(p.timer_fired(hold, 3, now + secs(100)), TimerReport::Due);
+        assert!(!p.extend_timer(hold, now + secs(200)), "nothing armed");
 
         p.begin_connect(|_| idle());
         p.begin_connect(|_| idle());

@@ -70,12 +70,16 @@ impl Speaker {
             Action::Send(dir, msg) => entry.send_message(dir, &msg),
             Action::Close(dir) => entry.close_conn(dir),
             Action::StartTimer(timer, after) => {
+                let deadline = tokio::time::Instant::now() + after;
+                if entry.extend_timer(timer, deadline) {
+                    return;
+                }
                 let serial = self.next_serial;
                 self.next_serial += 1;
                 let handle =
                     connection::spawn_timer(id, timer, serial, after, self.input_tx.clone());
                 // Replacing a timer drops (and so stops) the one it replaces.
-                entry.arm_timer(timer, serial, handle);
+                entry.arm_timer(timer, serial, handle, deadline);
             }
             Action::StopTimer(timer) => entry.stop_timer(timer),
             Action::Established(neg) => {

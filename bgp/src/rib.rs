@@ -64,14 +64,21 @@ impl DecideCtx<'_> {
 }
 
 /// The candidates of one prefix. Almost every prefix has exactly one path, so that
-/// case is stored inline: no heap allocation per prefix.
+/// case is stored inline: no heap allocation per prefix. The rare list is boxed so the
+/// whole enum is one path's 16 bytes (the list pointer sits in a path's niche), which is
+/// 8 bytes less per table slot than an inline `Vec`.
 #[derive(Debug, Clone, Default)]
 enum Paths {
     #[default]
     Empty,
     One(Path),
-    Many(Vec<Path>),
+    // Boxed on purpose: a thin pointer fits beside the inline path (see above).
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Path>>),
 }
+
+// The table's memory per prefix depends on it: fail the build, not a benchmark.
+const _: () = assert!(std::mem::size_of::<Paths>() == std::mem::size_of::<Path>());
 
 impl std::ops::Deref for Paths {
     type Target = [Path];
@@ -98,7 +105,7 @@ impl Paths {
     fn push(&mut self, path: Path) {
         *self = match std::mem::take(self) {
             Paths::Empty => Paths::One(path),
-            Paths::One(first) => Paths::Many(vec![first, path]),
+            Paths::One(first) => Paths::Many(Box::new(vec![first, path])),
             Paths::Many(mut v) => {
                 v.push(path);
                 Paths::Many(v)

@@ -162,6 +162,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_parses_as_written() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```yaml\n# speaker.yaml\n")
+            .expect("the README's standalone example");
+        let body = &readme[start + "```yaml\n".len()..];
+        let yaml = &body[..body.find("```").expect("closing fence")];
+        let cfg = StandaloneConfig::parse(yaml).unwrap_or_else(|e| panic!("README example: {e}"));
+        let feed = cfg.peers.iter().find(|p| !p.export).expect("a feed");
+        assert_eq!(feed.local_as, Some(65010));
+    }
+
+    #[test]
     fn parses_a_full_file() {
         let cfg = StandaloneConfig::parse(
             r#"

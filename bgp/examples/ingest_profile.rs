@@ -1,5 +1,5 @@
 //! One decode + ingest pass over a 100,000-prefix feed, for machine-independent measures:
-//! run it under `valgrind --tool=callgrind --toggle-collect=ingest_profile::ingest` for the
+//! run it under `valgrind --tool=callgrind --toggle-collect=ingest_profile::feed::ingest` for the
 //! instructions of the pass alone (setup excluded), and read its own allocation counts (a
 //! counting global allocator) printed at the end, per prefix.
 //!
@@ -9,15 +9,7 @@
 //! `bench/bgp-ingest-profile` runs both and prints instructions and allocations per prefix.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use ipnet::Ipv4Net;
-use serval_bgp::decision::{DecisionConfig, Path, PeerId, SourceInfo};
-use serval_bgp::packet::attribute::{AsPath, DecodeContext, EncodeContext, PathAttributes};
-use serval_bgp::packet::message::{Message, pack_announcements};
-use serval_bgp::rib::{DecideCtx, Interner, Table};
 
 /// Counts allocations and bytes (live and peak) on top of the system allocator.
 struct Counting;
@@ -49,87 +41,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const PREFIXES: u32 = 100_000;
+#[path = "../benches/support/feed.rs"]
+mod feed;
 
-fn table_messages(sets: u32) -> Vec<Vec<u8>> {
-    let mut msgs = Vec::new();
-    let per = PREFIXES / sets;
-    for set in 0..sets {
-        let attrs = PathAttributes {
-            as_path: AsPath::from_sequence([65002, 3356, 64_000 + set]),
-            next_hop: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
-            med: Some(set),
-            communities: vec![65002 << 16 | set],
-            ..Default::default()
-        };
-        let prefixes: Vec<Ipv4Net> = (0..per)
-            .map(|i| {
-                Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + ((set * per + i) << 8)), 24).unwrap()
-            })
-            .collect();
-        pack_announcements(
-            &attrs,
-            &prefixes,
-            EncodeContext {
-                four_octet_as: true,
-                extended_messages: false,
-            },
-            &mut msgs,
-        );
-    }
-    msgs
-}
-
-/// The measured pass: decode every UPDATE, intern its attributes, insert every prefix.
-#[inline(never)]
-fn ingest(msgs: &[Vec<u8>], src: &HashMap<PeerId, SourceInfo>) -> (Interner, Table<Ipv4Net>) {
-    let ctx = DecideCtx {
-        cfg: DecisionConfig::default(),
-        sources: src,
-    };
-    let mut interner = Interner::default();
-    let mut table = Table::<Ipv4Net>::default();
-    for m in msgs {
-        let Ok(Message::Update(u)) = Message::decode(
-            m,
-            DecodeContext {
-                four_octet_as: true,
-                ebgp: true,
-                extended_messages: false,
-            },
-        ) else {
-            panic!("bad message")
-        };
-        let attrs = interner.intern(u.attributes);
-        for p in u.nlri {
-            table.insert(
-                p,
-                Path {
-                    peer: 1,
-                    attrs: attrs.clone(),
-                    stale: false,
-                },
-                &ctx,
-            );
-        }
-    }
-    (interner, table)
-}
+use feed::{PREFIXES, ingest, table_messages};
 
 fn main() {
     let sets: u32 = std::env::args()
         .nth(1)
         .map_or(100, |s| s.parse().expect("attribute sets"));
     let msgs = table_messages(sets);
-    let src: HashMap<PeerId, SourceInfo> = [(
-        1,
-        SourceInfo {
-            ebgp: true,
-            router_id: Ipv4Addr::new(10, 0, 0, 1),
-            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        },
-    )]
-    .into();
+    let src = feed::sources();
     let (allocs0, bytes0, live0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),

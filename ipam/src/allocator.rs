@@ -19,7 +19,7 @@ use crate::error::{Family, IpamError};
 use crate::model::{
     ATTR_NODE, ATTR_TYPE, AffinityState, AllocationAttribute, Block, BlockAffinity, Handle, Pool,
 };
-use crate::store::{IpamStore, StoreError, Versioned, affinity_key};
+use crate::store::{IpamStore, Versioned, affinity_key};
 
 mod release;
 
@@ -282,12 +282,11 @@ impl<S: IpamStore> Ipam<S> {
         req: &AssignRequest,
         family: Family,
     ) -> Result<AssignStart, IpamError> {
-        let store_err = |e: StoreError| IpamError::from(e);
         let ((held, handle_absent), pools, config, reserved, affine) = futures::try_join!(
             self.held_by_handle(&req.handle, Some(family)),
             self.pools_for(&req.node, family, &req.pools),
-            async { self.store.config().await.map_err(store_err) },
-            async { self.store.reservations().await.map_err(store_err) },
+            async { self.store.config().await.map_err(IpamError::from) },
+            async { self.store.reservations().await.map_err(IpamError::from) },
             self.affine_blocks(&req.node),
         )?;
         Ok(AssignStart {

@@ -78,8 +78,7 @@ pub async fn run(
     bgp_log: sequencer::BgpLogControl,
 ) -> Result<(), NodeError> {
     let ds = startup::connect(&cfg).await;
-    let detected = startup::node_address(&cfg, &ds).await?;
-    let detected_v6 = startup::node_address_v6(&cfg, &ds).await?;
+    let (detected, detected_v6) = startup::node_addresses(&cfg, &ds).await?;
     let address_v6 = detected_v6.map(|(a, _)| a);
     // The MTU of the IPv4 address's interface, else the IPv6 one's.
     let (address, host_mtu) = match (detected, detected_v6) {

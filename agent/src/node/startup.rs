@@ -100,32 +100,32 @@ pub async fn ensure_default_pool(
     }
 }
 
-/// The node's IPv4 address with its prefix length, and the MTU of its interface.
-/// `kubernetes-internal-ip` reads the Kubernetes Node's InternalIP from the datastore.
-pub async fn node_address(
-    cfg: &NodeConfig,
-    ds: &Datastore<AnyBackend>,
-) -> Result<Option<(IpNet, u32)>, StartupError> {
-    family_address(cfg, &cfg.address, false, ds).await
-}
+/// A node address with its prefix length, and the MTU of its interface.
+pub type DetectedAddress = Option<(IpNet, u32)>;
 
-/// The node's IPv6 address with its prefix length (IP6, IP6_AUTODETECTION_METHOD), and the
-/// MTU of its interface; None when IPv6 is off (IP6 unset or `none`, Calico's default).
-pub async fn node_address_v6(
+/// The node's IPv4 address (IP, IP_AUTODETECTION_METHOD) and IPv6 address (IP6,
+/// IP6_AUTODETECTION_METHOD; None when IPv6 is off, Calico's default), each with its
+/// prefix length and its interface's MTU, from one read of the interfaces.
+/// `kubernetes-internal-ip` reads the Kubernetes Node's InternalIP from the datastore.
+pub async fn node_addresses(
     cfg: &NodeConfig,
     ds: &Datastore<AnyBackend>,
-) -> Result<Option<(IpNet, u32)>, StartupError> {
-    family_address(cfg, &cfg.address_v6, true, ds).await
+) -> Result<(DetectedAddress, DetectedAddress), StartupError> {
+    let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
+    Ok((
+        family_address(cfg, &cfg.address, false, &interfaces, ds).await?,
+        family_address(cfg, &cfg.address_v6, true, &interfaces, ds).await?,
+    ))
 }
 
 async fn family_address(
     cfg: &NodeConfig,
     source: &AddressSource,
     v6: bool,
+    interfaces: &[autodetect::Interface],
     ds: &Datastore<AnyBackend>,
-) -> Result<Option<(IpNet, u32)>, StartupError> {
+) -> Result<DetectedAddress, StartupError> {
     let family = if v6 { "IPv6" } else { "IPv4" };
-    let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
     let chosen = match source {
         AddressSource::None => return Ok(None),
         AddressSource::Fixed(n) => *n,
@@ -151,7 +151,7 @@ async fn family_address(
                     ),
                 )
             })?;
-            autodetect::with_prefix(&interfaces, ip).ok_or_else(|| {
+            autodetect::with_prefix(interfaces, ip).ok_or_else(|| {
                 StartupError::NoAddress(
                     family,
                     format!(
@@ -160,7 +160,7 @@ async fn family_address(
                 )
             })?
         }
-        AddressSource::Detect(method) => autodetect::choose(method, &interfaces, v6)
+        AddressSource::Detect(method) => autodetect::choose(method, interfaces, v6)
             .ok_or_else(|| StartupError::NoAddress(family, format!("{method:?}")))?,
     };
     let iface = interfaces

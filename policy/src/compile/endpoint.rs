@@ -82,23 +82,16 @@ pub(super) fn tunnel_guard(fam: &mut Family<'_>) -> Vec<IptRule> {
     rules
 }
 
-/// The VXLAN port nodes use (IANA's).
-pub const VXLAN_UDP_PORT: u16 = 4789;
-
-fn endpoint_chain(
-    ep: &Endpoint,
+/// The start of every endpoint's (and host endpoint tier's) chain: clear the marks, then
+/// each policy in order until one accepts (return) or passes (the rest are skipped).
+pub(super) fn policy_sequence(
+    clear_comment: String,
     policies: &[(&PolicyDef, String)],
-    dir: PolicyType,
 ) -> Vec<IptRule> {
-    let word = if dir == PolicyType::Ingress {
-        "to"
-    } else {
-        "from"
-    };
     let mut rules = vec![IptRule::new(
         vec![],
         Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
-        format!("serval:{word} {}/{}: clear marks", ep.namespace, ep.name),
+        clear_comment,
     )];
     for (p, chain) in policies {
         rules.push(IptRule::new(
@@ -112,6 +105,26 @@ fn endpoint_chain(
             "serval:return if policy accepted",
         ));
     }
+    rules
+}
+
+/// The VXLAN port nodes use (IANA's).
+pub const VXLAN_UDP_PORT: u16 = 4789;
+
+fn endpoint_chain(
+    ep: &Endpoint,
+    policies: &[(&PolicyDef, String)],
+    dir: PolicyType,
+) -> Vec<IptRule> {
+    let word = if dir == PolicyType::Ingress {
+        "to"
+    } else {
+        "from"
+    };
+    let mut rules = policy_sequence(
+        format!("serval:{word} {}/{}: clear marks", ep.namespace, ep.name),
+        policies,
+    );
     if !policies.is_empty() {
         rules.push(IptRule::new(
             vec![Match::Mark(0, MARK_PASS)],

@@ -23,7 +23,7 @@
 use ipnet::IpNet;
 
 use super::{Endpoint, Family, PolicyDef, VXLAN_UDP_PORT};
-use crate::ipt::{IptRule, MARK_ACCEPT, MARK_PASS, Match, PortRange, Target};
+use crate::ipt::{IptRule, MARK_ACCEPT, Match, PortRange, Target};
 
 /// Per host endpoint, per direction (ingress, egress): the policies of each tier in order.
 type Applied<'p> = Vec<[Vec<(&'p PolicyDef, String)>; 2]>;
@@ -53,23 +53,10 @@ fn tier_chain(
     what: &str,
     end: Target,
 ) -> Vec<IptRule> {
-    let mut rules = vec![IptRule::new(
-        vec![],
-        Target::SetMark(0, MARK_ACCEPT | MARK_PASS),
+    let mut rules = super::endpoint::policy_sequence(
         format!("serval:{what} {}: clear marks", ep.name),
-    )];
-    for (p, chain) in policies {
-        rules.push(IptRule::new(
-            vec![Match::Mark(0, MARK_PASS)],
-            Target::Jump(chain.clone()),
-            format!("serval:policy {}", p.key()),
-        ));
-        rules.push(IptRule::new(
-            vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)],
-            Target::Return,
-            "serval:return if policy accepted",
-        ));
-    }
+        policies,
+    );
     let why = if end == Target::Drop {
         "no policy allowed it"
     } else {

@@ -189,6 +189,14 @@ async fn main() -> anyhow::Result<()> {
                         }
                     })
                     .context("invalid configuration")?;
+            for variable in &cfg.without_effect {
+                // Under the name the operator set.
+                let name = calico_env::ALIASES
+                    .iter()
+                    .find(|a| a.serval == *variable && std::env::var_os(a.calico).is_some())
+                    .map_or(*variable, |a| a.calico);
+                tracing::warn!(variable = %name, "set but IPv6 is off (IP6 is none): it has no effect");
+            }
             let mut term = signal(SignalKind::terminate())?;
             let shutdown = async move {
                 tokio::select! {

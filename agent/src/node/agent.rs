@@ -229,7 +229,14 @@ impl Agent {
             .as_ref()
             .is_some_and(|b| b.ipv4_ipip_tunnel_addr.is_some());
         let has_vxlan = node.spec.ipv4_vxlan_tunnel_addr.is_some();
-        if (!want_ipip || has_ipip) && (!want_vxlan || has_vxlan) {
+        // An IPv6 VXLAN pool added after start-up needs this node's IPv6 VTEP too.
+        let want_vxlan_v6 = self.state.vxlan_wanted(true)
+            && node.spec.bgp.as_ref().and_then(|b| b.ipv6()).is_some();
+        let has_vxlan_v6 = node.spec.ipv6_vxlan_tunnel_addr.is_some();
+        if (!want_ipip || has_ipip)
+            && (!want_vxlan || has_vxlan)
+            && (!want_vxlan_v6 || has_vxlan_v6)
+        {
             return;
         }
         if let Some((task, started)) = &self.tunnel_alloc

@@ -211,6 +211,9 @@ pub struct NodeConfig {
     pub default_pool: Option<crate::resources::IPPool>,
     /// The IPv6 pool to create when there is none (IPv6 on).
     pub default_pool_v6: Option<crate::resources::IPPool>,
+    /// Settings given that have no effect in this configuration (the IPv6 pool's while IP6
+    /// is off), for serval-node to name in a warning rather than drop silently.
+    pub without_effect: Vec<&'static str>,
     /// Labels to put on the Node resource.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// Route-reflector cluster ID to put on the Node resource.
@@ -659,6 +662,29 @@ impl RunArgs {
         } else {
             Some(self.default_pool_v6()?)
         };
+        let without_effect = if ipv6_on {
+            Vec::new()
+        } else {
+            [
+                (
+                    "SERVAL_IPV6POOL_CIDR",
+                    !self.ipv6pool_cidr.trim().is_empty(),
+                ),
+                (
+                    "SERVAL_IPV6POOL_BLOCK_SIZE",
+                    self.ipv6pool_block_size != 122,
+                ),
+                ("SERVAL_IPV6POOL_VXLAN", self.ipv6pool_vxlan.is_some()),
+                ("SERVAL_IPV6POOL_NAT_OUTGOING", self.ipv6pool_nat_outgoing),
+                (
+                    "SERVAL_IPV6POOL_NODE_SELECTOR",
+                    self.ipv6pool_node_selector.trim() != "all()",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect()
+        };
         let mut node_labels = std::collections::BTreeMap::new();
         for pair in self
             .node_labels
@@ -695,6 +721,7 @@ impl RunArgs {
             route_reflector_cluster_id,
             default_pool,
             default_pool_v6,
+            without_effect,
             node_name,
             etcd,
             address,
@@ -784,6 +811,20 @@ mod tests {
         let c = args(&[]).validate("h").unwrap();
         assert!(matches!(c.address_v6, AddressSource::None));
         assert!(c.default_pool_v6.is_none(), "no IPv6 pool without IP6");
+        assert!(c.without_effect.is_empty());
+        // IPv6 pool settings without IP6 have no effect: named, not dropped silently.
+        let c = args(&[
+            "--ipv6pool-cidr",
+            "fd00:10::/48",
+            "--ipv6pool-vxlan",
+            "Always",
+        ])
+        .validate("h")
+        .unwrap();
+        assert_eq!(
+            c.without_effect,
+            ["SERVAL_IPV6POOL_CIDR", "SERVAL_IPV6POOL_VXLAN"]
+        );
         let c = args(&[
             "--ip6",
             "autodetect",

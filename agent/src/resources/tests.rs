@@ -134,6 +134,12 @@ fn bgp_configuration_rules() {
     // Service advertisement, with communities on the ranges.
     let services = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n  serviceExternalIPs: [{cidr: 192.0.2.0/24}]\n  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n  communities: [{name: c1, value: '65000:100'}]\n  prefixAdvertisements: [{cidr: 10.96.0.0/12, communities: [c1, '65000:1:2']}]\n";
     assert!(problems::<BGPConfiguration>(services).is_empty());
+    // The aggregation switch is read from `default` only, like the ranges it governs.
+    let per_node = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: node.n1}\nspec: {serviceLoadBalancerAggregation: Disabled}\n";
+    assert_eq!(
+        problems::<BGPConfiguration>(per_node),
+        ["spec.serviceLoadBalancerAggregation"]
+    );
     // bindMode: None is what Serval does; NodeIP is not implemented and so refused.
     let none = "apiVersion: serval.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {bindMode: None}\n";
     assert!(problems::<BGPConfiguration>(none).is_empty());

@@ -212,6 +212,10 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
     for (field, set) in [
         ("communities", !s.communities.is_empty()),
         ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
+        (
+            "serviceLoadBalancerAggregation",
+            s.service_load_balancer_aggregation.is_some(),
+        ),
     ] {
         if set && !is_default {
             p.add(

@@ -51,15 +51,17 @@ pub trait RoutePolicy: Send + Sync + 'static {
         Verdict::Accept
     }
 
-    /// Decides on a route about to be sent to `peer` (after the RFC's export rules).
+    /// Decides on a route about to be sent to `peer`: `attrs` after the RFC's export rules,
+    /// `held` the best path as this speaker holds it (its next hop as learned, its priority).
     fn export(
         &self,
         peer: &PolicyPeer,
         prefix: IpNet,
         attrs: &PathAttributes,
+        held: &PathAttributes,
         origin: RouteOrigin,
     ) -> Verdict {
-        let _ = (peer, prefix, attrs, origin);
+        let _ = (peer, prefix, attrs, held, origin);
         Verdict::Accept
     }
 

@@ -603,6 +603,7 @@ impl serval_bgp::policy::RoutePolicy for Refuse {
         _: &serval_bgp::policy::PolicyPeer,
         prefix: ipnet::IpNet,
         _: &serval_bgp::packet::attribute::PathAttributes,
+        _: &serval_bgp::packet::attribute::PathAttributes,
         _: serval_bgp::policy::RouteOrigin,
     ) -> serval_bgp::policy::Verdict {
         if self.on_export && prefix == self.prefix {

@@ -6,7 +6,9 @@
 //! block, with a community added and our AS prepended once more, and none of the routes
 //! node-a learned from the other nodes (source RemotePeers). Editing a filter takes effect on
 //! the running sessions (the routes already held are filtered again), and a peer whose filter
-//! does not exist fails closed: nothing from it is used and nothing is sent to it.
+//! does not exist fails closed: nothing from it is used and nothing is sent to it. Import
+//! rules set route priorities (the kernel metric of the learned route) by prefix and by the
+//! interface towards the peer.
 
 use std::time::Duration;
 
@@ -125,14 +127,18 @@ async fn bgp_filters_choose_what_node_a_takes_from_and_sends_to_bird_and_frr() {
     apply(
         &c,
         "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: from-bird}\nspec:\n  importV4:\n\
-         \x20 - {action: Accept, matchOperator: Equal, cidr: 10.200.0.0/24}\n\
+         \x20 - {action: Accept, matchOperator: Equal, cidr: 10.200.0.0/24,\n\
+         \x20    operations: [{setPriority: {value: 300}}]}\n\
          \x20 - {action: Reject, matchOperator: In, cidr: 10.0.0.0/8}\n",
     )
     .await;
     apply(
         &c,
         "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: from-frr}\nspec:\n  importV4:\n\
-         \x20 - {action: Reject, communities: {values: ['65003:666']}}\n",
+         \x20 - {action: Reject, communities: {values: ['65003:666']}}\n\
+         \x20 - {action: Reject, interface: 'lo*'}\n\
+         \x20 - {action: Accept, interface: 'e?h*', priority: 1024,\n\
+         \x20    operations: [{setPriority: {value: 400}}]}\n",
     )
     .await;
     apply(
@@ -167,6 +173,28 @@ async fn bgp_filters_choose_what_node_a_takes_from_and_sends_to_bird_and_frr() {
                 && has("10.210.0.0/24")
                 && !has("10.201.0.0/24")
                 && !has("10.211.0.0/24")
+            {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+    );
+    // Priorities: the kernel routes carry the metric each import filter set (BIRD's by
+    // prefix, FRR's through the interface towards FRR at the normal priority).
+    until(
+        &c,
+        "the learned routes carry their filters' metrics",
+        || {
+            let r = learned(&c);
+            let line = |p: &str| {
+                r.lines()
+                    .find(|l| l.starts_with(p))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if line("10.200.0.0/24").contains("metric 300")
+                && line("10.210.0.0/24").contains("metric 400")
             {
                 Ok(())
             } else {
@@ -226,7 +254,9 @@ async fn bgp_filters_choose_what_node_a_takes_from_and_sends_to_bird_and_frr() {
         "the edited filter applies to routes BIRD already sent",
         || {
             let r = learned(&c);
-            if r.contains("10.201.0.0/24") && !r.contains("10.200.0.0/24") {
+            // No filter sets 10.201's priority: the normal 1024, written as such.
+            let line = r.lines().find(|l| l.starts_with("10.201.0.0/24"));
+            if line.is_some_and(|l| l.contains("metric 1024")) && !r.contains("10.200.0.0/24") {
                 Ok(())
             } else {
                 Err(r)

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serval_bgp::packet::attribute::PathAttributes;
 use serval_bgp::policy::{PolicyPeer, RouteOrigin, RoutePolicy, Verdict};
 
-use crate::calc::bgp_filter::PeerFilterState;
+use crate::calc::bgp_filter::{PeerFilterState, RouteFacts};
 
 use crate::resources::BGPConfigurationSpec;
 
@@ -81,6 +81,65 @@ impl CommunityRules {
     }
 }
 
+/// Where this node's routes leave it, for BGPFilter's `interface` (kept only while some
+/// filter has such a rule, so pods coming and going do not re-run every filter).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteInterfaces {
+    /// The host's connected prefixes and their interfaces (read at start-up): a learned
+    /// route leaves through the interface whose prefix holds its next hop.
+    pub connected: Vec<(IpNet, String)>,
+    /// Local routes with an interface: exported pod addresses and their host interfaces.
+    pub local: std::collections::BTreeMap<IpNet, String>,
+}
+
+impl RouteInterfaces {
+    /// The interface towards `next_hop`: the longest connected prefix holding it.
+    pub fn towards(&self, next_hop: Option<std::net::IpAddr>) -> Option<&str> {
+        let hop = next_hop?;
+        self.connected
+            .iter()
+            .filter(|(net, _)| net.contains(&hop))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, name)| name.as_str())
+    }
+}
+
+/// The metric of routes learned over BGP that no filter gave another, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormalPriority {
+    /// IPv4 (BGPConfiguration `ipv4NormalRoutePriority`).
+    pub v4: u32,
+    /// IPv6 (`ipv6NormalRoutePriority`).
+    pub v6: u32,
+}
+
+impl Default for NormalPriority {
+    fn default() -> Self {
+        NormalPriority {
+            v4: crate::calc::routes::DEFAULT_ROUTE_PRIORITY,
+            v6: crate::calc::routes::DEFAULT_ROUTE_PRIORITY,
+        }
+    }
+}
+
+impl NormalPriority {
+    /// From the cluster's `default` BGPConfiguration (Calico's 1024 without one).
+    pub fn from_config(spec: Option<&BGPConfigurationSpec>) -> NormalPriority {
+        spec.map_or_else(NormalPriority::default, |s| NormalPriority {
+            v4: s.normal_route_priority(false),
+            v6: s.normal_route_priority(true),
+        })
+    }
+
+    /// A route's priority: the one a filter set, else the normal one of its family.
+    pub fn of(&self, prefix: &IpNet, set: Option<u32>) -> u32 {
+        set.unwrap_or(match prefix {
+            IpNet::V4(_) => self.v4,
+            IpNet::V6(_) => self.v6,
+        })
+    }
+}
+
 /// The node agent's import and export policy.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NodeRoutePolicy {
@@ -89,6 +148,10 @@ pub struct NodeRoutePolicy {
     /// BGPFilters of the peers that have some, by peer address. They apply after the rules
     /// above (no transit, service ranges), which no filter can override.
     pub peer_filters: std::collections::BTreeMap<std::net::IpAddr, PeerFilterState>,
+    /// Routes' interfaces, for filters' `interface` rules.
+    pub interfaces: RouteInterfaces,
+    /// Routes' default priority, for filters' `priority` rules.
+    pub normal_priority: NormalPriority,
 }
 
 /// Whether a route, as it is about to be sent to an external peer (our AS already in
@@ -103,7 +166,15 @@ impl RoutePolicy for NodeRoutePolicy {
             return Verdict::Reject;
         }
         match self.peer_filters.get(&peer.address) {
-            Some(f) => f.import(prefix, attrs, peer.ebgp),
+            Some(f) => f.import(
+                prefix,
+                attrs,
+                RouteFacts {
+                    ebgp: peer.ebgp,
+                    interface: self.interfaces.towards(attrs.next_hop),
+                    priority: self.normal_priority.of(&prefix, attrs.priority),
+                },
+            ),
             None => Verdict::Accept,
         }
     }
@@ -113,15 +184,25 @@ impl RoutePolicy for NodeRoutePolicy {
         peer: &PolicyPeer,
         prefix: IpNet,
         attrs: &PathAttributes,
+        held: &PathAttributes,
         origin: RouteOrigin,
     ) -> Verdict {
         if peer.ebgp && learned_from_another_as(attrs) {
             return Verdict::Reject;
         }
-        match self.peer_filters.get(&peer.address) {
-            Some(f) => f.export(prefix, attrs, peer.ebgp, origin),
-            None => Verdict::Accept,
-        }
+        let Some(f) = self.peer_filters.get(&peer.address) else {
+            return Verdict::Accept;
+        };
+        let interface = match origin {
+            RouteOrigin::Local => self.interfaces.local.get(&prefix).map(String::as_str),
+            RouteOrigin::Internal | RouteOrigin::External => self.interfaces.towards(held.next_hop),
+        };
+        let facts = RouteFacts {
+            ebgp: peer.ebgp,
+            interface,
+            priority: self.normal_priority.of(&prefix, held.priority),
+        };
+        f.export(prefix, attrs, facts, origin)
     }
 
     fn export_depends_on_peer(&self, address: std::net::IpAddr) -> bool {
@@ -187,7 +268,13 @@ mod tests {
         let block: IpNet = "10.244.1.0/26".parse().unwrap();
         // Our own block and an iBGP-learned one, as sent to a ToR: only our AS.
         assert_eq!(
-            p.export(&peer(true), block, &path(&[65001]), RouteOrigin::Local),
+            p.export(
+                &peer(true),
+                block,
+                &path(&[65001]),
+                &path(&[]),
+                RouteOrigin::Local
+            ),
             Verdict::Accept
         );
         // Learned from the other ToR: not passed on to this one.
@@ -196,6 +283,7 @@ mod tests {
                 &peer(true),
                 block,
                 &path(&[65001, 65102, 65002]),
+                &path(&[65102, 65002]),
                 RouteOrigin::External
             ),
             Verdict::Reject
@@ -205,6 +293,7 @@ mod tests {
             p.export(
                 &peer(false),
                 block,
+                &path(&[65102, 65002]),
                 &path(&[65102, 65002]),
                 RouteOrigin::External
             ),

@@ -42,6 +42,7 @@ fn parse_community(text: &str) -> Option<Community> {
 enum Operation {
     AddCommunity(Community),
     PrependAsPath(Vec<u32>),
+    SetPriority(u32),
 }
 
 /// A rule, parsed.
@@ -53,6 +54,8 @@ struct Rule {
     peer_type: Option<FilterPeerType>,
     community: Option<Community>,
     as_path_prefix: Vec<u32>,
+    interface: Option<String>,
+    priority: Option<u32>,
     accept: bool,
     operations: Vec<Operation>,
 }
@@ -75,18 +78,53 @@ pub enum FilterError {
     },
 }
 
-fn translate(filter: &str, field: &str, r: &BGPFilterRule) -> Result<Rule, FilterError> {
+/// A priority as the kernel takes it, within Calico's bounds.
+fn route_priority(value: i64) -> Option<u32> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| (1..=crate::resources::bgp::MAX_ROUTE_PRIORITY).contains(v))
+}
+
+/// Whether `text` matches the shell-style `pattern` (`*` any run, `?` one character), as
+/// BIRD's `~` on interface names.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+fn translate(
+    filter: &str,
+    field: &str,
+    export: bool,
+    r: &BGPFilterRule,
+) -> Result<Rule, FilterError> {
     let bad = |what: &str, reason: &str| FilterError::Untranslatable {
         filter: filter.to_string(),
         field: format!("{field}.{what}"),
         reason: reason.to_string(),
     };
-    if r.interface.is_some() {
-        return Err(bad("interface", "not supported"));
-    }
-    if r.priority.is_some() {
-        return Err(bad("priority", "not supported"));
-    }
+    let priority = match r.priority {
+        None => None,
+        Some(p) => Some(route_priority(p).ok_or_else(|| bad("priority", "not a route priority"))?),
+    };
     let cidr = match (&r.match_operator, &r.cidr) {
         (Some(op), Some(c)) => Some((*op, c.get().ok_or_else(|| bad("cidr", "not a CIDR"))?)),
         (None, None) => None,
@@ -110,10 +148,20 @@ fn translate(filter: &str, field: &str, r: &BGPFilterRule) -> Result<Rule, Filte
                     parse_community(&c.value).ok_or_else(|| bad("operations", "bad community"))?,
                 ),
                 (None, Some(p), None) => Operation::PrependAsPath(p.prefix.clone()),
+                (None, None, Some(p)) if !export => Operation::SetPriority(
+                    route_priority(p.value)
+                        .ok_or_else(|| bad("operations", "setPriority: not a route priority"))?,
+                ),
+                (None, None, Some(_)) => {
+                    return Err(bad(
+                        "operations",
+                        "setPriority applies to import rules only",
+                    ));
+                }
                 _ => {
                     return Err(bad(
                         "operations",
-                        "exactly one of addCommunity, prependASPath",
+                        "exactly one of addCommunity, prependASPath, setPriority",
                     ));
                 }
             },
@@ -126,6 +174,8 @@ fn translate(filter: &str, field: &str, r: &BGPFilterRule) -> Result<Rule, Filte
         peer_type: r.peer_type,
         community,
         as_path_prefix: r.as_path_prefix.clone(),
+        interface: r.interface.clone(),
+        priority,
         accept: match r.action {
             Some(FilterAction::Accept) => true,
             Some(FilterAction::Reject) => false,
@@ -140,6 +190,19 @@ type Lists = [Vec<Rule>; 4];
 
 fn slot(export: bool, v6: bool) -> usize {
     usize::from(export) * 2 + usize::from(v6)
+}
+
+/// What a rule may match besides the prefix and attributes: what this node knows about
+/// the route and the session.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteFacts<'a> {
+    /// The session is external.
+    pub ebgp: bool,
+    /// The route's outgoing interface on this node (a local pod's host interface, the
+    /// interface towards a learned route's next hop); `None` matches no `interface` rule.
+    pub interface: Option<&'a str>,
+    /// Its priority: the one an import filter set, else the family's normal priority.
+    pub priority: u32,
 }
 
 /// One peer's filters, in order, ready to evaluate.
@@ -172,7 +235,7 @@ impl PeerFilterState {
                 ("importV6", &spec.import_v6, false, true),
             ] {
                 for (i, r) in rules.iter().enumerate() {
-                    match translate(name, &format!("{field}[{i}]"), r) {
+                    match translate(name, &format!("{field}[{i}]"), export, r) {
                         Ok(rule) => out.lists[slot(export, v6)].push(rule),
                         Err(e) => return PeerFilterState::Closed(e),
                     }
@@ -182,11 +245,20 @@ impl PeerFilterState {
         PeerFilterState::Rules(out)
     }
 
+    /// Whether a rule matches on a route's interface (the node then keeps its routes'
+    /// interfaces for the filter).
+    pub fn matches_interfaces(&self) -> bool {
+        match self {
+            PeerFilterState::Closed(_) => false,
+            PeerFilterState::Rules(f) => f.lists.iter().flatten().any(|r| r.interface.is_some()),
+        }
+    }
+
     /// Decides on a route from the peer.
-    pub fn import(&self, prefix: IpNet, attrs: &PathAttributes, ebgp: bool) -> Verdict {
+    pub fn import(&self, prefix: IpNet, attrs: &PathAttributes, facts: RouteFacts<'_>) -> Verdict {
         match self {
             PeerFilterState::Closed(_) => Verdict::Reject,
-            PeerFilterState::Rules(f) => f.evaluate(false, prefix, attrs, ebgp, None),
+            PeerFilterState::Rules(f) => f.evaluate(false, prefix, attrs, facts, None),
         }
     }
 
@@ -195,12 +267,12 @@ impl PeerFilterState {
         &self,
         prefix: IpNet,
         attrs: &PathAttributes,
-        ebgp: bool,
+        facts: RouteFacts<'_>,
         origin: RouteOrigin,
     ) -> Verdict {
         match self {
             PeerFilterState::Closed(_) => Verdict::Reject,
-            PeerFilterState::Rules(f) => f.evaluate(true, prefix, attrs, ebgp, Some(origin)),
+            PeerFilterState::Rules(f) => f.evaluate(true, prefix, attrs, facts, Some(origin)),
         }
     }
 }
@@ -211,9 +283,10 @@ impl PeerFilters {
         export: bool,
         prefix: IpNet,
         attrs: &PathAttributes,
-        ebgp: bool,
+        facts: RouteFacts<'_>,
         origin: Option<RouteOrigin>,
     ) -> Verdict {
+        let ebgp = facts.ebgp;
         let rules = &self.lists[slot(export, prefix.addr().is_ipv6())];
         // On an eBGP export our own AS is already in front: rules see the path behind it.
         let skip_own = usize::from(export && ebgp);
@@ -226,7 +299,7 @@ impl PeerFilters {
             .collect();
         let Some(rule) = rules
             .iter()
-            .find(|r| r.matches(prefix, attrs, &path, ebgp, origin))
+            .find(|r| r.matches(prefix, attrs, &path, facts, origin))
         else {
             return Verdict::Accept;
         };
@@ -262,6 +335,7 @@ impl PeerFilters {
                         out.as_path.prepend(own);
                     }
                 }
+                Operation::SetPriority(p) => out.priority = Some(*p),
             }
         }
         Verdict::Modify(out)
@@ -286,7 +360,7 @@ impl Rule {
         prefix: IpNet,
         attrs: &PathAttributes,
         path: &[u32],
-        ebgp: bool,
+        facts: RouteFacts<'_>,
         origin: Option<RouteOrigin>,
     ) -> bool {
         let cidr_ok = self.cidr.is_none_or(|(op, cidr)| match op {
@@ -301,12 +375,17 @@ impl Rule {
             && (!self.remote_only || origin.is_some_and(|o| o != RouteOrigin::Local))
             && self
                 .peer_type
-                .is_none_or(|t| (t == FilterPeerType::Ebgp) == ebgp)
+                .is_none_or(|t| (t == FilterPeerType::Ebgp) == facts.ebgp)
             && self.community.is_none_or(|c| match c {
                 Community::Standard(v) => attrs.communities.contains(&v),
                 Community::Large(v) => attrs.large_communities.contains(&v),
             })
             && path.starts_with(&self.as_path_prefix)
+            && self.priority.is_none_or(|p| p == facts.priority)
+            && self
+                .interface
+                .as_deref()
+                .is_none_or(|glob| facts.interface.is_some_and(|name| glob_matches(glob, name)))
     }
 }
 

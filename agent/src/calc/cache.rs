@@ -57,8 +57,9 @@ pub struct ClusterState {
     /// addresses this node advertises.
     pub(super) services: BTreeMap<String, K8sService>,
     pub(super) endpoint_slices: BTreeMap<String, K8sEndpointSlice>,
-    /// BGP best paths learned from peers: prefix → next hops.
-    pub(super) remote: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// BGP best paths learned from peers: prefix → next hops and the priority an import
+    /// filter set (`None`: the family's normal route priority).
+    pub(super) remote: BTreeMap<IpNet, (Vec<IpAddr>, Option<u32>)>,
     /// Secrets BGP passwords name, as last read: Secret → key → value.
     pub(super) secrets: BTreeMap<String, BTreeMap<String, String>>,
     /// Policies from the watch that do not parse, by report key (`NetworkPolicy ns/name`):
@@ -248,8 +249,8 @@ impl ClusterState {
         for c in changes {
             match &c.best {
                 Some(best) if best.peer.is_some() => {
-                    let hops = best.next_hops.clone();
-                    changed |= self.remote.insert(c.prefix, hops.clone()) != Some(hops);
+                    let learned = (best.next_hops.clone(), best.attributes.priority);
+                    changed |= self.remote.insert(c.prefix, learned.clone()) != Some(learned);
                 }
                 _ => changed |= self.remote.remove(&c.prefix).is_some(),
             }

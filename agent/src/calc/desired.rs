@@ -41,6 +41,9 @@ pub struct NodeSettings {
     pub vxlan_mtu: Option<u32>,
     /// The ports host endpoints always let through (Felix's failsafe ports).
     pub failsafe: serval_policy::compile::Failsafe,
+    /// The host's interface prefixes and names (read at start-up), for BGPFilter rules
+    /// that match a route's `interface`.
+    pub host_interfaces: Vec<(IpNet, String)>,
 }
 
 impl NodeSettings {
@@ -54,6 +57,7 @@ impl NodeSettings {
             ipip_mtu: None,
             vxlan_mtu: None,
             failsafe: serval_policy::compile::Failsafe::default(),
+            host_interfaces: Vec::new(),
         }
     }
 }
@@ -530,8 +534,19 @@ impl ClusterState {
             self.endpoint_slices.values(),
             me,
         ));
-        let mut remote = self.remote.clone();
-        remote.retain(|prefix, _| !service_ranges.covers(prefix));
+        let normal_priority = crate::calc::bgp_export::NormalPriority::from_config(default_config);
+        let remote = self
+            .remote
+            .iter()
+            .filter(|(prefix, _)| !service_ranges.covers(prefix))
+            .map(|(prefix, (next_hops, priority))| {
+                let learned = crate::calc::routes::LearnedRoute {
+                    next_hops: next_hops.clone(),
+                    metric: normal_priority.of(prefix, *priority),
+                };
+                (*prefix, learned)
+            })
+            .collect();
         let pools = self.pool_routing();
         let block_owners = self.block_owners(me);
         let inputs = RouteInputs {
@@ -539,7 +554,7 @@ impl ClusterState {
             local_v4,
             local_v6,
             vxlan_tunnels,
-            local_pods,
+            local_pods: local_pods.clone(),
             local_blocks,
             remote,
             block_owners,
@@ -563,6 +578,7 @@ impl ClusterState {
         if !settings.bgp {
             exports.clear();
         }
+        let interfaces = route_interfaces(&peer_filters, settings, &local_pods, &exports);
         Ok(Desired {
             policy,
             policy_failures,
@@ -571,8 +587,10 @@ impl ClusterState {
             exports,
             communities: crate::calc::bgp_export::CommunityRules::from_config(default_config),
             route_policy: crate::calc::bgp_export::NodeRoutePolicy {
+                interfaces,
                 service_ranges,
                 peer_filters,
+                normal_priority,
             },
             bgp_log_level: [format!("node.{me}"), "default".to_string()]
                 .iter()
@@ -586,6 +604,27 @@ impl ClusterState {
             vteps_v6,
             pod_mtu: pod_mtu_with(host_mtu, &pools, settings.ipip_mtu, settings.vxlan_mtu),
         })
+    }
+}
+
+/// Routes' interfaces for BGPFilter, only while some peer's filter matches on them: the
+/// host's prefixes, and the exported local pod addresses with their host interfaces.
+fn route_interfaces(
+    filters: &BTreeMap<IpAddr, crate::calc::bgp_filter::PeerFilterState>,
+    settings: &NodeSettings,
+    local_pods: &BTreeMap<IpNet, String>,
+    exports: &BTreeSet<IpNet>,
+) -> crate::calc::bgp_export::RouteInterfaces {
+    if !filters.values().any(|f| f.matches_interfaces()) {
+        return crate::calc::bgp_export::RouteInterfaces::default();
+    }
+    crate::calc::bgp_export::RouteInterfaces {
+        connected: settings.host_interfaces.clone(),
+        local: local_pods
+            .iter()
+            .filter(|(pod, _)| exports.contains(pod))
+            .map(|(pod, dev)| (*pod, dev.clone()))
+            .collect(),
     }
 }
 

@@ -4,12 +4,19 @@ use serval_bgp::status::BestPathChange;
 type K8sNode = k8s_openapi::api::core::v1::Node;
 
 use super::*;
-use crate::calc::kernel_table::{Hop, RouteKind};
+use crate::calc::kernel_table::{Hop, KernelTable, RouteKey, RouteKind, route_to};
 use crate::datastore::{KindInfo, SyncEvent};
 use crate::resources::{BGPPeer, BlockAffinity, NetworkPolicy, Node, WorkloadEndpoint};
 use serde_json::Value;
 use serde_json::json;
 use serval_bgp::status::BestRoute;
+
+/// The route the kernel would use for `dst`.
+fn route(t: &KernelTable, dst: &str) -> RouteKind {
+    route_to(t, &dst.parse().unwrap())
+        .cloned()
+        .unwrap_or_else(|| panic!("no route to {dst}"))
+}
 
 fn upsert_json(s: &mut ClusterState, kind: KindInfo, object: Value) {
     assert!(s.apply(&SyncEvent::Upsert { kind, object }));
@@ -91,21 +98,25 @@ fn cross_subnet_vxlan_node_gets_native_and_tunnel_routes() {
         }])
     };
     assert_eq!(
-        d.routes[&"10.244.2.0/26".parse().unwrap()],
+        route(&d.routes, "10.244.2.0/26"),
         via("192.168.1.6", None),
         "same subnet: native"
     );
+    assert!(
+        d.routes.contains_key(&RouteKey {
+            dst: "10.244.2.0/26".parse().unwrap(),
+            metric: 1024
+        }),
+        "a learned route at the normal priority"
+    );
     assert_eq!(
-        d.routes[&"10.244.3.0/26".parse().unwrap()],
+        route(&d.routes, "10.244.3.0/26"),
         via("10.244.3.0", Some("vxlan.serval")),
         "other subnet: VXLAN to c's VTEP"
     );
+    assert_eq!(route(&d.routes, "10.244.1.0/26"), RouteKind::Blackhole);
     assert_eq!(
-        d.routes[&"10.244.1.0/26".parse().unwrap()],
-        RouteKind::Blackhole
-    );
-    assert_eq!(
-        d.routes[&"10.244.1.5/32".parse().unwrap()],
+        route(&d.routes, "10.244.1.5/32"),
         RouteKind::Link("sv0000000000a".into())
     );
     let vx = d.vxlan.expect("VXLAN device");
@@ -130,8 +141,8 @@ fn cross_subnet_vxlan_node_gets_native_and_tunnel_routes() {
         name: "a-k8s-web-eth0".into(),
     }));
     let d = s.desired("a", 1500).unwrap();
-    assert!(!d.routes.contains_key(&"10.244.3.0/26".parse().unwrap()));
-    assert!(!d.routes.contains_key(&"10.244.1.5/32".parse().unwrap()));
+    assert!(route_to(&d.routes, &"10.244.3.0/26".parse().unwrap()).is_none());
+    assert!(route_to(&d.routes, &"10.244.1.5/32".parse().unwrap()).is_none());
 }
 
 #[test]
@@ -421,7 +432,7 @@ fn without_bgp_routes_follow_ipam_and_felix_tunnel_settings_apply() {
     assert!(d.peers.is_empty(), "{:?}", d.peers);
     assert!(d.exports.is_empty(), "{:?}", d.exports);
     assert_eq!(
-        d.routes[&"10.244.2.0/26".parse().unwrap()],
+        route(&d.routes, "10.244.2.0/26"),
         RouteKind::Via(vec![Hop {
             gateway: "192.168.1.6".parse().unwrap(),
             dev: None,
@@ -430,7 +441,7 @@ fn without_bgp_routes_follow_ipam_and_felix_tunnel_settings_apply() {
         "same subnet: native, from IPAM"
     );
     assert_eq!(
-        d.routes[&"10.244.3.0/26".parse().unwrap()],
+        route(&d.routes, "10.244.3.0/26"),
         RouteKind::Via(vec![Hop {
             gateway: "10.244.3.0".parse().unwrap(),
             dev: Some("vxlan.serval".into()),
@@ -449,11 +460,7 @@ fn without_bgp_routes_follow_ipam_and_felix_tunnel_settings_apply() {
     // BGP's best path.
     let with_bgp = s.desired("a", 1500).unwrap();
     assert_eq!(with_bgp.peers.len(), 2);
-    assert!(
-        !with_bgp
-            .routes
-            .contains_key(&"10.244.2.0/26".parse().unwrap())
-    );
+    assert!(route_to(&with_bgp.routes, &"10.244.2.0/26".parse().unwrap()).is_none());
 }
 
 #[test]

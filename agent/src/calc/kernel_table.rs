@@ -34,17 +34,77 @@ pub enum RouteKind {
     Via(Vec<Hop>),
 }
 
+/// The kernel's metric for a route written without one: 0 for IPv4, 1024 for IPv6 (the
+/// kernel stores and reports 1024 for an IPv6 route given none).
+pub fn default_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
+/// What names one kernel route: two routes to one destination with different metrics are
+/// two routes (the kernel keeps both and uses the lower metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// Destination prefix.
+    pub dst: IpNet,
+    /// The metric (`priority`), as the kernel holds it.
+    pub metric: u32,
+}
+
+impl From<IpNet> for RouteKey {
+    /// The route to `dst` at the kernel's default metric.
+    fn from(dst: IpNet) -> RouteKey {
+        RouteKey {
+            dst,
+            metric: default_metric(&dst),
+        }
+    }
+}
+
 /// A route in the kernel's main table with Serval's protocol number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KernelRoute {
     /// Destination prefix.
     pub dst: IpNet,
+    /// The metric, as the kernel holds it ([`default_metric`] when Serval sets none).
+    pub metric: u32,
     /// What it does.
     pub kind: RouteKind,
 }
 
+impl KernelRoute {
+    /// A route at `key`.
+    pub fn at(key: RouteKey, kind: RouteKind) -> KernelRoute {
+        KernelRoute {
+            dst: key.dst,
+            metric: key.metric,
+            kind,
+        }
+    }
+
+    /// Its destination and metric.
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            dst: self.dst,
+            metric: self.metric,
+        }
+    }
+}
+
 impl fmt::Display for KernelRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_kind(f)?;
+        if self.metric != default_metric(&self.dst) {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl KernelRoute {
+    fn fmt_kind(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             RouteKind::Blackhole => write!(f, "blackhole {}", self.dst),
             RouteKind::Link(dev) => write!(f, "{} dev {dev} scope link", self.dst),
@@ -70,8 +130,21 @@ impl fmt::Display for KernelRoute {
     }
 }
 
-/// The kernel table Serval wants, by destination.
-pub type KernelTable = BTreeMap<IpNet, RouteKind>;
+/// Serval's kernel routes (wanted, or read back), by destination and metric.
+pub type KernelTable = BTreeMap<RouteKey, RouteKind>;
+
+/// The route the kernel uses for `dst` among Serval's (the lowest metric).
+pub fn route_to<'a>(table: &'a KernelTable, dst: &IpNet) -> Option<&'a RouteKind> {
+    let from = RouteKey {
+        dst: *dst,
+        metric: 0,
+    };
+    let to = RouteKey {
+        dst: *dst,
+        metric: u32::MAX,
+    };
+    table.range(from..=to).next().map(|(_, kind)| kind)
+}
 
 /// Turns the calculation's desired routes into kernel routes (tunnel hops pinned to their
 /// device with `onlink`, plain hops left to the kernel's choice of device).
@@ -79,12 +152,17 @@ pub fn kernel_table(desired: &DesiredRoutes) -> KernelTable {
     desired
         .iter()
         .map(|(dst, target)| {
+            let mut key = RouteKey::from(*dst);
             let kind = match target {
                 RouteTarget::Blackhole => RouteKind::Blackhole,
                 RouteTarget::Local(dev) => RouteKind::Link(dev.clone()),
                 RouteTarget::Unicast(hops) => RouteKind::Via(hops.iter().map(hop).collect()),
+                RouteTarget::Learned { hops, metric } => {
+                    key.metric = *metric;
+                    RouteKind::Via(hops.iter().map(hop).collect())
+                }
             };
-            (*dst, kind)
+            (key, kind)
         })
         .collect()
 }
@@ -149,32 +227,48 @@ mod tests {
             RouteTarget::Unicast(vec![NextHop::Vxlan("10.0.3.0".parse().unwrap())]),
         );
         d.insert(
+            net("10.0.4.0/24"),
+            RouteTarget::Learned {
+                hops: vec![NextHop::Via("192.168.1.9".parse().unwrap())],
+                metric: 512,
+            },
+        );
+        d.insert(
             net("fd00:10:0:3::/122"),
             RouteTarget::Unicast(vec![NextHop::Vxlan("fd00:10:0:3::".parse().unwrap())]),
         );
         let t = kernel_table(&d);
-        assert_eq!(t[&net("10.0.1.0/26")], RouteKind::Blackhole);
-        assert_eq!(t[&net("10.0.1.5/32")], RouteKind::Link("sv123".into()));
+        assert_eq!(t[&RouteKey::from(net("10.0.1.0/26"))], RouteKind::Blackhole);
         assert_eq!(
-            t[&net("10.0.2.0/26")],
+            t[&RouteKey::from(net("10.0.1.5/32"))],
+            RouteKind::Link("sv123".into())
+        );
+        assert_eq!(
+            t[&RouteKey::from(net("10.0.2.0/26"))],
             RouteKind::Via(vec![
                 via("192.168.1.2", None, false),
                 via("192.168.2.2", Some("tunl0"), true)
             ])
         );
         assert_eq!(
-            t[&net("10.0.3.0/26")],
+            t[&RouteKey::from(net("10.0.3.0/26"))],
             RouteKind::Via(vec![via("10.0.3.0", Some("vxlan.serval"), true)])
+        );
+        assert_eq!(
+            route_to(&t, &net("10.0.4.0/24")),
+            t.get(&RouteKey {
+                dst: net("10.0.4.0/24"),
+                metric: 512
+            })
+        );
+        assert_eq!(
+            t.keys().last().map(|k| k.metric),
+            Some(1024),
+            "an IPv6 route without a metric is at the kernel's 1024"
         );
         let shown: Vec<String> = t
             .iter()
-            .map(|(dst, kind)| {
-                KernelRoute {
-                    dst: *dst,
-                    kind: kind.clone(),
-                }
-                .to_string()
-            })
+            .map(|(key, kind)| KernelRoute::at(*key, kind.clone()).to_string())
             .collect();
         assert_eq!(
             shown,
@@ -183,6 +277,7 @@ mod tests {
                 "10.0.1.5/32 dev sv123 scope link",
                 "10.0.2.0/26 nexthop via 192.168.1.2 nexthop via 192.168.2.2 dev tunl0 onlink",
                 "10.0.3.0/26 via 10.0.3.0 dev vxlan.serval onlink",
+                "10.0.4.0/24 via 192.168.1.9 metric 512",
                 "fd00:10:0:3::/122 via fd00:10:0:3:: dev vxlan-v6.serval onlink",
             ]
         );

@@ -67,9 +67,40 @@ pub enum RouteTarget {
     Local(String),
     /// A local block: `blackhole` (addresses without a pod are dropped, not sent upstream).
     Blackhole,
-    /// A remote block: one or more next hops (ECMP when several).
+    /// A remote block from IPAM: one or more next hops (ECMP when several).
     Unicast(Vec<NextHop>),
+    /// A route learned over BGP, at its priority (the kernel metric).
+    Learned {
+        /// The next hops (ECMP when several).
+        hops: Vec<NextHop>,
+        /// The kernel metric: what an import filter's `setPriority` gave it, else the
+        /// family's normal route priority.
+        metric: u32,
+    },
 }
+
+/// A prefix learned over BGP, as the node routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedRoute {
+    /// The best path's next hop and those equal to it (node addresses).
+    pub next_hops: Vec<IpAddr>,
+    /// Its kernel metric.
+    pub metric: u32,
+}
+
+impl LearnedRoute {
+    /// A route at the normal priority.
+    pub fn via(next_hops: Vec<IpAddr>) -> LearnedRoute {
+        LearnedRoute {
+            next_hops,
+            metric: DEFAULT_ROUTE_PRIORITY,
+        }
+    }
+}
+
+/// Calico's normal route priority (`ipv4NormalRoutePriority` / `ipv6NormalRoutePriority`):
+/// the metric of routes learned over BGP unless a filter sets another.
+pub const DEFAULT_ROUTE_PRIORITY: u32 = 1024;
 
 /// Everything the route manager should hold, by destination.
 pub type DesiredRoutes = BTreeMap<IpNet, RouteTarget>;
@@ -111,8 +142,8 @@ pub struct RouteInputs {
     pub local_pods: BTreeMap<IpNet, String>,
     /// Blocks this node owns.
     pub local_blocks: Vec<IpNet>,
-    /// Remote prefixes from BGP: destination → best-path next hops (node addresses).
-    pub remote: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Remote prefixes from BGP: destination → best-path next hops and metric.
+    pub remote: BTreeMap<IpNet, LearnedRoute>,
     /// Other nodes' confirmed blocks → the owner's address (same family), from IPAM. Tunnel
     /// routes follow these, as Felix's do, so they work whatever BGP's next hop is (a ToR
     /// between racks) and without BGP at all.
@@ -165,7 +196,7 @@ pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
             out.insert(*block, RouteTarget::Unicast(vec![hop]));
         }
     }
-    for (dst, nhs) in &inputs.remote {
+    for (dst, learned) in &inputs.remote {
         if inputs.local_blocks.contains(dst) || out.contains_key(dst) {
             continue;
         }
@@ -179,14 +210,21 @@ pub fn desired_routes(inputs: &RouteInputs) -> DesiredRoutes {
         if local.is_some_and(|l| dst.contains(&l.addr())) {
             continue;
         }
-        let mut hops: Vec<NextHop> = nhs
+        let mut hops: Vec<NextHop> = learned
+            .next_hops
             .iter()
             .filter_map(|n| next_hop(inputs, dst, *n))
             .collect();
         hops.sort();
         hops.dedup();
         if !hops.is_empty() {
-            out.insert(*dst, RouteTarget::Unicast(hops));
+            out.insert(
+                *dst,
+                RouteTarget::Learned {
+                    hops,
+                    metric: learned.metric,
+                },
+            );
         }
     }
     for block in &inputs.local_blocks {
@@ -303,6 +341,35 @@ mod tests {
         );
     }
 
+    fn learned(hops: Vec<NextHop>) -> RouteTarget {
+        RouteTarget::Learned {
+            hops,
+            metric: DEFAULT_ROUTE_PRIORITY,
+        }
+    }
+
+    #[test]
+    fn a_learned_route_keeps_the_metric_its_filter_gave_it() {
+        let mut inputs = RouteInputs {
+            local_v4: Some("192.168.1.5/24".parse().unwrap()),
+            ..Default::default()
+        };
+        inputs.remote.insert(
+            "10.9.0.0/16".parse().unwrap(),
+            LearnedRoute {
+                next_hops: vec![ip("192.168.1.6")],
+                metric: 512,
+            },
+        );
+        assert_eq!(
+            desired_routes(&inputs)[&"10.9.0.0/16".parse().unwrap()],
+            RouteTarget::Learned {
+                hops: vec![NextHop::Via(ip("192.168.1.6"))],
+                metric: 512
+            }
+        );
+    }
+
     #[test]
     fn desired_table_combines_local_blackhole_and_remote_with_ecmp() {
         let mut inputs = RouteInputs {
@@ -318,17 +385,19 @@ mod tests {
         inputs
             .local_pods
             .insert("10.244.1.7/32".parse().unwrap(), "sv0123456789a".into());
-        inputs
-            .remote
-            .insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
+        inputs.remote.insert(
+            "10.244.2.0/26".parse().unwrap(),
+            LearnedRoute::via(vec![ip("192.168.1.6")]),
+        );
         inputs.remote.insert(
             "10.244.3.0/26".parse().unwrap(),
-            vec![ip("192.168.2.7"), ip("192.168.1.6")],
+            LearnedRoute::via(vec![ip("192.168.2.7"), ip("192.168.1.6")]),
         );
         // Our own block echoed back by a reflector is not routed away.
-        inputs
-            .remote
-            .insert("10.244.1.0/26".parse().unwrap(), vec![ip("192.168.1.6")]);
+        inputs.remote.insert(
+            "10.244.1.0/26".parse().unwrap(),
+            LearnedRoute::via(vec![ip("192.168.1.6")]),
+        );
         let t = desired_routes(&inputs);
         assert_eq!(t[&"10.244.1.0/26".parse().unwrap()], RouteTarget::Blackhole);
         assert_eq!(
@@ -337,11 +406,11 @@ mod tests {
         );
         assert_eq!(
             t[&"10.244.2.0/26".parse().unwrap()],
-            RouteTarget::Unicast(vec![NextHop::Via(ip("192.168.1.6"))])
+            learned(vec![NextHop::Via(ip("192.168.1.6"))])
         );
         assert_eq!(
             t[&"10.244.3.0/26".parse().unwrap()],
-            RouteTarget::Unicast(vec![
+            learned(vec![
                 NextHop::Via(ip("192.168.1.6")),
                 NextHop::Ipip(ip("192.168.2.7"))
             ])
@@ -365,7 +434,9 @@ mod tests {
         let tor = ip("10.97.1.1");
         let (same_rack, other_rack) = ("10.244.2.0/26", "10.244.3.0/26");
         for b in [same_rack, other_rack, "10.244.1.0/26"] {
-            inputs.remote.insert(b.parse().unwrap(), vec![tor]);
+            inputs
+                .remote
+                .insert(b.parse().unwrap(), LearnedRoute::via(vec![tor]));
         }
         inputs
             .block_owners
@@ -377,20 +448,22 @@ mod tests {
             .vxlan_tunnels
             .insert(ip("10.97.2.11"), ip("10.244.3.0"));
         // Learned routes over our own subnet and a default route are left to the host.
+        inputs.remote.insert(
+            "10.97.1.0/24".parse().unwrap(),
+            LearnedRoute::via(vec![tor]),
+        );
         inputs
             .remote
-            .insert("10.97.1.0/24".parse().unwrap(), vec![tor]);
-        inputs
-            .remote
-            .insert("0.0.0.0/0".parse().unwrap(), vec![tor]);
-        inputs
-            .remote
-            .insert("10.97.2.0/24".parse().unwrap(), vec![tor]);
+            .insert("0.0.0.0/0".parse().unwrap(), LearnedRoute::via(vec![tor]));
+        inputs.remote.insert(
+            "10.97.2.0/24".parse().unwrap(),
+            LearnedRoute::via(vec![tor]),
+        );
         let t = desired_routes(&inputs);
         let at = |s: &str| t.get(&s.parse::<IpNet>().unwrap()).cloned();
         assert_eq!(
             at(same_rack),
-            Some(RouteTarget::Unicast(vec![NextHop::Via(tor)])),
+            Some(learned(vec![NextHop::Via(tor)])),
             "same subnet: native, through whatever BGP chose"
         );
         assert_eq!(
@@ -403,7 +476,7 @@ mod tests {
         assert_eq!(at("0.0.0.0/0"), None);
         assert_eq!(
             at("10.97.2.0/24"),
-            Some(RouteTarget::Unicast(vec![NextHop::Via(tor)])),
+            Some(learned(vec![NextHop::Via(tor)])),
             "the other rack's node subnet, for the tunnel's outer packets"
         );
         // Without BGP (a VXLAN-only cluster) the owner alone gives the tunnel route.
@@ -425,9 +498,10 @@ mod tests {
             local_v4: Some("192.168.1.5/24".parse().unwrap()),
             ..Default::default()
         };
-        inputs
-            .remote
-            .insert("10.244.2.0/26".parse().unwrap(), vec![ip("192.168.2.7")]);
+        inputs.remote.insert(
+            "10.244.2.0/26".parse().unwrap(),
+            LearnedRoute::via(vec![ip("192.168.2.7")]),
+        );
         assert!(
             desired_routes(&inputs).is_empty(),
             "no VTEP known yet: no route"
@@ -437,7 +511,7 @@ mod tests {
             .insert(ip("192.168.2.7"), ip("10.244.2.1"));
         assert_eq!(
             desired_routes(&inputs)[&"10.244.2.0/26".parse().unwrap()],
-            RouteTarget::Unicast(vec![NextHop::Vxlan(ip("10.244.2.1"))])
+            learned(vec![NextHop::Vxlan(ip("10.244.2.1"))])
         );
     }
 

@@ -68,12 +68,22 @@ const NOTES: &[(&str, &str, &str)] = &[
     (
         "BGPFilter",
         "exportV4",
-        "rules' `interface`, `priority` and `setPriority` refused by name; evaluated after Serval's own rules (no transit between external peers, service ranges never learned)",
+        "evaluated after Serval's own rules (no transit between external peers, service ranges never learned); `setPriority` refused by name (a priority is this node's kernel metric, not sent); `interface` matches a local pod's host interface or the interface towards a learned route's next hop (Serval announces no host-interface routes)",
     ),
     (
         "BGPFilter",
         "importV4",
-        "rules' `interface`, `priority` and `setPriority` refused by name",
+        "`setPriority` is the kernel metric of the route (Calico's live-migration LOCAL_PREF encoding of priorities between nodes is not done); `interface` is the interface towards the next hop",
+    ),
+    (
+        "BGPConfiguration",
+        "ipv4NormalRoutePriority",
+        "`default` only; the metric of routes learned over BGP (routes from IPAM, local pods and blocks keep the kernel's default)",
+    ),
+    (
+        "BGPConfiguration",
+        "ipv6NormalRoutePriority",
+        "as ipv4NormalRoutePriority",
     ),
     ("BGPFilter", "exportV6", "as exportV4"),
     ("BGPFilter", "importV6", "as importV4"),

@@ -154,7 +154,7 @@ impl Netlink {
                     continue;
                 }
                 if let Some(route) = parse_route(&m, &names) {
-                    out.insert(route.dst, route.kind);
+                    out.insert(route.key(), route.kind);
                 }
             }
         }
@@ -585,12 +585,14 @@ fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Kernel
     let mut gateway = None;
     let mut oif = None;
     let mut multipath = None;
+    let mut metric = None;
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = route_addr(d),
             RouteAttribute::Gateway(g) => gateway = route_addr(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::MultiPath(hops) => multipath = Some(hops.clone()),
+            RouteAttribute::Priority(p) => metric = Some(*p),
             _ => {}
         }
     }
@@ -630,7 +632,11 @@ fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Kernel
     } else {
         RouteKind::Link(oif.and_then(name)?)
     };
-    Some(KernelRoute { dst, kind })
+    Some(KernelRoute {
+        metric: metric.unwrap_or_else(|| crate::calc::kernel_table::default_metric(&dst)),
+        dst,
+        kind,
+    })
 }
 
 fn route_message(
@@ -646,7 +652,8 @@ fn route_message(
     let base = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.addr(), r.dst.prefix_len())
         .map_err(|e| DataplaneError::Invalid(format!("{r}: {e}")))?
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .priority(r.metric);
     let msg = match &r.kind {
         RouteKind::Blackhole => base.kind(RouteType::BlackHole).build(),
         RouteKind::Link(dev) => base

@@ -174,7 +174,9 @@ impl<K: RouteKernel> RouteManager<K> {
         let mut todo = plan(&self.desired, &actual);
         // Held-back destinations are tried again only when the kernel was re-read (the
         // other owner may have gone); and forgotten once we no longer want them.
-        self.conflicts.retain(|d| self.desired.contains_key(d));
+        let desired = &self.desired;
+        self.conflicts
+            .retain(|d| desired.keys().any(|k| k.dst == *d));
         if !report.resynced {
             todo.replace.retain(|r| !self.conflicts.contains(&r.dst));
         }
@@ -193,7 +195,7 @@ impl<K: RouteKernel> RouteManager<K> {
                 .replace
                 .iter()
                 .cloned()
-                .partition(|r| actual.contains_key(&r.dst));
+                .partition(|r| actual.contains_key(&r.key()));
             let failed = match self.kernel.write(&create, &replace, &todo.delete).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -201,22 +203,22 @@ impl<K: RouteKernel> RouteManager<K> {
                     return Err(e);
                 }
             };
-            let failed_dsts: std::collections::BTreeSet<_> =
-                failed.iter().map(|(r, _)| r.dst).collect();
+            let failed_keys: std::collections::BTreeSet<_> =
+                failed.iter().map(|(r, _)| r.key()).collect();
             for r in &todo.replace {
-                if !failed_dsts.contains(&r.dst) {
-                    actual.insert(r.dst, r.kind.clone());
+                if !failed_keys.contains(&r.key()) {
+                    actual.insert(r.key(), r.kind.clone());
                     report.written += 1;
                 }
             }
             for r in &todo.delete {
-                if !failed_dsts.contains(&r.dst) {
-                    actual.remove(&r.dst);
+                if !failed_keys.contains(&r.key()) {
+                    actual.remove(&r.key());
                     report.deleted += 1;
                 }
             }
             for r in &create {
-                if !failed_dsts.contains(&r.dst) {
+                if !failed_keys.contains(&r.key()) {
                     self.conflicts.remove(&r.dst);
                 }
             }
@@ -371,7 +373,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::calc::kernel_table::{Hop, RouteKind};
+    use crate::calc::kernel_table::{Hop, RouteKey, RouteKind};
 
     /// A kernel table in memory; `fail` lists destinations whose writes fail.
     #[derive(Clone, Default)]
@@ -398,7 +400,7 @@ mod tests {
             let foreign = self.foreign.lock().unwrap();
             let mut failed = Vec::new();
             for r in delete {
-                t.remove(&r.dst);
+                t.remove(&r.key());
             }
             for r in create {
                 if foreign.contains(&r.dst) {
@@ -413,14 +415,14 @@ mod tests {
                 } else if fail.contains(&r.dst) {
                     failed.push((r.clone(), DataplaneError::NoDevice("sv-missing".into())));
                 } else {
-                    t.insert(r.dst, r.kind.clone());
+                    t.insert(r.key(), r.kind.clone());
                 }
             }
             for r in replace {
                 if fail.contains(&r.dst) {
                     failed.push((r.clone(), DataplaneError::NoDevice("sv-missing".into())));
                 } else {
-                    t.insert(r.dst, r.kind.clone());
+                    t.insert(r.key(), r.kind.clone());
                 }
             }
             *self.writes.lock().unwrap() += create.len() + replace.len() + delete.len();
@@ -433,7 +435,10 @@ mod tests {
     }
 
     fn table(routes: &[(&str, RouteKind)]) -> KernelTable {
-        routes.iter().map(|(d, k)| (net(d), k.clone())).collect()
+        routes
+            .iter()
+            .map(|(d, k)| (RouteKey::from(net(d)), k.clone()))
+            .collect()
     }
 
     fn via(gw: &str) -> RouteKind {
@@ -450,12 +455,17 @@ mod tests {
         k.table
             .lock()
             .unwrap()
-            .insert(net("10.0.9.0/26"), RouteKind::Blackhole);
+            .insert(net("10.0.9.0/26").into(), RouteKind::Blackhole);
         let mut m = RouteManager::new(k.clone());
         m.set_desired(table(&[("10.0.1.0/26", RouteKind::Blackhole)]));
         assert!(m.apply().await.unwrap().waiting);
         assert_eq!(*k.writes.lock().unwrap(), 0);
-        assert!(k.table.lock().unwrap().contains_key(&net("10.0.9.0/26")));
+        assert!(
+            k.table
+                .lock()
+                .unwrap()
+                .contains_key(&RouteKey::from(net("10.0.9.0/26")))
+        );
         // In sync: the start-up sweep removes the stale route and writes the wanted one.
         m.datastore_in_sync();
         let r = m.apply().await.unwrap();
@@ -486,7 +496,10 @@ mod tests {
         assert_eq!((r.written, r.deleted), (1, 0));
         assert_eq!(*k.writes.lock().unwrap(), 1);
         // Someone deletes one of our routes: the cache does not know, the resync does.
-        k.table.lock().unwrap().remove(&net("10.0.2.0/26"));
+        k.table
+            .lock()
+            .unwrap()
+            .remove(&RouteKey::from(net("10.0.2.0/26")));
         assert_eq!(m.apply().await.unwrap().written, 0);
         m.request_resync();
         let r = m.apply().await.unwrap();
@@ -502,11 +515,11 @@ mod tests {
         k.table
             .lock()
             .unwrap()
-            .insert(net("10.0.2.0/26"), via("192.168.1.2"));
+            .insert(net("10.0.2.0/26").into(), via("192.168.1.2"));
         k.table
             .lock()
             .unwrap()
-            .insert(net("10.0.9.0/26"), RouteKind::Blackhole);
+            .insert(net("10.0.9.0/26").into(), RouteKind::Blackhole);
         let mut m = RouteManager::new(k.clone());
         m.keep_learned(true);
         m.datastore_in_sync();
@@ -514,7 +527,12 @@ mod tests {
         m.set_desired(table(&[("10.0.1.0/26", RouteKind::Blackhole)]));
         let r = m.apply().await.unwrap();
         assert_eq!((r.written, r.deleted), (1, 1));
-        assert!(k.table.lock().unwrap().contains_key(&net("10.0.2.0/26")));
+        assert!(
+            k.table
+                .lock()
+                .unwrap()
+                .contains_key(&RouteKey::from(net("10.0.2.0/26")))
+        );
         m.keep_learned(false);
         let r = m.apply().await.unwrap();
         assert_eq!(r.deleted, 1);
@@ -537,7 +555,12 @@ mod tests {
         assert!(r.failed.is_empty(), "a conflict is not a failure to retry");
         assert_eq!(r.new_conflicts, vec![net("10.0.2.0/26")]);
         assert_eq!(m.stats().conflicts, 1);
-        assert!(!k.table.lock().unwrap().contains_key(&net("10.0.2.0/26")));
+        assert!(
+            !k.table
+                .lock()
+                .unwrap()
+                .contains_key(&RouteKey::from(net("10.0.2.0/26")))
+        );
         // Not retried (nor reported again) until the kernel is re-read.
         *k.writes.lock().unwrap() = 0;
         let r = m.apply().await.unwrap();

@@ -46,20 +46,14 @@ impl RoutePlan {
 /// Computes the plan. Both tables are sorted maps, so this is one merge pass.
 pub fn plan(desired: &KernelTable, actual: &KernelTable) -> RoutePlan {
     let mut out = RoutePlan::default();
-    for (dst, want) in desired {
-        if !actual.get(dst).is_some_and(|have| satisfies(have, want)) {
-            out.replace.push(KernelRoute {
-                dst: *dst,
-                kind: want.clone(),
-            });
+    for (key, want) in desired {
+        if !actual.get(key).is_some_and(|have| satisfies(have, want)) {
+            out.replace.push(KernelRoute::at(*key, want.clone()));
         }
     }
-    for (dst, have) in actual {
-        if !desired.contains_key(dst) {
-            out.delete.push(KernelRoute {
-                dst: *dst,
-                kind: have.clone(),
-            });
+    for (key, have) in actual {
+        if !desired.contains_key(key) {
+            out.delete.push(KernelRoute::at(*key, have.clone()));
         }
     }
     out
@@ -70,7 +64,7 @@ mod tests {
     use ipnet::IpNet;
 
     use super::*;
-    use crate::calc::kernel_table::Hop;
+    use crate::calc::kernel_table::{Hop, RouteKey};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -125,19 +119,19 @@ mod tests {
     #[test]
     fn plan_replaces_what_differs_and_deletes_what_is_unwanted() {
         let mut desired = KernelTable::new();
-        desired.insert(net("10.0.1.0/26"), RouteKind::Blackhole);
+        desired.insert(net("10.0.1.0/26").into(), RouteKind::Blackhole);
         desired.insert(
-            net("10.0.2.0/26"),
+            net("10.0.2.0/26").into(),
             RouteKind::Via(vec![via("192.168.1.2", None, false)]),
         );
-        desired.insert(net("10.0.1.7/32"), RouteKind::Link("sv1".into()));
+        desired.insert(net("10.0.1.7/32").into(), RouteKind::Link("sv1".into()));
         let mut actual = KernelTable::new();
-        actual.insert(net("10.0.1.0/26"), RouteKind::Blackhole);
+        actual.insert(net("10.0.1.0/26").into(), RouteKind::Blackhole);
         actual.insert(
-            net("10.0.2.0/26"),
+            net("10.0.2.0/26").into(),
             RouteKind::Via(vec![via("192.168.1.3", Some("eth0"), false)]),
         );
-        actual.insert(net("10.0.9.0/26"), RouteKind::Blackhole);
+        actual.insert(net("10.0.9.0/26").into(), RouteKind::Blackhole);
         let p = plan(&desired, &actual);
         assert_eq!(
             p.replace
@@ -149,5 +143,24 @@ mod tests {
         assert_eq!(p.delete.len(), 1);
         assert_eq!(p.delete[0].dst, net("10.0.9.0/26"));
         assert!(plan(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn a_new_metric_is_a_new_route_and_the_old_one_goes() {
+        let dst = net("10.0.2.0/26");
+        let hop = RouteKind::Via(vec![via("192.168.1.2", None, false)]);
+        let desired: KernelTable = [(RouteKey { dst, metric: 512 }, hop.clone())].into();
+        let actual: KernelTable = [(RouteKey { dst, metric: 1024 }, hop.clone())].into();
+        let p = plan(&desired, &actual);
+        assert_eq!(
+            p.replace,
+            [KernelRoute {
+                dst,
+                metric: 512,
+                kind: hop.clone()
+            }]
+        );
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.delete[0].metric, 1024);
     }
 }

@@ -213,6 +213,7 @@ pub async fn run(
         ipip_mtu: cfg.tunnels.ipip_mtu,
         vxlan_mtu: cfg.tunnels.vxlan_mtu,
         failsafe: cfg.failsafe.clone(),
+        host_interfaces: host_interfaces(),
     };
     let agent = Agent::new(
         cfg.node_name.clone(),
@@ -264,4 +265,24 @@ async fn initial_identity<B: Backend>(
         object: serde_json::to_value(node).expect("resources serialise"),
     });
     Ok(agent::identity(&state, me))
+}
+
+/// The host's interface prefixes, for BGPFilter `interface` rules; an unreadable list is
+/// logged and leaves such rules matching nothing.
+fn host_interfaces() -> Vec<(ipnet::IpNet, String)> {
+    match crate::autodetect::local_interfaces() {
+        Ok(list) => list
+            .into_iter()
+            .flat_map(|i| {
+                i.addrs
+                    .into_iter()
+                    .map(move |a| (a.trunc(), i.name.clone()))
+            })
+            .filter(|(net, _)| !net.addr().is_loopback())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the host's interfaces: BGPFilter interface rules match no route");
+            Vec::new()
+        }
+    }
 }

@@ -121,7 +121,37 @@ pub struct BGPConfigurationSpec {
     /// `None` (listen on all addresses) or `NodeIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind_mode: Option<BindMode>,
+    /// The kernel metric of IPv4 routes learned over BGP unless a BGPFilter sets another
+    /// (default 1024, Calico's; only on `default`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv4NormalRoutePriority"
+    )]
+    pub ipv4_normal_route_priority: Option<u32>,
+    /// As `ipv4NormalRoutePriority`, for IPv6 routes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv6NormalRoutePriority"
+    )]
+    pub ipv6_normal_route_priority: Option<u32>,
 }
+
+impl BGPConfigurationSpec {
+    /// The normal route priority of the family of `dst`.
+    pub fn normal_route_priority(&self, v6: bool) -> u32 {
+        if v6 {
+            self.ipv6_normal_route_priority
+        } else {
+            self.ipv4_normal_route_priority
+        }
+        .unwrap_or(crate::calc::routes::DEFAULT_ROUTE_PRIORITY)
+    }
+}
+
+/// The highest route priority Calico allows (`ipv4NormalRoutePriority`'s bound).
+pub const MAX_ROUTE_PRIORITY: u32 = 2_147_483_646;
 
 /// Whether LoadBalancer addresses are advertised as their ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -130,7 +130,7 @@ pub struct FilterOperation {
         rename = "prependASPath"
     )]
     pub prepend_as_path: Option<PrependAsPath>,
-    /// Set the route's priority (refused: Serval's routes keep their metric).
+    /// Import only: the kernel metric this node gives the route (BIRD's `krt_metric`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_priority: Option<PriorityValue>,
 }
@@ -151,7 +151,8 @@ pub struct BGPFilterRule {
     /// Export only: match routes learned from peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<RouteSourceMatch>,
-    /// The route's interface (refused: the speaker holds no interface routes).
+    /// The route's outgoing interface on this node matches this name or pattern (`*`, `?`):
+    /// a local pod's host interface, or the interface towards a learned route's next hop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// The type of the session the filter is applied on.
@@ -167,7 +168,7 @@ pub struct BGPFilterRule {
         rename = "asPathPrefix"
     )]
     pub as_path_prefix: Vec<u32>,
-    /// The route's priority (refused: Serval's routes carry none to match).
+    /// The route's priority (kernel metric) equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
     /// What a match does.

@@ -289,12 +289,14 @@ fn crds_match_the_checked_in_manifest() {
 
 #[test]
 fn bgp_filter_rules_name_what_serval_cannot_evaluate() {
-    let ok = "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: f}\nspec:\n  exportV4:\n  - {action: Accept, matchOperator: In, cidr: 10.244.0.0/16, prefixLength: {min: 26, max: 32}, operations: [{addCommunity: {value: '64512:7'}}, {prependASPath: {prefix: [64512]}}]}\n  - {action: Reject, source: RemotePeers}\n  importV6:\n  - {action: Reject, peerType: eBGP, communities: {values: ['65000:1:2']}, asPathPrefix: [65000]}\n";
+    let ok = "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: f}\nspec:\n  exportV4:\n  - {action: Accept, matchOperator: In, cidr: 10.244.0.0/16, prefixLength: {min: 26, max: 32}, operations: [{addCommunity: {value: '64512:7'}}, {prependASPath: {prefix: [64512]}}]}\n  - {action: Reject, source: RemotePeers}\n  importV4:\n  - {action: Accept, interface: 'eth*', priority: 1024, operations: [{setPriority: {value: 512}}]}\n  importV6:\n  - {action: Reject, peerType: eBGP, communities: {values: ['65000:1:2']}, asPathPrefix: [65000]}\n";
     assert!(problems::<BGPFilter>(ok).is_empty());
-    let bad = "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: f}\nspec:\n  importV4:\n  - {matchOperator: In}\n  - {action: Reject, cidr: 2001:db8::/32, matchOperator: In, source: RemotePeers}\n  - {action: Reject, interface: 'eth*', priority: 10, operations: [{setPriority: {value: 5}}]}\n  - {action: Accept, prefixLength: {min: 30, max: 33}, communities: {values: ['1:2', '3:4']}, operations: [{addCommunity: {value: x}, prependASPath: {prefix: [1]}}]}\n";
+    let bad = "apiVersion: serval.dev/v1\nkind: BGPFilter\nmetadata: {name: f}\nspec:\n  importV4:\n  - {matchOperator: In}\n  - {action: Reject, cidr: 2001:db8::/32, matchOperator: In, source: RemotePeers}\n  - {action: Reject, interface: 'eth0/x', priority: 0, operations: [{setPriority: {value: 5}}]}\n  - {action: Accept, prefixLength: {min: 30, max: 33}, communities: {values: ['1:2', '3:4']}, operations: [{addCommunity: {value: x}, prependASPath: {prefix: [1]}}]}\n  exportV4:\n  - {action: Accept, operations: [{setPriority: {value: 4294967295}}]}\n";
     assert_eq!(
         problems::<BGPFilter>(bad),
         [
+            "spec.exportV4[0].operations[0].setPriority",
+            "spec.exportV4[0].operations[0].setPriority.value",
             "spec.importV4[0].action",
             "spec.importV4[0].matchOperator",
             "spec.importV4[1].cidr",
@@ -302,7 +304,6 @@ fn bgp_filter_rules_name_what_serval_cannot_evaluate() {
             "spec.importV4[2].interface",
             "spec.importV4[2].priority",
             "spec.importV4[2].operations",
-            "spec.importV4[2].operations[0].setPriority",
             "spec.importV4[3].prefixLength",
             "spec.importV4[3].communities.values",
             "spec.importV4[3].operations[0]",

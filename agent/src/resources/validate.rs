@@ -91,6 +91,18 @@ impl Problems {
         }
     }
 
+    fn route_priority(&mut self, field: &str, value: Option<i64>) {
+        let max = i64::from(super::bgp::MAX_ROUTE_PRIORITY);
+        if let Some(v) = value
+            && !(1..=max).contains(&v)
+        {
+            self.add(
+                field,
+                format!("{v} is not a route priority (1 to {max}, a kernel metric)"),
+            );
+        }
+    }
+
     fn asn(&mut self, field: &str, asn: Option<u32>) {
         if asn == Some(0) {
             self.add(field, "AS number must be between 1 and 4294967295");
@@ -216,6 +228,14 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
             "serviceLoadBalancerAggregation",
             s.service_load_balancer_aggregation.is_some(),
         ),
+        (
+            "ipv4NormalRoutePriority",
+            s.ipv4_normal_route_priority.is_some(),
+        ),
+        (
+            "ipv6NormalRoutePriority",
+            s.ipv6_normal_route_priority.is_some(),
+        ),
     ] {
         if set && !is_default {
             p.add(
@@ -226,6 +246,12 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
     }
     for field in unsupported_bgp_fields(s) {
         p.add(format!("spec.{field}"), UNSUPPORTED_BGP);
+    }
+    for (field, value) in [
+        ("ipv4NormalRoutePriority", s.ipv4_normal_route_priority),
+        ("ipv6NormalRoutePriority", s.ipv6_normal_route_priority),
+    ] {
+        p.route_priority(&format!("spec.{field}"), value.map(i64::from));
     }
     for (i, c) in s.communities.iter().enumerate() {
         if !is_community(&c.value) {
@@ -346,18 +372,15 @@ pub(crate) fn bgp_filter(s: &super::bgpfilter::BGPFilterSpec, p: &mut Problems) 
                     "applies to export rules only (routes re-advertised from peers)",
                 );
             }
-            if r.interface.is_some() {
+            if let Some(glob) = &r.interface
+                && !valid_interface_glob(glob)
+            {
                 p.add(
                     format!("{f}.interface"),
-                    "is not supported (Serval's speaker holds no interface routes to match); remove it",
+                    format!("{glob:?} is not an interface name or pattern (1-15 of A-Z a-z 0-9 . _ - with * and ?)"),
                 );
             }
-            if r.priority.is_some() {
-                p.add(
-                    format!("{f}.priority"),
-                    "is not supported (Serval's routes carry no priority to match); remove it",
-                );
-            }
+            p.route_priority(&format!("{f}.priority"), r.priority);
             if let Some(c) = &r.communities {
                 match c.values.as_slice() {
                     [v] if is_community(v) => {}
@@ -412,15 +435,29 @@ pub(crate) fn bgp_filter(s: &super::bgpfilter::BGPFilterSpec, p: &mut Problems) 
                         "must list AS numbers (not 0)",
                     );
                 }
-                if op.set_priority.is_some() {
-                    p.add(
-                        format!("{o}.setPriority"),
-                        "is not supported (Serval's routes keep their metric); remove it",
-                    );
+                if let Some(sp) = &op.set_priority {
+                    if export {
+                        p.add(
+                            format!("{o}.setPriority"),
+                            "applies to import rules only (a priority is this node's kernel metric for the route; it is not sent to peers)",
+                        );
+                    }
+                    p.route_priority(&format!("{o}.setPriority.value"), Some(sp.value));
                 }
             }
         }
     }
+}
+
+/// An interface name, or a shell-style pattern of one (`*` any run, `?` one character),
+/// as BGPFilter's `interface` takes.
+fn valid_interface_glob(glob: &str) -> bool {
+    let literal = glob.chars().filter(|c| !matches!(c, '*' | '?')).count();
+    !glob.is_empty()
+        && literal <= 15
+        && glob
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*' | '?'))
 }
 
 fn is_community(v: &str) -> bool {

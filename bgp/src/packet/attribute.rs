@@ -146,6 +146,10 @@ pub struct PathAttributes {
     pub large_communities: Vec<LargeCommunity>,
     /// Unknown optional transitive attributes, relayed with Partial set.
     pub unknown: Vec<RawAttribute>,
+    /// The kernel route metric an import filter gave this path (BIRD's `krt_metric`):
+    /// local to this speaker, never sent or received; `None` is the node's normal priority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
 fn ser_communities<S: serde::Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {

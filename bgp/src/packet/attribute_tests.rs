@@ -51,6 +51,8 @@ fn full_attrs() -> PathAttributes {
             type_code: 99,
             value: vec![1, 2, 3],
         }],
+        // Local to the speaker: never on the wire, so a round trip cannot carry it.
+        priority: None,
     }
 }
 
@@ -87,6 +89,19 @@ fn byte_vector_of_every_attribute_round_trips() {
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     assert_eq!(d.attrs, attrs);
     assert!(d.has_origin && d.has_as_path && d.has_next_hop && d.has_local_pref);
+    // A filter's priority is this speaker's kernel metric: it changes no byte sent.
+    let mut with_priority = attrs.clone();
+    with_priority.priority = Some(512);
+    let mut again = Vec::new();
+    with_priority.encode(
+        EncodeContext {
+            four_octet_as: true,
+            extended_messages: false,
+        },
+        &Reach::Classic,
+        &mut again,
+    );
+    assert_eq!(again, expected);
 }
 
 #[test]

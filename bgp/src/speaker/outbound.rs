@@ -553,10 +553,13 @@ impl Speaker {
                 } else {
                     RouteOrigin::Internal
                 };
-                match self
-                    .policy
-                    .export(&policy_peer, prefix.into_ipnet(), &exported, origin)
-                {
+                match self.policy.export(
+                    &policy_peer,
+                    prefix.into_ipnet(),
+                    &exported,
+                    &best.attrs,
+                    origin,
+                ) {
                     Verdict::Accept => Some(exported),
                     Verdict::Reject => None,
                     Verdict::Modify(a) => Some(interner.intern(a)),

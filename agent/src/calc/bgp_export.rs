@@ -306,6 +306,74 @@ mod tests {
     }
 
     #[test]
+    fn filters_see_the_interface_and_priority_the_node_knows_for_each_route() {
+        let spec: crate::resources::BGPFilterSpec = serde_json::from_value(serde_json::json!({
+            "exportV4": [
+                {"action": "Reject", "interface": "eth1"},
+                {"action": "Accept", "interface": "sv*"},
+                {"action": "Reject", "matchOperator": "In", "cidr": "10.244.0.0/16", "prefixLength": {"min": 32}},
+            ],
+            "importV6": [{"action": "Reject", "priority": 700}],
+        }))
+        .unwrap();
+        let filters = [("f".to_string(), spec)].into();
+        let state = PeerFilterState::of(&["f".to_string()], &filters);
+        let p = NodeRoutePolicy {
+            peer_filters: [(peer(true).address, state)].into(),
+            interfaces: RouteInterfaces {
+                connected: vec![
+                    ("10.97.0.0/16".parse().unwrap(), "eth0".into()),
+                    ("10.97.2.0/24".parse().unwrap(), "eth1".into()),
+                ],
+                local: [("10.244.9.7/32".parse().unwrap(), "sv0123456789a".into())].into(),
+            },
+            normal_priority: NormalPriority { v4: 1024, v6: 700 },
+            ..NodeRoutePolicy::default()
+        };
+        let ours = path(&[64512]);
+        let export = |prefix: &str, held: &PathAttributes, origin| {
+            p.export(&peer(true), prefix.parse().unwrap(), &ours, held, origin)
+        };
+        // A local pod route leaves through its host interface; another /32 has none.
+        assert_eq!(
+            export("10.244.9.7/32", &path(&[]), RouteOrigin::Local),
+            Verdict::Accept
+        );
+        assert_eq!(
+            export("10.244.9.8/32", &path(&[]), RouteOrigin::Local),
+            Verdict::Reject
+        );
+        // A learned route leaves towards its next hop as learned: the longest prefix's
+        // interface, not the exported next hop's.
+        let via = |hop: &str| PathAttributes {
+            next_hop: Some(hop.parse().unwrap()),
+            ..path(&[64512])
+        };
+        assert_eq!(
+            export("10.50.0.0/24", &via("10.97.2.9"), RouteOrigin::Internal),
+            Verdict::Reject
+        );
+        assert_eq!(
+            export("10.50.0.0/24", &via("10.97.3.9"), RouteOrigin::Internal),
+            Verdict::Accept
+        );
+        // Imports see their family's normal priority until a filter sets another.
+        let v6 = path(&[65101]);
+        assert_eq!(
+            p.import(&peer(true), "2001:db8::/32".parse().unwrap(), &v6),
+            Verdict::Reject
+        );
+        let set = PathAttributes {
+            priority: Some(300),
+            ..v6
+        };
+        assert_eq!(
+            p.import(&peer(true), "2001:db8::/32".parse().unwrap(), &set),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
     fn service_routes_are_never_learned() {
         let spec: BGPConfigurationSpec = serde_json::from_value(serde_json::json!({
             "serviceClusterIPs": [{"cidr": "10.96.0.0/16"}],

@@ -172,7 +172,9 @@ impl RoutePolicy for NodeRoutePolicy {
                 RouteFacts {
                     ebgp: peer.ebgp,
                     interface: self.interfaces.towards(attrs.next_hop),
-                    priority: self.normal_priority.of(&prefix, attrs.priority),
+                    priority: self
+                        .normal_priority
+                        .of(&prefix, attrs.priority.map(u32::from)),
                 },
             ),
             None => Verdict::Accept,
@@ -200,7 +202,9 @@ impl RoutePolicy for NodeRoutePolicy {
         let facts = RouteFacts {
             ebgp: peer.ebgp,
             interface,
-            priority: self.normal_priority.of(&prefix, held.priority),
+            priority: self
+                .normal_priority
+                .of(&prefix, held.priority.map(u32::from)),
         };
         f.export(prefix, attrs, facts, origin)
     }
@@ -364,7 +368,7 @@ mod tests {
             Verdict::Reject
         );
         let set = PathAttributes {
-            priority: Some(300),
+            priority: std::num::NonZeroU32::new(300),
             ..v6
         };
         assert_eq!(

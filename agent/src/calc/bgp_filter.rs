@@ -335,7 +335,7 @@ impl PeerFilters {
                         out.as_path.prepend(own);
                     }
                 }
-                Operation::SetPriority(p) => out.priority = Some(*p),
+                Operation::SetPriority(p) => out.priority = std::num::NonZeroU32::new(*p),
             }
         }
         Verdict::Modify(out)

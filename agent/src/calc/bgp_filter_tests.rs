@@ -237,7 +237,7 @@ fn priority_matches_the_route_metric_and_set_priority_gives_an_imported_route_it
     let Verdict::Modify(m) = f.import(net("10.50.1.0/24"), &a, facts(true)) else {
         panic!("modified");
     };
-    assert_eq!(m.priority, Some(512));
+    assert_eq!(m.priority.map(u32::from), Some(512));
     assert_eq!(m.communities, [65000 << 16 | 9]);
     // A rule on priority sees the route's: the normal one here, so 2000 does not match.
     assert_eq!(

@@ -249,7 +249,10 @@ impl ClusterState {
         for c in changes {
             match &c.best {
                 Some(best) if best.peer.is_some() => {
-                    let learned = (best.next_hops.clone(), best.attributes.priority);
+                    let learned = (
+                        best.next_hops.clone(),
+                        best.attributes.priority.map(u32::from),
+                    );
                     changed |= self.remote.insert(c.prefix, learned.clone()) != Some(learned);
                 }
                 _ => changed |= self.remote.remove(&c.prefix).is_some(),

@@ -121,8 +121,9 @@ pub struct PathAttributes {
     pub as_path: AsPath,
     /// Next hop from NEXT_HOP (IPv4) or MP_REACH_NLRI.
     pub next_hop: Option<IpAddr>,
-    /// Link-local IPv6 next hop from a 32-byte MP_REACH_NLRI next hop.
-    pub link_local_next_hop: Option<Ipv6Addr>,
+    /// Link-local IPv6 next hop from a 32-byte MP_REACH_NLRI next hop (boxed: rare, and
+    /// every attribute set would otherwise carry its 17 bytes).
+    pub link_local_next_hop: Option<Box<Ipv6Addr>>,
     /// MULTI_EXIT_DISC.
     pub med: Option<u32>,
     /// LOCAL_PREF.
@@ -148,9 +149,16 @@ pub struct PathAttributes {
     pub unknown: Vec<RawAttribute>,
     /// The kernel route metric an import filter gave this path (BIRD's `krt_metric`):
     /// local to this speaker, never sent or received; `None` is the node's normal priority.
+    /// (A metric is never 0, so the option costs 4 bytes: with the boxed link-local next
+    /// hop, a set is no larger than before priorities existed.)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u32>,
+    pub priority: Option<std::num::NonZeroU32>,
 }
+
+// A million routes may hold a few hundred thousand distinct sets, each in an `Arc`: 16
+// bytes of counts plus this, which at 216 bytes is a 240-byte allocation and at 224 would be
+// 256 (glibc rounds request + 8 up to 16). Grow it only by boxing something rare.
+const _: () = assert!(std::mem::size_of::<PathAttributes>() <= 216);
 
 fn ser_communities<S: serde::Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)))

@@ -91,7 +91,7 @@ fn byte_vector_of_every_attribute_round_trips() {
     assert!(d.has_origin && d.has_as_path && d.has_next_hop && d.has_local_pref);
     // A filter's priority is this speaker's kernel metric: it changes no byte sent.
     let mut with_priority = attrs.clone();
-    with_priority.priority = Some(512);
+    with_priority.priority = std::num::NonZeroU32::new(512);
     let mut again = Vec::new();
     with_priority.encode(
         EncodeContext {

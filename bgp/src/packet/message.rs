@@ -554,7 +554,7 @@ fn encode_for<P: Prefix>(
         Reach::Multiprotocol {
             family,
             next_hop: attrs.next_hop,
-            link_local: attrs.link_local_next_hop,
+            link_local: attrs.link_local_next_hop.as_deref().copied(),
             nlri,
         }
     };

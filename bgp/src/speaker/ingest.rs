@@ -54,7 +54,7 @@ impl Speaker {
         if let Some(mp) = update.mp_reach {
             let mut attrs = update.attributes;
             attrs.next_hop = mp.next_hop;
-            attrs.link_local_next_hop = mp.link_local_next_hop;
+            attrs.link_local_next_hop = mp.link_local_next_hop.map(Box::new);
             batches.push((attrs, mp.nlri));
         }
         for (attrs, prefixes) in batches {

@@ -182,15 +182,19 @@ impl<P: Prefix> Table<P> {
 
     /// Adds or replaces `path.peer`'s path; returns whether the best path changed.
     pub fn insert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> bool {
-        self.upsert(prefix, path, ctx).0
+        self.upsert(prefix, path, ctx).changed
     }
 
-    /// Adds or replaces `path.peer`'s path; returns (best path changed, it replaced a path).
-    pub fn upsert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> (bool, bool) {
+    /// Adds or replaces `path.peer`'s path.
+    pub fn upsert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> Upsert {
         let paths = self.dests.entry(prefix).or_default();
         if paths.is_empty() {
             paths.push(path);
-            return (true, false);
+            return Upsert {
+                changed: true,
+                replaced: false,
+                old_best: None,
+            };
         }
         let old_best = paths.first().cloned();
         let before = Self::multipath_peers(paths, ctx);
@@ -210,32 +214,48 @@ impl<P: Prefix> Table<P> {
         let changed = !same_path(old_best.as_ref(), paths.first())
             || before != after
             || (replaced && after.contains(&peer));
-        (changed, replaced)
+        Upsert {
+            changed,
+            replaced,
+            old_best,
+        }
     }
 
     /// Removes `peer`'s path; returns whether the best path or the multipath set changed.
     pub fn remove(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> bool {
-        self.take(prefix, peer, ctx).unwrap_or(false)
+        self.take(prefix, peer, ctx)
+            .is_some_and(|(changed, _)| changed)
     }
 
     /// Removes `peer`'s path; `None` if it had none, else whether the best path or the
-    /// multipath set changed.
-    pub fn take(&mut self, prefix: &P, peer: PeerId, ctx: &DecideCtx<'_>) -> Option<bool> {
+    /// multipath set changed, and the best path before.
+    pub fn take(
+        &mut self,
+        prefix: &P,
+        peer: PeerId,
+        ctx: &DecideCtx<'_>,
+    ) -> Option<(bool, Option<Path>)> {
         let paths = self.dests.get_mut(prefix)?;
         let at = paths.iter().position(|p| p.peer == peer)?;
         let was_multipath = at == 0 || Self::multipath_peers(paths, ctx).contains(&peer);
+        let old_best = paths.first().cloned();
         paths.remove(at);
         if paths.is_empty() {
             self.dests.remove(prefix);
-            return Some(true);
+            return Some((true, old_best));
         }
         Self::reselect(paths, ctx);
-        Some(was_multipath)
+        Some((was_multipath, old_best))
     }
 
     /// Removes every path from `peer` (or only its stale ones); returns the prefixes
-    /// whose best path or multipath set changed.
-    pub fn remove_peer(&mut self, peer: PeerId, only_stale: bool, ctx: &DecideCtx<'_>) -> Vec<P> {
+    /// whose best path or multipath set changed, each with its best path before.
+    pub fn remove_peer(
+        &mut self,
+        peer: PeerId,
+        only_stale: bool,
+        ctx: &DecideCtx<'_>,
+    ) -> Vec<(P, Option<Path>)> {
         let mut changed = Vec::new();
         self.dests.retain(|prefix, paths| {
             let Some(at) = paths
@@ -245,9 +265,10 @@ impl<P: Prefix> Table<P> {
                 return true;
             };
             let was_multipath = at == 0 || Self::multipath_peers(paths, ctx).contains(&peer);
+            let old_best = was_multipath.then(|| paths.first().cloned()).flatten();
             paths.remove(at);
             if was_multipath {
-                changed.push(*prefix);
+                changed.push((*prefix, old_best));
                 Self::reselect(paths, ctx);
             }
             !paths.is_empty()
@@ -299,16 +320,31 @@ impl<P: Prefix> Table<P> {
     }
 }
 
-/// What we last advertised to one peer in one family.
+/// What a path change did to the table.
+#[derive(Debug, Clone)]
+pub struct Upsert {
+    /// The best path or the multipath set changed.
+    pub changed: bool,
+    /// The peer's earlier path was replaced.
+    pub replaced: bool,
+    /// The best path before (`None` for a new prefix): what the update groups were sent
+    /// is a function of it, so the next export can tell a real change from none.
+    pub old_best: Option<Path>,
+}
+
+/// What one update group has announced in one family: the prefixes only. The attributes
+/// it sent are a function of the Loc-RIB (`speaker::exporter`), recomputed when needed
+/// instead of kept per prefix, so an announced prefix costs one small set slot and no
+/// exported attribute set outlives the pass that encoded it.
 #[derive(Debug, Clone)]
 pub struct AdjRibOut<P: Prefix> {
-    sent: FastMap<P, Arc<PathAttributes>>,
+    announced: FastSet<P>,
 }
 
 impl<P: Prefix> Default for AdjRibOut<P> {
     fn default() -> Self {
         AdjRibOut {
-            sent: FastMap::default(),
+            announced: FastSet::default(),
         }
     }
 }
@@ -323,45 +359,53 @@ pub enum OutChange {
 }
 
 impl<P: Prefix> AdjRibOut<P> {
-    /// Records what should be advertised and returns the change to send, if any.
-    pub fn set(&mut self, prefix: P, attrs: Option<Arc<PathAttributes>>) -> Option<OutChange> {
+    /// Records what should be advertised now and returns the change to send, if any.
+    /// `before` is what the caller knows the group was sent for the prefix (`None` when it
+    /// cannot tell): only an announced prefix whose attributes are known to be the same is
+    /// left alone, so an unknown past costs at most a repeated announcement, never a lost
+    /// change.
+    pub fn set(
+        &mut self,
+        prefix: P,
+        attrs: Option<Arc<PathAttributes>>,
+        before: Option<&Arc<PathAttributes>>,
+    ) -> Option<OutChange> {
         match attrs {
-            Some(a) => match self.sent.insert(prefix, a.clone()) {
-                Some(old) if Arc::ptr_eq(&old, &a) || *old == *a => None,
-                _ => Some(OutChange::Announce(a)),
-            },
-            None => self.sent.remove(&prefix).map(|_| OutChange::Withdraw),
+            None => self
+                .announced
+                .remove(&prefix)
+                .then_some(OutChange::Withdraw),
+            Some(a) => {
+                let fresh = self.announced.insert(prefix);
+                let same = !fresh && before.is_some_and(|b| Arc::ptr_eq(b, &a) || **b == *a);
+                (!same).then_some(OutChange::Announce(a))
+            }
         }
     }
 
     /// Number of prefixes advertised.
     pub fn len(&self) -> usize {
-        self.sent.len()
+        self.announced.len()
     }
 
     /// Whether nothing is advertised.
     pub fn is_empty(&self) -> bool {
-        self.sent.is_empty()
+        self.announced.is_empty()
     }
 
     /// Forgets everything (the session went down).
     pub fn clear(&mut self) {
-        self.sent.clear();
+        self.announced.clear();
     }
 
     /// Every prefix advertised.
     pub fn keys(&self) -> impl Iterator<Item = &P> {
-        self.sent.keys()
+        self.announced.iter()
     }
 
-    /// What is advertised, prefix by prefix.
-    pub fn entries(&self) -> impl Iterator<Item = (&P, &Arc<PathAttributes>)> {
-        self.sent.iter()
-    }
-
-    /// What was advertised for a prefix.
-    pub fn get(&self, prefix: &P) -> Option<&Arc<PathAttributes>> {
-        self.sent.get(prefix)
+    /// Whether a prefix is advertised.
+    pub fn contains(&self, prefix: &P) -> bool {
+        self.announced.contains(prefix)
     }
 }
 
@@ -520,7 +564,12 @@ mod tests {
             "the ECMP member's next hop must go"
         );
         assert!(t.insert(p, path(other, &mut i), &ctx));
-        assert_eq!(t.remove_peer(other, false, &ctx), vec![p]);
+        let removed: Vec<Ipv4Net> = t
+            .remove_peer(other, false, &ctx)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(removed, vec![p]);
         // A worse path that is not a multipath member stays a non-event.
         let worse = Path {
             peer: other,
@@ -567,22 +616,49 @@ mod tests {
             },
             &ctx,
         );
-        assert_eq!(t.remove_peer(1, true, &ctx), vec![b]);
+        let swept = t.remove_peer(1, true, &ctx);
+        assert_eq!(swept.len(), 1);
+        assert_eq!(swept[0].0, b);
+        assert_eq!(
+            swept[0].1.as_ref().map(|p| p.peer),
+            Some(1),
+            "the best path before comes back with the change"
+        );
         assert!(t.best(&a).is_some());
     }
 
     #[test]
-    fn adj_rib_out_reports_only_real_changes() {
+    fn adj_rib_out_reports_only_real_changes_and_repeats_when_the_past_is_unknown() {
         let mut i = Interner::default();
         let mut out = AdjRibOut::<Ipv4Net>::default();
         let p: Ipv4Net = "10.0.0.0/24".parse().unwrap();
-        let a = i.intern(attrs(1));
+        let (a, b) = (i.intern(attrs(1)), i.intern(attrs(2)));
         assert_eq!(
-            out.set(p, Some(a.clone())),
+            out.set(p, Some(a.clone()), None),
             Some(OutChange::Announce(a.clone()))
         );
-        assert_eq!(out.set(p, Some(a.clone())), None);
-        assert_eq!(out.set(p, None), Some(OutChange::Withdraw));
-        assert_eq!(out.set(p, None), None);
+        // Known to be what was sent: nothing to do; an equal set (not the same Arc) too.
+        assert_eq!(out.set(p, Some(a.clone()), Some(&a)), None);
+        let equal = Arc::new(attrs(1));
+        assert_eq!(out.set(p, Some(equal), Some(&a)), None);
+        // Different, or unknown: announced again.
+        assert_eq!(
+            out.set(p, Some(b.clone()), Some(&a)),
+            Some(OutChange::Announce(b.clone()))
+        );
+        assert_eq!(
+            out.set(p, Some(b.clone()), None),
+            Some(OutChange::Announce(b.clone()))
+        );
+        // A prefix not announced is announced whatever the caller believes was sent.
+        let q: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        assert_eq!(
+            out.set(q, Some(b.clone()), Some(&b)),
+            Some(OutChange::Announce(b.clone()))
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out.set(p, None, Some(&b)), Some(OutChange::Withdraw));
+        assert_eq!(out.set(p, None, None), None);
+        assert!(!out.contains(&p) && out.contains(&q));
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::Speaker;
+use super::{Speaker, mark_dirty};
 use crate::af::Family;
 use crate::connection::Input;
 use crate::decision::PeerId;
@@ -129,13 +129,17 @@ impl Speaker {
             Family::Ipv4Unicast => {
                 let c = self.tables.v4.remove_peer(id, true, &ctx);
                 let n = c.len();
-                self.tables.dirty4.extend(c);
+                for (prefix, old) in c {
+                    mark_dirty(&mut self.tables.dirty4, prefix, old);
+                }
                 n
             }
             Family::Ipv6Unicast => {
                 let c = self.tables.v6.remove_peer(id, true, &ctx);
                 let n = c.len();
-                self.tables.dirty6.extend(c);
+                for (prefix, old) in c {
+                    mark_dirty(&mut self.tables.dirty6, prefix, old);
+                }
                 n
             }
         };

@@ -11,6 +11,7 @@
 //! Inputs are drained in batches; after each batch `flush` runs the decision for every
 //! prefix that changed, tells subscribers, and sends each peer its packed UPDATEs.
 
+mod exporter;
 mod graceful;
 mod groups;
 mod handle;
@@ -51,19 +52,28 @@ use crate::status::{
 };
 
 /// Per-family tables plus the prefixes whose best path may have changed since the
-/// last flush.
+/// last flush, each with its best path at that flush (what the update groups were sent is
+/// a function of it; see `exporter`).
 #[derive(Default)]
 pub(crate) struct Tables {
     v4: Table<Ipv4Net>,
     v6: Table<Ipv6Net>,
-    dirty4: Vec<Ipv4Net>,
-    dirty6: Vec<Ipv6Net>,
+    dirty4: Dirty<Ipv4Net>,
+    dirty6: Dirty<Ipv6Net>,
+}
+
+/// Changed prefixes → their best path before the first change since the last flush.
+pub(crate) type Dirty<P> = crate::rib::FastMap<P, Option<Path>>;
+
+/// Records a change, keeping the oldest "before".
+pub(crate) fn mark_dirty<P: Prefix>(dirty: &mut Dirty<P>, prefix: P, old_best: Option<Path>) {
+    dirty.entry(prefix).or_insert(old_best);
 }
 
 /// Lets RIB code be written once for both families (STYLE 7).
 pub(crate) trait FamilyRib: Prefix {
     fn table(t: &Tables) -> &Table<Self>;
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>);
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Dirty<Self>);
     fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self>;
     fn adj_out_ref(g: &groups::UpdateGroup) -> &AdjRibOut<Self>;
     fn batch_touched(b: &mut outbound::Batch) -> &mut Vec<Self>;
@@ -73,7 +83,7 @@ impl FamilyRib for Ipv4Net {
     fn table(t: &Tables) -> &Table<Self> {
         &t.v4
     }
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Dirty<Self>) {
         (&mut t.v4, &mut t.dirty4)
     }
     fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self> {
@@ -91,7 +101,7 @@ impl FamilyRib for Ipv6Net {
     fn table(t: &Tables) -> &Table<Self> {
         &t.v6
     }
-    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Vec<Self>) {
+    fn table_and_dirty(t: &mut Tables) -> (&mut Table<Self>, &mut Dirty<Self>) {
         (&mut t.v6, &mut t.dirty6)
     }
     fn adj_out(g: &mut groups::UpdateGroup) -> &mut AdjRibOut<Self> {
@@ -440,11 +450,11 @@ impl Speaker {
             sources: &self.sources,
         };
         let (table, dirty) = P::table_and_dirty(&mut self.tables);
-        let (changed, replaced) = table.upsert(prefix, path, &ctx);
-        if changed {
-            dirty.push(prefix);
+        let u = table.upsert(prefix, path, &ctx);
+        if u.changed {
+            mark_dirty(dirty, prefix, u.old_best);
         }
-        (changed, replaced)
+        (u.changed, u.replaced)
     }
 
     fn remove_path<P: FamilyRib>(&mut self, prefix: P, peer: PeerId) -> Option<bool> {
@@ -453,11 +463,11 @@ impl Speaker {
             sources: &self.sources,
         };
         let (table, dirty) = P::table_and_dirty(&mut self.tables);
-        let r = table.take(&prefix, peer, &ctx);
-        if r == Some(true) {
-            dirty.push(prefix);
+        let (changed, old_best) = table.take(&prefix, peer, &ctx)?;
+        if changed {
+            mark_dirty(dirty, prefix, old_best);
         }
-        r
+        Some(changed)
     }
 
     fn withdraw_local(&mut self, prefix: IpNet) {

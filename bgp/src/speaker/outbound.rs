@@ -16,18 +16,41 @@ use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use super::exporter::{ExportInputs, Exporter};
 use super::groups::{GroupId, GroupKey, UpdateGroup};
 use super::peer::{Backlog, join};
-use super::{FamilyRib, Speaker};
+use super::{Dirty, FamilyRib, Speaker};
 use crate::af::Family;
 use crate::decision::{LOCAL_PEER, PeerId};
-use crate::export::{self, RouteSource, SpeakerSide, Target};
+use crate::export::RouteSource;
 use crate::packet::attribute::{EncodeContext, PathAttributes};
-use crate::packet::message::{
-    Message, Update, announcement_room, pack_announcements, pack_withdrawals,
-};
-use crate::policy::{PolicyPeer, RouteOrigin, Verdict};
+use crate::packet::message::{Message, Update, pack_announcements, pack_withdrawals};
+use crate::policy::RoutePolicy;
 use crate::rib::{AdjRibOut, DecideCtx, FastMap, FastSet, OutChange};
+
+/// What a group was sent before a pass, so that only real changes go out.
+pub(super) enum Before<'a, P> {
+    /// Best paths changed since the last pass (the export function did not): each changed
+    /// prefix's best path then.
+    Changed(&'a Dirty<P>),
+    /// The group's split horizon changed (a member joined a group of one, or all but one
+    /// left): the Loc-RIB did not.
+    Split(Option<PeerId>),
+    /// The export policy changed from this one.
+    Policy(Arc<dyn RoutePolicy>),
+    /// Nothing is known (a new group): every exported prefix is announced.
+    Unknown,
+}
+
+impl<P> Before<'_, P> {
+    /// A member joined a group that had `only` as its one member (or no member: new).
+    fn joined(only: Option<PeerId>) -> Self {
+        match only {
+            Some(p) => Before::Split(Some(p)),
+            None => Before::Unknown,
+        }
+    }
+}
 
 /// Encoded UPDATEs for a group and the prefixes they concern (what a paced member records
 /// instead of receiving them).
@@ -118,15 +141,16 @@ impl Speaker {
         }
     }
 
-    fn flush_family<P: FamilyRib>(&mut self, mut dirty: Vec<P>, changes: &mut Vec<BestPathChange>) {
+    fn flush_family<P: FamilyRib>(&mut self, dirty: Dirty<P>, changes: &mut Vec<BestPathChange>) {
         if dirty.is_empty() {
             return;
         }
-        // A prefix may have changed several times in the batch; decide and send it once.
-        dirty.sort_unstable();
-        dirty.dedup();
+        // A prefix may have changed several times in the batch: it is decided and sent once,
+        // against its best path at the last flush.
+        let mut prefixes: Vec<P> = dirty.keys().copied().collect();
+        prefixes.sort_unstable();
         if !self.subscribers.is_empty() {
-            changes.extend(dirty.iter().map(|p| self.best_change(*p)));
+            changes.extend(prefixes.iter().map(|p| self.best_change(*p)));
         }
         let groups: Vec<GroupId> = self
             .groups
@@ -135,7 +159,7 @@ impl Speaker {
             .map(|(id, _)| *id)
             .collect();
         for gid in groups {
-            let batch = self.export_group::<P>(gid, &dirty, true);
+            let batch = self.export_group::<P>(gid, &prefixes, Before::Changed(&dirty), true);
             self.send_to_members(gid, batch, None);
         }
     }
@@ -178,6 +202,9 @@ impl Speaker {
         let Some(key) = self.group_key(id) else {
             return;
         };
+        // Every group's Adj-RIB-Out matches the Loc-RIB before membership changes (what
+        // the "before" of a regroup is computed from).
+        self.flush();
         let current = self.peers[&id].group();
         if let Some(gid) = current
             && self.groups[&gid].key == key
@@ -209,8 +236,9 @@ impl Speaker {
             // New, or was a group of one: its table changes (split horizon applies only to
             // a lone member), so recompute it and tell the existing member the difference.
             let tell = !old_members.is_empty();
-            let mut batch = self.rebuild_group::<Ipv4Net>(gid, tell);
-            batch.append(self.rebuild_group::<Ipv6Net>(gid, tell));
+            let only = old_members.first().copied();
+            let mut batch = self.rebuild_group::<Ipv4Net>(gid, Before::joined(only), tell);
+            batch.append(self.rebuild_group::<Ipv6Net>(gid, Before::joined(only), tell));
             self.send_to_members(gid, batch, Some(&old_members));
         }
         // The newcomer is caught up from the group's table, paced by its own queue. After a
@@ -241,6 +269,7 @@ impl Speaker {
         gid: GroupId,
         held: bool,
     ) -> (AdjRibOut<Ipv4Net>, AdjRibOut<Ipv6Net>) {
+        self.flush();
         if let Some(entry) = self.peers.get_mut(&id) {
             entry.set_group(None);
         }
@@ -261,8 +290,8 @@ impl Speaker {
                 };
                 if n == 1 {
                     // The one left gets exact split horizon again: withdraw its own routes.
-                    let mut batch = self.rebuild_group::<Ipv4Net>(gid, true);
-                    batch.append(self.rebuild_group::<Ipv6Net>(gid, true));
+                    let mut batch = self.rebuild_group::<Ipv4Net>(gid, Before::Split(None), true);
+                    batch.append(self.rebuild_group::<Ipv6Net>(gid, Before::Split(None), true));
                     self.send_to_members(gid, batch, None);
                 }
                 held
@@ -272,7 +301,12 @@ impl Speaker {
 
     /// Recomputes a group's whole table for one family; returns the UPDATEs for the change
     /// when `encode` (nobody to tell: skip the encoding).
-    pub(super) fn rebuild_group<P: FamilyRib>(&mut self, gid: GroupId, encode: bool) -> Batch {
+    pub(super) fn rebuild_group<P: FamilyRib>(
+        &mut self,
+        gid: GroupId,
+        before: Before<'_, P>,
+        encode: bool,
+    ) -> Batch {
         if !self.groups[&gid].key.families.contains(&P::FAMILY) {
             return Batch::default();
         }
@@ -282,7 +316,7 @@ impl Speaker {
             let in_table: FastSet<P> = prefixes.iter().copied().collect();
             prefixes.extend(out.keys().filter(|p| !in_table.contains(p)));
         }
-        self.export_group(gid, &prefixes, encode)
+        self.export_group(gid, &prefixes, before, encode)
     }
 
     /// Sends one encoded batch to the members of a group (or to `only` among them). A
@@ -382,7 +416,14 @@ impl Speaker {
     ) -> Vec<Vec<u8>> {
         let group = &self.groups[&gid];
         let ctx = group.key.encode_context();
-        let now = P::adj_out_ref(group);
+        let sources = self.route_sources();
+        let inputs = ExportInputs {
+            split_horizon: group.split_horizon_peer(),
+            policy: &*self.policy,
+        };
+        let first = self.first_member_address(gid);
+        let mut now = Exporter::<P>::new(group, inputs, &self.cfg, &sources, first);
+        let table = P::table(&self.tables);
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         let mut produced = 0;
         // Taken out whole and walked once (taking steps from the front of a set after
@@ -395,11 +436,12 @@ impl Speaker {
             }
             let mut out = PeerOut::<P>::default();
             for prefix in step {
-                match now.get(&prefix) {
+                // The group's current export, recomputed from the Loc-RIB.
+                match now.export(prefix, table.best(&prefix)) {
                     Some(attrs) => out
                         .groups
-                        .entry(Arc::as_ptr(attrs) as usize)
-                        .or_insert_with(|| (attrs.clone(), Vec::new()))
+                        .entry(Arc::as_ptr(&attrs) as usize)
+                        .or_insert_with(|| (attrs, Vec::new()))
                         .1
                         .push(prefix),
                     // Gone since (or never sent): a withdrawal of an unknown prefix is
@@ -484,100 +526,74 @@ impl Speaker {
         m
     }
 
-    /// Exports the current best path of each prefix to one update group, records it in the
-    /// group's Adj-RIB-Out and returns the UPDATEs for the difference (encoded once for
-    /// every member).
-    fn export_group<P: FamilyRib>(&mut self, gid: GroupId, prefixes: &[P], encode: bool) -> Batch {
+    /// The address the policy sees for a group whose key does not name one.
+    fn first_member_address(&self, gid: GroupId) -> Option<IpAddr> {
+        let group = self.groups.get(&gid)?;
+        let first = group.members.first()?;
+        self.peers.get(first).map(|e| e.cfg().address)
+    }
+
+    /// Exports the current best path of each prefix to one update group, records what is
+    /// announced in the group's Adj-RIB-Out and returns the UPDATEs for the difference
+    /// (encoded once for every member). `before` says what the group was sent, so that only
+    /// real changes go out.
+    fn export_group<P: FamilyRib>(
+        &mut self,
+        gid: GroupId,
+        prefixes: &[P],
+        before: Before<'_, P>,
+        encode: bool,
+    ) -> Batch {
         let Some(group) = self.groups.get(&gid) else {
             return Batch::default();
         };
-        let key = group.key.clone();
-        let ctx = key.encode_context();
-        let target = Target {
-            // No member is excluded in a shared group (see the module notes in `groups`).
-            peer: group.split_horizon_peer().unwrap_or(PeerId::MAX),
-            as_number: key.as_number,
-            ebgp: key.ebgp,
-            rr_client: key.rr_client,
-            next_hop: key.next_hop,
-            self_v4: key.self_v4,
-            self_v6: key.self_v6,
-        };
-        let me = SpeakerSide {
-            local_as: key.local_as,
-            router_id: self.cfg.router_id,
-            cluster_id: self.cfg.cluster_id,
-            default_local_pref: self.cfg.default_local_pref,
-        };
-        let policy_peer = PolicyPeer {
-            address: key
-                .policy_address
-                .or_else(|| {
-                    group
-                        .members
-                        .first()
-                        .and_then(|m| self.peers.get(m))
-                        .map(|e| e.cfg().address)
-                })
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            as_number: key.as_number,
-            ebgp: key.ebgp,
-        };
+        let ctx = group.key.encode_context();
         let sources = self.route_sources();
-        // The RFC transformation depends only on the attribute set and the source peer,
-        // so it runs once per distinct pair however many prefixes share it.
-        let mut cache: FastMap<(usize, PeerId), Option<Arc<PathAttributes>>> = FastMap::default();
-        // Whether each exported attribute set fits one UPDATE of this group's sessions, and
-        // the prefixes withheld because it does not (for one log line per set).
-        let mut fits: FastMap<usize, bool> = FastMap::default();
-        let mut too_large: FastMap<usize, (usize, P)> = FastMap::default();
+        let first = self.first_member_address(gid);
+        let now_inputs = ExportInputs {
+            split_horizon: group.split_horizon_peer(),
+            policy: &*self.policy,
+        };
+        let mut now = Exporter::<P>::new(group, now_inputs, &self.cfg, &sources, first);
+        let mut then = match &before {
+            Before::Changed(_) | Before::Unknown => None,
+            Before::Split(split_horizon) => Some(Exporter::<P>::new(
+                group,
+                ExportInputs {
+                    split_horizon: *split_horizon,
+                    ..now_inputs
+                },
+                &self.cfg,
+                &sources,
+                first,
+            )),
+            Before::Policy(old) => Some(Exporter::<P>::new(
+                group,
+                ExportInputs {
+                    policy: &**old,
+                    ..now_inputs
+                },
+                &self.cfg,
+                &sources,
+                first,
+            )),
+        };
         let mut out = PeerOut::<P>::default();
         let table = P::table(&self.tables);
         let group = self.groups.get_mut(&gid).expect("checked above");
-        let interner = &mut self.interner;
         for prefix in prefixes {
-            let desired = table.best(prefix).and_then(|best| {
-                let src = sources.get(&best.peer)?;
-                let key = (Arc::as_ptr(&best.attrs) as usize, best.peer);
-                let exported = cache
-                    .entry(key)
-                    .or_insert_with(|| {
-                        export::export(P::FAMILY, &best.attrs, src, &target, &me)
-                            .map(|a| interner.intern(a))
-                    })
-                    .clone()?;
-                let origin = if best.peer == LOCAL_PEER {
-                    RouteOrigin::Local
-                } else if src.ebgp {
-                    RouteOrigin::External
-                } else {
-                    RouteOrigin::Internal
-                };
-                match self.policy.export(
-                    &policy_peer,
-                    prefix.into_ipnet(),
-                    &exported,
-                    &best.attrs,
-                    origin,
-                ) {
-                    Verdict::Accept => Some(exported),
-                    Verdict::Reject => None,
-                    Verdict::Modify(a) => Some(interner.intern(a)),
-                }
-            });
-            // A route whose attributes leave no room for its prefix in one UPDATE cannot go
-            // to this group at all: it is treated as not exported (withdrawn if it was).
-            let desired = desired.filter(|a| {
-                let ptr = Arc::as_ptr(a) as usize;
-                let ok = *fits
-                    .entry(ptr)
-                    .or_insert_with(|| announcement_room::<P>(a, ctx).is_some());
-                if !ok {
-                    too_large.entry(ptr).or_insert((0, *prefix)).0 += 1;
-                }
-                ok
-            });
-            match P::adj_out(group).set(*prefix, desired) {
+            let best = table.best(prefix);
+            let desired = now.export(*prefix, best);
+            // What the group holds, where it can be told: the previous best path through
+            // today's function, or today's best path through the previous function.
+            let sent = match (&before, then.as_mut()) {
+                (Before::Changed(old), _) => old
+                    .get(prefix)
+                    .and_then(|old_best| now.export(*prefix, old_best.as_ref())),
+                (_, Some(then)) => then.export(*prefix, best),
+                _ => None,
+            };
+            match P::adj_out(group).set(*prefix, desired, sent.as_ref()) {
                 Some(_) if !encode => {}
                 Some(OutChange::Announce(a)) => out
                     .groups
@@ -589,6 +605,8 @@ impl Speaker {
                 None => {}
             }
         }
+        let too_large = std::mem::take(&mut now.too_large);
+        drop((now, then));
         if !too_large.is_empty() {
             self.report_too_large(gid, ctx, &too_large);
         }

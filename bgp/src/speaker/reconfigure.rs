@@ -11,7 +11,10 @@ use crate::policy::RoutePolicy;
 
 impl Speaker {
     pub(super) fn set_policy(&mut self, policy: Arc<dyn RoutePolicy>) {
-        self.policy = policy;
+        // The groups' tables match the Loc-RIB under the old policy, which the difference
+        // below is computed against.
+        self.flush();
+        let old = std::mem::replace(&mut self.policy, policy);
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         // Group keys may change (whether export looks at the peer's address): regroup, then
         // recompute every group's table under the new export filter.
@@ -20,8 +23,13 @@ impl Speaker {
         }
         let groups: Vec<groups::GroupId> = self.groups.keys().copied().collect();
         for gid in groups {
-            let mut batch = self.rebuild_group::<Ipv4Net>(gid, true);
-            batch.append(self.rebuild_group::<Ipv6Net>(gid, true));
+            let mut batch =
+                self.rebuild_group::<Ipv4Net>(gid, outbound::Before::Policy(old.clone()), true);
+            batch.append(self.rebuild_group::<Ipv6Net>(
+                gid,
+                outbound::Before::Policy(old.clone()),
+                true,
+            ));
             self.send_to_members(gid, batch, None);
         }
         for id in ids {

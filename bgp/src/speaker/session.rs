@@ -135,7 +135,11 @@ impl Speaker {
         };
         let changed4 = self.tables.v4.remove_peer(id, false, &ctx);
         let changed6 = self.tables.v6.remove_peer(id, false, &ctx);
-        self.tables.dirty4.extend(changed4);
-        self.tables.dirty6.extend(changed6);
+        for (prefix, old) in changed4 {
+            mark_dirty(&mut self.tables.dirty4, prefix, old);
+        }
+        for (prefix, old) in changed6 {
+            mark_dirty(&mut self.tables.dirty6, prefix, old);
+        }
     }
 }

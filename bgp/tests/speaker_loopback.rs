@@ -670,3 +670,85 @@ async fn a_new_policy_refilters_routes_held_and_routes_sent_without_a_session_re
         "no session was reset for any of it"
     );
 }
+
+/// UPDATEs the speaker has sent to the peer at `addr`.
+async fn updates_sent_to(h: &SpeakerHandle, addr: IpAddr) -> u64 {
+    let s = h.status().await.unwrap();
+    let p = s.peers.iter().find(|p| p.address == addr).unwrap();
+    p.messages.updates_sent
+}
+
+#[tokio::test]
+async fn a_new_best_path_that_exports_the_same_sends_nothing_and_a_withdrawal_still_goes_out() {
+    // Hub s (AS 65000) learns 10.9.0.0/24 over iBGP from x and then from y (lower router
+    // ID, so y's path becomes best), and passes it to b over eBGP with itself as next hop:
+    // the same attributes whichever path is best. Adj-RIB-Out keeps no attributes, so this
+    // holds only if the best path before the change is remembered and compared.
+    let (s, s_ip, s_port) = speaker_on("127.0.0.1", 1, 65000).await;
+    let (x, x_ip, x_port) = speaker_on("127.0.0.2", 9, 65000).await;
+    let (y, y_ip, y_port) = speaker_on("127.0.0.3", 5, 65000).await;
+    let (b, b_ip, b_port) = speaker_on("127.0.0.4", 4, 65100).await;
+    for (h, ip, port, asn) in [
+        (&x, x_ip, x_port, 65000),
+        (&y, y_ip, y_port, 65000),
+        (&b, b_ip, b_port, 65100),
+    ] {
+        s.add_peer(to(ip, port, asn, s_ip)).await.unwrap();
+        h.add_peer(to(s_ip, s_port, 65000, ip)).await.unwrap();
+    }
+    eventually("three sessions", || async {
+        let st = s.status().await.unwrap();
+        st.peers
+            .iter()
+            .all(|p| p.state == State::Established)
+            .then_some(st)
+    })
+    .await;
+    let prefix: ipnet::IpNet = "10.9.0.0/24".parse().unwrap();
+    let paths_at_s = async |n: usize| {
+        eventually(&format!("{n} paths at s"), || async {
+            let r = s.routes(Family::Ipv4Unicast, None).await.unwrap();
+            let have = r
+                .iter()
+                .find(|v| v.prefix == prefix)
+                .map_or(0, |v| v.paths.len());
+            (have == n).then(|| s.status())?.await.ok()
+        })
+        .await
+    };
+    x.announce(LocalRoute::new(prefix)).await.unwrap();
+    eventually("b has the route", || async {
+        let st = b.status().await.unwrap();
+        (st.families[0].prefixes == 1).then_some(st)
+    })
+    .await;
+    let sent = updates_sent_to(&s, b_ip).await;
+
+    y.announce(LocalRoute::new(prefix)).await.unwrap();
+    paths_at_s(2).await;
+    let r = s.routes(Family::Ipv4Unicast, None).await.unwrap();
+    assert_eq!(r[0].paths[0].peer, Some(y_ip), "y's lower router ID wins");
+    assert_eq!(
+        updates_sent_to(&s, b_ip).await,
+        sent,
+        "b is sent nothing: its route is the same"
+    );
+    y.withdraw(prefix).await.unwrap();
+    paths_at_s(1).await;
+    assert_eq!(
+        updates_sent_to(&s, b_ip).await,
+        sent,
+        "x's path again: same"
+    );
+
+    x.withdraw(prefix).await.unwrap();
+    eventually("b's route withdrawn", || async {
+        let st = b.status().await.unwrap();
+        (st.families[0].prefixes == 0).then_some(st)
+    })
+    .await;
+    assert_eq!(updates_sent_to(&s, b_ip).await, sent + 1);
+    for h in [s, x, y, b] {
+        h.shutdown().await.unwrap();
+    }
+}

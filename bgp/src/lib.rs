@@ -23,6 +23,7 @@ pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;
+pub mod sharded;
 mod sockopt;
 pub mod speaker;
 pub mod status;

@@ -15,6 +15,7 @@ pub type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use crate::af::Prefix;
 use crate::decision::{Decision, DecisionConfig, Path, PeerId, SourceInfo, decide};
 use crate::packet::attribute::PathAttributes;
+use crate::sharded::{ShardedMap, ShardedSet};
 
 /// Stores each distinct attribute set once; paths hold `Arc`s into it.
 #[derive(Debug, Default)]
@@ -130,13 +131,14 @@ impl Paths {
 /// Candidate paths of one family: Adj-RIB-In (all paths) and Loc-RIB (index 0 of each).
 #[derive(Debug)]
 pub struct Table<P: Prefix> {
-    dests: FastMap<P, Paths>,
+    /// Sharded, so a million-route table grows without its peak doubling (see `sharded`).
+    dests: ShardedMap<P, Paths>,
 }
 
 impl<P: Prefix> Default for Table<P> {
     fn default() -> Self {
         Table {
-            dests: FastMap::default(),
+            dests: ShardedMap::default(),
         }
     }
 }
@@ -187,7 +189,7 @@ impl<P: Prefix> Table<P> {
 
     /// Adds or replaces `path.peer`'s path.
     pub fn upsert(&mut self, prefix: P, path: Path, ctx: &DecideCtx<'_>) -> Upsert {
-        let paths = self.dests.entry(prefix).or_default();
+        let paths = self.dests.get_or_default(prefix);
         if paths.is_empty() {
             paths.push(path);
             return Upsert {
@@ -338,13 +340,13 @@ pub struct Upsert {
 /// exported attribute set outlives the pass that encoded it.
 #[derive(Debug, Clone)]
 pub struct AdjRibOut<P: Prefix> {
-    announced: FastSet<P>,
+    announced: ShardedSet<P>,
 }
 
 impl<P: Prefix> Default for AdjRibOut<P> {
     fn default() -> Self {
         AdjRibOut {
-            announced: FastSet::default(),
+            announced: ShardedSet::default(),
         }
     }
 }

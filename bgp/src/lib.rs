@@ -14,6 +14,7 @@
 //! ```
 
 pub mod af;
+pub mod allocator;
 pub mod bfd;
 pub mod config;
 mod connection;

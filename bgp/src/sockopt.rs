@@ -1,6 +1,7 @@
 //! The two socket options no safe wrapper covers: TCP-MD5 keys (RFC 2385, `TCP_MD5SIG`) and
 //! the minimum TTL / hop limit that GTSM needs (RFC 5082, `IP_MINTTL`, `IPV6_MINHOPCOUNT`).
-//! The only `unsafe` in the speaker lives here, around two `setsockopt` calls.
+//! The speaker's `unsafe` lives here, around two `setsockopt` calls (and in `allocator`,
+//! around one `mallopt`).
 
 use std::io;
 use std::net::IpAddr;

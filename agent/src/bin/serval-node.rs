@@ -154,8 +154,13 @@ fn command_line() -> anyhow::Result<(Cli, Vec<String>)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before the RIB grows: its large blocks get mappings of their own (see the module).
+    let mapped = serval_bgp::allocator::map_large_blocks();
     let (cli, unsupported) = command_line()?;
     let bgp_log = init_logs(&cli.log_format);
+    if !mapped {
+        tracing::warn!("could not set the allocator's mmap threshold; a large RIB may fragment");
+    }
     // A log setting that cannot be used is said, not silently replaced by the default.
     if let Ok(v) = std::env::var("SERVAL_LOG")
         && EnvFilter::try_new(&v).is_err()

@@ -128,20 +128,30 @@ impl<P> Default for PeerOut<P> {
 impl Speaker {
     /// Runs after every batch of inputs: tells subscribers and peers what changed.
     pub(super) fn flush(&mut self) {
-        let d4 = std::mem::take(&mut self.tables.dirty4);
-        let d6 = std::mem::take(&mut self.tables.dirty6);
-        if d4.is_empty() && d6.is_empty() {
+        if self.tables.dirty4.is_empty() && self.tables.dirty6.is_empty() {
             return;
         }
+        let mut d4 = std::mem::take(&mut self.tables.dirty4);
+        let mut d6 = std::mem::take(&mut self.tables.dirty6);
         let mut changes = Vec::new();
-        self.flush_family::<Ipv4Net>(d4, &mut changes);
-        self.flush_family::<Ipv6Net>(d6, &mut changes);
+        self.flush_family::<Ipv4Net>(&d4, &mut changes);
+        self.flush_family::<Ipv6Net>(&d6, &mut changes);
         if !changes.is_empty() {
             self.subscribers.retain(|s| s.send(changes.clone()).is_ok());
         }
+        // The maps go back empty with their room (a batch is up to BATCH_PREFIXES changes;
+        // growing them again every batch is wasted work), unless changes came meanwhile.
+        d4.clear();
+        d6.clear();
+        if self.tables.dirty4.is_empty() {
+            self.tables.dirty4 = d4;
+        }
+        if self.tables.dirty6.is_empty() {
+            self.tables.dirty6 = d6;
+        }
     }
 
-    fn flush_family<P: FamilyRib>(&mut self, dirty: Dirty<P>, changes: &mut Vec<BestPathChange>) {
+    fn flush_family<P: FamilyRib>(&mut self, dirty: &Dirty<P>, changes: &mut Vec<BestPathChange>) {
         if dirty.is_empty() {
             return;
         }
@@ -159,7 +169,7 @@ impl Speaker {
             .map(|(id, _)| *id)
             .collect();
         for gid in groups {
-            let batch = self.export_group::<P>(gid, &prefixes, Before::Changed(&dirty), true);
+            let batch = self.export_group::<P>(gid, &prefixes, Before::Changed(dirty), true);
             self.send_to_members(gid, batch, None);
         }
     }

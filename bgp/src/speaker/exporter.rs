@@ -5,7 +5,6 @@
 //! a member up, the "before" side of a change), so no exported attribute set is kept
 //! between passes. Each pass builds one `Exporter`, so its caches live as long as the pass.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,6 +17,9 @@ use crate::packet::attribute::{EncodeContext, PathAttributes};
 use crate::packet::message::announcement_room;
 use crate::policy::{PolicyPeer, RouteOrigin, RoutePolicy, Verdict};
 use crate::rib::{FastMap, FastSet};
+
+/// Distinct attribute sets a pass is sized for up front.
+const SETS_PER_PASS: usize = 1024;
 
 /// What decides a group's export besides its key: who must not get their own routes back
 /// and which policy applies (a change of either is a new export function).
@@ -35,7 +37,7 @@ pub(super) struct Exporter<'a, P> {
     me: SpeakerSide,
     policy_peer: PolicyPeer,
     policy: &'a dyn RoutePolicy,
-    sources: &'a HashMap<PeerId, RouteSource>,
+    sources: &'a FastMap<PeerId, RouteSource>,
     ctx: EncodeContext,
     /// The RFC transformation depends only on the attribute set and the source peer, so it
     /// runs once per distinct pair however many prefixes share it.
@@ -50,15 +52,18 @@ pub(super) struct Exporter<'a, P> {
 
 impl<'a, P: Prefix> Exporter<'a, P> {
     /// The export of `group` under `inputs`; `sources` describes every peer a best path
-    /// may come from, `first_member` names the group to the policy when its key does not.
+    /// may come from, `first_member` names the group to the policy when its key does not,
+    /// `prefixes` is about how many this pass will export.
     pub fn new(
         group: &UpdateGroup,
         inputs: ExportInputs<'a>,
         cfg: &SpeakerConfig,
-        sources: &'a HashMap<PeerId, RouteSource>,
+        sources: &'a FastMap<PeerId, RouteSource>,
         first_member: Option<IpAddr>,
+        prefixes: usize,
     ) -> Self {
         let key = &group.key;
+        let room = prefixes.min(SETS_PER_PASS);
         Exporter {
             target: Target {
                 // No member is excluded in a shared group (see the notes in `groups`).
@@ -87,9 +92,11 @@ impl<'a, P: Prefix> Exporter<'a, P> {
             policy: inputs.policy,
             sources,
             ctx: key.encode_context(),
-            rfc: FastMap::default(),
-            sets: FastSet::default(),
-            fits: FastMap::default(),
+            // Sized for the pass (up to a full-table batch's thousand-odd distinct sets), so
+            // the maps do not grow step by step on every pass.
+            rfc: FastMap::with_capacity_and_hasher(room, Default::default()),
+            sets: FastSet::with_capacity_and_hasher(room, Default::default()),
+            fits: FastMap::with_capacity_and_hasher(room, Default::default()),
             too_large: FastMap::default(),
         }
     }

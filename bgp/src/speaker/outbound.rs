@@ -10,7 +10,6 @@
 //! drains to the low-water mark. Memory per slow peer is therefore the byte budget plus
 //! one entry per distinct prefix, never a copy of every UPDATE it missed.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -432,7 +431,8 @@ impl Speaker {
             policy: &*self.policy,
         };
         let first = self.first_member_address(gid);
-        let mut now = Exporter::<P>::new(group, inputs, &self.cfg, &sources, first);
+        let n = backlog.len();
+        let mut now = Exporter::<P>::new(group, inputs, &self.cfg, &sources, first, n);
         let table = P::table(&self.tables);
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         let mut produced = 0;
@@ -503,8 +503,8 @@ impl Speaker {
         self.pump(id);
     }
 
-    fn route_sources(&self) -> HashMap<PeerId, RouteSource> {
-        let mut m: HashMap<PeerId, RouteSource> = self
+    fn route_sources(&self) -> FastMap<PeerId, RouteSource> {
+        let mut m: FastMap<PeerId, RouteSource> = self
             .peers
             .values()
             .map(|p| {
@@ -564,7 +564,8 @@ impl Speaker {
             split_horizon: group.split_horizon_peer(),
             policy: &*self.policy,
         };
-        let mut now = Exporter::<P>::new(group, now_inputs, &self.cfg, &sources, first);
+        let n = prefixes.len();
+        let mut now = Exporter::<P>::new(group, now_inputs, &self.cfg, &sources, first, n);
         let mut then = match &before {
             Before::Changed(_) | Before::Unknown => None,
             Before::Split(split_horizon) => Some(Exporter::<P>::new(
@@ -576,6 +577,7 @@ impl Speaker {
                 &self.cfg,
                 &sources,
                 first,
+                n,
             )),
             Before::Policy(old) => Some(Exporter::<P>::new(
                 group,
@@ -586,6 +588,7 @@ impl Speaker {
                 &self.cfg,
                 &sources,
                 first,
+                n,
             )),
         };
         let mut out = PeerOut::<P>::default();

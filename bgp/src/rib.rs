@@ -1,6 +1,7 @@
-//! Routing tables: per-family Adj-RIB-In + Loc-RIB in one map, Adj-RIB-Out per peer,
-//! and the attribute interner that makes a million routes with few distinct attribute
-//! sets cheap. Owned by the speaker task only; nothing here is shared or locked.
+//! Routing tables: per-family Adj-RIB-In + Loc-RIB in one (sharded) map, the Adj-RIB-Out
+//! of each update group (which prefixes it announced; what with is recomputed from the
+//! Loc-RIB), and the attribute interner that makes a million routes with few distinct
+//! attribute sets cheap. Owned by the speaker task only; nothing here is shared or locked.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

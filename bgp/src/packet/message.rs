@@ -565,13 +565,23 @@ fn encode_for<P: Prefix>(
 /// Bytes left for NLRI in one UPDATE carrying this attribute set, or `None` when not even
 /// the longest single prefix of the family fits (the route cannot be sent on this session).
 pub fn announcement_room<P: Prefix>(attrs: &PathAttributes, ctx: EncodeContext) -> Option<usize> {
-    let mut a = Vec::with_capacity(128);
-    encode_for::<P>(attrs, ctx, &[], &mut a);
+    announcement_room_in::<P>(attrs, ctx, &mut Vec::with_capacity(128))
+}
+
+/// [`announcement_room`], encoding into `scratch` (cleared first): a caller sizing many
+/// attribute sets allocates once.
+pub fn announcement_room_in<P: Prefix>(
+    attrs: &PathAttributes,
+    ctx: EncodeContext,
+    scratch: &mut Vec<u8>,
+) -> Option<usize> {
+    scratch.clear();
+    encode_for::<P>(attrs, ctx, &[], scratch);
     // Header, both length fields, the attributes, and 2 spare bytes in case MP_REACH_NLRI
     // switches to an extended length once the prefixes are in.
     let room = ctx
         .max_update_len()
-        .checked_sub(HEADER_LEN + 4 + a.len() + 2)?;
+        .checked_sub(HEADER_LEN + 4 + scratch.len() + 2)?;
     (room >= max_nlri_len::<P>()).then_some(room)
 }
 
@@ -588,6 +598,20 @@ pub fn pack_announcements<P: Prefix>(
     let Some(budget) = announcement_room::<P>(attrs, ctx) else {
         return prefixes.len();
     };
+    pack_announcements_within(attrs, prefixes, ctx, budget, out);
+    0
+}
+
+/// [`pack_announcements`] for a set whose room the caller already has from
+/// [`announcement_room`] with the same `ctx` (so the attributes are not encoded again to
+/// size them).
+pub fn pack_announcements_within<P: Prefix>(
+    attrs: &PathAttributes,
+    prefixes: &[P],
+    ctx: EncodeContext,
+    budget: usize,
+    out: &mut Vec<Vec<u8>>,
+) {
     let max_len = ctx.max_update_len();
     let mut start = 0;
     while start < prefixes.len() {
@@ -622,7 +646,6 @@ pub fn pack_announcements<P: Prefix>(
         out.push(msg);
         start = end;
     }
-    0
 }
 
 /// Packs withdrawals into as few UPDATEs as the session's message limit allows.

@@ -296,6 +296,13 @@ fn packing_splits_many_prefixes_under_4096_bytes_and_decodes_back() {
         got.extend(u.nlri);
     }
     assert_eq!(got, prefixes);
+    // With the room measured once beforehand (into a reused buffer): the same messages.
+    let mut scratch = vec![0xee; 7];
+    let room = announcement_room_in::<Ipv4Net>(&attrs, ENC, &mut scratch).unwrap();
+    assert_eq!(Some(room), announcement_room::<Ipv4Net>(&attrs, ENC));
+    let mut again = Vec::new();
+    pack_announcements_within(&attrs, &prefixes, ENC, room, &mut again);
+    assert_eq!(again, msgs);
 
     let v6: Vec<Ipv6Net> = (0..3000u128)
         .map(|i| Ipv6Net::new((0x2001_0db8_u128 << 96 | i << 64).into(), 64).unwrap())

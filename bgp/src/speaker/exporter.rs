@@ -14,7 +14,7 @@ use crate::config::SpeakerConfig;
 use crate::decision::{LOCAL_PEER, Path, PeerId};
 use crate::export::{self, RouteSource, SpeakerSide, Target};
 use crate::packet::attribute::{EncodeContext, PathAttributes};
-use crate::packet::message::announcement_room;
+use crate::packet::message::announcement_room_in;
 use crate::policy::{PolicyPeer, RouteOrigin, RoutePolicy, Verdict};
 use crate::rib::{FastMap, FastSet};
 
@@ -44,8 +44,10 @@ pub(super) struct Exporter<'a, P> {
     rfc: FastMap<(usize, PeerId), Option<Arc<PathAttributes>>>,
     /// Exported sets of this pass, one `Arc` per distinct set so equal sets pack together.
     sets: FastSet<Arc<PathAttributes>>,
-    /// Whether each exported set fits one UPDATE of this group's sessions.
-    fits: FastMap<usize, bool>,
+    /// Bytes left for NLRI in one UPDATE with each exported set (`None`: it does not fit).
+    room: FastMap<usize, Option<usize>>,
+    /// Encoding scratch for sizing sets.
+    scratch: Vec<u8>,
     /// Prefixes withheld because their set does not fit: count and first, per set.
     pub too_large: FastMap<usize, (usize, P)>,
 }
@@ -96,7 +98,8 @@ impl<'a, P: Prefix> Exporter<'a, P> {
             // the maps do not grow step by step on every pass.
             rfc: FastMap::with_capacity_and_hasher(room, Default::default()),
             sets: FastSet::with_capacity_and_hasher(room, Default::default()),
-            fits: FastMap::with_capacity_and_hasher(room, Default::default()),
+            room: FastMap::with_capacity_and_hasher(room, Default::default()),
+            scratch: Vec::with_capacity(256),
             too_large: FastMap::default(),
         }
     }
@@ -147,15 +150,27 @@ impl<'a, P: Prefix> Exporter<'a, P> {
         // A route whose attributes leave no room for its prefix in one UPDATE cannot go to
         // this group at all: it is treated as not exported (withdrawn if it was).
         let ptr = Arc::as_ptr(&chosen) as usize;
-        let ctx = self.ctx;
-        let ok = *self
-            .fits
-            .entry(ptr)
-            .or_insert_with(|| announcement_room::<P>(&chosen, ctx).is_some());
-        if !ok {
+        let room = match self.room.get(&ptr) {
+            Some(r) => *r,
+            None => {
+                let r = announcement_room_in::<P>(&chosen, self.ctx, &mut self.scratch);
+                self.room.insert(ptr, r);
+                r
+            }
+        };
+        if room.is_none() {
             self.too_large.entry(ptr).or_insert((0, prefix)).0 += 1;
             return None;
         }
         Some(chosen)
+    }
+
+    /// The NLRI room of a set this pass exported (so packing does not size it again).
+    pub fn room_of(&self, attrs: &Arc<PathAttributes>) -> usize {
+        self.room
+            .get(&(Arc::as_ptr(attrs) as usize))
+            .copied()
+            .flatten()
+            .expect("only sets this pass exported, which fit, are packed")
     }
 }

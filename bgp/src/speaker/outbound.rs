@@ -1,6 +1,8 @@
-//! From Loc-RIB changes to the wire: export rules and policy per update group, Adj-RIB-Out
-//! diffing, packing UPDATEs by attribute set (encoded once per group), pacing of members
-//! that cannot keep up, and best-path batches for subscribers.
+//! From Loc-RIB changes to the wire: each update group's export (`exporter`) of the changed
+//! prefixes, compared with what the group was sent (the best path at the last flush through
+//! the same export, or the current one through the group's previous export after a regroup
+//! or a policy change), packing UPDATEs by attribute set (encoded once per group), pacing of
+//! members that cannot keep up, and best-path batches for subscribers.
 //!
 //! Pacing: a member whose write queue is over the speaker's byte budget, that is receiving
 //! its first table, or that asked for a ROUTE-REFRESH is *paced*. It is not sent the group's
@@ -23,7 +25,7 @@ use crate::af::Family;
 use crate::decision::{LOCAL_PEER, PeerId};
 use crate::export::RouteSource;
 use crate::packet::attribute::{EncodeContext, PathAttributes};
-use crate::packet::message::{Message, Update, pack_announcements, pack_withdrawals};
+use crate::packet::message::{Message, Update, pack_announcements_within, pack_withdrawals};
 use crate::policy::RoutePolicy;
 use crate::rib::{AdjRibOut, DecideCtx, FastMap, FastSet, OutChange};
 
@@ -80,24 +82,36 @@ impl Batch {
 const CATCH_UP_STEP: usize = 2048;
 use crate::status::{BestPathChange, BestRoute};
 
-/// Announcements grouped by attribute set, plus withdrawals, for one peer.
+/// Announcements grouped by attribute set (with its NLRI room), plus withdrawals, for one
+/// peer.
 struct PeerOut<P> {
-    groups: FastMap<usize, (Arc<PathAttributes>, Vec<P>)>,
+    groups: FastMap<usize, (Arc<PathAttributes>, usize, Vec<P>)>,
     withdraw: Vec<P>,
 }
 
 impl<P: FamilyRib> PeerOut<P> {
-    /// Withdrawals first, then announcements packed per attribute set. Attribute sets
-    /// reach here only after [`announcement_room`] accepted them for this `ctx`.
+    /// Adds an announcement of a set the exporter accepted (and sized).
+    fn announce(&mut self, attrs: Arc<PathAttributes>, prefix: P, exporter: &Exporter<'_, P>) {
+        self.groups
+            .entry(Arc::as_ptr(&attrs) as usize)
+            .or_insert_with(|| {
+                let room = exporter.room_of(&attrs);
+                (attrs, room, Vec::new())
+            })
+            .2
+            .push(prefix);
+    }
+
+    /// Withdrawals first, then announcements packed per attribute set, each in the room
+    /// the exporter measured for this `ctx`.
     fn encode(self, ctx: EncodeContext) -> Vec<Vec<u8>> {
         let mut msgs = Vec::new();
         if !self.withdraw.is_empty() {
             pack_withdrawals(&self.withdraw, ctx, &mut msgs);
         }
-        for (attrs, mut prefixes) in self.groups.into_values() {
+        for (attrs, room, mut prefixes) in self.groups.into_values() {
             prefixes.sort_unstable();
-            let unsent = pack_announcements(&attrs, &prefixes, ctx, &mut msgs);
-            debug_assert_eq!(unsent, 0, "export checks the size first");
+            pack_announcements_within(&attrs, &prefixes, ctx, room, &mut msgs);
         }
         msgs
     }
@@ -107,7 +121,7 @@ impl<P: FamilyRib> PeerOut<P> {
         let mut batch = Batch::default();
         let touched = P::batch_touched(&mut batch);
         touched.extend(self.withdraw.iter().copied());
-        for (_, prefixes) in self.groups.values() {
+        for (_, _, prefixes) in self.groups.values() {
             touched.extend(prefixes.iter().copied());
         }
         batch.msgs = self.encode(ctx);
@@ -448,12 +462,7 @@ impl Speaker {
             for prefix in step {
                 // The group's current export, recomputed from the Loc-RIB.
                 match now.export(prefix, table.best(&prefix)) {
-                    Some(attrs) => out
-                        .groups
-                        .entry(Arc::as_ptr(&attrs) as usize)
-                        .or_insert_with(|| (attrs, Vec::new()))
-                        .1
-                        .push(prefix),
+                    Some(attrs) => out.announce(attrs, prefix, &now),
                     // Gone since (or never sent): a withdrawal of an unknown prefix is
                     // harmless to the peer.
                     None => out.withdraw.push(prefix),
@@ -608,12 +617,7 @@ impl Speaker {
             };
             match P::adj_out(group).set(*prefix, desired, sent.as_ref()) {
                 Some(_) if !encode => {}
-                Some(OutChange::Announce(a)) => out
-                    .groups
-                    .entry(Arc::as_ptr(&a) as usize)
-                    .or_insert_with(|| (a, Vec::new()))
-                    .1
-                    .push(*prefix),
+                Some(OutChange::Announce(a)) => out.announce(a, *prefix, &now),
                 Some(OutChange::Withdraw) => out.withdraw.push(*prefix),
                 None => {}
             }

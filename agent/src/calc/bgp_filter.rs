@@ -121,6 +121,12 @@ fn translate(
         field: format!("{field}.{what}"),
         reason: reason.to_string(),
     };
+    if r.interface
+        .as_deref()
+        .is_some_and(|g| !crate::resources::validate::valid_interface_glob(g))
+    {
+        return Err(bad("interface", "not an interface name or pattern"));
+    }
     let priority = match r.priority {
         None => None,
         Some(p) => Some(route_priority(p).ok_or_else(|| bad("priority", "not a route priority"))?),

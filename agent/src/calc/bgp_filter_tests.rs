@@ -323,3 +323,18 @@ fn globs_match_like_birds() {
         assert_eq!(glob_matches(pattern, text), want, "{pattern} ~ {text}");
     }
 }
+
+#[test]
+fn an_interface_pattern_that_is_not_one_closes_the_peer() {
+    let all = filters(&[(
+        "bad",
+        serde_json::json!({"importV4": [{"action": "Reject", "interface": "eth0/../*"}]}),
+    )]);
+    let PeerFilterState::Closed(e) = state(&["bad"], &all) else {
+        panic!("closed");
+    };
+    assert_eq!(
+        e.to_string(),
+        "BGPFilter \"bad\": importV4[0].interface: not an interface name or pattern"
+    );
+}

@@ -99,6 +99,12 @@ fn warn_unsupported_bgp(configs: &BTreeMap<String, BGPConfiguration>, object: &V
     if !fields.is_empty() {
         tracing::warn!(config = %name, fields = ?fields, "BGPConfiguration sets fields Serval does not support yet; they have no effect");
     }
+    if name != "default" {
+        let fields = crate::resources::validate::default_only_fields(&c.spec);
+        if !fields.is_empty() {
+            tracing::warn!(config = %name, fields = ?fields, "BGPConfiguration sets fields read from the \"default\" one only; they have no effect here");
+        }
+    }
 }
 
 /// One kind's objects by key: parsing an event's object into its type, and removing one.

@@ -88,16 +88,6 @@ pub struct LearnedRoute {
     pub metric: u32,
 }
 
-impl LearnedRoute {
-    /// A route at the normal priority.
-    pub fn via(next_hops: Vec<IpAddr>) -> LearnedRoute {
-        LearnedRoute {
-            next_hops,
-            metric: DEFAULT_ROUTE_PRIORITY,
-        }
-    }
-}
-
 /// Calico's normal route priority (`ipv4NormalRoutePriority` / `ipv6NormalRoutePriority`):
 /// the metric of routes learned over BGP unless a filter sets another.
 pub const DEFAULT_ROUTE_PRIORITY: u32 = 1024;
@@ -341,6 +331,13 @@ mod tests {
         );
     }
 
+    fn learned_via(next_hops: Vec<IpAddr>) -> LearnedRoute {
+        LearnedRoute {
+            next_hops,
+            metric: DEFAULT_ROUTE_PRIORITY,
+        }
+    }
+
     fn learned(hops: Vec<NextHop>) -> RouteTarget {
         RouteTarget::Learned {
             hops,
@@ -387,16 +384,16 @@ mod tests {
             .insert("10.244.1.7/32".parse().unwrap(), "sv0123456789a".into());
         inputs.remote.insert(
             "10.244.2.0/26".parse().unwrap(),
-            LearnedRoute::via(vec![ip("192.168.1.6")]),
+            learned_via(vec![ip("192.168.1.6")]),
         );
         inputs.remote.insert(
             "10.244.3.0/26".parse().unwrap(),
-            LearnedRoute::via(vec![ip("192.168.2.7"), ip("192.168.1.6")]),
+            learned_via(vec![ip("192.168.2.7"), ip("192.168.1.6")]),
         );
         // Our own block echoed back by a reflector is not routed away.
         inputs.remote.insert(
             "10.244.1.0/26".parse().unwrap(),
-            LearnedRoute::via(vec![ip("192.168.1.6")]),
+            learned_via(vec![ip("192.168.1.6")]),
         );
         let t = desired_routes(&inputs);
         assert_eq!(t[&"10.244.1.0/26".parse().unwrap()], RouteTarget::Blackhole);
@@ -436,7 +433,7 @@ mod tests {
         for b in [same_rack, other_rack, "10.244.1.0/26"] {
             inputs
                 .remote
-                .insert(b.parse().unwrap(), LearnedRoute::via(vec![tor]));
+                .insert(b.parse().unwrap(), learned_via(vec![tor]));
         }
         inputs
             .block_owners
@@ -448,17 +445,15 @@ mod tests {
             .vxlan_tunnels
             .insert(ip("10.97.2.11"), ip("10.244.3.0"));
         // Learned routes over our own subnet and a default route are left to the host.
-        inputs.remote.insert(
-            "10.97.1.0/24".parse().unwrap(),
-            LearnedRoute::via(vec![tor]),
-        );
         inputs
             .remote
-            .insert("0.0.0.0/0".parse().unwrap(), LearnedRoute::via(vec![tor]));
-        inputs.remote.insert(
-            "10.97.2.0/24".parse().unwrap(),
-            LearnedRoute::via(vec![tor]),
-        );
+            .insert("10.97.1.0/24".parse().unwrap(), learned_via(vec![tor]));
+        inputs
+            .remote
+            .insert("0.0.0.0/0".parse().unwrap(), learned_via(vec![tor]));
+        inputs
+            .remote
+            .insert("10.97.2.0/24".parse().unwrap(), learned_via(vec![tor]));
         let t = desired_routes(&inputs);
         let at = |s: &str| t.get(&s.parse::<IpNet>().unwrap()).cloned();
         assert_eq!(
@@ -500,7 +495,7 @@ mod tests {
         };
         inputs.remote.insert(
             "10.244.2.0/26".parse().unwrap(),
-            LearnedRoute::via(vec![ip("192.168.2.7")]),
+            learned_via(vec![ip("192.168.2.7")]),
         );
         assert!(
             desired_routes(&inputs).is_empty(),

@@ -176,7 +176,7 @@ impl<K: RouteKernel> RouteManager<K> {
         // other owner may have gone); and forgotten once we no longer want them.
         let desired = &self.desired;
         self.conflicts
-            .retain(|d| desired.keys().any(|k| k.dst == *d));
+            .retain(|d| crate::calc::kernel_table::route_to(desired, d).is_some());
         if !report.resynced {
             todo.replace.retain(|r| !self.conflicts.contains(&r.dst));
         }

@@ -78,7 +78,7 @@ pub async fn run(
     bgp_log: sequencer::BgpLogControl,
 ) -> Result<(), NodeError> {
     let ds = startup::connect(&cfg).await;
-    let (detected, detected_v6) = startup::node_addresses(&cfg, &ds).await?;
+    let (detected, detected_v6, interfaces) = startup::node_addresses(&cfg, &ds).await?;
     let address_v6 = detected_v6.map(|(a, _)| a);
     // The MTU of the IPv4 address's interface, else the IPv6 one's.
     let (address, host_mtu) = match (detected, detected_v6) {
@@ -213,7 +213,7 @@ pub async fn run(
         ipip_mtu: cfg.tunnels.ipip_mtu,
         vxlan_mtu: cfg.tunnels.vxlan_mtu,
         failsafe: cfg.failsafe.clone(),
-        host_interfaces: host_interfaces(),
+        host_interfaces: host_interfaces(interfaces),
     };
     let agent = Agent::new(
         cfg.node_name.clone(),
@@ -267,22 +267,14 @@ async fn initial_identity<B: Backend>(
     Ok(agent::identity(&state, me))
 }
 
-/// The host's interface prefixes, for BGPFilter `interface` rules; an unreadable list is
-/// logged and leaves such rules matching nothing.
-fn host_interfaces() -> Vec<(ipnet::IpNet, String)> {
-    match crate::autodetect::local_interfaces() {
-        Ok(list) => list
-            .into_iter()
-            .flat_map(|i| {
-                i.addrs
-                    .into_iter()
-                    .map(move |a| (a.trunc(), i.name.clone()))
-            })
-            .filter(|(net, _)| !net.addr().is_loopback())
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the host's interfaces: BGPFilter interface rules match no route");
-            Vec::new()
-        }
-    }
+/// The host's interface prefixes (as read at start-up), for BGPFilter `interface` rules.
+fn host_interfaces(list: Vec<crate::autodetect::Interface>) -> Vec<(ipnet::IpNet, String)> {
+    list.into_iter()
+        .flat_map(|i| {
+            i.addrs
+                .into_iter()
+                .map(move |a| (a.trunc(), i.name.clone()))
+        })
+        .filter(|(net, _)| !net.addr().is_loopback())
+        .collect()
 }

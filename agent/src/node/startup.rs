@@ -105,16 +105,18 @@ pub type DetectedAddress = Option<(IpNet, u32)>;
 
 /// The node's IPv4 address (IP, IP_AUTODETECTION_METHOD) and IPv6 address (IP6,
 /// IP6_AUTODETECTION_METHOD; None when IPv6 is off, Calico's default), each with its
-/// prefix length and its interface's MTU, from one read of the interfaces.
-/// `kubernetes-internal-ip` reads the Kubernetes Node's InternalIP from the datastore.
+/// prefix length and its interface's MTU, from one read of the interfaces (returned too:
+/// BGPFilter `interface` rules use them). `kubernetes-internal-ip` reads the Kubernetes
+/// Node's InternalIP from the datastore.
 pub async fn node_addresses(
     cfg: &NodeConfig,
     ds: &Datastore<AnyBackend>,
-) -> Result<(DetectedAddress, DetectedAddress), StartupError> {
+) -> Result<(DetectedAddress, DetectedAddress, Vec<autodetect::Interface>), StartupError> {
     let interfaces = autodetect::local_interfaces().map_err(StartupError::Interfaces)?;
     Ok((
         family_address(cfg, &cfg.address, false, &interfaces, ds).await?,
         family_address(cfg, &cfg.address_v6, true, &interfaces, ds).await?,
+        interfaces,
     ))
 }
 

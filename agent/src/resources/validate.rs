@@ -186,6 +186,36 @@ pub fn unsupported_bgp_fields(s: &BGPConfigurationSpec) -> Vec<&'static str> {
     .collect()
 }
 
+/// The fields set in `s` that Serval reads from the `default` BGPConfiguration only (set
+/// on a `node.<name>` one, they would do nothing).
+pub fn default_only_fields(s: &BGPConfigurationSpec) -> Vec<&'static str> {
+    [
+        ("serviceClusterIPs", !s.service_cluster_ips.is_empty()),
+        ("serviceExternalIPs", !s.service_external_ips.is_empty()),
+        (
+            "serviceLoadBalancerIPs",
+            !s.service_load_balancer_ips.is_empty(),
+        ),
+        ("communities", !s.communities.is_empty()),
+        ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
+        (
+            "serviceLoadBalancerAggregation",
+            s.service_load_balancer_aggregation.is_some(),
+        ),
+        (
+            "ipv4NormalRoutePriority",
+            s.ipv4_normal_route_priority.is_some(),
+        ),
+        (
+            "ipv6NormalRoutePriority",
+            s.ipv6_normal_route_priority.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(f, set)| set.then_some(f))
+    .collect()
+}
+
 pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Problems) {
     let is_default = name == "default";
     if !is_default && !name.starts_with("node.") {
@@ -214,30 +244,9 @@ pub(crate) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, p: &mut Pr
         for (i, c) in list.iter().enumerate() {
             p.cidr(&format!("spec.{field}[{i}].cidr"), &c.cidr);
         }
-        if !is_default && !list.is_empty() {
-            p.add(
-                format!("spec.{field}"),
-                "is read from the cluster-wide \"default\" BGPConfiguration only",
-            );
-        }
     }
-    for (field, set) in [
-        ("communities", !s.communities.is_empty()),
-        ("prefixAdvertisements", !s.prefix_advertisements.is_empty()),
-        (
-            "serviceLoadBalancerAggregation",
-            s.service_load_balancer_aggregation.is_some(),
-        ),
-        (
-            "ipv4NormalRoutePriority",
-            s.ipv4_normal_route_priority.is_some(),
-        ),
-        (
-            "ipv6NormalRoutePriority",
-            s.ipv6_normal_route_priority.is_some(),
-        ),
-    ] {
-        if set && !is_default {
+    if !is_default {
+        for field in default_only_fields(s) {
             p.add(
                 format!("spec.{field}"),
                 "is read from the cluster-wide \"default\" BGPConfiguration only",
@@ -451,7 +460,7 @@ pub(crate) fn bgp_filter(s: &super::bgpfilter::BGPFilterSpec, p: &mut Problems) 
 
 /// An interface name, or a shell-style pattern of one (`*` any run, `?` one character),
 /// as BGPFilter's `interface` takes.
-fn valid_interface_glob(glob: &str) -> bool {
+pub(crate) fn valid_interface_glob(glob: &str) -> bool {
     let literal = glob.chars().filter(|c| !matches!(c, '*' | '?')).count();
     !glob.is_empty()
         && literal <= 15

@@ -333,12 +333,12 @@ impl Speaker {
         if !self.groups[&gid].key.families.contains(&P::FAMILY) {
             return Batch::default();
         }
-        let mut prefixes: Vec<P> = P::table(&self.tables).iter().map(|(p, _)| *p).collect();
+        // The table's prefixes, and any announced one no longer in it (to withdraw), found
+        // by looking each up rather than by a set of the whole table.
+        let table = P::table(&self.tables);
+        let mut prefixes: Vec<P> = table.iter().map(|(p, _)| *p).collect();
         let out = P::adj_out_ref(&self.groups[&gid]);
-        if !out.is_empty() {
-            let in_table: FastSet<P> = prefixes.iter().copied().collect();
-            prefixes.extend(out.keys().filter(|p| !in_table.contains(p)));
-        }
+        prefixes.extend(out.keys().filter(|p| table.best(p).is_none()));
         self.export_group(gid, &prefixes, before, encode)
     }
 

@@ -78,6 +78,28 @@ fn iface(ep: &Endpoint, inbound: bool) -> Match {
     }
 }
 
+/// One tier of one endpoint and direction: chain name prefix, what it polices (for
+/// comments), its policies in order.
+type Tier<'a, 'p> = (&'a str, &'a str, &'a [(&'p PolicyDef, String)]);
+
+/// Adds `ep`'s chain for a tier (its policies, then `end`) and the rule jumping to it.
+fn jump_to_tier(
+    rules: &mut Vec<IptRule>,
+    chains: &mut Vec<(String, Vec<IptRule>)>,
+    ep: &Endpoint,
+    inbound: bool,
+    (prefix, word, policies): Tier<'_, '_>,
+    end: Target,
+) {
+    let chain = format!("{prefix}{}", ep.iface);
+    chains.push((chain.clone(), tier_chain(ep, policies, word, end)));
+    rules.push(IptRule::new(
+        on(ep, inbound, vec![]),
+        Target::Jump(chain),
+        format!("serval:{word} {}", ep.name),
+    ));
+}
+
 fn on(ep: &Endpoint, inbound: bool, more: Vec<Match>) -> Vec<Match> {
     let mut m = vec![iface(ep, inbound)];
     m.extend(more);
@@ -177,16 +199,8 @@ pub(super) fn host_endpoint_rules(
                 ));
             }
         }
-        let chain = format!("{prefix}{}", ep.iface);
-        chains.push((
-            chain.clone(),
-            tier_chain(ep, &tiers.filter[hi][d], word, Target::Drop),
-        ));
-        rules.push(IptRule::new(
-            on(ep, inbound, vec![]),
-            Target::Jump(chain),
-            format!("serval:{word} {}", ep.name),
-        ));
+        let tier = (prefix, word, &tiers.filter[hi][d][..]);
+        jump_to_tier(&mut rules, &mut chains, ep, inbound, tier, Target::Drop);
         rules.push(IptRule::new(
             on(ep, inbound, vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)]),
             Target::Accept,
@@ -227,13 +241,8 @@ pub(super) fn forward_rules(
                 Target::Accept,
                 "serval:forwarded connection already allowed",
             ));
-            let chain = format!("{prefix}{}", ep.iface);
-            chains.push((chain.clone(), tier_chain(ep, policies, word, Target::Drop)));
-            rules.push(IptRule::new(
-                on(ep, inbound, vec![]),
-                Target::Jump(chain),
-                format!("serval:{word} {}", ep.name),
-            ));
+            let tier = (prefix, word, &policies[..]);
+            jump_to_tier(&mut rules, &mut chains, ep, inbound, tier, Target::Drop);
         }
     }
     (rules, chains)
@@ -260,16 +269,8 @@ pub(super) fn untracked_rules(
             continue;
         }
         rules.extend(failsafe(fam, ep, inbound));
-        let chain = format!("{prefix}{}", ep.iface);
-        chains.push((
-            chain.clone(),
-            tier_chain(ep, policies, word, Target::Return),
-        ));
-        rules.push(IptRule::new(
-            on(ep, inbound, vec![]),
-            Target::Jump(chain),
-            format!("serval:{word} {}", ep.name),
-        ));
+        let tier = (prefix, word, &policies[..]);
+        jump_to_tier(&mut rules, &mut chains, ep, inbound, tier, Target::Return);
         let accepted = vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)];
         rules.push(IptRule::new(
             on(ep, inbound, accepted.clone()),
@@ -304,17 +305,12 @@ pub(super) fn pre_dnat_rules(
             "serval:connection already allowed",
         ));
         rules.extend(failsafe(fam, ep, true));
-        let chain = format!("serval-thpd-{}", ep.iface);
-        let word = "before DNAT to host endpoint";
-        chains.push((
-            chain.clone(),
-            tier_chain(ep, policies, word, Target::Return),
-        ));
-        rules.push(IptRule::new(
-            on(ep, true, vec![]),
-            Target::Jump(chain),
-            format!("serval:{word} {}", ep.name),
-        ));
+        let tier = (
+            "serval-thpd-",
+            "before DNAT to host endpoint",
+            &policies[..],
+        );
+        jump_to_tier(&mut rules, &mut chains, ep, true, tier, Target::Return);
         rules.push(IptRule::new(
             on(ep, true, vec![Match::Mark(MARK_ACCEPT, MARK_ACCEPT)]),
             Target::Accept,
